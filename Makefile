@@ -1,0 +1,76 @@
+# recorder - `make demo` and `make test` are the contract (see README.md).
+# Both run the setup script first; it is idempotent and quick when done.
+
+PREFIX   ?= /usr/local
+BUILD    ?= build
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+CORE_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -fPIC -fvisibility=default \
+              -Iprobes/include $(CFLAGS)
+VENV     := .venv
+PYTHON   := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.provisioned
+
+CORE_SOURCES := $(wildcard probes/src/*.c)
+CORE_HEADERS := $(wildcard probes/include/*.h probes/include/recorder/*.h \
+                  probes/src/*.h)
+CORE_OBJECTS := $(patsubst probes/src/%.c,$(BUILD)/obj/%.o,$(CORE_SOURCES))
+TEST_PROGRAMS := $(patsubst tests/progs/%.c,$(BUILD)/progs/%,\
+                   $(wildcard tests/progs/*.c))
+BENCH_PROGRAMS := $(BUILD)/bench/record_bench $(BUILD)/bench/lttng_bench
+
+.PHONY: all lib progs setup test demo bench install clean lint
+
+all: lib progs
+
+lib: $(BUILD)/librecorder.so $(BUILD)/librecorder.a
+
+$(BUILD)/obj/%.o: probes/src/%.c $(CORE_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CORE_CFLAGS) -c $< -o $@
+
+$(BUILD)/librecorder.so: $(CORE_OBJECTS)
+	$(CC) -shared -o $@ $^ -lpthread -Wl,-soname,librecorder.so
+
+$(BUILD)/librecorder.a: $(CORE_OBJECTS)
+	@rm -f $@
+	ar rcs $@ $^
+
+# Test programs link the static core: each one is self-contained.
+progs: $(TEST_PROGRAMS)
+
+$(BUILD)/progs/%: tests/progs/%.c $(BUILD)/librecorder.a $(CORE_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -Wall -Wextra -O2 -g -Iprobes/include $< \
+	    $(BUILD)/librecorder.a -lpthread -o $@
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): vagrant/provision.sh pyproject.toml
+	bash vagrant/provision.sh
+
+test: setup all
+	$(PYTHON) -m pytest tests
+
+demo: setup all
+	$(PYTHON) -m recorder_demo
+
+bench: setup all
+	$(PYTHON) bench/run.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/recorder \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(BUILD)/librecorder.so $(BUILD)/librecorder.a \
+	    $(DESTDIR)$(PREFIX)/lib
+	install -m 644 probes/include/recorder.h $(DESTDIR)$(PREFIX)/include
+	install -m 644 probes/include/recorder/*.h \
+	    $(DESTDIR)$(PREFIX)/include/recorder
+	sed -e 's|@PREFIX@|$(PREFIX)|g' probes/recorder.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/recorder.pc
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,230 @@
+/* recorder.h - always-on flight recorder with per-topic USDT probes.
+ *
+ *   RECORDER(net, 64, "Network traffic");          // a topic, ring of 64
+ *   RECORD(net, "sent %d bytes to %s", n, host);   // ~10 ns, always on
+ *
+ * Source-compatible with the public C API of the seed library (c3d/recorder):
+ * RECORDER, RECORDER_DEFINE, RECORDER_DECLARE, RECORD, record, RECORD_FAST,
+ * RECORDER_TRACE, RECORDER_TWEAK_DEFINE, RECORDER_TWEAK, recorder_trace_set,
+ * recorder_dump, recorder_dump_for, recorder_dump_on_common_signals, and the
+ * environment variables RECORDER_TRACES, RECORDER_TWEAKS, RECORDER_DUMP.
+ * What differs (ns CLOCK_MONOTONIC timestamps, per-CPU shards, USDT probes)
+ * is described in probes/PROBES.md.
+ */
+#ifndef RECORDER_H
+#define RECORDER_H
+
+#include <stdint.h>
+#include <stdatomic.h>
+#include "recorder/entry.h"
+#include "recorder/registry.h"
+#include "recorder/probe.h"
+
+#ifdef __cplusplus
+#error "recorder.h is a C11 header"
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Topics and tweaks                                                        */
+/* ------------------------------------------------------------------------ */
+
+#define RECORDER_DECLARE(Name)                                              \
+    extern struct recorder_topic recorder_##Name##_topic;                   \
+    extern volatile unsigned short RECORDER_SEMAPHORE(Name)
+
+/* Defines topic `Name` whose ring keeps the last `Size` records per CPU. The
+ * constructor registers it (applying RECORDER_TRACES) before main runs. */
+#define RECORDER_DEFINE(Name, Size, Info)                            \
+    struct recorder_topic recorder_##Name##_topic = {                       \
+        .trace = 0,                                                         \
+        .size = (Size),                                                     \
+        .name = { #Name },                                                  \
+        .description = { Info },                                     \
+    };                                                                      \
+    __attribute__((section(".probes"), used))                               \
+    volatile unsigned short RECORDER_SEMAPHORE(Name) = 0;                   \
+    __attribute__((constructor)) static void                                \
+    recorder_register_##Name(void)                                          \
+    {                                                                       \
+        recorder_topic_register(&recorder_##Name##_topic);                  \
+    }
+
+#define RECORDER(Name, Size, Info)                                   \
+    RECORDER_DECLARE(Name);                                                 \
+    RECORDER_DEFINE(Name, Size, Info)
+
+/* The trace value, an lvalue: <0 off, 0 record only, >0 also print. */
+#define RECORDER_TRACE(Name) (recorder_##Name##_topic.trace)
+
+#define RECORDER_TWEAK_DECLARE(Name)                                        \
+    extern struct recorder_tweak recorder_##Name##_tweak
+
+#define RECORDER_TWEAK_DEFINE(Name, Value, Info)                     \
+    struct recorder_tweak recorder_##Name##_tweak = {                       \
+        .value = (Value),                                                   \
+        .name = { #Name },                                                  \
+        .description = { Info },                                     \
+    };                                                                      \
+    __attribute__((constructor)) static void                                \
+    recorder_register_tweak_##Name(void)                                    \
+    {                                                                       \
+        recorder_tweak_register(&recorder_##Name##_tweak);                  \
+    }
+
+#define RECORDER_TWEAK(name) (recorder_##name##_tweak.value)
+
+/* ------------------------------------------------------------------------ */
+/* Recording                                                                */
+/* ------------------------------------------------------------------------ */
+
+#define RECORD(name, ...)       RECORDER_RECORD_(name, 0, __VA_ARGS__, )
+#define RECORD_FAST(name, ...)  RECORDER_RECORD_(name, 1, __VA_ARGS__, )
+#define record(name, ...)       RECORD(name, __VA_ARGS__)
+
+/* The trailing empty argument added above lets a format come without
+ * arguments in strict ISO C; the argument counting below expects it. */
+#define RECORDER_RECORD_(Name, Fast, Format, ...)                              \
+    do {                                                                    \
+        struct recorder_topic *recorder_t_ = &recorder_##Name##_topic;      \
+        if (__builtin_expect(recorder_t_->trace >= 0, 1)) {                 \
+            __u64 recorder_s_;                                              \
+            struct recorder_entry *recorder_e_ =                            \
+                recorder_reserve(recorder_t_, Fast, &recorder_s_);          \
+            recorder_e_->format = (uintptr_t)(Format);                      \
+            recorder_e_->where = (uintptr_t)(__FILE__ ":"                   \
+                                             RECORDER_STRINGIFY(__LINE__)); \
+            RECORDER_FILL_(recorder_e_, __VA_ARGS__)                        \
+            recorder_commit(recorder_e_, recorder_s_);                      \
+            if (RECORDER_PROBE_ARMED(Name))                                 \
+                RECORDER_PROBE_FIRE(Name, recorder_e_);                     \
+            if (__builtin_expect(recorder_t_->trace > 0, 0))                \
+                recorder_trace_entry(recorder_t_, recorder_e_);             \
+        }                                                                   \
+    } while (0)
+
+/* Counting arguments: the list always ends with an empty argument. */
+#define RECORDER_COUNT_(...)                                                \
+    RECORDER_PICK_(__VA_ARGS__, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,     \
+                   9, 8, 7, 6, 5, 4, 3, 2, 1, 0, ~)
+#define RECORDER_PICK_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12,    \
+                       a13, a14, a15, a16, a17, a18, a19, a20, n, ...) n
+#define RECORDER_CAT_(a, b) a##b
+#define RECORDER_CAT(a, b)  RECORDER_CAT_(a, b)
+#define RECORDER_FILL_(e, ...)                                              \
+    RECORDER_CAT(RECORDER_FILL_, RECORDER_COUNT_(__VA_ARGS__))(e, __VA_ARGS__)
+
+/* One 64-bit slot per argument: doubles bit-cast, integers and pointers
+ * widened. The kind travels with it (two bits each in arg_types). */
+static inline __u64 recorder_double_bits(double d)
+{
+    union { double d; __u64 u; } v = { d };
+    return v.u;
+}
+#define RECORDER_AS_DOUBLE_(a)                                              \
+    _Generic((a), float: (a), double: (a), long double: (a), default: 0.0)
+#define RECORDER_ARG(a)                                                     \
+    _Generic((a),                                                           \
+             float: recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)),   \
+             double: recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)),  \
+             long double: recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)), \
+             default: (__u64)(uintptr_t)(a))
+#define RECORDER_KIND(a)                                                    \
+    _Generic((a),                                                           \
+             float: RECORDER_ARG_DOUBLE,                                    \
+             double: RECORDER_ARG_DOUBLE,                                   \
+             long double: RECORDER_ARG_DOUBLE,                              \
+             char *: RECORDER_ARG_STRING,                                   \
+             const char *: RECORDER_ARG_STRING,                             \
+             default: (__builtin_classify_type(a) == 5                      \
+                       ? RECORDER_ARG_POINTER : RECORDER_ARG_INT))
+
+#define RECORDER_SET_(e, i, a)                                              \
+    (e)->args[i] = RECORDER_ARG(a);                                         \
+    (e)->arg_types |= (__u32)RECORDER_KIND(a) << (2 * (i));
+
+#define RECORDER_FILL_0(e, ...)   (e)->nargs = 0; (e)->arg_types = 0;
+#define RECORDER_FILL_1(e, a, ...)                                          \
+    (e)->nargs = 1; (e)->arg_types = 0; RECORDER_SET_(e, 0, a)
+#define RECORDER_FILL_2(e, a, b, ...)                                       \
+    RECORDER_FILL_1(e, a, ) (e)->nargs = 2; RECORDER_SET_(e, 1, b)
+#define RECORDER_FILL_3(e, a, b, c, ...)                                    \
+    RECORDER_FILL_2(e, a, b, ) (e)->nargs = 3; RECORDER_SET_(e, 2, c)
+#define RECORDER_FILL_4(e, a, b, c, d, ...)                                 \
+    RECORDER_FILL_3(e, a, b, c, ) (e)->nargs = 4; RECORDER_SET_(e, 3, d)
+#define RECORDER_FILL_5(e, a, b, c, d, f, ...)                              \
+    RECORDER_FILL_4(e, a, b, c, d, ) (e)->nargs = 5; RECORDER_SET_(e, 4, f)
+#define RECORDER_FILL_6(e, a, b, c, d, f, g, ...)                           \
+    RECORDER_FILL_5(e, a, b, c, d, f, ) (e)->nargs = 6; RECORDER_SET_(e, 5, g)
+#define RECORDER_FILL_7(e, a, b, c, d, f, g, h, ...)                        \
+    RECORDER_FILL_6(e, a, b, c, d, f, g, )                                  \
+    (e)->nargs = 7; RECORDER_SET_(e, 6, h)
+#define RECORDER_FILL_8(e, a, b, c, d, f, g, h, i, ...)                     \
+    RECORDER_FILL_7(e, a, b, c, d, f, g, h, )                               \
+    (e)->nargs = 8; RECORDER_SET_(e, 7, i)
+#define RECORDER_FILL_9(e, a, b, c, d, f, g, h, i, j, ...)                  \
+    RECORDER_FILL_8(e, a, b, c, d, f, g, h, i, )                            \
+    (e)->nargs = 9; RECORDER_SET_(e, 8, j)
+#define RECORDER_FILL_10(e, a, b, c, d, f, g, h, i, j, k, ...)              \
+    RECORDER_FILL_9(e, a, b, c, d, f, g, h, i, j, )                         \
+    (e)->nargs = 10; RECORDER_SET_(e, 9, k)
+#define RECORDER_FILL_11(e, a, b, c, d, f, g, h, i, j, k, l, ...)           \
+    RECORDER_FILL_10(e, a, b, c, d, f, g, h, i, j, k, )                     \
+    (e)->nargs = 11; RECORDER_SET_(e, 10, l)
+#define RECORDER_FILL_12(e, a, b, c, d, f, g, h, i, j, k, l, m, ...)        \
+    RECORDER_FILL_11(e, a, b, c, d, f, g, h, i, j, k, l, )                  \
+    (e)->nargs = 12; RECORDER_SET_(e, 11, m)
+#define RECORDER_TOO_MANY_(e, ...)                                          \
+    _Static_assert(0, "RECORD takes at most 12 arguments after the format");
+#define RECORDER_FILL_13 RECORDER_TOO_MANY_
+#define RECORDER_FILL_14 RECORDER_TOO_MANY_
+#define RECORDER_FILL_15 RECORDER_TOO_MANY_
+#define RECORDER_FILL_16 RECORDER_TOO_MANY_
+#define RECORDER_FILL_17 RECORDER_TOO_MANY_
+#define RECORDER_FILL_18 RECORDER_TOO_MANY_
+#define RECORDER_FILL_19 RECORDER_TOO_MANY_
+
+/* ------------------------------------------------------------------------ */
+/* The hot path: clock, CPU, slot reservation                               */
+/* ------------------------------------------------------------------------ */
+
+#include "recorder/hot.h"
+
+/* ------------------------------------------------------------------------ */
+/* Control                                                                  */
+/* ------------------------------------------------------------------------ */
+
+enum recorder_trace_status {
+    RECORDER_TRACE_OK = 0,
+    RECORDER_TRACE_INVALID_NAME = -1,   /* a bad regular expression */
+    RECORDER_TRACE_INVALID_VALUE = -2,  /* `x=v` where v is not an integer */
+};
+
+/* Applies a spec: items `[-|/]regex[=value]` separated by ':' or spaces.
+ * `x` sets 1, `-x` sets 0 (record, don't print), `/x` sets -1 (off),
+ * `x=v` sets v; `all` matches every topic; `list` or `help` prints them.
+ * Regexes are POSIX extended, case-insensitive, matching the whole name,
+ * and also apply to topics and tweaks defined later (dlopen). Returns
+ * RECORDER_TRACE_OK or the last error; errors are reported on stderr. */
+int recorder_trace_set(const char *spec);
+
+unsigned recorder_dump(void);                       /* returns entries shown */
+unsigned recorder_dump_for(const char *pattern);    /* topics matching regex */
+/* Dump on SIGQUIT, SIGILL, SIGABRT, SIGBUS, SIGSEGV, SIGFPE, SIGSYS,
+ * SIGXCPU, SIGXFSZ, plus the signals in mask `add`, minus those in
+ * `remove` (bit n = signal n). A fatal signal is re-raised after the dump,
+ * so the process still dies by it. */
+void recorder_dump_on_common_signals(unsigned add, unsigned remove);
+
+/* Used by the macros. */
+void recorder_topic_register(struct recorder_topic *topic);
+void recorder_tweak_register(struct recorder_tweak *tweak);
+void recorder_trace_entry(struct recorder_topic *topic,
+                          struct recorder_entry *entry);
+/* Formats an entry's message the way printf would format its arguments;
+ * a string that cannot be read shows as <unreadable 0x...>. */
+int recorder_format_entry(const struct recorder_entry *entry,
+                          char *buffer, unsigned size);
+
+extern struct recorder_registry recorder_registry;
+
+#endif /* RECORDER_H */

@@ -1,0 +1,216 @@
+/* core.c - the registry of topics and tweaks, shards, threads and fork.
+ *
+ * Nothing needs a setup call: the library's constructor (or the first topic
+ * registered, whichever comes first, for static links) initializes the clock,
+ * the shared-memory export and RECORDER_TRACES/RECORDER_TWEAKS/RECORDER_DUMP.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+RECORDER(recorder_core, 64, "The recorder core's own operations");
+RECORDER(recorder_signals, 32, "Signals the recorder caught");
+
+struct recorder_registry recorder_registry = {
+    .version = RECORDER_ENTRY_VERSION,
+    .entry_size = RECORDER_ENTRY_SIZE,
+    .shard_count = RECORDER_MAX_SHARDS,
+};
+
+__thread __u32 recorder_tid_cache __attribute__((tls_model("initial-exec")));
+__thread __u32 recorder_cpu_fallback __attribute__((tls_model("initial-exec")));
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static atomic_flag registry_lock = ATOMIC_FLAG_INIT;
+
+static void lock_registry(void)
+{
+    while (atomic_flag_test_and_set_explicit(&registry_lock,
+                                             memory_order_acquire))
+        sched_yield();
+}
+
+static void unlock_registry(void)
+{
+    atomic_flag_clear_explicit(&registry_lock, memory_order_release);
+}
+
+__u32 recorder_tid_slow(void)
+{
+    recorder_tid_cache = (__u32)syscall(SYS_gettid);
+    return recorder_tid_cache;
+}
+
+unsigned recorder_cpu_slow(void)
+{
+    int cpu = sched_getcpu();
+    return cpu < 0 ? 0 : (unsigned)cpu;
+}
+
+static void after_fork_in_child(void)
+{
+    recorder_tid_cache = 0;
+    recorder_share_after_fork();
+    RECORD(recorder_core, "Forked from parent, now pid %d", (int)getpid());
+}
+
+static void add_topic(struct recorder_topic *topic);
+
+static void initialize(void)
+{
+    recorder_clock_init();
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+    recorder_share_init();
+    recorder_registry.magic = RECORDER_REGISTRY_MAGIC;
+    /* The core's own topics first, so their records carry their ids. */
+    add_topic(&recorder_recorder_core_topic);
+    add_topic(&recorder_recorder_signals_topic);
+    recorder_dump_at_exit_init();
+    const char *traces = getenv("RECORDER_TRACES");
+    const char *tweaks = getenv("RECORDER_TWEAKS");
+    if (traces)
+        recorder_trace_set(traces);
+    if (tweaks)
+        recorder_trace_set(tweaks);
+}
+
+void recorder_init(void)
+{
+    pthread_once(&init_once, initialize);
+}
+
+__attribute__((constructor(101))) static void recorder_library_init(void)
+{
+    recorder_init();
+}
+
+/* Adds a topic once (the core's own topics are added at initialization,
+ * then again by their constructors). */
+static void add_topic(struct recorder_topic *topic)
+{
+    lock_registry();
+    for (struct recorder_topic *known = recorder_registry.topics; known;
+         known = known->next) {
+        if (known == topic) {
+            unlock_registry();
+            return;
+        }
+    }
+    topic->id = recorder_registry.topic_count++;
+    topic->next = recorder_registry.topics;
+    recorder_registry.topics = topic;
+    unlock_registry();
+    recorder_share_topic(topic);
+    recorder_spec_apply_pending(topic, NULL);
+    RECORD(recorder_core, "Registered topic %s id %u size %u",
+           topic->name.text, topic->id, topic->size);
+}
+
+void recorder_topic_register(struct recorder_topic *topic)
+{
+    recorder_init();
+    add_topic(topic);
+}
+
+void recorder_tweak_register(struct recorder_tweak *tweak)
+{
+    recorder_init();
+    lock_registry();
+    tweak->next = recorder_registry.tweaks;
+    recorder_registry.tweaks = tweak;
+    unlock_registry();
+    recorder_spec_apply_pending(NULL, tweak);
+}
+
+static __u32 power_of_two_at_least(__u32 size)
+{
+    __u32 capacity = 1;
+    while (capacity < size && capacity < (1u << 30))
+        capacity <<= 1;
+    return capacity;
+}
+
+/* Last resort when memory runs out: records still go somewhere, and the
+ * shard says which topic and CPU it stands for. */
+static struct {
+    struct recorder_shard shard;
+    struct recorder_entry entries[16];
+} spare_shard = { .shard = { .mask = 15, .keep = 16, .topic_id = ~0u } };
+
+struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
+                                             unsigned cpu)
+{
+    unsigned slot = cpu % RECORDER_MAX_SHARDS;
+    __u32 keep = topic->size ? topic->size : 1;
+    __u32 capacity = power_of_two_at_least(keep);
+    size_t bytes = sizeof(struct recorder_shard)
+                 + (size_t)capacity * sizeof(struct recorder_entry);
+
+    /* mmap, not malloc: RECORD may run in a signal handler. */
+    struct recorder_shard *shard = recorder_share_alloc_shard(topic, slot,
+                                                              bytes);
+    int shared = shard != NULL;
+    if (!shard) {
+        shard = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (shard == MAP_FAILED)
+            return &spare_shard.shard;
+    }
+    shard->mask = capacity - 1;
+    shard->keep = keep;
+    shard->topic_id = topic->id;
+    shard->cpu = slot;
+
+    struct recorder_shard *expected = NULL;
+    if (!atomic_compare_exchange_strong(
+            (_Atomic(struct recorder_shard *) *)&topic->shards[slot],
+            &expected, shard)) {
+        /* Another thread won the race; its shard serves us too. A shard
+         * carved from the shared file stays there, marked unused. */
+        if (shared)
+            shard->topic_id = ~0u;
+        else
+            munmap(shard, bytes);
+        return expected;
+    }
+    if (topic != &recorder_recorder_core_topic)
+        RECORD(recorder_core, "Created shard of topic %s for CPU %u, "
+               "%u entries", topic->name.text, slot, capacity);
+    return shard;
+}
+
+void recorder_write_all(int fd, const char *text, size_t length)
+{
+    while (length) {
+        ssize_t written = write(fd, text, length);
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written <= 0)
+            return;
+        text += written;
+        length -= (size_t)written;
+    }
+}
+
+void recorder_error(const char *format, ...)
+{
+    char message[512];
+    va_list args;
+    va_start(args, format);
+    int length = vsnprintf(message, sizeof(message) - 1, format, args);
+    va_end(args);
+    if (length < 0)
+        return;
+    if ((size_t)length > sizeof(message) - 2)
+        length = sizeof(message) - 2;
+    message[length++] = '\n';
+    recorder_write_all(2, message, (size_t)length);
+}

@@ -1,0 +1,214 @@
+/* dump.c - print rings in time order, at will, at exit and on fatal signals.
+ *
+ * Merges every shard of the chosen topics by timestamp without allocating
+ * (a dump runs in signal handlers), reading each entry seqlock-style: an
+ * entry rewritten while we copy it is skipped, never shown torn.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_DUMP_SHARDS 4096
+
+struct cursor {
+    const struct recorder_topic *topic;
+    const struct recorder_shard *shard;
+    __u64 next;         /* index of the next entry to consider */
+    __u64 end;          /* head when the dump started */
+};
+
+static struct cursor cursors[MAX_DUMP_SHARDS];
+static atomic_flag dumping = ATOMIC_FLAG_INIT;
+static const char *dump_pattern;        /* RECORDER_DUMP */
+
+/* Copies entry `index` of a shard; 0 if it was overwritten meanwhile. */
+static int read_entry(const struct recorder_shard *shard, __u64 index,
+                      struct recorder_entry *copy)
+{
+    const struct recorder_entry *slot = &shard->entries[index & shard->mask];
+    __u64 expected = index + 1;
+    if (atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
+                             memory_order_acquire) != expected)
+        return 0;
+    memcpy(copy, slot, sizeof(*copy));
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
+                                memory_order_relaxed) == expected
+        && copy->sequence == expected;
+}
+
+static void print_entry(const struct recorder_topic *topic,
+                        const struct recorder_entry *entry)
+{
+    char message[1024], where[256], line[1400];
+    recorder_format_entry(entry, message, sizeof(message));
+    if (recorder_read_string(entry->where, where, sizeof(where)) < 0)
+        strcpy(where, "?");
+    int length = snprintf(line, sizeof(line), "%s: [%llu.%09llu %u] %s: %s\n",
+                          where, entry->timestamp / 1000000000ull,
+                          entry->timestamp % 1000000000ull, entry->tid,
+                          topic->name.text, message);
+    if (length > (int)sizeof(line) - 1) {
+        length = sizeof(line) - 1;
+        line[length - 1] = '\n';
+    }
+    if (length > 0)
+        recorder_write_all(2, line, (size_t)length);
+}
+
+void recorder_trace_entry(struct recorder_topic *topic,
+                          struct recorder_entry *entry)
+{
+    print_entry(topic, entry);
+}
+
+unsigned recorder_dump_for(const char *pattern)
+{
+    if (atomic_flag_test_and_set(&dumping)) {
+        recorder_error("recorder: a dump is already in progress");
+        return 0;
+    }
+    unsigned count = 0, shown = 0;
+    for (struct recorder_topic *topic = recorder_registry.topics; topic;
+         topic = topic->next) {
+        if (!recorder_name_matches(pattern, topic->name.text))
+            continue;
+        for (unsigned s = 0; s < RECORDER_MAX_SHARDS; s++) {
+            const struct recorder_shard *shard = topic->shards[s];
+            if (!shard || count == MAX_DUMP_SHARDS)
+                continue;
+            __u64 head = atomic_load_explicit((_Atomic __u64 *)&shard->head,
+                                              memory_order_acquire);
+            cursors[count++] = (struct cursor) {
+                .topic = topic, .shard = shard,
+                .next = head > shard->keep ? head - shard->keep : 0,
+                .end = head,
+            };
+        }
+    }
+
+    /* Repeatedly print the oldest next entry among all cursors. */
+    for (;;) {
+        struct cursor *oldest = NULL;
+        struct recorder_entry oldest_entry, candidate;
+        for (unsigned c = 0; c < count; c++) {
+            struct cursor *cursor = &cursors[c];
+            while (cursor->next < cursor->end
+                   && !read_entry(cursor->shard, cursor->next, &candidate))
+                cursor->next++;     /* overwritten since we started */
+            if (cursor->next == cursor->end)
+                continue;
+            if (!oldest || candidate.timestamp < oldest_entry.timestamp) {
+                oldest = cursor;
+                oldest_entry = candidate;
+            }
+        }
+        if (!oldest)
+            break;
+        print_entry(oldest->topic, &oldest_entry);
+        oldest->next++;
+        shown++;
+    }
+
+    /* Per topic: how much was recorded and how much the ring overwrote. */
+    const struct recorder_topic *topic = NULL;
+    __u64 recorded = 0, overwritten = 0;
+    for (unsigned c = 0; c <= count; c++) {
+        if (c == count || cursors[c].topic != topic) {
+            if (topic && overwritten)
+                recorder_error("recorder: %s: %llu records, %llu overwritten",
+                               topic->name.text,
+                               (unsigned long long)recorded,
+                               (unsigned long long)overwritten);
+            if (c == count)
+                break;
+            topic = cursors[c].topic;
+            recorded = overwritten = 0;
+        }
+        __u64 end = cursors[c].end, keep = cursors[c].shard->keep;
+        recorded += end;
+        overwritten += end > keep ? end - keep : 0;
+    }
+    atomic_flag_clear(&dumping);
+    return shown;
+}
+
+unsigned recorder_dump(void)
+{
+    return recorder_dump_for("all");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Signals                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static const int common_signals[] = {
+    SIGQUIT, SIGILL, SIGABRT, SIGBUS, SIGSEGV, SIGFPE, SIGSYS, SIGXCPU,
+    SIGXFSZ,
+};
+static struct sigaction previous[NSIG];
+static unsigned long long fatal_mask;   /* bit n: signal n is re-raised */
+
+static void on_signal(int signal_number, siginfo_t *info, void *context)
+{
+    (void)context;
+    RECORD(recorder_signals, "Received signal %d code %d address %p",
+           signal_number, info ? info->si_code : 0,
+           info ? info->si_addr : NULL);
+    recorder_error("recorder: received signal %d (%s), dumping",
+                   signal_number, sigabbrev_np(signal_number));
+    recorder_dump_for(dump_pattern);
+    if (!(fatal_mask & (1ull << signal_number)))
+        return;
+    /* Hand the signal back to whoever had it, or to the default action,
+     * so the process still dies by it (exit status, core file). */
+    sigaction(signal_number, &previous[signal_number], NULL);
+    if (previous[signal_number].sa_handler == SIG_IGN)
+        signal(signal_number, SIG_DFL);
+    raise(signal_number);
+}
+
+void recorder_dump_on_common_signals(unsigned add, unsigned remove)
+{
+    unsigned long long chosen = (unsigned long long)add;
+    unsigned long long fatal = 0;
+    recorder_init();
+    for (size_t i = 0; i < sizeof(common_signals) / sizeof(int); i++)
+        fatal |= 1ull << common_signals[i];
+    chosen = (chosen | fatal) & ~(unsigned long long)remove;
+    for (int signal_number = 1; signal_number < 32; signal_number++) {
+        if (!(chosen & (1ull << signal_number)))
+            continue;
+        struct sigaction action = { 0 }, old;
+        action.sa_sigaction = on_signal;
+        action.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigemptyset(&action.sa_mask);
+        if (sigaction(signal_number, &action, &old) != 0)
+            continue;
+        /* Installed twice: keep the handler from before the first time. */
+        if (!((old.sa_flags & SA_SIGINFO) && old.sa_sigaction == on_signal))
+            previous[signal_number] = old;
+        if (fatal & (1ull << signal_number))
+            fatal_mask |= 1ull << signal_number;
+        RECORD(recorder_signals, "Dump on signal %d installed",
+               signal_number);
+    }
+}
+
+static void dump_at_exit(void)
+{
+    recorder_dump_for(dump_pattern);
+}
+
+void recorder_dump_at_exit_init(void)
+{
+    dump_pattern = getenv("RECORDER_DUMP");
+    if (dump_pattern && *dump_pattern)
+        atexit(dump_at_exit);
+    else
+        dump_pattern = "all";
+}

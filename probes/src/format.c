@@ -1,0 +1,217 @@
+/* format.c - turn an entry back into the message printf would have made.
+ *
+ * The format is walked conversion by conversion; each one is handed to
+ * snprintf with the argument converted back to the C type the conversion
+ * names, so widths, precisions and flags behave exactly as in printf.
+ * Strings are read through process_vm_readv, page by page: a dangling
+ * pointer shows as <unreadable 0x...>, never as garbage or a crash.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+int recorder_read_string(__u64 address, char *buffer, size_t size)
+{
+    const size_t page = 4096;
+    size_t copied = 0;
+    if (!address || !size)
+        return -1;
+    while (copied + 1 < size) {
+        __u64 at = address + copied;
+        size_t chunk = page - (size_t)(at % page);
+        if (chunk > size - 1 - copied)
+            chunk = size - 1 - copied;
+        struct iovec local = { buffer + copied, chunk };
+        struct iovec remote = { (void *)(uintptr_t)at, chunk };
+        ssize_t got = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+        if (got <= 0) {
+            if (copied == 0)
+                return -1;
+            break;
+        }
+        void *end = memchr(buffer + copied, 0, (size_t)got);
+        copied += (size_t)got;
+        if (end)
+            return (int)strlen(buffer);
+    }
+    buffer[copied] = 0;
+    return (int)copied;
+}
+
+struct output {
+    char *buffer;
+    unsigned size;
+    unsigned length;    /* what would have been written, like snprintf */
+};
+
+static void emit(struct output *out, const char *text, size_t length)
+{
+    if (out->length < out->size) {
+        size_t room = out->size - 1 - out->length;
+        memcpy(out->buffer + out->length, text, length < room ? length : room);
+    }
+    out->length += (unsigned)length;
+}
+
+static void emitf(struct output *out, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+static void emitf(struct output *out, const char *format, ...)
+{
+    char piece[RECORDER_STRING_MAX + 64];
+    va_list args;
+    va_start(args, format);
+    int length = vsnprintf(piece, sizeof(piece), format, args);
+    va_end(args);
+    if (length > 0)
+        emit(out, piece, (size_t)length < sizeof(piece)
+                 ? (size_t)length : sizeof(piece) - 1);
+}
+
+static double as_double(const struct recorder_entry *entry, unsigned index)
+{
+    __u64 bits = entry->args[index];
+    if (RECORDER_ARG_KIND(entry->arg_types, index) != RECORDER_ARG_DOUBLE)
+        return (double)(long long)bits;
+    union { __u64 u; double d; } value = { bits };
+    return value.d;
+}
+
+static long long as_signed(const struct recorder_entry *entry,
+                           unsigned index)
+{
+    if (RECORDER_ARG_KIND(entry->arg_types, index) == RECORDER_ARG_DOUBLE)
+        return (long long)as_double(entry, index);
+    return (long long)entry->args[index];
+}
+
+int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
+                          unsigned size)
+{
+    struct output out = { buffer, size, 0 };
+    char format[1024];
+    unsigned next_arg = 0, nargs = entry->nargs;
+    if (nargs > RECORDER_MAX_ARGS)
+        nargs = RECORDER_MAX_ARGS;
+    if (recorder_read_string(entry->format, format, sizeof(format)) < 0) {
+        emitf(&out, "<unreadable format 0x%llx>",
+              (unsigned long long)entry->format);
+        goto done;
+    }
+
+    for (const char *p = format; *p;) {
+        if (*p != '%') {
+            const char *next = strchr(p, '%');
+            size_t length = next ? (size_t)(next - p) : strlen(p);
+            emit(&out, p, length);
+            p += length;
+            continue;
+        }
+        /* One conversion: %[flags][width][.precision][length]conversion */
+        char spec[64];
+        size_t n = 0;
+        const char *start = p++;
+        int width_arg = 0, precision_arg = 0;
+        while (*p && strchr("-+ #0'", *p))
+            p++;
+        if (*p == '*') { width_arg = 1; p++; }
+        while (*p >= '0' && *p <= '9') p++;
+        if (*p == '.') {
+            p++;
+            if (*p == '*') { precision_arg = 1; p++; }
+            while (*p >= '0' && *p <= '9') p++;
+        }
+        const char *length_start = p;
+        while (*p && strchr("hlLqjzt", *p))
+            p++;
+        char conversion = *p ? *p++ : 0;
+        /* Rebuild the conversion without its length modifier, '*' filled. */
+        for (const char *c = start; c < length_start && n < sizeof(spec) - 8;
+             c++) {
+            if (*c == '*') {
+                unsigned index = next_arg++;
+                long long value = index < nargs ? as_signed(entry, index) : 0;
+                n += (size_t)snprintf(spec + n, sizeof(spec) - n, "%d",
+                                      (int)value);
+                continue;
+            }
+            spec[n++] = *c;
+        }
+        (void)width_arg; (void)precision_arg;
+        spec[n] = 0;
+
+        if (conversion == '%') {
+            emit(&out, "%", 1);
+            continue;
+        }
+        if (conversion == 0 || conversion == 'n'
+            || !strchr("diouxXcspfFeEgGaA", conversion)) {
+            emit(&out, start, (size_t)(p - start));
+            continue;
+        }
+        unsigned index = next_arg++;
+        if (index >= nargs) {
+            emit(&out, "<missing>", 9);
+            continue;
+        }
+        __u64 bits = entry->args[index];
+        size_t length_modifier = (size_t)(p - 1 - length_start);
+        char modifier = length_modifier ? length_start[0] : 0;
+        if (length_modifier == 2 && modifier == 'h')
+            modifier = 'H';     /* hh */
+        switch (conversion) {
+        case 'd': case 'i': {
+            long long value = as_signed(entry, index);
+            if (modifier == 'H') value = (signed char)value;
+            else if (modifier == 'h') value = (short)value;
+            else if (modifier == 0) value = (int)value;
+            strcat(spec, "ll"); spec[n + 2] = conversion; spec[n + 3] = 0;
+            emitf(&out, spec, value);
+            break;
+        }
+        case 'o': case 'u': case 'x': case 'X': {
+            unsigned long long value = (unsigned long long)
+                as_signed(entry, index);
+            if (modifier == 'H') value = (unsigned char)value;
+            else if (modifier == 'h') value = (unsigned short)value;
+            else if (modifier == 0) value = (unsigned)value;
+            strcat(spec, "ll"); spec[n + 2] = conversion; spec[n + 3] = 0;
+            emitf(&out, spec, value);
+            break;
+        }
+        case 'c':
+            spec[n] = 'c'; spec[n + 1] = 0;
+            emitf(&out, spec, (int)bits);
+            break;
+        case 'p':
+            spec[n] = 'p'; spec[n + 1] = 0;
+            emitf(&out, spec, (void *)(uintptr_t)bits);
+            break;
+        case 's': {
+            char text[RECORDER_STRING_MAX];
+            spec[n] = 's'; spec[n + 1] = 0;
+            if (RECORDER_ARG_KIND(entry->arg_types, index)
+                == RECORDER_ARG_DOUBLE)
+                emitf(&out, "<double %g>", as_double(entry, index));
+            else if (bits == 0)
+                emitf(&out, spec, "(null)");
+            else if (recorder_read_string(bits, text, sizeof(text)) < 0)
+                emitf(&out, "<unreadable 0x%llx>", (unsigned long long)bits);
+            else
+                emitf(&out, spec, text);
+            break;
+        }
+        default:    /* floating point */
+            spec[n] = conversion; spec[n + 1] = 0;
+            emitf(&out, spec, as_double(entry, index));
+            break;
+        }
+    }
+done:
+    if (size)
+        buffer[out.length < size ? out.length : size - 1] = 0;
+    return (int)out.length;
+}

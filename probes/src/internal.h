@@ -1,0 +1,44 @@
+/* internal.h - what the core's files share, not part of the API. */
+#ifndef RECORDER_INTERNAL_H
+#define RECORDER_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include "recorder.h"
+
+/* The core's own topics (see core.c): it records its own operations. */
+RECORDER_DECLARE(recorder_core);
+RECORDER_DECLARE(recorder_signals);
+
+void recorder_init(void);                /* idempotent, any thread */
+void recorder_clock_init(void);
+
+/* spec.c */
+void recorder_spec_apply_pending(struct recorder_topic *topic,
+                                 struct recorder_tweak *tweak);
+int recorder_name_matches(const char *pattern, const char *name);
+
+/* share.c: RECORDER_SHARE=DIR */
+void recorder_share_init(void);
+void *recorder_share_alloc_shard(struct recorder_topic *topic, unsigned cpu,
+                                 size_t bytes);
+void recorder_share_topic(struct recorder_topic *topic);
+void recorder_share_after_fork(void);
+
+/* dump.c */
+void recorder_dump_at_exit_init(void);
+
+/* Writes all of a buffer to a file descriptor; async-signal-safe. */
+void recorder_write_all(int fd, const char *text, size_t length);
+/* snprintf-style helper that never fails. */
+void recorder_error(const char *format, ...)
+    __attribute__((format(printf, 1, 2)));
+
+/* Copies at most `size - 1` bytes of a string from this process's memory
+ * without faulting; returns -1 if the memory cannot be read. */
+int recorder_read_string(__u64 address, char *buffer, size_t size);
+
+#define RECORDER_STRING_MAX 256     /* bound for %s when dumping */
+
+#endif

@@ -1,0 +1,260 @@
+/* share.c - RECORDER_SHARE=DIR: rings that outlive the process.
+ *
+ * Shards are carved from a file in DIR and mapped MAP_SHARED, so the page
+ * cache holds every record the moment it is written; a SIGKILL loses
+ * nothing. Blocks are reserved with fallocate before use: a full disk shows
+ * up as an error here (the shard then lives in anonymous memory), never as a
+ * SIGBUS in the middle of RECORD. A normal exit removes the file; a crash
+ * leaves it for `recorder dump --shm`.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+#include "recorder/share.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_MAPPINGS 4096
+
+static int share_fd = -1;
+static char share_path[PATH_MAX];
+static __u64 file_end;                  /* bytes allocated in the file */
+static atomic_flag share_lock = ATOMIC_FLAG_INIT;
+static struct mapping { void *address; __u64 offset, bytes; }
+    mappings[MAX_MAPPINGS];
+static unsigned mapping_count;
+static int reported_full;
+
+static size_t page_size(void)
+{
+    return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static __u64 round_to_page(__u64 bytes)
+{
+    __u64 page = page_size();
+    return (bytes + page - 1) / page * page;
+}
+
+/* Reserves a block; returns its offset or -1 (disk full, I/O error). */
+static long long reserve_block(__u32 kind, __u64 payload_bytes)
+{
+    __u64 bytes = round_to_page(sizeof(struct recorder_share_block)
+                                + payload_bytes);
+    __u64 offset = file_end;
+    int status = posix_fallocate(share_fd, (off_t)offset, (off_t)bytes);
+    if (status != 0) {
+        if (!reported_full++)
+            recorder_error("recorder: RECORDER_SHARE file %s: %s; keeping "
+                           "new rings in memory only", share_path,
+                           strerror(status));
+        return -1;
+    }
+    struct recorder_share_block block = {
+        .magic = RECORDER_SHARE_BLOCK_MAGIC, .kind = kind, .bytes = bytes,
+        .payload_bytes = payload_bytes,
+    };
+    if (pwrite(share_fd, &block, sizeof(block), (off_t)offset)
+        != (ssize_t)sizeof(block))
+        return -1;
+    file_end = offset + bytes;
+    return (long long)offset;
+}
+
+static void write_maps_block(void)
+{
+    char buffer[65536];
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    size_t length = 0;
+    ssize_t got;
+    while (length < sizeof(buffer)
+           && (got = read(fd, buffer + length, sizeof(buffer) - length)) > 0)
+        length += (size_t)got;
+    close(fd);
+    long long offset = reserve_block(RECORDER_SHARE_MAPS, length);
+    if (offset >= 0)
+        pwrite(share_fd, buffer, length,
+               (off_t)offset + (off_t)sizeof(struct recorder_share_block));
+}
+
+static int try_lock(void)
+{
+    return !atomic_flag_test_and_set_explicit(&share_lock,
+                                              memory_order_acquire);
+}
+
+static void unlock(void)
+{
+    atomic_flag_clear_explicit(&share_lock, memory_order_release);
+}
+
+static void remove_at_exit(void)
+{
+    if (share_fd >= 0 && getenv("RECORDER_SHARE_KEEP") == NULL)
+        unlink(share_path);
+}
+
+static int create_file(void)
+{
+    const char *directory = getenv("RECORDER_SHARE");
+    char command[16] = "";
+    prctl(PR_GET_NAME, command);
+    snprintf(share_path, sizeof(share_path), "%s/%s.%d.recorder", directory,
+             command, (int)getpid());
+    int fd = open(share_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        recorder_error("recorder: RECORDER_SHARE: cannot create %s: %s",
+                       share_path, strerror(errno));
+        return -1;
+    }
+    share_fd = fd;
+    file_end = 0;
+    long long offset = reserve_block(RECORDER_SHARE_HEADER,
+                                     sizeof(struct recorder_share_file));
+    if (offset < 0) {
+        close(fd);
+        unlink(share_path);
+        share_fd = -1;
+        return -1;
+    }
+    struct recorder_share_file header = {
+        .magic = RECORDER_SHARE_MAGIC,
+        .version = RECORDER_SHARE_VERSION,
+        .entry_size = RECORDER_ENTRY_SIZE,
+        .pid = (__u32)getpid(),
+        .page_size = (__u32)page_size(),
+        .created_ns = recorder_clock_now(),
+        .registry_address = (__u64)(uintptr_t)&recorder_registry,
+    };
+    memcpy(header.command, command, sizeof(header.command));
+    ssize_t length = readlink("/proc/self/exe", header.executable,
+                              sizeof(header.executable) - 1);
+    if (length < 0)
+        header.executable[0] = 0;
+    pwrite(fd, &header, sizeof(header),
+           (off_t)offset + (off_t)sizeof(struct recorder_share_block));
+    write_maps_block();
+    return 0;
+}
+
+void recorder_share_init(void)
+{
+    const char *directory = getenv("RECORDER_SHARE");
+    if (!directory || !*directory)
+        return;
+    if (create_file() == 0)
+        atexit(remove_at_exit);
+}
+
+void recorder_share_topic(struct recorder_topic *topic)
+{
+    if (share_fd < 0)
+        return;
+    while (!try_lock())
+        ;
+    struct recorder_share_topic record = {
+        .id = topic->id, .size = topic->size,
+        .topic_address = (__u64)(uintptr_t)topic,
+    };
+    snprintf(record.name, sizeof(record.name), "%s", topic->name.text);
+    snprintf(record.description, sizeof(record.description), "%s",
+             topic->description.text ? topic->description.text : "");
+    long long offset = reserve_block(RECORDER_SHARE_TOPIC, sizeof(record));
+    if (offset >= 0)
+        pwrite(share_fd, &record, sizeof(record),
+               (off_t)offset + (off_t)sizeof(struct recorder_share_block));
+    /* A topic registered late may come from a library just loaded. */
+    if (recorder_registry.topic_count > 2)
+        write_maps_block();
+    unlock();
+}
+
+void *recorder_share_alloc_shard(struct recorder_topic *topic, unsigned cpu,
+                                 size_t bytes)
+{
+    (void)cpu;
+    if (share_fd < 0 || !topic)
+        return NULL;
+    /* Never wait here: a signal handler may interrupt the lock holder. */
+    if (!try_lock())
+        return NULL;
+    void *shard = NULL;
+    long long offset = mapping_count < MAX_MAPPINGS
+        ? reserve_block(RECORDER_SHARE_SHARD, bytes) : -1;
+    if (offset >= 0) {
+        __u64 total = round_to_page(sizeof(struct recorder_share_block)
+                                    + bytes);
+        char *block = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED,
+                           share_fd, (off_t)offset);
+        if (block != MAP_FAILED) {
+            mappings[mapping_count++] = (struct mapping) {
+                block, (__u64)offset, total };
+            shard = block + sizeof(struct recorder_share_block);
+        }
+    }
+    unlock();
+    return shard;
+}
+
+/* The child must not write into its parent's file: give it its own copy,
+ * mapped at the same addresses, so pointers held anywhere stay valid. */
+void recorder_share_after_fork(void)
+{
+    if (share_fd < 0)
+        return;
+    int parent_fd = share_fd;
+    atomic_flag_clear(&share_lock);
+    if (create_file() != 0) {
+        /* Keep recording, privately: copy-on-write over the shared maps. */
+        share_fd = -1;
+        for (unsigned m = 0; m < mapping_count; m++) {
+            struct mapping *map = &mappings[m];
+            void *copy = mmap(NULL, map->bytes, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (copy == MAP_FAILED)
+                continue;
+            memcpy(copy, map->address, map->bytes);
+            mremap(copy, map->bytes, map->bytes,
+                   MREMAP_MAYMOVE | MREMAP_FIXED, map->address);
+        }
+        close(parent_fd);
+        mapping_count = 0;
+        return;
+    }
+    for (unsigned m = 0; m < mapping_count; m++) {
+        struct mapping *map = &mappings[m];
+        __u64 offset = file_end;
+        if (posix_fallocate(share_fd, (off_t)offset, (off_t)map->bytes) != 0
+            || pwrite(share_fd, map->address, map->bytes, (off_t)offset)
+               != (ssize_t)map->bytes)
+            break;
+        mmap(map->address, map->bytes, PROT_READ | PROT_WRITE,
+             MAP_SHARED | MAP_FIXED, share_fd, (off_t)offset);
+        map->offset = offset;
+        file_end = offset + map->bytes;
+    }
+    /* Topics go last in the child's file; readers take blocks in any order. */
+    for (struct recorder_topic *topic = recorder_registry.topics; topic;
+         topic = topic->next) {
+        struct recorder_share_topic record = {
+            .id = topic->id, .size = topic->size,
+            .topic_address = (__u64)(uintptr_t)topic,
+        };
+        snprintf(record.name, sizeof(record.name), "%s", topic->name.text);
+        long long offset = reserve_block(RECORDER_SHARE_TOPIC, sizeof(record));
+        if (offset >= 0)
+            pwrite(share_fd, &record, sizeof(record),
+                   (off_t)offset + (off_t)sizeof(struct recorder_share_block));
+    }
+    close(parent_fd);
+}

@@ -1,0 +1,196 @@
+/* spec.c - RECORDER_TRACES / recorder_trace_set: which topics record, print.
+ *
+ * A spec is items `[-|/]regex[=value]` separated by ':' or spaces. Every
+ * item is also kept, in order, and replayed on topics and tweaks registered
+ * later (a library loaded with dlopen), so the outcome does not depend on
+ * when a topic came to exist.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <regex.h>
+#include <stdio.h>
+#include <string.h>
+
+struct spec_item {
+    regex_t regex;
+    int match_all;
+    long long value;
+    struct spec_item *next;
+};
+
+static struct spec_item *items, **items_tail = &items;
+static pthread_mutex_t items_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Compiles `pattern` to match whole names, case-insensitively. */
+static int compile_name_regex(regex_t *regex, const char *pattern)
+{
+    size_t length = strlen(pattern);
+    char *anchored = malloc(length + 5);
+    if (!anchored)
+        return ENOMEM;
+    snprintf(anchored, length + 5, "^(%s)$", pattern);
+    int status = regcomp(regex, anchored, REG_EXTENDED | REG_ICASE | REG_NOSUB);
+    free(anchored);
+    return status;
+}
+
+int recorder_name_matches(const char *pattern, const char *name)
+{
+    if (!pattern || strcmp(pattern, "all") == 0)
+        return 1;
+    regex_t regex;
+    if (compile_name_regex(&regex, pattern) != 0)
+        return 0;
+    int matches = regexec(&regex, name, 0, NULL, 0) == 0;
+    regfree(&regex);
+    return matches;
+}
+
+static int item_matches(const struct spec_item *item, const char *name)
+{
+    return item->match_all || regexec(&item->regex, name, 0, NULL, 0) == 0;
+}
+
+/* Applies one item; returns how many topics and tweaks it changed. */
+static unsigned apply_item(const struct spec_item *item,
+                           struct recorder_topic *only_topic,
+                           struct recorder_tweak *only_tweak)
+{
+    unsigned changed = 0;
+    if (!only_tweak) {
+        for (struct recorder_topic *topic = only_topic ? only_topic
+                 : recorder_registry.topics;
+             topic; topic = only_topic ? NULL : topic->next) {
+            if (item_matches(item, topic->name.text)) {
+                topic->trace = item->value;
+                changed++;
+            }
+        }
+    }
+    if (!only_topic) {
+        for (struct recorder_tweak *tweak = only_tweak ? only_tweak
+                 : recorder_registry.tweaks;
+             tweak; tweak = only_tweak ? NULL : tweak->next) {
+            /* `all` is about topics; a tweak is only set by its name. */
+            if (!item->match_all && item_matches(item, tweak->name.text)) {
+                tweak->value = item->value;
+                changed++;
+            }
+        }
+    }
+    return changed;
+}
+
+void recorder_spec_apply_pending(struct recorder_topic *topic,
+                                 struct recorder_tweak *tweak)
+{
+    pthread_mutex_lock(&items_lock);
+    for (struct spec_item *item = items; item; item = item->next)
+        apply_item(item, topic, tweak);
+    pthread_mutex_unlock(&items_lock);
+}
+
+static void list_topics(void)
+{
+    recorder_error("List of topics (trace value, size, description):");
+    for (struct recorder_topic *topic = recorder_registry.topics; topic;
+         topic = topic->next)
+        recorder_error("  %-24s %4lld %6u  %s", topic->name.text,
+                       (long long)topic->trace, topic->size,
+                       topic->description.text);
+    recorder_error("List of tweaks (value, description):");
+    for (struct recorder_tweak *tweak = recorder_registry.tweaks; tweak;
+         tweak = tweak->next)
+        recorder_error("  %-24s %11lld  %s", tweak->name.text,
+                       (long long)tweak->value, tweak->description.text);
+}
+
+/* Parses one item into `item`; reports and returns an error status. */
+static int parse_item(char *text, struct spec_item *item)
+{
+    char *equal = strchr(text, '=');
+    item->value = 1;
+    if (*text == '-') {
+        item->value = 0;
+        text++;
+    } else if (*text == '/') {
+        item->value = -1;
+        text++;
+    }
+    if (equal) {
+        *equal = 0;
+        char *end;
+        errno = 0;
+        item->value = strtoll(equal + 1, &end, 0);
+        if (errno || end == equal + 1 || *end) {
+            recorder_error("recorder: invalid value '%s' for '%s' in trace "
+                           "spec (expected an integer)", equal + 1, text);
+            return RECORDER_TRACE_INVALID_VALUE;
+        }
+    }
+    if (!*text) {
+        recorder_error("recorder: empty name in trace spec item");
+        return RECORDER_TRACE_INVALID_NAME;
+    }
+    item->match_all = strcmp(text, "all") == 0;
+    if (!item->match_all) {
+        int status = compile_name_regex(&item->regex, text);
+        if (status != 0) {
+            char reason[128];
+            regerror(status, &item->regex, reason, sizeof(reason));
+            recorder_error("recorder: invalid topic pattern '%s' in trace "
+                           "spec: %s", text, reason);
+            return RECORDER_TRACE_INVALID_NAME;
+        }
+    }
+    return RECORDER_TRACE_OK;
+}
+
+int recorder_trace_set(const char *spec)
+{
+    if (!spec)
+        return RECORDER_TRACE_OK;
+    recorder_init();
+    char *copy = strdup(spec);
+    if (!copy)
+        return RECORDER_TRACE_INVALID_NAME;
+    int status = RECORDER_TRACE_OK;
+    char *cursor = copy;
+    char *text;
+    while ((text = strsep(&cursor, ": \t\n")) != NULL) {
+        if (!*text)
+            continue;
+        if (strcmp(text, "help") == 0 || strcmp(text, "list") == 0) {
+            list_topics();
+            continue;
+        }
+        struct spec_item *item = calloc(1, sizeof(*item));
+        if (!item)
+            break;
+        int item_status = parse_item(text, item);
+        if (item_status != RECORDER_TRACE_OK) {
+            status = item_status;
+            free(item);
+            continue;
+        }
+        pthread_mutex_lock(&items_lock);
+        unsigned changed = apply_item(item, NULL, NULL);
+        *items_tail = item;
+        items_tail = &item->next;
+        pthread_mutex_unlock(&items_lock);
+        /* `text` dies with `copy`: record only values, never its address. */
+        RECORD(recorder_core, "Trace spec item set %lld on %u topics and "
+               "tweaks", item->value, changed);
+        /* Topics of libraries loaded later may still match. Items from the
+         * environment are read before the program's topics exist. */
+        if (!changed && recorder_registry.topic_count > 2)
+            recorder_error("recorder: trace spec item '%s' matches no topic "
+                           "or tweak yet", text);
+    }
+    free(copy);
+    return status;
+}
