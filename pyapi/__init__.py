@@ -1,0 +1,1 @@
+"""recorder's Python API (over the same C core; grows with the pyapi issue)."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: built programs, and the rule for BPF tests.
+
+A test marked `bpf` needs root and a working bcc. Where either is missing it
+is skipped, except under CI=true, where a skipped BPF test is a failure: CI
+runs as root on a machine with BPF, so a skip there hides a broken setup.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build"
+PROGS = BUILD / "progs"
+
+
+@functools.cache
+def bpf_unavailable_reason() -> str | None:
+    """Why BPF tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "BPF tests need root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as error:
+        return f"bcc is not importable ({error}); run vagrant/provision.sh"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "the kernel has no BTF"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("bpf") is None:
+        return
+    reason = bpf_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"BPF test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def progs() -> Path:
+    """Directory of the compiled test programs (built by `make test`)."""
+    if not PROGS.is_dir():
+        pytest.fail("build/progs is missing: run `make` first (make test does)")
+    return PROGS

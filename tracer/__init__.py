@@ -1,0 +1,1 @@
+"""recorder's tracer: BPF harvest of recorder probes and the `recorder` CLI."""

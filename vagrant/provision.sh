@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# provision.sh - the one setup script: a fresh Debian 12 machine, CI, the
+# Vagrant VM. Idempotent: each step checks before it acts and says what it
+# did. Run as root from the repository (make does: `make setup`).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+say() { printf 'provision: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "provision: must run as root (BPF, apt and /lib/modules need it)" >&2
+    exit 1
+fi
+
+# 1. Debian packages: bcc (Debian's, never PyPI's unrelated `bcc`), kernel
+#    headers for bcc to compile against, SDT headers, bpftool, bpftrace, and
+#    LTTng-UST for the benchmark's comparison.
+packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
+          systemtap-sdt-dev bpftool bpftrace build-essential
+          liblttng-ust-dev lttng-tools binutils)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
+        | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    say "Debian packages present"
+fi
+
+# 2. Kernel headers: a kernel without its own (a VM's custom kernel) gets
+#    Debian's newest linux-headers-*-amd64, which bcc can compile against.
+#    Debian splits them: -amd64 holds the generated, arch-specific part
+#    (bcc's `build`), -common the sources (bcc's `source`).
+modules="/lib/modules/$(uname -r)"
+if [ -e "$modules/source/include/linux/kconfig.h" ] \
+    && [ -e "$modules/build/include/generated" ]; then
+    say "kernel headers present in $modules"
+else
+    headers="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)"
+    common="${headers%-amd64}-common"
+    if [ -z "$headers" ] || [ ! -d "$common" ]; then
+        echo "provision: no /usr/src/linux-headers-*-amd64 and -common to link" >&2
+        exit 1
+    fi
+    mkdir -p "$modules"
+    ln -sfn "$headers" "$modules/build"
+    ln -sfn "$common" "$modules/source"
+    say "linked $modules/build -> $headers"
+    say "linked $modules/source -> $common"
+fi
+
+# 3. The virtualenv: Python 3.11 (bcc's Python binding is built for it),
+#    seeing Debian's bcc through a symlink, with the project installed
+#    editable and its console script `recorder`.
+python=""
+for candidate in python3.11 /usr/bin/python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1; then
+        python="$(command -v "$candidate")"
+        break
+    fi
+done
+if [ -z "$python" ]; then
+    echo "provision: Python 3.11 not found" >&2
+    exit 1
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+    say "created $venv with $python"
+fi
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ ! -e "$site/bcc" ]; then
+    ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+    say "linked Debian's bcc into $site"
+fi
+if ! "$venv/bin/python" -c 'import recorder_tracer, click, pytest' 2>/dev/null \
+    || [ "$repo/pyproject.toml" -nt "$venv/.provisioned" ]; then
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -e "$repo[dev]"
+    say "installed recorder (editable) into $venv"
+else
+    say "recorder installed in $venv"
+fi
+"$venv/bin/python" -c 'import bcc' \
+    || { echo "provision: the venv cannot import Debian's bcc" >&2; exit 1; }
+touch "$venv/.provisioned"
+say "ready"
