@@ -46,6 +46,14 @@
         ".size _.stapsdt.base, 1\n"                                         \
         ".popsection\n"                                                     \
         ".endif\n"                                                          \
-        : : "r"(entry))
+        : : RECORDER_PROBE_REGISTER(entry))
+
+/* The entry's address always travels in the same register, so one BPF
+ * program serves every probe site without per-site argument decoding. */
+#if defined(__x86_64__)
+#define RECORDER_PROBE_REGISTER(entry) "a"(entry)      /* 8@%rax */
+#else
+#define RECORDER_PROBE_REGISTER(entry) "r"(entry)
+#endif
 
 #endif /* RECORDER_PROBE_H */

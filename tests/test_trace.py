@@ -1,0 +1,180 @@
+"""The tracer on real processes: exact counts, values, arming, loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recorder_tracer.session import TraceOptions, TraceSession
+from recorder_tracer.spec import TopicSpec
+from tracer_helpers import BackgroundSession, Workload, semaphore_value, wait_for
+
+pytestmark = pytest.mark.bpf
+RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
+
+
+@pytest.fixture
+def workloads(progs: Path):
+    started: list[Workload] = []
+
+    def start() -> Workload:
+        started.append(Workload(progs))
+        return started[-1]
+
+    yield start
+    for workload in started:
+        workload.close()
+
+
+def test_armed_topic_counts_every_record_in_two_processes(workloads) -> None:
+    first, second = workloads(), workloads()
+    session = BackgroundSession(TraceOptions(pids=[first.pid, second.pid],
+                                             spec=TopicSpec.parse("tick")))
+    first.record("tick", 23)
+    second.record("tick", 23)
+    second.record("tock", 7)
+    records = session.stop()
+
+    for workload in (first, second):
+        mine = [r for r in records if r.pid == workload.pid]
+        assert [r.topic for r in mine] == ["tick"] * 23
+        assert [r.args for r in mine] == [
+            [i, "tick-string", i * 0.5] for i in range(23)]
+        assert mine[5].message == "tick 5 of tick-string half 2.5"
+        assert mine[5].tid == workload.pid
+        assert mine[5].where.endswith("workload_ticks.c:33")
+    assert [r.ts for r in records] == sorted(r.ts for r in records)
+    assert all(cpu.balanced and cpu.lost == 0 for cpu in session.session.summaries())
+
+
+def test_arming_one_topic_leaves_the_other_unarmed(workloads, progs: Path) -> None:
+    workload = workloads()
+    path = str(progs / "workload_ticks")
+    assert semaphore_value(workload.pid, path, "tick") == 0
+    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                             spec=TopicSpec.parse("tick")))
+    assert semaphore_value(workload.pid, path, "tick") == 1
+    assert semaphore_value(workload.pid, path, "tock") == 0
+    workload.record("tock", 11)
+    workload.record("tick", 2)
+    session.stop()
+    # tock never trapped: the kernel saw only the ticks.
+    counts = session.session.harvester.topic_counts()
+    assert sum(counts.values()) == 2
+    # Disarmed: the semaphore is back to zero, the no-tracer cost.
+    assert semaphore_value(workload.pid, path, "tick") == 0
+
+
+def test_all_traces_a_process_started_after_the_tracer(workloads) -> None:
+    session = BackgroundSession(TraceOptions(all_processes=True,
+                                             spec=TopicSpec.parse("tock")))
+    workload = workloads()
+    wait_for(lambda: workload.pid in session.session.processes)
+    workload.record("tock", 11)
+    records = session.stop()
+    mine = [r for r in records if r.pid == workload.pid]
+    assert [r.args for r in mine] == [[i] for i in range(11)]
+
+
+def test_command_is_traced_from_its_first_record(progs: Path) -> None:
+    records = []
+    session = TraceSession(
+        TraceOptions(command=[str(progs / "workload_burst"), "23", "3"]),
+        records.append)
+    session.run()
+    assert [r.message for r in records] == [f"burst {i} of 23" for i in range(23)]
+    assert os.WEXITSTATUS(session.child_status or 0) == 3
+
+
+def test_flood_accounts_for_every_record(workloads) -> None:
+    workload = workloads()
+    options = TraceOptions(pids=[workload.pid], spec=TopicSpec.parse("flood"),
+                           pages_per_cpu=1)
+    records = []
+    session = TraceSession(options, records.append)
+    session.start()
+    workload.record("flood", 100_003)
+    session.close()
+    summaries = session.summaries()
+    assert sum(cpu.produced for cpu in summaries) == 100_003
+    assert all(cpu.balanced for cpu in summaries)
+    assert sum(cpu.received for cpu in summaries) == len(records)
+
+
+def test_bpftrace_beside_us_counts_the_same(workloads, progs: Path) -> None:
+    workload = workloads()
+    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                             spec=TopicSpec.parse("tick")))
+    bpftrace = subprocess.Popen(
+        ["bpftrace", "-p", str(workload.pid), "-e",
+         f'usdt:{progs / "workload_ticks"}:recorder:tick {{ @ticks = count(); }}'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert bpftrace.stdout is not None
+    wait_for(lambda: "Attaching" in bpftrace.stdout.readline())
+    workload.record("tick", 23)
+    bpftrace.send_signal(signal.SIGINT)
+    output, _ = bpftrace.communicate(timeout=30)
+    records = session.stop()
+    assert "@ticks: 23" in output
+    assert len([r for r in records if r.topic == "tick"]) == 23
+
+
+def test_cli_json_lines_carry_every_field(workloads) -> None:
+    workload = workloads()
+    trace = subprocess.Popen(
+        [*RECORDER, "trace", "-p", str(workload.pid), "--json", "--duration", "3",
+         "tick"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert trace.stderr is not None
+    wait_for(lambda: "Tracing" in trace.stderr.readline())
+    workload.record("tick", 23)
+    output, errors = trace.communicate(timeout=30)
+    assert trace.returncode == 0, errors
+    lines = [json.loads(line) for line in output.splitlines()]
+    records = [line for line in lines if line.get("type", "record") == "record"]
+    assert len(records) == 23
+    assert records[3]["args"] == [3, "tick-string", 1.5]
+    assert records[3]["message"] == "tick 3 of tick-string half 1.5"
+    assert {"ts", "pid", "tid", "comm", "topic", "where"} <= set(records[3])
+    assert records[3]["comm"] == "workload_ticks"
+
+
+def test_cli_chrome_file_has_one_track_per_thread(workloads, tmp_path) -> None:
+    workload = workloads()
+    chrome = tmp_path / "trace.json"
+    trace = subprocess.Popen(
+        [*RECORDER, "trace", "-p", str(workload.pid), "--chrome", str(chrome),
+         "--duration", "3"], stderr=subprocess.PIPE, text=True)
+    assert trace.stderr is not None
+    wait_for(lambda: "Tracing" in trace.stderr.readline())
+    workload.record("tick", 23)
+    workload.record("tock", 7)
+    trace.communicate(timeout=30)
+    events = json.loads(chrome.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    instants = [e for e in events if e.get("ph") == "i"]
+    assert sorted(e["name"] for e in instants) == sorted(["tick"] * 23 + ["tock"] * 7)
+    assert {e["tid"] for e in instants} == {workload.pid}
+    names = [e for e in events if e.get("ph") == "M" and e["name"] == "process_name"]
+    assert names[0]["args"]["name"] == "workload_ticks"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["-p", "999999"], "recorder: process 999999 does not exist"),
+        (["-p", "1"], "has no recorder probes"),
+        (["-p", "1", "(bad"], "recorder: invalid topic pattern '(bad'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_nonzero(arguments, message) -> None:
+    result = subprocess.run([*RECORDER, "trace", *arguments], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("recorder:")]
+    assert len(lines) == 1 and message in lines[0]

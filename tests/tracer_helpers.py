@@ -1,0 +1,91 @@
+"""Helpers for tracer tests: workload processes and a session in a thread."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recorder_tracer.record import Record
+from recorder_tracer.session import TraceOptions, TraceSession
+
+
+class Workload:
+    """A running build/progs/workload_ticks, driven line by line."""
+
+    def __init__(self, progs: Path) -> None:
+        self.process = subprocess.Popen(
+            [str(progs / "workload_ticks")], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline().split()
+        assert ready[0] == "ready"
+        self.pid = int(ready[1])
+
+    def record(self, topic: str, count: int) -> None:
+        """Make `count` records in `topic`; returns once they are made."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{topic} {count}\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "done"
+
+    def close(self) -> int:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write("exit\n")
+            self.process.stdin.flush()
+        return self.process.wait(timeout=10)
+
+
+class BackgroundSession:
+    """A TraceSession running in a thread, collecting records."""
+
+    def __init__(self, options: TraceOptions) -> None:
+        self.records: list[Record] = []
+        self.reports: list[str] = []
+        self.session = TraceSession(options, self.records.append,
+                                    self.reports.append)
+        self.session.start()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._stopping = threading.Event()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self.session.stream.poll(timeout_ms=20)
+
+    def stop(self) -> list[Record]:
+        """Stop polling, detach, drain; returns every record in order."""
+        self._stopping.set()
+        self._thread.join(timeout=10)
+        self.session.close()
+        return self.records
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `condition` until truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def semaphore_value(pid: int, path: str, topic: str) -> int:
+    """The current value of topic's USDT semaphore in process `pid`."""
+    from recorder_tracer import notes
+    from recorder_tracer.memory import read_maps
+
+    probe = next(p for p in notes.probes_in_file(path)
+                 if p.provider == "recorder" and p.name == topic)
+    base = min(m.start - m.offset for m in read_maps(pid)
+               if m.path == str(Path(path).resolve()))
+    with open(f"/proc/{pid}/mem", "rb") as memory:
+        memory.seek(base + probe.semaphore)
+        return int.from_bytes(memory.read(2), "little")

@@ -1,0 +1,162 @@
+"""Read a traced process's memory: strings, its recorder registry, topics.
+
+Entries carry addresses (format, source location, %s arguments) that only
+mean something in the process that wrote them. While it runs we read
+/proc/PID/mem; once it has exited, an address inside a file mapping is
+still readable from the file, through the memory map we cached while it
+lived. What neither can read is reported as unreadable, never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+REGISTRY_MAGIC = 0x3152444352434552
+_REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
+                                            # topics, topic_count, shard_count,
+                                            # tweaks
+_TOPIC = struct.Struct("<qII QQQQ")         # trace, id, size, name,
+                                            # description, armed, next
+TOPIC_ARMED_OFFSET = 32
+MAX_TOPICS = 4096
+STRING_MAX = 256
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    permissions: str
+    offset: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic found in a process's registry."""
+
+    id: int
+    name: str
+    size: int
+    trace: int
+    description: str
+    address: int
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    """Parse /proc/PID/maps; raises FileNotFoundError if the process is gone."""
+    mappings = []
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            start, end = (int(value, 16) for value in parts[0].split("-"))
+            path = parts[5].strip() if len(parts) > 5 else ""
+            mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path))
+    return mappings
+
+
+@dataclass
+class ProcessImage:
+    """Cached view of one process's address space, usable after it exits."""
+
+    pid: int
+    mappings: list[Mapping] = field(default_factory=list)
+    _strings: dict[int, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessImage:
+        return cls(pid, read_maps(pid))
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """Bytes at `address`, from the live process or its mapped file."""
+        try:
+            with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as memory:
+                memory.seek(address)
+                data = memory.read(size)
+                if data:
+                    return data
+        except (OSError, ValueError, OverflowError):
+            pass
+        return self._read_from_file(address, size)
+
+    def _read_from_file(self, address: int, size: int) -> bytes | None:
+        for mapping in self.mappings:
+            if mapping.start <= address < mapping.end and mapping.path.startswith("/"):
+                size = min(size, mapping.end - address)
+                try:
+                    with open(mapping.path, "rb") as backing:
+                        backing.seek(mapping.offset + address - mapping.start)
+                        return backing.read(size) or None
+                except OSError:
+                    return None
+        return None
+
+    def string(self, address: int, limit: int = STRING_MAX) -> str | None:
+        """The NUL-terminated string at `address` (cached), None if unreadable."""
+        if address in self._strings:
+            return self._strings[address]
+        data = self.read(address, limit) if address else None
+        text = None
+        if data is not None:
+            text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        # Formats and source locations are constants: cache them. Anything
+        # else could change, but only formats and locations come here.
+        self._strings[address] = text
+        return text
+
+    def find_registry(self) -> int | None:
+        """Address of `recorder_registry`, found by its magic in data mappings."""
+        needle = struct.pack("<Q", REGISTRY_MAGIC)
+        for mapping in self.mappings:
+            if "rw" not in mapping.permissions or not mapping.path.startswith("/"):
+                continue
+            data = self.read(mapping.start, min(mapping.end - mapping.start, 1 << 22))
+            if not data:
+                continue
+            index = data.find(needle)
+            while index >= 0:
+                if index % 8 == 0:
+                    _, version, entry_size, *_ = _REGISTRY.unpack_from(data, index)
+                    if version == 1 and entry_size == 144:
+                        return mapping.start + index
+                index = data.find(needle, index + 1)
+        return None
+
+    def topics(self) -> list[Topic]:
+        """Every topic in the process's registry (empty without a core)."""
+        registry = self.find_registry()
+        if registry is None:
+            return []
+        header = self.read(registry, _REGISTRY.size)
+        if not header or len(header) < _REGISTRY.size:
+            return []
+        address = _REGISTRY.unpack(header)[3]
+        found: list[Topic] = []
+        while address and len(found) < MAX_TOPICS:
+            raw = self.read(address, _TOPIC.size)
+            if not raw or len(raw) < _TOPIC.size:
+                break
+            trace, topic_id, size, name, description, _armed, following = (
+                _TOPIC.unpack(raw)
+            )
+            found.append(
+                Topic(
+                    topic_id,
+                    self.string(name) or f"topic{topic_id}",
+                    size,
+                    trace,
+                    self.string(description) or "",
+                    address,
+                )
+            )
+            address = following
+        return sorted(found, key=lambda topic: topic.id)
+
+
+def process_exists(pid: int) -> bool:
+    """True while /proc/PID exists (a zombie still counts)."""
+    return os.path.exists(f"/proc/{pid}")
