@@ -17,11 +17,10 @@ CORE_HEADERS := $(wildcard probes/include/*.h probes/include/recorder/*.h \
 CORE_OBJECTS := $(patsubst probes/src/%.c,$(BUILD)/obj/%.o,$(CORE_SOURCES))
 TEST_PROGRAMS := $(patsubst tests/progs/%.c,$(BUILD)/progs/%,\
                    $(wildcard tests/progs/*.c))
-BENCH_PROGRAMS := $(BUILD)/bench/record_bench $(BUILD)/bench/lttng_bench
 
 .PHONY: all lib progs setup test demo bench install clean lint
 
-all: lib progs
+all: lib progs $(BUILD)/demo/recorder_demo
 
 lib: $(BUILD)/librecorder.so $(BUILD)/librecorder.a
 
@@ -44,6 +43,11 @@ $(BUILD)/progs/%: tests/progs/%.c $(BUILD)/librecorder.a $(CORE_HEADERS)
 	$(CC) -std=gnu11 -Wall -Wextra -O2 -g -Iprobes/include $< \
 	    $(BUILD)/librecorder.a -lpthread -o $@
 
+$(BUILD)/demo/recorder_demo: demo/recorder_demo.c $(BUILD)/librecorder.a $(CORE_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -Wall -Wextra -O2 -g -Iprobes/include $< \
+	    $(BUILD)/librecorder.a -lpthread -o $@
+
 setup: $(SETUP_STAMP)
 
 $(SETUP_STAMP): vagrant/provision.sh pyproject.toml
@@ -53,7 +57,7 @@ test: setup all
 	$(PYTHON) -m pytest tests
 
 demo: setup all
-	$(PYTHON) -m recorder_demo
+	$(PYTHON) -m recorder_tracer.demo
 
 bench: setup all
 	$(PYTHON) bench/run.py

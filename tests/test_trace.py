@@ -10,13 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from tracer_helpers import BackgroundSession, Workload, semaphore_value, wait_for
 
 from recorder_tracer.session import TraceOptions, TraceSession
 from recorder_tracer.spec import TopicSpec
-from tracer_helpers import BackgroundSession, Workload, semaphore_value, wait_for
 
 pytestmark = pytest.mark.bpf
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
+
+
+def perf_attached_pids() -> set[int]:
+    """PIDs of the processes holding BPF programs attached to perf events."""
+    listing = subprocess.run(["bpftool", "perf", "list", "-j"], capture_output=True,
+                             text=True, check=True).stdout
+    return {entry["pid"] for entry in json.loads(listing or "[]")}
 
 
 @pytest.fixture
@@ -85,7 +92,8 @@ def test_all_traces_a_process_started_after_the_tracer(workloads) -> None:
 def test_command_is_traced_from_its_first_record(progs: Path) -> None:
     records = []
     session = TraceSession(
-        TraceOptions(command=[str(progs / "workload_burst"), "23", "3"]),
+        TraceOptions(command=[str(progs / "workload_burst"), "23", "3"],
+                     spec=TopicSpec.parse("burst")),
         records.append)
     session.run()
     assert [r.message for r in records] == [f"burst {i} of 23" for i in range(23)]
@@ -115,8 +123,8 @@ def test_bpftrace_beside_us_counts_the_same(workloads, progs: Path) -> None:
         ["bpftrace", "-p", str(workload.pid), "-e",
          f'usdt:{progs / "workload_ticks"}:recorder:tick {{ @ticks = count(); }}'],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert bpftrace.stdout is not None
-    wait_for(lambda: "Attaching" in bpftrace.stdout.readline())
+    # bpftrace says "Attaching" before it attaches: wait for its uprobe.
+    wait_for(lambda: bpftrace.pid in perf_attached_pids(), timeout=30)
     workload.record("tick", 23)
     bpftrace.send_signal(signal.SIGINT)
     output, _ = bpftrace.communicate(timeout=30)
@@ -149,7 +157,7 @@ def test_cli_chrome_file_has_one_track_per_thread(workloads, tmp_path) -> None:
     chrome = tmp_path / "trace.json"
     trace = subprocess.Popen(
         [*RECORDER, "trace", "-p", str(workload.pid), "--chrome", str(chrome),
-         "--duration", "3"], stderr=subprocess.PIPE, text=True)
+         "--duration", "3", "tick:tock"], stderr=subprocess.PIPE, text=True)
     assert trace.stderr is not None
     wait_for(lambda: "Tracing" in trace.stderr.readline())
     workload.record("tick", 23)
@@ -164,15 +172,26 @@ def test_cli_chrome_file_has_one_track_per_thread(workloads, tmp_path) -> None:
     assert names[0]["args"]["name"] == "workload_ticks"
 
 
+@pytest.fixture
+def plain_process():
+    """A process without a recorder core."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["-p", "999999"], "recorder: process 999999 does not exist"),
-        (["-p", "1"], "has no recorder probes"),
-        (["-p", "1", "(bad"], "recorder: invalid topic pattern '(bad'"),
+        (["-p", "PLAIN"], "has no recorder probes"),
+        (["-p", "PLAIN", "(bad"], "recorder: invalid topic pattern '(bad'"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_nonzero(arguments, message) -> None:
+def test_cli_bad_input_is_one_line_and_nonzero(arguments, message,
+                                               plain_process) -> None:
+    arguments = [str(plain_process) if a == "PLAIN" else a for a in arguments]
     result = subprocess.run([*RECORDER, "trace", *arguments], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1

@@ -110,9 +110,10 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         click.echo(f"recorder: {message}", err=True)
 
     session = TraceSession(options, sink.write, report)
-    click.echo("Tracing recorder topics... Hit Ctrl-C to end.", err=True)
     try:
-        session.run()
+        session.start()
+        click.echo("Tracing recorder topics... Hit Ctrl-C to end.", err=True)
+        session.run(start=False)
     finally:
         summaries = session.summaries()
         sink.close(summaries)

@@ -80,7 +80,7 @@ class Harvester:
             raise TracerError(f"cannot load the BPF harvest program: {error}") from None
         self.program_fd: int = self.bpf.load_func(b"harvest", bcc.BPF.KPROBE).fd
         # The record layout as compiled, from bcc's table description.
-        self.record_type: type[ctypes.Structure] = self.bpf["scratch"].sLeaf
+        self.record_type: type[ctypes.Structure] = self.bpf[b"scratch"].sLeaf
         self.has_stream = stream
 
     def decode(self, data: int) -> Any:
@@ -89,7 +89,7 @@ class Harvester:
 
     def counters(self) -> list[CpuCounters]:
         """Per-CPU counters (hits, streamed, refused, flight)."""
-        table = self.bpf["counters"]
+        table = self.bpf[b"counters"]
         per_counter = [list(table[ctypes.c_int(index)]) for index in range(4)]
         return [
             CpuCounters(cpu, *(per_counter[index][cpu] for index in range(4)))
@@ -100,7 +100,7 @@ class Harvester:
         """Records seen per (pid, topic id), from the kernel aggregation map."""
         return {
             (key.pid, key.topic_id): value.count
-            for key, value in self.bpf["stats"].items()
+            for key, value in self.bpf[b"stats"].items()
         }
 
     def close(self) -> None:

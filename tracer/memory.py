@@ -95,6 +95,17 @@ class ProcessImage:
                     return None
         return None
 
+    def add_file(self, path: str, base: int) -> None:
+        """Map `path` at load `base` as the loader would (PT_LOAD segments):
+        lets us read a process that exited before we saw its maps."""
+        if any(mapping.path == path for mapping in self.mappings):
+            return
+        for vaddr, offset, size, flags in load_segments(path):
+            start = base + vaddr
+            permissions = "r" + ("w" if flags & 2 else "-") + ("x" if flags & 1 else "-")
+            self.mappings.append(Mapping(start, start + size, permissions + "p",
+                                         offset, path))
+
     def string(self, address: int, limit: int = STRING_MAX) -> str | None:
         """The NUL-terminated string at `address` (cached), None if unreadable."""
         if address in self._strings:
@@ -155,6 +166,32 @@ class ProcessImage:
             )
             address = following
         return sorted(found, key=lambda topic: topic.id)
+
+
+_ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
+_PT_LOAD = 1
+
+
+def load_segments(path: str) -> list[tuple[int, int, int, int]]:
+    """(vaddr, file offset, file size, flags) of each PT_LOAD of a 64-bit ELF."""
+    try:
+        with open(path, "rb") as elf:
+            header = elf.read(_ELF_HEADER.size)
+            if len(header) < _ELF_HEADER.size or header[:4] != b"\x7fELF":
+                return []
+            fields = _ELF_HEADER.unpack(header)
+            program_offset, entry_size, count = fields[5], fields[9], fields[10]
+            segments = []
+            for index in range(count):
+                elf.seek(program_offset + index * entry_size)
+                kind, flags, offset, vaddr, _, file_size, _, _ = (
+                    _PROGRAM_HEADER.unpack(elf.read(_PROGRAM_HEADER.size)))
+                if kind == _PT_LOAD:
+                    segments.append((vaddr, offset, file_size, flags))
+            return segments
+    except (OSError, struct.error):
+        return []
 
 
 def process_exists(pid: int) -> bool:

@@ -49,6 +49,7 @@ class TraceOptions:
     duration: float | None = None
     flight_entries: int = 1024
     pages_per_cpu: int = 256
+    command_stderr: int | None = None   # fd for -c's stderr (default: ours)
 
 
 @dataclass
@@ -61,6 +62,23 @@ class ArmedProcess:
     topics: dict[int, Topic]
     attachments: list[arm.Attachment]
     armed_topics: set[str]
+    probes: list[Any] = field(default_factory=list)
+    site_topics: dict[int, str] = field(default_factory=dict)
+
+    def topic_at(self, probe_address: int) -> str | None:
+        """The topic whose probe fired at `probe_address` (a runtime address):
+        the site whose link-time address is page-congruent with it. Also maps
+        that file into the image, so a process that already exited can still
+        be read from its files."""
+        if probe_address in self.site_topics:
+            return self.site_topics[probe_address]
+        for probe in self.probes:
+            base = probe_address - probe.address
+            if base >= 0 and base % 4096 == 0:
+                self.image.add_file(probe.path, base)
+                self.site_topics[probe_address] = probe.name
+                return probe.name
+        return None
 
 
 def monotonic_ns() -> int:
@@ -113,6 +131,11 @@ class TraceSession:
             if required:
                 raise TracerError(f"process {pid} does not exist") from None
             return None
+        except OSError as error:
+            if required:
+                raise TracerError(f"cannot read process {pid}: "
+                                  f"{error.strerror}") from None
+            return None
         if not probes:
             if required:
                 raise TracerError(f"process {pid} ({process_comm(pid)}) has no "
@@ -140,6 +163,7 @@ class TraceSession:
                     self.harvester.program_fd, probe.path, probe.file_offset,
                     process.pid, probe.semaphore_offset))
                 process.armed_topics.add(probe.name)
+                process.probes.append(probe)
             except arm.ArmError as error:
                 if not process_exists(process.pid):
                     self.report(f"process {process.pid} exited while arming")
@@ -169,6 +193,8 @@ class TraceSession:
         pid = os.fork()
         if pid == 0:    # the child waits until its probes are armed
             os.close(ready_write)
+            if self.options.command_stderr is not None:
+                os.dup2(self.options.command_stderr, 2)
             os.read(ready_read, 1)
             try:
                 os.execv(path, command)
@@ -205,6 +231,13 @@ class TraceSession:
             return True
         return bool(self.options.comms) and process_comm(pid) in self.options.comms
 
+    def _on_process_event(self, event: Any) -> None:
+        from recorder_tracer.procs import ProcEventKind
+        if event.kind is ProcEventKind.EXEC:
+            self._on_exec(event.pid)
+        elif event.kind is ProcEventKind.EXIT:
+            self._on_exit(event.pid, event.describe())
+
     def _on_exec(self, pid: int) -> None:
         with self._lock:
             if pid in self.processes:
@@ -238,17 +271,18 @@ class TraceSession:
             process = ArmedProcess(pid, raw.comm.decode(errors="replace"),
                                    ProcessImage(pid), {}, [], set())
             self.exited[pid] = process
-        topic = process.topics.get(entry.topic_id)
-        if topic is None:
-            # First record after exec (-c), or a topic registered late.
-            if process_exists(pid):
+        # A C topic is named by its probe; the registry names run-time ones.
+        topic_name = process.topic_at(raw.probe_address)
+        if topic_name is None:
+            topic = process.topics.get(entry.topic_id)
+            if topic is None and process_exists(pid):
                 try:
                     process.image = ProcessImage.of(pid)
+                    process.topics.update({t.id: t for t in process.image.topics()})
                 except OSError:
                     pass
-            process.topics.update({t.id: t for t in process.image.topics()})
-            topic = process.topics.get(entry.topic_id)
-        topic_name = topic.name if topic else f"topic{entry.topic_id}"
+                topic = process.topics.get(entry.topic_id)
+            topic_name = topic.name if topic else f"topic{entry.topic_id}"
         args: list[int | float | str | None] = []
         strings = iter(raw.strings)
         for index in range(min(entry.nargs, 12)):
@@ -288,9 +322,8 @@ class TraceSession:
         for pid in self.options.pids:
             self.arm(pid)
         if self.options.all_processes or self.options.comms:
-            from recorder_tracer.procs import ProcessWatcher
-            self._watcher = ProcessWatcher(on_exec=self._on_exec,
-                                           on_exit=self._on_exit)
+            from recorder_tracer.procs import ProcessFollower
+            self._watcher = ProcessFollower(self._on_process_event)
             self._watcher.start()
             for pid in _all_pids():
                 if pid != os.getpid() and self._wants(pid):
@@ -303,10 +336,12 @@ class TraceSession:
     def stop(self) -> None:
         self._stop.set()
 
-    def run(self) -> None:
+    def run(self, start: bool = True) -> None:
         """Stream until the duration ends, stop() is called, Ctrl-C, or the
-        command started with -c exits."""
-        self.start()
+        command started with -c exits. With `start` False, the caller has
+        called start() already."""
+        if start:
+            self.start()
         deadline = (time.monotonic() + self.options.duration
                     if self.options.duration else None)
         try:

@@ -46,7 +46,7 @@ class Stream:
         self.on_record = on_record
         self.received: dict[int, int] = {}
         self.lost_reported: dict[int, int] = {}
-        table = harvester.bpf["stream"]
+        table = harvester.bpf[b"stream"]
         record_pointer = ctypes.POINTER(harvester.record_type)
 
         def deliver(cpu: int, data: int, size: int) -> None:

@@ -64,6 +64,7 @@ int harvest(struct pt_regs *ctx)
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     record->pid = pid_tgid >> 32;
     record->harvest_ns = bpf_ktime_get_ns();
+    record->probe_address = PT_REGS_IP(ctx);
     record->status = 0;
     if (bpf_probe_read_user(&record->entry, sizeof(record->entry),
                             (void *)PT_REGS_RC(ctx)) != 0) {

@@ -26,6 +26,9 @@ struct harvest_record {
     __u32 pid;                  /* tgid */
     __u32 status;               /* HARVEST_* below */
     __u64 harvest_ns;           /* bpf_ktime_get_ns() at the probe hit */
+    __u64 probe_address;        /* where the probe fired: with the probe's
+                                   link-time address it gives the file's
+                                   load base, to read a process that exited */
     char comm[16];
     struct recorder_entry entry;
     struct harvest_string strings[HARVEST_STRINGS];
