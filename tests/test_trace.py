@@ -195,5 +195,6 @@ def test_cli_bad_input_is_one_line_and_nonzero(arguments, message,
     result = subprocess.run([*RECORDER, "trace", *arguments], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if line.startswith("recorder:")]
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("recorder:")]
     assert len(lines) == 1 and message in lines[0]

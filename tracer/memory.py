@@ -102,9 +102,10 @@ class ProcessImage:
             return
         for vaddr, offset, size, flags in load_segments(path):
             start = base + vaddr
-            permissions = "r" + ("w" if flags & 2 else "-") + ("x" if flags & 1 else "-")
-            self.mappings.append(Mapping(start, start + size, permissions + "p",
-                                         offset, path))
+            writable = "w" if flags & 2 else "-"
+            executable = "x" if flags & 1 else "-"
+            self.mappings.append(Mapping(start, start + size,
+                                         f"r{writable}{executable}p", offset, path))
 
     def string(self, address: int, limit: int = STRING_MAX) -> str | None:
         """The NUL-terminated string at `address` (cached), None if unreadable."""

@@ -31,6 +31,7 @@ from recorder_tracer.spec import TopicSpec
 from recorder_tracer.stream import CpuSummary, Stream
 
 REORDER_WINDOW_NS = 150_000_000
+HARVEST_ENTRY_UNREADABLE = 0x1      # tracer/bpf/harvest.h
 ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)
 
 Sink = Callable[[Record], None]
@@ -266,6 +267,14 @@ class TraceSession:
         process that wrote it (or its files, once it has exited)."""
         entry = raw.entry
         pid = raw.pid
+        if raw.status & HARVEST_ENTRY_UNREADABLE:
+            # BPF could not copy the entry; say so, at the time of the hit.
+            comm = raw.comm.decode(errors="replace")
+            process = self.processes.get(pid) or self.exited.get(pid)
+            topic = (process.topic_at(raw.probe_address) if process else None) or "?"
+            return Record(ts=raw.harvest_ns, pid=pid, tid=0, comm=comm, topic=topic,
+                          where="?", message="<entry unreadable by BPF>", args=[],
+                          cpu=cpu)
         process = self.processes.get(pid) or self.exited.get(pid)
         if process is None:
             process = ArmedProcess(pid, raw.comm.decode(errors="replace"),

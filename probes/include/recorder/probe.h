@@ -46,7 +46,7 @@
         ".size _.stapsdt.base, 1\n"                                         \
         ".popsection\n"                                                     \
         ".endif\n"                                                          \
-        : : RECORDER_PROBE_REGISTER(entry))
+        : : RECORDER_PROBE_REGISTER(entry) : "memory")
 
 /* The entry's address always travels in the same register, so one BPF
  * program serves every probe site without per-site argument decoding. */
