@@ -18,7 +18,7 @@ fi
 #    LTTng-UST for the benchmark's comparison.
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
-          liblttng-ust-dev lttng-tools binutils)
+          liblttng-ust-dev lttng-tools binutils clang)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null \

@@ -34,12 +34,12 @@
 
 /* Defines topic `Name` whose ring keeps the last `Size` records per CPU. The
  * constructor registers it (applying RECORDER_TRACES) before main runs. */
-#define RECORDER_DEFINE(Name, Size, Info)                            \
+#define RECORDER_DEFINE(Name, Size, Info)                                   \
     struct recorder_topic recorder_##Name##_topic = {                       \
         .trace = 0,                                                         \
         .size = (Size),                                                     \
         .name = { #Name },                                                  \
-        .description = { Info },                                     \
+        .description = { Info },                                            \
     };                                                                      \
     __attribute__((section(".probes"), used))                               \
     volatile unsigned short RECORDER_SEMAPHORE(Name) = 0;                   \
@@ -47,9 +47,11 @@
     recorder_register_##Name(void)                                          \
     {                                                                       \
         recorder_topic_register(&recorder_##Name##_topic);                  \
-    }
+    }                                                                       \
+    /* Takes the user's `;`, which ISO C forbids after a function body. */  \
+    _Static_assert(1, "RECORDER_DEFINE is followed by a semicolon")
 
-#define RECORDER(Name, Size, Info)                                   \
+#define RECORDER(Name, Size, Info)                                          \
     RECORDER_DECLARE(Name);                                                 \
     RECORDER_DEFINE(Name, Size, Info)
 
@@ -59,17 +61,18 @@
 #define RECORDER_TWEAK_DECLARE(Name)                                        \
     extern struct recorder_tweak recorder_##Name##_tweak
 
-#define RECORDER_TWEAK_DEFINE(Name, Value, Info)                     \
+#define RECORDER_TWEAK_DEFINE(Name, Value, Info)                            \
     struct recorder_tweak recorder_##Name##_tweak = {                       \
         .value = (Value),                                                   \
         .name = { #Name },                                                  \
-        .description = { Info },                                     \
+        .description = { Info },                                            \
     };                                                                      \
     __attribute__((constructor)) static void                                \
     recorder_register_tweak_##Name(void)                                    \
     {                                                                       \
         recorder_tweak_register(&recorder_##Name##_tweak);                  \
-    }
+    }                                                                       \
+    _Static_assert(1, "RECORDER_TWEAK_DEFINE is followed by a semicolon")
 
 #define RECORDER_TWEAK(name) (recorder_##name##_tweak.value)
 
@@ -83,7 +86,7 @@
 
 /* The trailing empty argument added above lets a format come without
  * arguments in strict ISO C; the argument counting below expects it. */
-#define RECORDER_RECORD_(Name, Fast, Format, ...)                              \
+#define RECORDER_RECORD_(Name, Fast, Format, ...)                           \
     do {                                                                    \
         struct recorder_topic *recorder_t_ = &recorder_##Name##_topic;      \
         if (__builtin_expect(recorder_t_->trace >= 0, 1)) {                 \
@@ -106,7 +109,7 @@
 #define RECORDER_COUNT_(...)                                                \
     RECORDER_PICK_(__VA_ARGS__, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,     \
                    9, 8, 7, 6, 5, 4, 3, 2, 1, 0, ~)
-#define RECORDER_PICK_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12,    \
+#define RECORDER_PICK_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12,   \
                        a13, a14, a15, a16, a17, a18, a19, a20, n, ...) n
 #define RECORDER_CAT_(a, b) a##b
 #define RECORDER_CAT(a, b)  RECORDER_CAT_(a, b)
@@ -126,7 +129,8 @@ static inline __u64 recorder_double_bits(double d)
     _Generic((a),                                                           \
              float: recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)),   \
              double: recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)),  \
-             long double: recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)), \
+             long double:                                                   \
+                 recorder_double_bits((double)RECORDER_AS_DOUBLE_(a)),      \
              default: (__u64)(uintptr_t)(a))
 #define RECORDER_KIND(a)                                                    \
     _Generic((a),                                                           \
@@ -201,18 +205,25 @@ enum recorder_trace_status {
 
 /* Applies a spec: items `[-|/]regex[=value]` separated by ':' or spaces.
  * `x` sets 1, `-x` sets 0 (record, don't print), `/x` sets -1 (off),
- * `x=v` sets v; `all` matches every topic; `list` or `help` prints them.
- * Regexes are POSIX extended, case-insensitive, matching the whole name,
- * and also apply to topics and tweaks defined later (dlopen). Returns
- * RECORDER_TRACE_OK or the last error; errors are reported on stderr. */
+ * `x=v` sets v; `all` matches every topic (not tweaks); `list` or `help`
+ * prints topics and tweaks. Regexes are POSIX extended, case-insensitive,
+ * matching the whole name, and also apply to topics and tweaks defined
+ * later (dlopen). Errors, and items that match nothing, are reported on
+ * stderr (for RECORDER_TRACES and RECORDER_TWEAKS, which are read before
+ * the program's topics exist, the latter and `list` at exit). Returns
+ * RECORDER_TRACE_OK or the last error. */
 int recorder_trace_set(const char *spec);
 
 unsigned recorder_dump(void);                       /* returns entries shown */
-unsigned recorder_dump_for(const char *pattern);    /* topics matching regex */
+/* Dumps the topics whose whole name `pattern` matches (as in a spec);
+ * NULL or "all" dumps all. Returns entries shown. */
+unsigned recorder_dump_for(const char *pattern);
 /* Dump on SIGQUIT, SIGILL, SIGABRT, SIGBUS, SIGSEGV, SIGFPE, SIGSYS,
  * SIGXCPU, SIGXFSZ, plus the signals in mask `add`, minus those in
- * `remove` (bit n = signal n). A fatal signal is re-raised after the dump,
- * so the process still dies by it. */
+ * `remove` (bit n = signal n): the topics RECORDER_DUMP matches, or all.
+ * A fatal signal is re-raised after the dump, so the process still dies
+ * by it. The calling thread gets an alternate signal stack, so that its
+ * stack overflows dump too. */
 void recorder_dump_on_common_signals(unsigned add, unsigned remove);
 
 /* Used by the macros. */

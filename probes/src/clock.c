@@ -22,7 +22,7 @@ static atomic_flag recalibrating = ATOMIC_FLAG_INIT;
 /* Re-anchor when extrapolating further than this many times the baseline
  * the slope was measured over: bounds the error from the slope's own error. */
 #define EXTRAPOLATION_FACTOR 4
-#define MAX_LIMIT            (1ull << 32)   /* keeps delta * mult in 64 bits */
+#define MAX_LIMIT            (1ull << 32)   /* ~1.5 s of a 2.8 GHz TSC */
 
 static __u64 monotonic_ns(void)
 {
@@ -32,6 +32,20 @@ static __u64 monotonic_ns(void)
 }
 
 #ifdef RECORDER_HAVE_TSC
+/* How far an epoch may extrapolate: a multiple of the baseline its slope
+ * was measured over, never so far that delta * mult leaves 64 bits (a TSC
+ * slower than 1 GHz has mult >= 2^32). */
+static __u64 epoch_limit(__u64 baseline_ticks, __u64 mult)
+{
+    __u64 limit = baseline_ticks < MAX_LIMIT
+        ? baseline_ticks * EXTRAPOLATION_FACTOR : MAX_LIMIT;
+    if (limit > MAX_LIMIT)
+        limit = MAX_LIMIT;
+    if (mult && limit > ~0ull / mult)
+        limit = ~0ull / mult;
+    return limit;
+}
+
 /* One (tsc, ns) pair: the TSC read halfway through the tightest of a few
  * clock_gettime calls. */
 static void measure_pair(__u64 *tsc, __u64 *ns)
@@ -67,11 +81,10 @@ static void publish(__u64 tsc, __u64 ns, __u64 mult, __u64 baseline_ticks)
     unsigned current = atomic_load_explicit(&recorder_clock.current,
                                             memory_order_relaxed);
     struct recorder_clock_epoch *next = &recorder_clock.epoch[(current + 1) & 1];
-    __u64 limit = baseline_ticks * EXTRAPOLATION_FACTOR;
     next->tsc_base = tsc;
     next->ns_base = ns;
     next->mult = mult;
-    next->limit = limit < MAX_LIMIT ? limit : MAX_LIMIT;
+    next->limit = epoch_limit(baseline_ticks, mult);
     atomic_store_explicit(&recorder_clock.current, current + 1,
                           memory_order_release);
 }
@@ -94,7 +107,7 @@ void recorder_clock_init(void)
     __u64 mult = ((ns1 - ns0) << 32) / (tsc1 - tsc0);
     recorder_clock.epoch[0] = (struct recorder_clock_epoch) {
         .tsc_base = tsc1, .ns_base = ns1, .mult = mult,
-        .limit = (tsc1 - tsc0) * EXTRAPOLATION_FACTOR,
+        .limit = epoch_limit(tsc1 - tsc0, mult),
     };
     atomic_store_explicit(&recorder_clock.current, 0, memory_order_release);
     recorder_clock.use_tsc = 1;

@@ -70,16 +70,18 @@ static void initialize(void)
     pthread_atfork(NULL, NULL, after_fork_in_child);
     recorder_share_init();
     recorder_registry.magic = RECORDER_REGISTRY_MAGIC;
+    recorder_dump_at_exit_init();
     /* The core's own topics first, so their records carry their ids. */
     add_topic(&recorder_recorder_core_topic);
     add_topic(&recorder_recorder_signals_topic);
-    recorder_dump_at_exit_init();
     const char *traces = getenv("RECORDER_TRACES");
     const char *tweaks = getenv("RECORDER_TWEAKS");
+    /* Not recorder_trace_set: it calls recorder_init, and pthread_once
+     * called again from its own init routine never returns. */
     if (traces)
-        recorder_trace_set(traces);
+        recorder_spec_apply(traces, 1);
     if (tweaks)
-        recorder_trace_set(tweaks);
+        recorder_spec_apply(tweaks, 1);
 }
 
 void recorder_init(void)
@@ -104,9 +106,16 @@ static void add_topic(struct recorder_topic *topic)
             return;
         }
     }
-    topic->id = recorder_registry.topic_count++;
+    topic->id = recorder_registry.topic_count;
     topic->next = recorder_registry.topics;
-    recorder_registry.topics = topic;
+    recorder_dump_select(topic);
+    /* Readers walk the list without the lock (dumps in signal handlers,
+     * BPF, debuggers): publish the topic only once it is complete. */
+    atomic_store_explicit(
+        (_Atomic(struct recorder_topic *) *)&recorder_registry.topics, topic,
+        memory_order_release);
+    atomic_store_explicit((_Atomic __u32 *)&recorder_registry.topic_count,
+                          topic->id + 1, memory_order_release);
     unlock_registry();
     recorder_share_topic(topic);
     recorder_spec_apply_pending(topic, NULL);
@@ -125,7 +134,9 @@ void recorder_tweak_register(struct recorder_tweak *tweak)
     recorder_init();
     lock_registry();
     tweak->next = recorder_registry.tweaks;
-    recorder_registry.tweaks = tweak;
+    atomic_store_explicit(
+        (_Atomic(struct recorder_tweak *) *)&recorder_registry.tweaks, tweak,
+        memory_order_release);
     unlock_registry();
     recorder_spec_apply_pending(NULL, tweak);
 }
@@ -140,9 +151,10 @@ static __u32 power_of_two_at_least(__u32 size)
 
 /* Last resort when memory runs out: records still go somewhere, and the
  * shard says which topic and CPU it stands for. */
-static struct {
-    struct recorder_shard shard;
-    struct recorder_entry entries[16];
+static union {
+    struct recorder_shard shard;    /* ISO C: no flexible member inside */
+    unsigned char bytes[sizeof(struct recorder_shard)     /* a struct */
+                        + 16 * sizeof(struct recorder_entry)];
 } spare_shard = { .shard = { .mask = 15, .keep = 16, .topic_id = ~0u } };
 
 struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
@@ -165,7 +177,7 @@ struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
             return &spare_shard.shard;
     }
     shard->mask = capacity - 1;
-    shard->keep = keep;
+    shard->keep = keep < capacity ? keep : capacity;   /* 2^30 at most */
     shard->topic_id = topic->id;
     shard->cpu = slot;
 

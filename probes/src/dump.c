@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define MAX_DUMP_SHARDS 4096
@@ -23,7 +24,8 @@ struct cursor {
 
 static struct cursor cursors[MAX_DUMP_SHARDS];
 static atomic_flag dumping = ATOMIC_FLAG_INIT;
-static const char *dump_pattern;        /* RECORDER_DUMP */
+static const char *dump_pattern;        /* RECORDER_DUMP, or "all" */
+static unsigned char dump_selected[RECORDER_MAX_TOPICS];   /* by topic id */
 
 /* Copies entry `index` of a shard; 0 if it was overwritten meanwhile. */
 static int read_entry(const struct recorder_shard *shard, __u64 index,
@@ -66,7 +68,24 @@ void recorder_trace_entry(struct recorder_topic *topic,
     print_entry(topic, entry);
 }
 
-unsigned recorder_dump_for(const char *pattern)
+/* Which topics a dump shows: those a regex matches, those RECORDER_DUMP
+ * selected (no regex: signal handlers must not allocate), or all. */
+enum selection { SELECT_ALL, SELECT_REGEX, SELECT_RECORDER_DUMP };
+
+static int selected(const struct recorder_topic *topic, enum selection how,
+                    const regex_t *regex)
+{
+    switch (how) {
+    case SELECT_REGEX:
+        return regexec(regex, topic->name.text, 0, NULL, 0) == 0;
+    case SELECT_RECORDER_DUMP:
+        return topic->id < RECORDER_MAX_TOPICS && dump_selected[topic->id];
+    default:
+        return 1;
+    }
+}
+
+static unsigned dump_topics(enum selection how, const regex_t *regex)
 {
     if (atomic_flag_test_and_set(&dumping)) {
         recorder_error("recorder: a dump is already in progress");
@@ -75,7 +94,7 @@ unsigned recorder_dump_for(const char *pattern)
     unsigned count = 0, shown = 0;
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next) {
-        if (!recorder_name_matches(pattern, topic->name.text))
+        if (!selected(topic, how, regex))
             continue;
         for (unsigned s = 0; s < RECORDER_MAX_SHARDS; s++) {
             const struct recorder_shard *shard = topic->shards[s];
@@ -137,9 +156,27 @@ unsigned recorder_dump_for(const char *pattern)
     return shown;
 }
 
+unsigned recorder_dump_for(const char *pattern)
+{
+    if (!pattern || strcmp(pattern, "all") == 0)
+        return dump_topics(SELECT_ALL, NULL);
+    regex_t regex;
+    int status = recorder_compile_name_regex(&regex, pattern);
+    if (status != 0) {
+        char reason[128];
+        regerror(status, &regex, reason, sizeof(reason));
+        recorder_error("recorder: invalid topic pattern '%s' to dump: %s",
+                       pattern, reason);
+        return 0;
+    }
+    unsigned shown = dump_topics(SELECT_REGEX, &regex);
+    regfree(&regex);
+    return shown;
+}
+
 unsigned recorder_dump(void)
 {
-    return recorder_dump_for("all");
+    return dump_topics(SELECT_ALL, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -161,7 +198,7 @@ static void on_signal(int signal_number, siginfo_t *info, void *context)
            info ? info->si_addr : NULL);
     recorder_error("recorder: received signal %d (%s), dumping",
                    signal_number, sigabbrev_np(signal_number));
-    recorder_dump_for(dump_pattern);
+    dump_topics(SELECT_RECORDER_DUMP, NULL);
     if (!(fatal_mask & (1ull << signal_number)))
         return;
     /* Hand the signal back to whoever had it, or to the default action,
@@ -172,11 +209,30 @@ static void on_signal(int signal_number, siginfo_t *info, void *context)
     raise(signal_number);
 }
 
+/* A stack overflow raises SIGSEGV with no stack left to run the handler
+ * on: give the calling thread an alternate stack unless it has one. */
+#define ALTERNATE_STACK_BYTES (64 * 1024)
+
+static void ensure_alternate_stack(void)
+{
+    stack_t current;
+    if (sigaltstack(NULL, &current) != 0 || !(current.ss_flags & SS_DISABLE))
+        return;
+    void *memory = mmap(NULL, ALTERNATE_STACK_BYTES, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (memory == MAP_FAILED)
+        return;
+    stack_t stack = { .ss_sp = memory, .ss_size = ALTERNATE_STACK_BYTES };
+    if (sigaltstack(&stack, NULL) != 0)
+        munmap(memory, ALTERNATE_STACK_BYTES);
+}
+
 void recorder_dump_on_common_signals(unsigned add, unsigned remove)
 {
     unsigned long long chosen = (unsigned long long)add;
     unsigned long long fatal = 0;
     recorder_init();
+    ensure_alternate_stack();
     for (size_t i = 0; i < sizeof(common_signals) / sizeof(int); i++)
         fatal |= 1ull << common_signals[i];
     chosen = (chosen | fatal) & ~(unsigned long long)remove;
@@ -185,7 +241,7 @@ void recorder_dump_on_common_signals(unsigned add, unsigned remove)
             continue;
         struct sigaction action = { 0 }, old;
         action.sa_sigaction = on_signal;
-        action.sa_flags = SA_SIGINFO | SA_RESTART;
+        action.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
         sigemptyset(&action.sa_mask);
         if (sigaction(signal_number, &action, &old) != 0)
             continue;
@@ -201,14 +257,45 @@ void recorder_dump_on_common_signals(unsigned add, unsigned remove)
 
 static void dump_at_exit(void)
 {
-    recorder_dump_for(dump_pattern);
+    dump_topics(SELECT_RECORDER_DUMP, NULL);
+}
+
+/* Decides once, when a topic is added, whether signal and exit dumps show
+ * it, so that they run no regex (it allocates). */
+void recorder_dump_select(const struct recorder_topic *topic)
+{
+    if (topic->id >= RECORDER_MAX_TOPICS)
+        return;
+    int chosen = 1;
+    regex_t regex;
+    if (dump_pattern && strcmp(dump_pattern, "all") != 0) {
+        chosen = recorder_compile_name_regex(&regex, dump_pattern) == 0;
+        if (chosen) {
+            chosen = regexec(&regex, topic->name.text, 0, NULL, 0) == 0;
+            regfree(&regex);
+        }
+    }
+    dump_selected[topic->id] = (unsigned char)chosen;
 }
 
 void recorder_dump_at_exit_init(void)
 {
     dump_pattern = getenv("RECORDER_DUMP");
-    if (dump_pattern && *dump_pattern)
-        atexit(dump_at_exit);
-    else
+    if (!dump_pattern || !*dump_pattern) {
         dump_pattern = "all";
+        return;
+    }
+    regex_t regex;
+    int status = recorder_compile_name_regex(&regex, dump_pattern);
+    if (status != 0) {
+        char reason[128];
+        regerror(status, &regex, reason, sizeof(reason));
+        recorder_error("recorder: invalid RECORDER_DUMP pattern '%s': %s; "
+                       "no dump at exit, all topics on a fatal signal",
+                       dump_pattern, reason);
+        dump_pattern = "all";
+        return;
+    }
+    regfree(&regex);
+    atexit(dump_at_exit);
 }

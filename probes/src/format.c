@@ -113,34 +113,45 @@ int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
         /* One conversion: %[flags][width][.precision][length]conversion */
         char spec[64];
         size_t n = 0;
+        int too_long = 0;       /* flags and widths past `spec`: shown as is */
         const char *start = p++;
-        int width_arg = 0, precision_arg = 0;
         while (*p && strchr("-+ #0'", *p))
             p++;
-        if (*p == '*') { width_arg = 1; p++; }
+        if (*p == '*')
+            p++;
         while (*p >= '0' && *p <= '9') p++;
         if (*p == '.') {
             p++;
-            if (*p == '*') { precision_arg = 1; p++; }
+            if (*p == '*')
+                p++;
             while (*p >= '0' && *p <= '9') p++;
         }
         const char *length_start = p;
         while (*p && strchr("hlLqjzt", *p))
             p++;
         char conversion = *p ? *p++ : 0;
-        /* Rebuild the conversion without its length modifier, '*' filled. */
-        for (const char *c = start; c < length_start && n < sizeof(spec) - 8;
-             c++) {
+        /* Rebuild the conversion without its length modifier, '*' filled;
+         * 4 bytes stay free for "ll", the conversion and the NUL. Every '*'
+         * consumes its argument, whether it fits or not. */
+        for (const char *c = start; c < length_start; c++) {
             if (*c == '*') {
                 unsigned index = next_arg++;
                 long long value = index < nargs ? as_signed(entry, index) : 0;
-                n += (size_t)snprintf(spec + n, sizeof(spec) - n, "%d",
-                                      (int)value);
+                char digits[16];
+                int width = snprintf(digits, sizeof(digits), "%d", (int)value);
+                if (width > 0 && n + (size_t)width + 4 <= sizeof(spec)) {
+                    memcpy(spec + n, digits, (size_t)width);
+                    n += (size_t)width;
+                } else {
+                    too_long = 1;
+                }
                 continue;
             }
-            spec[n++] = *c;
+            if (n + 1 + 4 <= sizeof(spec))
+                spec[n++] = *c;
+            else
+                too_long = 1;
         }
-        (void)width_arg; (void)precision_arg;
         spec[n] = 0;
 
         if (conversion == '%') {
@@ -155,6 +166,10 @@ int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
         unsigned index = next_arg++;
         if (index >= nargs) {
             emit(&out, "<missing>", 9);
+            continue;
+        }
+        if (too_long) {
+            emit(&out, start, (size_t)(p - start));
             continue;
         }
         __u64 bits = entry->args[index];

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <regex.h>
 #include "recorder.h"
 
 /* The core's own topics (see core.c): it records its own operations. */
@@ -17,7 +18,9 @@ void recorder_clock_init(void);
 /* spec.c */
 void recorder_spec_apply_pending(struct recorder_topic *topic,
                                  struct recorder_tweak *tweak);
-int recorder_name_matches(const char *pattern, const char *name);
+/* Regex matching whole names, case-insensitively (the spec's rule). */
+int recorder_compile_name_regex(regex_t *regex, const char *pattern);
+int recorder_spec_apply(const char *spec, int from_environment);
 
 /* share.c: RECORDER_SHARE=DIR */
 void recorder_share_init(void);
@@ -27,7 +30,8 @@ void recorder_share_topic(struct recorder_topic *topic);
 void recorder_share_after_fork(void);
 
 /* dump.c */
-void recorder_dump_at_exit_init(void);
+void recorder_dump_at_exit_init(void);  /* before any topic is added */
+void recorder_dump_select(const struct recorder_topic *topic);
 
 /* Writes all of a buffer to a file descriptor; async-signal-safe. */
 void recorder_write_all(int fd, const char *text, size_t length);

@@ -32,6 +32,7 @@ static struct mapping { void *address; __u64 offset, bytes; }
     mappings[MAX_MAPPINGS];
 static unsigned mapping_count;
 static int reported_full;
+static __u64 last_maps_hash;            /* of the last maps block written */
 
 static size_t page_size(void)
 {
@@ -69,21 +70,53 @@ static long long reserve_block(__u32 kind, __u64 payload_bytes)
     return (long long)offset;
 }
 
+/* The text of /proc/self/maps, read into pages of its own rather than the
+ * stack (topics may be registered on a thread with a small stack), up to a
+ * bound that a process with thousands of mappings still fits in. */
+#define MAPS_MAX (4u << 20)
+
 static void write_maps_block(void)
 {
-    char buffer[65536];
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char *buffer = mmap(NULL, MAPS_MAX, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (buffer == MAP_FAILED)
         return;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     size_t length = 0;
     ssize_t got;
-    while (length < sizeof(buffer)
-           && (got = read(fd, buffer + length, sizeof(buffer) - length)) > 0)
-        length += (size_t)got;
-    close(fd);
-    long long offset = reserve_block(RECORDER_SHARE_MAPS, length);
+    if (fd >= 0) {
+        while (length < MAPS_MAX
+               && (got = read(fd, buffer + length, MAPS_MAX - length)) > 0)
+            length += (size_t)got;
+        close(fd);
+    }
+    /* Topics registered one after another rarely change the maps: keep a
+     * block only when the text differs from the last one (FNV-1a). */
+    __u64 hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < length; i++)
+        hash = (hash ^ (unsigned char)buffer[i]) * 0x100000001b3ull;
+    long long offset = length && hash != last_maps_hash
+        ? reserve_block(RECORDER_SHARE_MAPS, length) : -1;
+    if (offset >= 0
+        && pwrite(share_fd, buffer, length,
+                  (off_t)offset + (off_t)sizeof(struct recorder_share_block))
+           == (ssize_t)length)
+        last_maps_hash = hash;
+    munmap(buffer, MAPS_MAX);
+}
+
+static void write_topic_block(const struct recorder_topic *topic)
+{
+    struct recorder_share_topic record = {
+        .id = topic->id, .size = topic->size,
+        .topic_address = (__u64)(uintptr_t)topic,
+    };
+    snprintf(record.name, sizeof(record.name), "%s", topic->name.text);
+    snprintf(record.description, sizeof(record.description), "%s",
+             topic->description.text ? topic->description.text : "");
+    long long offset = reserve_block(RECORDER_SHARE_TOPIC, sizeof(record));
     if (offset >= 0)
-        pwrite(share_fd, buffer, length,
+        pwrite(share_fd, &record, sizeof(record),
                (off_t)offset + (off_t)sizeof(struct recorder_share_block));
 }
 
@@ -111,7 +144,12 @@ static int create_file(void)
     prctl(PR_GET_NAME, command);
     snprintf(share_path, sizeof(share_path), "%s/%s.%d.recorder", directory,
              command, (int)getpid());
-    int fd = open(share_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* Records may hold secrets, and DIR may be shared (/tmp): only the
+     * owner reads the file, and a planted symlink is removed, not followed
+     * (a stale file of a process with the same pid goes the same way). */
+    unlink(share_path);
+    int fd = open(share_path,
+                  O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         recorder_error("recorder: RECORDER_SHARE: cannot create %s: %s",
                        share_path, strerror(errno));
@@ -119,6 +157,7 @@ static int create_file(void)
     }
     share_fd = fd;
     file_end = 0;
+    last_maps_hash = 0;
     long long offset = reserve_block(RECORDER_SHARE_HEADER,
                                      sizeof(struct recorder_share_file));
     if (offset < 0) {
@@ -162,17 +201,7 @@ void recorder_share_topic(struct recorder_topic *topic)
         return;
     while (!try_lock())
         ;
-    struct recorder_share_topic record = {
-        .id = topic->id, .size = topic->size,
-        .topic_address = (__u64)(uintptr_t)topic,
-    };
-    snprintf(record.name, sizeof(record.name), "%s", topic->name.text);
-    snprintf(record.description, sizeof(record.description), "%s",
-             topic->description.text ? topic->description.text : "");
-    long long offset = reserve_block(RECORDER_SHARE_TOPIC, sizeof(record));
-    if (offset >= 0)
-        pwrite(share_fd, &record, sizeof(record),
-               (off_t)offset + (off_t)sizeof(struct recorder_share_block));
+    write_topic_block(topic);
     /* A topic registered late may come from a library just loaded. */
     if (recorder_registry.topic_count > 2)
         write_maps_block();
@@ -245,16 +274,7 @@ void recorder_share_after_fork(void)
     }
     /* Topics go last in the child's file; readers take blocks in any order. */
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
-         topic = topic->next) {
-        struct recorder_share_topic record = {
-            .id = topic->id, .size = topic->size,
-            .topic_address = (__u64)(uintptr_t)topic,
-        };
-        snprintf(record.name, sizeof(record.name), "%s", topic->name.text);
-        long long offset = reserve_block(RECORDER_SHARE_TOPIC, sizeof(record));
-        if (offset >= 0)
-            pwrite(share_fd, &record, sizeof(record),
-                   (off_t)offset + (off_t)sizeof(struct recorder_share_block));
-    }
+         topic = topic->next)
+        write_topic_block(topic);
     close(parent_fd);
 }

@@ -19,35 +19,27 @@ struct spec_item {
     regex_t regex;
     int match_all;
     long long value;
+    unsigned matched;           /* topics and tweaks it ever changed */
+    char *text;                 /* RECORDER_TRACES items: to report at exit */
     struct spec_item *next;
 };
 
 static struct spec_item *items, **items_tail = &items;
+static int at_exit_registered;
+static int list_at_exit;        /* `list` or `help` in RECORDER_TRACES */
 static pthread_mutex_t items_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Compiles `pattern` to match whole names, case-insensitively. */
-static int compile_name_regex(regex_t *regex, const char *pattern)
+int recorder_compile_name_regex(regex_t *regex, const char *pattern)
 {
     size_t length = strlen(pattern);
     char *anchored = malloc(length + 5);
     if (!anchored)
-        return ENOMEM;
+        return REG_ESPACE;
     snprintf(anchored, length + 5, "^(%s)$", pattern);
     int status = regcomp(regex, anchored, REG_EXTENDED | REG_ICASE | REG_NOSUB);
     free(anchored);
     return status;
-}
-
-int recorder_name_matches(const char *pattern, const char *name)
-{
-    if (!pattern || strcmp(pattern, "all") == 0)
-        return 1;
-    regex_t regex;
-    if (compile_name_regex(&regex, pattern) != 0)
-        return 0;
-    int matches = regexec(&regex, name, 0, NULL, 0) == 0;
-    regfree(&regex);
-    return matches;
 }
 
 static int item_matches(const struct spec_item *item, const char *name)
@@ -90,7 +82,24 @@ void recorder_spec_apply_pending(struct recorder_topic *topic,
 {
     pthread_mutex_lock(&items_lock);
     for (struct spec_item *item = items; item; item = item->next)
-        apply_item(item, topic, tweak);
+        item->matched += apply_item(item, topic, tweak);
+    pthread_mutex_unlock(&items_lock);
+}
+
+static void list_topics(void);
+
+/* Environment items are read before the program's topics exist (and a
+ * library loaded later may still bring a match), so whether one matched
+ * nothing, and which topics there are, is only known at exit. */
+static void report_at_exit(void)
+{
+    if (list_at_exit)
+        list_topics();
+    pthread_mutex_lock(&items_lock);
+    for (struct spec_item *item = items; item; item = item->next)
+        if (item->text && !item->matched)
+            recorder_error("recorder: RECORDER_TRACES/RECORDER_TWEAKS item "
+                           "'%s' matched no topic or tweak", item->text);
     pthread_mutex_unlock(&items_lock);
 }
 
@@ -138,7 +147,7 @@ static int parse_item(char *text, struct spec_item *item)
     }
     item->match_all = strcmp(text, "all") == 0;
     if (!item->match_all) {
-        int status = compile_name_regex(&item->regex, text);
+        int status = recorder_compile_name_regex(&item->regex, text);
         if (status != 0) {
             char reason[128];
             regerror(status, &item->regex, reason, sizeof(reason));
@@ -150,11 +159,11 @@ static int parse_item(char *text, struct spec_item *item)
     return RECORDER_TRACE_OK;
 }
 
-int recorder_trace_set(const char *spec)
+/* Applies a spec; `from_environment` defers `list` and the report of
+ * items that match nothing to exit (see report_at_exit). Never calls
+ * recorder_init: initialization itself applies RECORDER_TRACES. */
+int recorder_spec_apply(const char *spec, int from_environment)
 {
-    if (!spec)
-        return RECORDER_TRACE_OK;
-    recorder_init();
     char *copy = strdup(spec);
     if (!copy)
         return RECORDER_TRACE_INVALID_NAME;
@@ -165,7 +174,10 @@ int recorder_trace_set(const char *spec)
         if (!*text)
             continue;
         if (strcmp(text, "help") == 0 || strcmp(text, "list") == 0) {
-            list_topics();
+            if (from_environment)
+                list_at_exit = 1;
+            else
+                list_topics();
             continue;
         }
         struct spec_item *item = calloc(1, sizeof(*item));
@@ -177,20 +189,34 @@ int recorder_trace_set(const char *spec)
             free(item);
             continue;
         }
+        if (from_environment)
+            item->text = strdup(text);
         pthread_mutex_lock(&items_lock);
         unsigned changed = apply_item(item, NULL, NULL);
+        item->matched = changed;
         *items_tail = item;
         items_tail = &item->next;
         pthread_mutex_unlock(&items_lock);
         /* `text` dies with `copy`: record only values, never its address. */
         RECORD(recorder_core, "Trace spec item set %lld on %u topics and "
                "tweaks", item->value, changed);
-        /* Topics of libraries loaded later may still match. Items from the
-         * environment are read before the program's topics exist. */
-        if (!changed && recorder_registry.topic_count > 2)
+        /* Kept all the same: topics of libraries loaded later may match. */
+        if (!changed && !from_environment)
             recorder_error("recorder: trace spec item '%s' matches no topic "
-                           "or tweak yet", text);
+                           "or tweak (yet)", text);
     }
     free(copy);
+    if (from_environment && !at_exit_registered) {
+        at_exit_registered = 1;
+        atexit(report_at_exit);
+    }
     return status;
+}
+
+int recorder_trace_set(const char *spec)
+{
+    if (!spec)
+        return RECORDER_TRACE_OK;
+    recorder_init();
+    return recorder_spec_apply(spec, 0);
 }

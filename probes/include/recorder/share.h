@@ -12,7 +12,7 @@
 
 #include "registry.h"
 
-#define RECORDER_SHARE_MAGIC        0x3148535243455200ull  /* "\0RECSH1" LE */
+#define RECORDER_SHARE_MAGIC        0x3148535243455200ull  /* "\0RECRSH1" */
 #define RECORDER_SHARE_VERSION      1
 #define RECORDER_SHARE_BLOCK_MAGIC  0x4b4c4252u             /* "RBLK" */
 
