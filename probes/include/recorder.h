@@ -92,11 +92,12 @@
         if (__builtin_expect(recorder_t_->trace >= 0, 1)) {                 \
             __u64 recorder_s_;                                              \
             struct recorder_entry *recorder_e_ =                            \
-                recorder_reserve(recorder_t_, Fast, &recorder_s_);          \
+                recorder_reserve(recorder_t_, Fast,                         \
+                                 RECORDER_META_(__VA_ARGS__), &recorder_s_); \
             recorder_e_->format = (uintptr_t)(Format);                      \
             recorder_e_->where = (uintptr_t)(__FILE__ ":"                   \
                                              RECORDER_STRINGIFY(__LINE__)); \
-            RECORDER_FILL_(recorder_e_, __VA_ARGS__)                        \
+            RECORDER_ARGS_(recorder_e_, __VA_ARGS__)                        \
             recorder_commit(recorder_e_, recorder_s_);                      \
             if (RECORDER_PROBE_ARMED(Name))                                 \
                 RECORDER_PROBE_FIRE(Name, recorder_e_);                     \
@@ -113,8 +114,10 @@
                        a13, a14, a15, a16, a17, a18, a19, a20, n, ...) n
 #define RECORDER_CAT_(a, b) a##b
 #define RECORDER_CAT(a, b)  RECORDER_CAT_(a, b)
-#define RECORDER_FILL_(e, ...)                                              \
-    RECORDER_CAT(RECORDER_FILL_, RECORDER_COUNT_(__VA_ARGS__))(e, __VA_ARGS__)
+#define RECORDER_ARGS_(e, ...)                                              \
+    RECORDER_CAT(RECORDER_ARGS_, RECORDER_COUNT_(__VA_ARGS__))(e, __VA_ARGS__)
+#define RECORDER_META_(...)                                                 \
+    RECORDER_CAT(RECORDER_META_, RECORDER_COUNT_(__VA_ARGS__))(__VA_ARGS__)
 
 /* One 64-bit slot per argument: doubles bit-cast, integers and pointers
  * widened. The kind travels with it (two bits each in arg_types). */
@@ -142,50 +145,90 @@ static inline __u64 recorder_double_bits(double d)
              default: (__builtin_classify_type(a) == 5                      \
                        ? RECORDER_ARG_POINTER : RECORDER_ARG_INT))
 
-#define RECORDER_SET_(e, i, a)                                              \
-    (e)->args[i] = RECORDER_ARG(a);                                         \
-    (e)->arg_types |= (__u32)RECORDER_KIND(a) << (2 * (i));
-
-#define RECORDER_FILL_0(e, ...)   (e)->nargs = 0; (e)->arg_types = 0;
-#define RECORDER_FILL_1(e, a, ...)                                          \
-    (e)->nargs = 1; (e)->arg_types = 0; RECORDER_SET_(e, 0, a)
-#define RECORDER_FILL_2(e, a, b, ...)                                       \
-    RECORDER_FILL_1(e, a, ) (e)->nargs = 2; RECORDER_SET_(e, 1, b)
-#define RECORDER_FILL_3(e, a, b, c, ...)                                    \
-    RECORDER_FILL_2(e, a, b, ) (e)->nargs = 3; RECORDER_SET_(e, 2, c)
-#define RECORDER_FILL_4(e, a, b, c, d, ...)                                 \
-    RECORDER_FILL_3(e, a, b, c, ) (e)->nargs = 4; RECORDER_SET_(e, 3, d)
-#define RECORDER_FILL_5(e, a, b, c, d, f, ...)                              \
-    RECORDER_FILL_4(e, a, b, c, d, ) (e)->nargs = 5; RECORDER_SET_(e, 4, f)
-#define RECORDER_FILL_6(e, a, b, c, d, f, g, ...)                           \
-    RECORDER_FILL_5(e, a, b, c, d, f, ) (e)->nargs = 6; RECORDER_SET_(e, 5, g)
-#define RECORDER_FILL_7(e, a, b, c, d, f, g, h, ...)                        \
-    RECORDER_FILL_6(e, a, b, c, d, f, g, )                                  \
-    (e)->nargs = 7; RECORDER_SET_(e, 6, h)
-#define RECORDER_FILL_8(e, a, b, c, d, f, g, h, i, ...)                     \
-    RECORDER_FILL_7(e, a, b, c, d, f, g, h, )                               \
-    (e)->nargs = 8; RECORDER_SET_(e, 7, i)
-#define RECORDER_FILL_9(e, a, b, c, d, f, g, h, i, j, ...)                  \
-    RECORDER_FILL_8(e, a, b, c, d, f, g, h, i, )                            \
-    (e)->nargs = 9; RECORDER_SET_(e, 8, j)
-#define RECORDER_FILL_10(e, a, b, c, d, f, g, h, i, j, k, ...)              \
-    RECORDER_FILL_9(e, a, b, c, d, f, g, h, i, j, )                         \
-    (e)->nargs = 10; RECORDER_SET_(e, 9, k)
-#define RECORDER_FILL_11(e, a, b, c, d, f, g, h, i, j, k, l, ...)           \
-    RECORDER_FILL_10(e, a, b, c, d, f, g, h, i, j, k, )                     \
-    (e)->nargs = 11; RECORDER_SET_(e, 10, l)
-#define RECORDER_FILL_12(e, a, b, c, d, f, g, h, i, j, k, l, m, ...)        \
-    RECORDER_FILL_11(e, a, b, c, d, f, g, h, i, j, k, l, )                  \
-    (e)->nargs = 12; RECORDER_SET_(e, 11, m)
+/* Kinds and count are compile-time constants: RECORDER_META_n(args) is the
+ * header word's arg_types and nargs for recorder_reserve to store at once;
+ * RECORDER_ARGS_n(e, args) stores the values, each evaluated once. */
+#define RECORDER_MORE_(a, i)                                                \
+    (RECORDER_META_NARGS(1) + ((__u64)RECORDER_KIND(a) << (2 * (i))))
+#define RECORDER_META_0(...)     0ull
+#define RECORDER_ARGS_0(e, ...)
+#define RECORDER_META_1(a, ...)                                             \
+    RECORDER_MORE_(a, 0)
+#define RECORDER_ARGS_1(e, a, ...)                                          \
+    (e)->args[0] = RECORDER_ARG(a);
+#define RECORDER_META_2(a, b, ...)                                          \
+    (RECORDER_META_1(a, ) + RECORDER_MORE_(b, 1))
+#define RECORDER_ARGS_2(e, a, b, ...)                                       \
+    RECORDER_ARGS_1(e, a, )                                                 \
+    (e)->args[1] = RECORDER_ARG(b);
+#define RECORDER_META_3(a, b, c, ...)                                       \
+    (RECORDER_META_2(a, b, ) + RECORDER_MORE_(c, 2))
+#define RECORDER_ARGS_3(e, a, b, c, ...)                                    \
+    RECORDER_ARGS_2(e, a, b, )                                              \
+    (e)->args[2] = RECORDER_ARG(c);
+#define RECORDER_META_4(a, b, c, d, ...)                                    \
+    (RECORDER_META_3(a, b, c, ) + RECORDER_MORE_(d, 3))
+#define RECORDER_ARGS_4(e, a, b, c, d, ...)                                 \
+    RECORDER_ARGS_3(e, a, b, c, )                                           \
+    (e)->args[3] = RECORDER_ARG(d);
+#define RECORDER_META_5(a, b, c, d, f, ...)                                 \
+    (RECORDER_META_4(a, b, c, d, ) + RECORDER_MORE_(f, 4))
+#define RECORDER_ARGS_5(e, a, b, c, d, f, ...)                              \
+    RECORDER_ARGS_4(e, a, b, c, d, )                                        \
+    (e)->args[4] = RECORDER_ARG(f);
+#define RECORDER_META_6(a, b, c, d, f, g, ...)                              \
+    (RECORDER_META_5(a, b, c, d, f, ) + RECORDER_MORE_(g, 5))
+#define RECORDER_ARGS_6(e, a, b, c, d, f, g, ...)                           \
+    RECORDER_ARGS_5(e, a, b, c, d, f, )                                     \
+    (e)->args[5] = RECORDER_ARG(g);
+#define RECORDER_META_7(a, b, c, d, f, g, h, ...)                           \
+    (RECORDER_META_6(a, b, c, d, f, g, ) + RECORDER_MORE_(h, 6))
+#define RECORDER_ARGS_7(e, a, b, c, d, f, g, h, ...)                        \
+    RECORDER_ARGS_6(e, a, b, c, d, f, g, )                                  \
+    (e)->args[6] = RECORDER_ARG(h);
+#define RECORDER_META_8(a, b, c, d, f, g, h, i, ...)                        \
+    (RECORDER_META_7(a, b, c, d, f, g, h, ) + RECORDER_MORE_(i, 7))
+#define RECORDER_ARGS_8(e, a, b, c, d, f, g, h, i, ...)                     \
+    RECORDER_ARGS_7(e, a, b, c, d, f, g, h, )                               \
+    (e)->args[7] = RECORDER_ARG(i);
+#define RECORDER_META_9(a, b, c, d, f, g, h, i, j, ...)                     \
+    (RECORDER_META_8(a, b, c, d, f, g, h, i, ) + RECORDER_MORE_(j, 8))
+#define RECORDER_ARGS_9(e, a, b, c, d, f, g, h, i, j, ...)                  \
+    RECORDER_ARGS_8(e, a, b, c, d, f, g, h, i, )                            \
+    (e)->args[8] = RECORDER_ARG(j);
+#define RECORDER_META_10(a, b, c, d, f, g, h, i, j, k, ...)                 \
+    (RECORDER_META_9(a, b, c, d, f, g, h, i, j, ) + RECORDER_MORE_(k, 9))
+#define RECORDER_ARGS_10(e, a, b, c, d, f, g, h, i, j, k, ...)              \
+    RECORDER_ARGS_9(e, a, b, c, d, f, g, h, i, j, )                         \
+    (e)->args[9] = RECORDER_ARG(k);
+#define RECORDER_META_11(a, b, c, d, f, g, h, i, j, k, l, ...)              \
+    (RECORDER_META_10(a, b, c, d, f, g, h, i, j, k, )                       \
+     + RECORDER_MORE_(l, 10))
+#define RECORDER_ARGS_11(e, a, b, c, d, f, g, h, i, j, k, l, ...)           \
+    RECORDER_ARGS_10(e, a, b, c, d, f, g, h, i, j, k, )                     \
+    (e)->args[10] = RECORDER_ARG(l);
+#define RECORDER_META_12(a, b, c, d, f, g, h, i, j, k, l, m, ...)           \
+    (RECORDER_META_11(a, b, c, d, f, g, h, i, j, k, l, )                    \
+     + RECORDER_MORE_(m, 11))
+#define RECORDER_ARGS_12(e, a, b, c, d, f, g, h, i, j, k, l, m, ...)        \
+    RECORDER_ARGS_11(e, a, b, c, d, f, g, h, i, j, k, l, )                  \
+    (e)->args[11] = RECORDER_ARG(m);
 #define RECORDER_TOO_MANY_(e, ...)                                          \
     _Static_assert(0, "RECORD takes at most 12 arguments after the format");
-#define RECORDER_FILL_13 RECORDER_TOO_MANY_
-#define RECORDER_FILL_14 RECORDER_TOO_MANY_
-#define RECORDER_FILL_15 RECORDER_TOO_MANY_
-#define RECORDER_FILL_16 RECORDER_TOO_MANY_
-#define RECORDER_FILL_17 RECORDER_TOO_MANY_
-#define RECORDER_FILL_18 RECORDER_TOO_MANY_
-#define RECORDER_FILL_19 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_13 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_14 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_15 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_16 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_17 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_18 RECORDER_TOO_MANY_
+#define RECORDER_ARGS_19 RECORDER_TOO_MANY_
+#define RECORDER_META_13(...) 0ull
+#define RECORDER_META_14(...) 0ull
+#define RECORDER_META_15(...) 0ull
+#define RECORDER_META_16(...) 0ull
+#define RECORDER_META_17(...) 0ull
+#define RECORDER_META_18(...) 0ull
+#define RECORDER_META_19(...) 0ull
 
 /* ------------------------------------------------------------------------ */
 /* The hot path: clock, CPU, slot reservation                               */

@@ -4,6 +4,10 @@
  * Cost model (see `make bench`): one predictable branch when the topic is
  * off; otherwise one rdtsc, one thread-local CPU read (glibc's rseq area),
  * one uncontended fetch-add on the CPU's shard, and 144 bytes of stores.
+ *
+ * Everything here is always_inline: as plain `static inline`, GCC -O2
+ * keeps recorder_reserve out of line even for a single RECORD in a
+ * function, which costs ~2.2 ns per record (bench/README.md).
  */
 #ifndef RECORDER_HOT_H
 #define RECORDER_HOT_H
@@ -12,6 +16,8 @@
 #include <stdint.h>
 #include <stdatomic.h>
 #include "registry.h"
+
+#define RECORDER_INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
@@ -39,7 +45,7 @@ extern struct recorder_clock recorder_clock;
 __u64 recorder_clock_slow(void);
 __u64 recorder_clock_now(void);         /* what RECORD timestamps with */
 
-static inline __u64 recorder_now(void)
+RECORDER_INLINE __u64 recorder_now(void)
 {
 #ifdef RECORDER_HAVE_TSC
     if (__builtin_expect(recorder_clock.use_tsc, 1)) {
@@ -63,7 +69,7 @@ extern __thread __u32 recorder_cpu_fallback
 unsigned recorder_cpu_slow(void);
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 35)
 #include <sys/rseq.h>
-static inline unsigned recorder_cpu(void)
+RECORDER_INLINE unsigned recorder_cpu(void)
 {
     if (__builtin_expect(__rseq_size == 0, 0))
         return recorder_cpu_slow();
@@ -73,14 +79,14 @@ static inline unsigned recorder_cpu(void)
     return *(volatile const __u32 *)&area->cpu_id_start;
 }
 #else
-static inline unsigned recorder_cpu(void) { return recorder_cpu_slow(); }
+RECORDER_INLINE unsigned recorder_cpu(void) { return recorder_cpu_slow(); }
 #endif
 
 /* Thread id cache, reset in the child after fork. */
 extern __thread __u32 recorder_tid_cache
     __attribute__((tls_model("initial-exec")));
 __u32 recorder_tid_slow(void);
-static inline __u32 recorder_tid(void)
+RECORDER_INLINE __u32 recorder_tid(void)
 {
     __u32 tid = recorder_tid_cache;
     return __builtin_expect(tid != 0, 1) ? tid : recorder_tid_slow();
@@ -90,14 +96,38 @@ static inline __u32 recorder_tid(void)
 struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
                                              unsigned cpu);
 
-static inline struct recorder_entry *
-recorder_reserve(struct recorder_topic *topic, int fast, __u64 *sequence)
+/* The header word at arg_types: arg_types | cpu << 32 | nargs << 48 |
+ * flags << 56, written with one store (as is tid | topic_id << 32). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+_Static_assert(__builtin_offsetof(struct recorder_entry, topic_id)
+               == __builtin_offsetof(struct recorder_entry, tid) + 4
+               && __builtin_offsetof(struct recorder_entry, cpu)
+               == __builtin_offsetof(struct recorder_entry, arg_types) + 4
+               && __builtin_offsetof(struct recorder_entry, nargs)
+               == __builtin_offsetof(struct recorder_entry, arg_types) + 6
+               && __builtin_offsetof(struct recorder_entry, flags)
+               == __builtin_offsetof(struct recorder_entry, arg_types) + 7,
+               "recorder_reserve writes the header as two 64-bit words");
+#else
+#error "recorder_reserve assumes a little-endian entry header"
+#endif
+#define RECORDER_META_NARGS(n)  ((__u64)(n) << 48)
+
+/* Reserves and stamps the next slot of this CPU's shard. `meta` holds the
+ * argument kinds and RECORDER_META_NARGS(count), known at compile time. */
+RECORDER_INLINE struct recorder_entry *
+recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
+                 __u64 *sequence)
 {
     unsigned cpu = recorder_cpu();
     struct recorder_shard *shard =
         topic->shards[cpu % RECORDER_MAX_SHARDS];
     if (__builtin_expect(shard == NULL, 0))
         shard = recorder_shard_create(topic, cpu);
+    /* The clock just before the fetch-add: rdtsc then overlaps the
+     * previous record's stores and the fetch-add instead of waiting
+     * behind them (~1.5 ns per RECORD here, ~2.8 ns with 12 arguments). */
+    __u64 now = fast ? 0 : recorder_now();
     __u64 index = atomic_fetch_add_explicit((_Atomic __u64 *)&shard->head, 1,
                                             memory_order_relaxed);
     struct recorder_entry *entry = &shard->entries[index & shard->mask];
@@ -106,23 +136,26 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 *sequence)
                           memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     *sequence = index + 1;
-    if (fast && index != 0) {
-        entry->timestamp =
-            shard->entries[(index - 1) & shard->mask].timestamp;
-        entry->flags = RECORDER_ENTRY_FAST_TIMESTAMP;
-    } else {
-        entry->timestamp = recorder_now();
-        entry->flags = 0;
+    __u64 flags = 0;
+    if (fast) {
+        if (__builtin_expect(index != 0, 1)) {
+            now = shard->entries[(index - 1) & shard->mask].timestamp;
+            flags = RECORDER_ENTRY_FAST_TIMESTAMP;
+        } else {
+            now = recorder_now();
+        }
     }
-    entry->tid = recorder_tid();
-    entry->topic_id = topic->id;
-    entry->cpu = (__u16)cpu;
+    entry->timestamp = now;
+    __u64 ids = recorder_tid() | (__u64)topic->id << 32;
+    meta |= (__u64)(__u16)cpu << 32 | flags << 56;
+    __builtin_memcpy(&entry->tid, &ids, sizeof(ids));
+    __builtin_memcpy(&entry->arg_types, &meta, sizeof(meta));
     return entry;
 }
 
 /* Publishes the entry: readers accept it once `sequence` is set. */
-static inline void recorder_commit(struct recorder_entry *entry,
-                                      __u64 sequence)
+RECORDER_INLINE void recorder_commit(struct recorder_entry *entry,
+                                   __u64 sequence)
 {
     atomic_store_explicit((_Atomic __u64 *)&entry->sequence, sequence,
                           memory_order_release);
