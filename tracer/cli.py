@@ -66,6 +66,14 @@ Examples:
   recorder trace -p 1234 --json -o t.json # JSON lines
   recorder trace -p 1234 --chrome t.trace # Chrome trace (open in Perfetto)
   recorder trace -p 1234 --duration 5     # stop after 5 seconds
+  recorder trace -p 1234 --usdt python:line \\
+      --usdt python:function__entry       # Python calls: file, function, line
+                                          # (3.11 fires function__entry only
+                                          # while python:line is armed)
+  recorder trace -p 1234 --usdt postgres:postgresql:query__start:s
+                                          # SQL text (`:s`: arg0 is a string)
+  recorder trace -c 'python3.11 app.py' --usdt 'python:gc__*'
+                                          # start a command, trace its GC
 """
 
 
@@ -83,43 +91,79 @@ Examples:
               help="Write a Chrome trace-event file (Perfetto opens it).")
 @click.option("-o", "--output", type=click.File("w"), default="-",
               help="Write records here instead of stdout.")
+@click.option("--usdt", "usdt", multiple=True,
+              metavar="[PATH:]PROVIDER:PROBE[:FMT]",
+              help="Trace this USDT probe of -p/-c processes instead of "
+                   "recorder topics (repeatable; shell patterns allowed). FMT "
+                   "has one letter per argument: s string, d signed, "
+                   "u unsigned, x hex.")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           command: str | None, duration: float | None, as_json: bool,
-          chrome: str | None, output: TextIO, spec: tuple[str, ...]) -> None:
+          chrome: str | None, output: TextIO, usdt: tuple[str, ...],
+          spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
     they come, in timestamp order across processes and CPUs. On exit, print
-    per CPU the records received and lost."""
-    from recorder_tracer.session import TraceOptions, TraceSession
+    per CPU the records received and lost.
+
+    With --usdt, trace those USDT probes instead and print their arguments
+    (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
+    string it points to when it points to text."""
     from recorder_tracer.sinks import open_sink
-    from recorder_tracer.spec import TopicSpec
 
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
+    if usdt and (spec or comms or all_processes):
+        raise click.UsageError("--usdt traces the USDT probes of -p or -c "
+                               "processes; it does not combine with topics, "
+                               "--comm or --all yet")
     if not (pids or comms or all_processes or command):
         raise click.UsageError("choose processes: -p PID, --comm, --all or -c")
-    options = TraceOptions(
-        pids=list(pids), comms=list(comms), all_processes=all_processes,
-        command=shlex.split(command) if command else None,
-        spec=TopicSpec.parse(*spec), duration=duration,
-    )
-    sink = open_sink(output, as_json=as_json, chrome=chrome)
+    argv = shlex.split(command) if command else None
 
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
 
-    session = TraceSession(options, sink.write, report)
+    if usdt:
+        from recorder_tracer.usdt import UsdtOptions, UsdtSelector, UsdtTracer
+        selectors = [UsdtSelector.parse(text) for text in usdt]
+        sink = open_sink(output, as_json=as_json, chrome=chrome)
+        tracer: Any = UsdtTracer(
+            UsdtOptions(selectors, pids=list(pids), command=argv,
+                        duration=duration),
+            sink.write, report)
+    else:
+        from recorder_tracer.session import TraceOptions, TraceSession
+        from recorder_tracer.spec import TopicSpec
+        options = TraceOptions(
+            pids=list(pids), comms=list(comms), all_processes=all_processes,
+            command=argv, spec=TopicSpec.parse(*spec), duration=duration,
+        )
+        sink = open_sink(output, as_json=as_json, chrome=chrome)
+        tracer = TraceSession(options, sink.write, report)
     try:
-        session.start()
-        click.echo("Tracing recorder topics... Hit Ctrl-C to end.", err=True)
-        session.run(start=False)
+        tracer.start()
+    except BaseException:
+        tracer.close()      # detach what was armed; the error is the output
+        raise
+    try:
+        if usdt:
+            click.echo(f"Tracing {tracer.site_count} USDT probe sites in "
+                       f"{len(tracer.processes)} processes... Hit Ctrl-C to end.",
+                       err=True)
+        else:
+            click.echo("Tracing recorder topics... Hit Ctrl-C to end.", err=True)
+        tracer.run(start=False)
     finally:
-        summaries = session.summaries()
+        summaries = tracer.summaries()
         sink.close(summaries)
         for cpu in summaries:
             click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} lost"
                        f" ({cpu.produced} produced)", err=True)
+        if getattr(tracer, "unknown_sites", 0):
+            click.echo(f"{tracer.unknown_sites} hits came before their site was "
+                       "known: their arguments are lost", err=True)
 
 
 if __name__ == "__main__":

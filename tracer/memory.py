@@ -33,6 +33,8 @@ class Mapping:
     permissions: str
     offset: int
     path: str
+    device: int = 0
+    inode: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,39 @@ def read_maps(pid: int) -> list[Mapping]:
             parts = line.split(maxsplit=5)
             start, end = (int(value, 16) for value in parts[0].split("-"))
             path = parts[5].strip() if len(parts) > 5 else ""
-            mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path))
+            major, minor = (int(part, 16) for part in parts[3].split(":"))
+            mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path,
+                                    os.makedev(major, minor), int(parts[4])))
     return mappings
+
+
+def load_bias(mappings: list[Mapping], path: str) -> int | None:
+    """Return what the loader added to `path`'s link-time addresses, or None.
+
+    A probe or semaphore at link-time address A is at bias + A in the
+    process whose `mappings` are given: 0 for a non-PIE executable, the load
+    base for a PIE or shared object. The file is matched by (device, inode),
+    so any path naming it will do; None when the process does not map it.
+
+    >>> maps = read_maps(os.getpid())
+    >>> exe = os.path.realpath("/proc/self/exe")
+    >>> bias = load_bias(maps, exe)
+    >>> any(m.start <= bias + load_segments(exe)[0][0] < m.end for m in maps)
+    True
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    segments = load_segments(path)
+    for mapping in mappings:   # in address order: the file's first mapping
+        if (mapping.device, mapping.inode) != (stat.st_dev, stat.st_ino):
+            continue
+        for vaddr, offset, _, _ in segments:
+            if offset & -page == mapping.offset:
+                return mapping.start - (vaddr & -page)
+    return None
 
 
 @dataclass
