@@ -11,13 +11,19 @@ recorder topic's ring size and trace value from the process's registry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from recorder_tracer import notes
 from recorder_tracer.errors import TracerError
-from recorder_tracer.memory import Mapping, ProcessImage, load_bias, read_maps
+from recorder_tracer.memory import (
+    ProcessImage,
+    Topic,
+    load_bias,
+    read_maps,
+)
 
 SEMAPHORE_SIZE = 2      # unsigned short, as <sys/sdt.h> and the core define it
 
@@ -94,9 +100,12 @@ def list_probes(targets: list[str]) -> list[ProbeRow]:
     Raises TracerError for a PID that does not exist, a path that does not
     exist or is not an ELF executable or shared object.
     """
-    if not targets:
-        targets = [str(pid) for pid in notes.mapped_recorder_processes()]
     rows: list[ProbeRow] = []
+    if not targets:
+        for pid in notes.mapped_recorder_processes():
+            # One that exits between the scan and now is simply not listed.
+            with contextlib.suppress(TracerError):
+                rows.extend(process_rows(pid))
     for target in targets:
         if target.isdigit():
             rows.extend(process_rows(int(target)))
@@ -142,11 +151,11 @@ def process_rows(pid: int) -> list[ProbeRow]:
         bias = load_bias(mappings, file.open_path)
         for group in notes.group_probes(probes):
             row = _row(pid, file.path, group)
-            value = _semaphore_value(pid, mappings, bias, group.semaphore)
+            value = _semaphore_value(pid, bias, group.semaphore)
             ring = trace = None
             if row.is_recorder:
                 if topics is None:
-                    topics = {t.name: t for t in ProcessImage.of(pid).topics()}
+                    topics = _topics(pid)
                 topic = topics.get(group.name)
                 if topic is not None:
                     ring, trace = topic.size, topic.trace
@@ -155,14 +164,21 @@ def process_rows(pid: int) -> list[ProbeRow]:
     return rows
 
 
+def _topics(pid: int) -> dict[str, Topic]:
+    """The topics of process `pid`'s registry by name (none once it is gone)."""
+    try:
+        return {topic.name: topic for topic in ProcessImage.of(pid).topics()}
+    except OSError:
+        return {}
+
+
 def _row(pid: int | None, path: str, group: notes.ProbeGroup) -> ProbeRow:
     return ProbeRow(pid, path, group.provider, group.name, len(group.sites),
                     group.semaphore != 0,
                     arguments=tuple(site.arguments for site in group.sites))
 
 
-def _semaphore_value(pid: int, mappings: list[Mapping], bias: int | None,
-                     semaphore: int) -> int | None:
+def _semaphore_value(pid: int, bias: int | None, semaphore: int) -> int | None:
     """The semaphore at load bias + its link-time address, read live."""
     if not semaphore or bias is None:
         return None

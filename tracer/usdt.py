@@ -24,6 +24,9 @@ probe of the executable fires before its specs are known. A library mapped
 later is armed by path beforehand (the kernel plants the probe when it is
 mapped); its first hit finds no specs, so that hit arrives without
 arguments (counted as `unknown site`), and we load its specs then.
+
+(Past 400 lines: the selector, the program's loader and the tracer's life
+cycle are used together and nowhere else; argument specs are usdt_args.py.)
 """
 
 from __future__ import annotations
@@ -303,11 +306,12 @@ class UsdtTracer:
             raise TracerError(f"no USDT probe {selector.provider}:{selector.probe}"
                               f" in {where} (see `recorder probes`)")
         for site in found:
+            resolve = symbol_resolver(site.probe.path)
             for argument in site.arguments:
-                if not argument.supported:
-                    self.report(f"{site.probe.full_name}: argument "
-                                f"{argument.text!r} is not supported; "
-                                "shown as <unreadable>")
+                if not argument.supported or (
+                        argument.symbol and resolve(argument.symbol) is None):
+                    self.report(f"{site.probe.full_name}: cannot read argument "
+                                f"{argument.text!r}; shown as <unreadable>")
         return found
 
     def _attach(self, process: TracedProcess) -> None:
