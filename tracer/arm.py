@@ -17,6 +17,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+from recorder_tracer.flight import ARM
+
 _ATTACH_ENTRY = 0   # enum bpf_probe_attach_type: BPF_PROBE_ENTRY
 
 
@@ -87,12 +89,16 @@ def attach_uprobe(
     )
     if perf_fd < 0:
         code = ctypes.get_errno() or errno.EINVAL
+        ARM.record("attach %s+%#x in pid %d failed: errno %d", path, file_offset,
+                   pid, code)
         if code == errno.ESRCH or not os.path.exists(f"/proc/{pid}"):
             raise ArmError(f"process {pid} is gone")
         raise ArmError(
             f"cannot attach to {path}+{file_offset:#x} in process {pid}: "
             f"{os.strerror(code)}"
         )
+    ARM.record("attached %s+%#x in pid %d, semaphore at %#x, perf fd %d", path,
+               file_offset, pid, semaphore_offset, perf_fd)
     return Attachment(event_name, perf_fd, pid, path, file_offset, semaphore_offset)
 
 
@@ -104,3 +110,5 @@ def detach(attachment: Attachment) -> None:
     never created).
     """
     libbcc().bpf_close_perf_event_fd(attachment.perf_fd)
+    ARM.record("detached %s+%#x in pid %d", attachment.path,
+               attachment.file_offset, attachment.pid)

@@ -269,6 +269,19 @@ unsigned recorder_dump_for(const char *pattern);
  * stack overflows dump too. */
 void recorder_dump_on_common_signals(unsigned add, unsigned remove);
 
+/* Run-time topics (Python, generated names). recorder_topic_create
+ * returns the topic named `name`, making it (ring of `size` per CPU) if it
+ * does not exist; NULL without memory. recorder_record_dynamic records into
+ * it: `format`, `where` and string arguments must stay valid for as long as
+ * readers may format the entry (the Python API keeps them alive). They all
+ * share the probe recorder:recorder_dynamic, gated per topic by `armed`. */
+struct recorder_topic *recorder_topic_create(const char *name, unsigned size,
+                                             const char *description);
+struct recorder_topic *recorder_topic_find(const char *name);
+void recorder_record_dynamic(struct recorder_topic *topic, const char *where,
+                             const char *format, unsigned nargs,
+                             __u32 arg_types, const __u64 *args);
+
 /* Used by the macros. */
 void recorder_topic_register(struct recorder_topic *topic);
 void recorder_tweak_register(struct recorder_tweak *tweak);
