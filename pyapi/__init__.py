@@ -9,6 +9,10 @@ Run-time topics share the USDT probe recorder:recorder_dynamic; a tracer
 arms them one by one (`recorder trace -p PID net`).
 """
 
-from recorder.core import Topic, available, dump, record, topic, trace_set
+from recorder.core import Topic, available, dump, library, record, topic, trace_set
+
+# Load the core now, so a tracer finds it mapped (and its probe) from the
+# moment the program imports recorder, before its first topic exists.
+library()
 
 __all__ = ["Topic", "available", "dump", "record", "topic", "trace_set"]

@@ -66,3 +66,48 @@ def test_registry_lists_python_topics_as_runtime_topics(workload) -> None:
     alpha = next(topic for topic in topics if topic.name == "py_alpha")
     assert alpha.size == 64
     assert read_armed(workload.pid, alpha) is False
+
+
+@pytest.mark.bpf
+def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
+    from tracer_helpers import BackgroundSession
+
+    from recorder_tracer.session import TraceOptions
+    from recorder_tracer.spec import TopicSpec
+
+    workload.record("py_tick", 1)      # both topics exist before arming
+    workload.record("py_tock", 1)
+    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                             spec=TopicSpec.parse("py_tick")))
+    image = ProcessImage.of(workload.pid)
+    by_name = {topic.name: topic for topic in image.topics()}
+    assert read_armed(workload.pid, by_name["py_tick"]) is True
+    assert read_armed(workload.pid, by_name["py_tock"]) is False
+    workload.record("py_tock", 7)
+    workload.record("py_tick", 23)
+    records = session.stop()
+
+    assert [r.topic for r in records] == ["py_tick"] * 23
+    assert [r.args for r in records] == [[i, "py_tick", i / 2] for i in range(23)]
+    assert records[4].message == "value 4 of py_tick half 2.0"
+    assert records[4].where.endswith("py_ticks.py:22")
+    # py_tock never trapped; disarming clears the flag.
+    assert sum(session.session.harvester.topic_counts().values()) == 23
+    assert read_armed(workload.pid, by_name["py_tick"]) is False
+
+
+@pytest.mark.bpf
+def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> None:
+    from tracer_helpers import BackgroundSession, wait_for
+
+    from recorder_tracer.session import TraceOptions
+    from recorder_tracer.spec import TopicSpec
+
+    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                             spec=TopicSpec.parse("py_late")))
+    workload.record("py_late", 0)      # the topic exists from now on
+    process = session.session.processes[workload.pid]
+    wait_for(lambda: "py_late" in process.runtime_armed)
+    workload.record("py_late", 11)
+    records = session.stop()
+    assert [r.args[0] for r in records] == list(range(11))

@@ -100,17 +100,21 @@ def test_thread_exits_do_not_end_the_process() -> None:
 @pytest.mark.bpf
 def test_callback_runs_in_the_follower_thread() -> None:
     seen: list[tuple[ProcEvent, str]] = []
-    done = threading.Event()
 
     def on_event(event: ProcEvent) -> None:
         seen.append((event, threading.current_thread().name))
-        if event.kind is ProcEventKind.EXIT and event.pid == child.pid:
-            done.set()
+
+    def child_exited() -> bool:
+        return any(event.kind is ProcEventKind.EXIT and event.pid == child.pid
+                   for event, _ in list(seen))
 
     with ProcessFollower(on_event) as follower:
         child = subprocess.Popen(["true"])
         child.wait(TIMEOUT)
-        assert done.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while not child_exited() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert child_exited()
     assert follower.events.empty()
     threads = {name for event, name in seen if event.pid == child.pid}
     assert threads == {"recorder-procs"}

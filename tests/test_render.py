@@ -12,6 +12,7 @@ import pytest
 
 from recorder_tracer.record import Record
 from recorder_tracer.render import (
+    TOPIC_WIDTH_MAX,
     TextPrinter,
     TimeMode,
     format_header,
@@ -154,6 +155,46 @@ def test_line_keeps_the_end_of_a_long_location_and_one_line_messages() -> None:
     line = format_record(record(where="probes/src/long_file_name.c:1234",
                                 message="two\nlines\n"))
     assert line.endswith("..file_name.c:1234 two\\nlines")
+
+
+def test_long_topic_keeps_both_ends_within_its_column() -> None:
+    line = format_record(record(topic="import__find__load__start"))
+    header = format_header()
+
+    assert line.split()[4] == "impor..start"
+    assert header.index("WHERE") == line.index("src/net.c:120")
+
+
+def test_printer_widens_topic_for_the_names_it_will_show() -> None:
+    out = io.StringIO()
+    printer = TextPrinter(out)
+    printer.fit_topics(["line", "function__entry", "function__return"])
+    printer.write(record(topic="function__return", where="python3.11"))
+    printer.write(record(topic="import__find__load__start__long", where="x.py"))
+    printer.fit_topics(["much_longer_than_the_rest"])     # too late: no change
+    printer.write(record(topic="line"))
+    header, *lines = out.getvalue().splitlines()
+
+    assert lines[0].split()[4] == "function__return"
+    assert lines[1].split()[4] == "import_..t__long"
+    assert {line.index(value) for line, value in
+            zip(lines, ["python3.11", "x.py", "src/net.c:120"], strict=True)} \
+        == {header.index("WHERE")}
+
+
+@pytest.mark.parametrize("mode", list(TimeMode))
+def test_columns_before_the_message_stay_under_100_characters(
+        mode: TimeMode) -> None:
+    out = io.StringIO()
+    printer = TextPrinter(out, time_mode=mode)
+    printer.fit_topics(["x" * 80])
+    printer.write(record(topic="x" * 80, comm="c" * 15, pid=4194304, tid=4194304,
+                         where="w" * 40, message=""))
+    header, line = out.getvalue().splitlines()
+
+    assert printer.topic_width == TOPIC_WIDTH_MAX
+    assert len(line.rstrip()) < 100
+    assert header.index("MESSAGE") == len(line)
 
 
 @pytest.mark.parametrize(("mode", "origin", "expected"), [

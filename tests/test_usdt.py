@@ -189,13 +189,14 @@ def test_bad_selector_is_an_error(text: str) -> None:
         UsdtSelector.parse(text)
 
 
-def test_usdt_with_recorder_topics_is_a_usage_error() -> None:
+def test_bad_usdt_selector_is_one_line_error() -> None:
     result = subprocess.run([*RECORDER, "trace", "-p", "1", "tick", "--usdt",
-                             "python:line"], capture_output=True, text=True,
+                             "python"], capture_output=True, text=True,
                             timeout=30)
 
-    assert result.returncode == 2
-    assert "--usdt" in result.stderr.splitlines()[-1]
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("recorder: --usdt python: expected "
+                             "[PATH:]PROVIDER:PROBE[:FORMATS]\n")
 
 
 # --------------------------------------------------------------------------
@@ -494,3 +495,94 @@ def test_symbol_arguments_read_globals_of_a_pie() -> None:
     assert sync[0] == buffers and checkpoint[1] == buffers
     assert len(checkpoint) == 5 and all(isinstance(a, int) for a in checkpoint)
     assert summary["lost"] == 0
+
+
+# --------------------------------------------------------------------------
+# USDT probes beside recorder topics, in one loop and one output
+
+
+@pytest.mark.bpf
+def test_topics_and_usdt_probes_of_a_command_merge_in_time_order(
+        progs: Path) -> None:
+    path = str(progs / "workload_burst")
+    # The same 23 hits, seen by both programs: recorder topic `burst` (the
+    # entry, decoded) and USDT probe recorder:burst (arg0, its address).
+    tracing = Tracing("-c", f"{path} 23 3", "burst",
+                      "--usdt", f"{path}:recorder:burst:x")
+    records, summary, err = tracing.finish(interrupt=False)
+
+    # Each entry is stamped before its probe traps, the USDT hit at the
+    # trap: merged by time, each topic record comes just before its hit.
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    assert [r["message"] for r in records[0::2]] == [
+        f"burst {i} of 23" for i in range(23)]
+    assert all(r["message"] == f"arg0={r['args'][0]:#x}" for r in records[1::2])
+    assert len({r["args"][0] for r in records[1::2]}) == 23
+    assert {(r["pid"], r["topic"], r["where"]) for r in records[1::2]} == {
+        (records[0]["pid"], "burst", "workload_burst")}
+    assert (summary["received"], summary["lost"]) == (46, 0)
+    assert (f"recorder: process {records[0]['pid']} (workload_burst) exited: "
+            "exit code 3") in err.splitlines()
+
+
+@pytest.mark.bpf
+def test_topics_and_usdt_probes_of_a_running_process(progs: Path) -> None:
+    from tracer_helpers import Workload
+
+    path = str(progs / "workload_ticks")
+    workload = Workload(progs)
+    try:
+        tracing = Tracing("-p", str(workload.pid), "tick",
+                          "--usdt", f"{path}:recorder:tock:x")
+        for topic, count in [("tick", 5), ("tock", 3), ("tick", 18), ("tock", 4)]:
+            workload.record(topic, count)
+        records, summary, _ = tracing.finish()
+    finally:
+        workload.close()
+
+    # Two programs, one output in time order: the topic's records decoded,
+    # the USDT probe's with its argument (the entry's address).
+    assert [r["topic"] for r in records] == \
+        ["tick"] * 5 + ["tock"] * 3 + ["tick"] * 18 + ["tock"] * 4
+    ticks = [r for r in records if r["topic"] == "tick"]
+    assert [r["message"] for r in ticks] == [
+        f"tick {i} of tick-string half {i * 0.5:.1f}" for i in [*range(5), *range(18)]]
+    assert all(r["message"] == f"arg0={r['args'][0]:#x}"
+               for r in records if r["topic"] == "tock")
+    assert (summary["received"], summary["lost"]) == (30, 0)
+
+
+@pytest.mark.bpf
+def test_usdt_follows_processes_by_name(progs: Path) -> None:
+    from tracer_helpers import Workload
+
+    path = str(progs / "workload_ticks")
+    tracing = Tracing("--comm", "workload_ticks", "--usdt",
+                      f"{path}:recorder:tock:x")
+    workload = Workload(progs)      # started after the tracer
+    try:
+        _wait_for_armed(workload.pid, "tock")
+        workload.record("tock", 7)
+        records, summary, err = tracing.finish()
+        assert summary["lost"] == 0
+    finally:
+        workload.close()
+
+    mine = [r for r in records if r["pid"] == workload.pid]
+    assert [r["topic"] for r in mine] == ["tock"] * 7
+    assert f"recorder: tracing new process {workload.pid} (workload_ticks)" in err
+
+
+def _wait_for_armed(pid: int, probe: str, timeout: float = 10.0) -> None:
+    """Wait until `pid`'s semaphore of recorder:`probe` is raised."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = subprocess.run([*RECORDER, "probes", "--json", str(pid)],
+                                capture_output=True, text=True, timeout=30)
+        rows = json.loads(result.stdout or "[]")
+        if any(row["probe"] == probe and row["semaphore_value"] for row in rows):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"recorder:{probe} never armed in {pid}")

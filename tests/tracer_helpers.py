@@ -55,8 +55,8 @@ class BackgroundSession:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self.session.stream.poll(timeout_ms=20)
+        while not self._stopping.is_set() and self.session.poll(timeout_ms=20):
+            pass
 
     def stop(self) -> list[Record]:
         """Stop polling, detach, drain; returns every record in order."""

@@ -74,6 +74,10 @@ Examples:
                                           # SQL text (`:s`: arg0 is a string)
   recorder trace -c 'python3.11 app.py' --usdt 'python:gc__*'
                                           # start a command, trace its GC
+  recorder trace -p 1234 all --usdt 'python:gc__*'
+                                          # every topic and the GC, merged
+  recorder trace --comm python3.11 --usdt python:gc__start
+                                          # GC starts of every python3.11
 """
 
 
@@ -83,7 +87,8 @@ Examples:
 @click.option("--comm", "comms", multiple=True,
               help="Trace processes with this name, now and later.")
 @click.option("--all", "all_processes", is_flag=True,
-              help="Trace every process with a recorder core, now and later.")
+              help="Trace every process with a recorder core (with --usdt: "
+                   "with the probes), now and later.")
 @click.option("-c", "--command", help="Start this command and trace it.")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
@@ -93,9 +98,9 @@ Examples:
               help="Write records here instead of stdout.")
 @click.option("--usdt", "usdt", multiple=True,
               metavar="[PATH:]PROVIDER:PROBE[:FMT]",
-              help="Trace this USDT probe of -p/-c processes instead of "
-                   "recorder topics (repeatable; shell patterns allowed). FMT "
-                   "has one letter per argument: s string, d signed, "
+              help="Trace this USDT probe too (repeatable; shell patterns "
+                   "allowed); recorder topics then only if SPEC names some. "
+                   "FMT has one letter per argument: s string, d signed, "
                    "u unsigned, x hex.")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
@@ -104,66 +109,74 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
-    they come, in timestamp order across processes and CPUs. On exit, print
-    per CPU the records received and lost.
+    they come, in timestamp order across processes and CPUs. A traced
+    process that exits is reported on stderr; with only -p, the trace ends
+    with the last one. On exit (Ctrl-C, SIGTERM, --duration, the end of -c),
+    print per CPU the records received and lost.
 
-    With --usdt, trace those USDT probes instead and print their arguments
+    With --usdt, trace those USDT probes as well and print their arguments
     (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
-    string it points to when it points to text."""
+    string it points to when it points to text. Without SPEC, --usdt traces
+    only its probes; with one (`all` for every topic), both, merged in
+    timestamp order."""
+    from recorder_tracer.render import TextPrinter
+    from recorder_tracer.session import TraceOptions, TraceSession, stop_on_signals
     from recorder_tracer.sinks import open_sink
+    from recorder_tracer.spec import TopicSpec
 
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
-    if usdt and (spec or comms or all_processes):
-        raise click.UsageError("--usdt traces the USDT probes of -p or -c "
-                               "processes; it does not combine with topics, "
-                               "--comm or --all yet")
     if not (pids or comms or all_processes or command):
         raise click.UsageError("choose processes: -p PID, --comm, --all or -c")
     argv = shlex.split(command) if command else None
+    selectors: list[Any] = []
+    if usdt:
+        from recorder_tracer.usdt import UsdtSelector
+        selectors = [UsdtSelector.parse(text) for text in usdt]
+    options = TraceOptions(
+        pids=list(pids), comms=list(comms), all_processes=all_processes,
+        command=argv, spec=TopicSpec.parse(*spec), duration=duration,
+        usdt=selectors, topics=bool(spec) or not usdt,
+    )
 
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
 
-    if usdt:
-        from recorder_tracer.usdt import UsdtOptions, UsdtSelector, UsdtTracer
-        selectors = [UsdtSelector.parse(text) for text in usdt]
+    # From here on, SIGINT and SIGTERM only ask the session to stop: it
+    # then detaches, drains and prints the summary, even mid-start.
+    with stop_on_signals() as stopping:
         sink = open_sink(output, as_json=as_json, chrome=chrome)
-        tracer: Any = UsdtTracer(
-            UsdtOptions(selectors, pids=list(pids), command=argv,
-                        duration=duration),
-            sink.write, report)
-    else:
-        from recorder_tracer.session import TraceOptions, TraceSession
-        from recorder_tracer.spec import TopicSpec
-        options = TraceOptions(
-            pids=list(pids), comms=list(comms), all_processes=all_processes,
-            command=argv, spec=TopicSpec.parse(*spec), duration=duration,
-        )
-        sink = open_sink(output, as_json=as_json, chrome=chrome)
-        tracer = TraceSession(options, sink.write, report)
-    try:
-        tracer.start()
-    except BaseException:
-        tracer.close()      # detach what was armed; the error is the output
-        raise
-    try:
-        if usdt:
-            click.echo(f"Tracing {tracer.site_count} USDT probe sites in "
-                       f"{len(tracer.processes)} processes... Hit Ctrl-C to end.",
-                       err=True)
-        else:
-            click.echo("Tracing recorder topics... Hit Ctrl-C to end.", err=True)
-        tracer.run(start=False)
-    finally:
-        summaries = tracer.summaries()
-        sink.close(summaries)
-        for cpu in summaries:
-            click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} lost"
-                       f" ({cpu.produced} produced)", err=True)
-        if getattr(tracer, "unknown_sites", 0):
-            click.echo(f"{tracer.unknown_sites} hits came before their site was "
-                       "known: their arguments are lost", err=True)
+        session = TraceSession(options, sink.write, report, stopping=stopping)
+        try:
+            session.start()
+        except BaseException:
+            session.close()     # detach what was armed; the error is the output
+            raise
+        if isinstance(sink, TextPrinter):
+            sink.fit_topics(session.topic_names())
+        try:
+            click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end.", err=True)
+            session.run(start=False)
+        finally:
+            summaries = session.summaries()
+            sink.close(summaries)
+            for cpu in summaries:
+                click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} "
+                           f"lost ({cpu.produced} produced)", err=True)
+            if session.unknown_sites:
+                click.echo(f"{session.unknown_sites} hits came before their site "
+                           "was known: their arguments are lost", err=True)
+
+
+def _what(session: Any) -> str:
+    """What the banner says is traced."""
+    parts = []
+    if session.options.topics:
+        parts.append("recorder topics")
+    if session.usdt is not None:
+        parts.append(f"{session.usdt.site_count} USDT probe sites in "
+                     f"{len(session.usdt.processes)} processes")
+    return " and ".join(parts)
 
 
 if __name__ == "__main__":

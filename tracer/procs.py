@@ -14,6 +14,7 @@ empty message on the reader's loop, so the blocking `get()` returns `()`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -244,8 +245,11 @@ class ProcessFollower:
         finally:
             with self._lock:
                 self._socket = None
-            # The second close, in this thread, closes this thread's loop.
-            sock.close()
+            # The second close, in this thread, closes this thread's loop. When
+            # stop()'s close raced a get(), pyroute2 re-raises that get()'s
+            # EBADF here: the socket is closed all the same.
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 class _Sequences:

@@ -1,37 +1,64 @@
 """A trace session: arm topics in processes, follow new ones, emit records.
 
     session = TraceSession(options, sink)
-    session.run()            # until the duration, Ctrl-C, or -c's exit
+    session.run()            # until the duration, Ctrl-C, or the targets end
     session.summaries()      # per-CPU produced / received / lost
 
-Records leave in timestamp order across processes and CPUs: they wait in a
-heap for a short reordering window (per-CPU streams are each in order, but
-are polled one after another).
+or, driving the loop yourself:
+
+    session.start()
+    while session.poll(timeout_ms=50):
+        ...
+    session.close()
+
+With `options.usdt`, the session also traces other programs' USDT probes
+(tracer/usdt.py) in the same loop: both programs' streams are polled
+together and their records go through one reorder buffer into one sink.
+Records leave in timestamp order across processes, CPUs and programs
+(tracer/reorder.py).
+
+A traced process that exits is normal: the session drains what it recorded,
+reports "process PID (comm) exited: STATUS", and still decodes its records
+from its files. With only -p targets, the session ends with the last one.
+
+(Past 400 lines: arming, following processes and the run loop share the
+session's state; the record decoding is what remains of it.)
 """
 
 from __future__ import annotations
 
-import heapq
+import contextlib
 import os
+import queue
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder_tracer import arm, notes
+from recorder_tracer.dynamic import DYNAMIC_PROBE, runtime_topics, set_armed
 from recorder_tracer.errors import TracerError
+from recorder_tracer.flight import PROCS, SESSION
 from recorder_tracer.harvest import Harvester
-from recorder_tracer.memory import ProcessImage, Topic, process_exists
+from recorder_tracer.memory import ProcessImage, Topic, process_exists, read_maps
 from recorder_tracer.record import Record
 from recorder_tracer.render import format_message
+from recorder_tracer.reorder import REORDER_WINDOW_NS, ReorderBuffer, monotonic_ns
 from recorder_tracer.spec import TopicSpec
 from recorder_tracer.stream import CpuSummary, Stream
 
-REORDER_WINDOW_NS = 150_000_000
+if TYPE_CHECKING:
+    from recorder_tracer.procs import ProcEvent
+    from recorder_tracer.usdt import UsdtSelector, UsdtTracer
+
+__all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status",
+           "monotonic_ns", "poll_streams", "process_alive", "stop_on_signals"]
+
 HARVEST_ENTRY_UNREADABLE = 0x1      # tracer/bpf/harvest.h
+LIVENESS_INTERVAL_S = 0.5           # check that traced processes live this often
 ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)
 
 Sink = Callable[[Record], None]
@@ -51,6 +78,8 @@ class TraceOptions:
     flight_entries: int = 1024
     pages_per_cpu: int = 256
     command_stderr: int | None = None   # fd for -c's stderr (default: ours)
+    usdt: list[UsdtSelector] = field(default_factory=list)  # other programs'
+    topics: bool = True     # arm recorder topics (False: the USDT probes only)
 
 
 @dataclass
@@ -64,7 +93,8 @@ class ArmedProcess:
     attachments: list[arm.Attachment]
     armed_topics: set[str]
     probes: list[Any] = field(default_factory=list)
-    site_topics: dict[int, str] = field(default_factory=dict)
+    site_topics: dict[int, str | None] = field(default_factory=dict)
+    runtime_armed: dict[str, Topic] = field(default_factory=dict)
 
     def topic_at(self, probe_address: int) -> str | None:
         """The topic whose probe fired at `probe_address` (a runtime address):
@@ -77,13 +107,11 @@ class ArmedProcess:
             base = probe_address - probe.address
             if base >= 0 and base % 4096 == 0:
                 self.image.add_file(probe.path, base)
-                self.site_topics[probe_address] = probe.name
-                return probe.name
+                # The shared probe of run-time topics names none of them.
+                name = None if probe.name == DYNAMIC_PROBE else probe.name
+                self.site_topics[probe_address] = name
+                return name
         return None
-
-
-def monotonic_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 def process_comm(pid: int) -> str:
@@ -95,27 +123,47 @@ def process_comm(pid: int) -> str:
 
 
 class TraceSession:
-    """Arms, streams and reorders; the CLI renders what `sink` receives."""
+    """Arms, streams and reorders; the CLI renders what `sink` receives.
+
+    `stopping`, when given, is the event that stop() sets (the CLI passes
+    the one its signal handlers set, so Ctrl-C during start-up counts).
+    """
 
     def __init__(self, options: TraceOptions, sink: Sink,
-                 report: Reporter = lambda message: None) -> None:
+                 report: Reporter = lambda message: None,
+                 stopping: threading.Event | None = None) -> None:
+        if not (options.topics or options.usdt):
+            raise TracerError("nothing to trace: no topics and no USDT probe")
         self.options = options
         self.sink = sink
         self.report = report
         self.processes: dict[int, ArmedProcess] = {}
         self.exited: dict[int, ArmedProcess] = {}
-        self._pending: list[tuple[int, int, int, Record]] = []
-        self._sequence = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self.reorder = ReorderBuffer(sink, between_batches=self._while_flooded)
+        self._stop = stopping if stopping is not None else threading.Event()
+        self._lock = threading.RLock()  # the follower's thread arms too
         self._child: int | None = None
         self._child_status: int | None = None
         self._watcher: Any = None
+        self._exits: queue.SimpleQueue[tuple[int, str, int]] = queue.SimpleQueue()
+        self._rescan = threading.Event()
+        self._deadline: float | None = None
+        self._next_liveness = 0.0
+        self._gone: set[int] = set()    # found gone once (see _check_alive)
         self.seen_topics: set[str] = set()
-        self.harvester = Harvester(stream=True, flight=True,
-                                   flight_entries=options.flight_entries)
-        self.stream = Stream(self.harvester, self._on_record,
-                             pages_per_cpu=options.pages_per_cpu)
+        self.harvester: Harvester | None = None
+        self.stream: Stream | None = None
+        if options.topics:
+            self.harvester = Harvester(stream=True, flight=True,
+                                       flight_entries=options.flight_entries)
+            self.stream = Stream(self.harvester, self._on_record,
+                                 pages_per_cpu=options.pages_per_cpu)
+        self.usdt: UsdtTracer | None = None
+        if options.usdt:
+            from recorder_tracer.usdt import UsdtOptions, UsdtTracer
+            self.usdt = UsdtTracer(
+                UsdtOptions(list(options.usdt), pages_per_cpu=options.pages_per_cpu),
+                sink, report, reorder=self.reorder)
 
     # -- arming ---------------------------------------------------------------
 
@@ -148,12 +196,19 @@ class TraceSession:
         self.seen_topics.update(probe.name for probe in probes)
         self._attach(process, probes)
         self.processes[pid] = process
+        SESSION.record("armed pid %d (%s): %d sites, %d run-time topics", pid,
+                       process.comm, len(process.attachments),
+                       len(process.runtime_armed))
         return process
 
     def _attach(self, process: ArmedProcess, probes: list[Any]) -> None:
+        assert self.harvester is not None, "arming topics needs the harvester"
         seen = {(a.path, a.file_offset) for a in process.attachments}
         for probe in probes:
-            if not self.options.spec.armed(probe.name):
+            # The run-time topics' shared probe: attached whenever present,
+            # its topics are armed one by one (_arm_runtime_topics).
+            if (probe.name != DYNAMIC_PROBE
+                    and not self.options.spec.armed(probe.name)):
                 continue
             site = (probe.path, probe.file_offset)
             if site in seen:
@@ -170,12 +225,52 @@ class TraceSession:
                     self.report(f"process {process.pid} exited while arming")
                     return
                 raise TracerError(str(error)) from None
+        self._arm_runtime_topics(process)
+
+    def _arm_runtime_topics(self, process: ArmedProcess) -> None:
+        """Set the armed flag of the process's run-time topics that the spec
+        selects (new ones too: called again by the periodic rescan)."""
+        if DYNAMIC_PROBE not in process.armed_topics:
+            return
+        static = {probe.name for probe in process.probes}
+        try:
+            topics = process.image.topics()
+        except OSError:
+            return
+        for topic in runtime_topics(topics, static):
+            process.topics[topic.id] = topic
+            if topic.name in process.runtime_armed:
+                continue
+            if self.options.spec.armed(topic.name) and set_armed(
+                    process.pid, topic, True):
+                process.runtime_armed[topic.name] = topic
+                self.seen_topics.add(topic.name)
+                SESSION.record("armed run-time topic %s in pid %d", topic.name,
+                               process.pid)
+
+    def _rescan_processes(self) -> None:
+        """Arm what appeared in traced processes since they were armed:
+        libraries loaded later (dlopen) and run-time topics."""
+        with self._lock:
+            for process in list(self.processes.values()):
+                try:
+                    process.image.mappings = read_maps(process.pid)
+                    probes = [probe for probe in notes.probes_in_process(process.pid)
+                              if probe.provider == "recorder"]
+                except (OSError, notes.ProcessGone):
+                    continue
+                self.seen_topics.update(probe.name for probe in probes)
+                self._attach(process, probes)
 
     def disarm(self, pid: int) -> None:
         """Detach every probe of `pid`; its semaphores drop back to zero."""
         process = self.processes.pop(pid, None)
         if process is None:
             return
+        SESSION.record("disarming pid %d: %d sites", pid, len(process.attachments))
+        for topic in process.runtime_armed.values():
+            set_armed(pid, topic, False)
+        process.runtime_armed.clear()
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
@@ -187,7 +282,9 @@ class TraceSession:
         path = shutil.which(command[0])
         if path is None:
             raise TracerError(f"command not found: {command[0]}")
-        probes = [probe for probe in notes.probes_in_file(path)
+        # The mapped file's real path, as probes_in_process names it after
+        # exec: a site is then recognised as armed already.
+        probes = [probe for probe in notes.probes_in_file(os.path.realpath(path))
                   if probe.provider == "recorder"]
         self.seen_topics.update(probe.name for probe in probes)
         ready_read, ready_write = os.pipe()
@@ -227,40 +324,119 @@ class TraceSession:
 
     # -- following processes --------------------------------------------------
 
+    def trace_process(self, pid: int, required: bool = True) -> bool:
+        """Arm what the options select in `pid`: its recorder topics and the
+        USDT probes. False when it has none of them (an error when
+        `required`)."""
+        with self._lock:
+            armed = False
+            if self.options.topics:
+                armed = self.arm(pid, required) is not None
+            if self.usdt is not None:
+                armed = self.usdt.arm(pid, required=required) is not None or armed
+            return armed
+
+    def traced_pids(self) -> set[int]:
+        """The processes traced now (topics or USDT probes armed)."""
+        pids = set(self.processes)
+        if self.usdt is not None:
+            pids.update(self.usdt.processes)
+        return pids
+
+    def topic_names(self) -> set[str]:
+        """The names records can carry now: armed topics and USDT probes."""
+        names = {name for process in self.processes.values()
+                 for name in process.armed_topics}
+        if self.usdt is not None:
+            names.update(site.probe.name for process in self.usdt.processes.values()
+                         for site in process.sites)
+        return names
+
+    @property
+    def _following(self) -> bool:
+        return self.options.all_processes or bool(self.options.comms)
+
     def _wants(self, pid: int) -> bool:
         if self.options.all_processes:
             return True
         return bool(self.options.comms) and process_comm(pid) in self.options.comms
 
-    def _on_process_event(self, event: Any) -> None:
+    def _on_process_event(self, event: ProcEvent) -> None:
+        """In the follower's thread: arm a new process at once; leave an
+        exit to poll(), which drains its records before reporting it."""
         from recorder_tracer.procs import ProcEventKind
         if event.kind is ProcEventKind.EXEC:
             self._on_exec(event.pid)
         elif event.kind is ProcEventKind.EXIT:
-            self._on_exit(event.pid, event.describe())
+            if event.pid in self.traced_pids():
+                self._exits.put((event.pid, _describe_exit_event(event),
+                                 event.timestamp))
+        elif event.kind is ProcEventKind.OVERRUN:
+            self._rescan.set()      # exits and execs were lost: look again
 
     def _on_exec(self, pid: int) -> None:
         with self._lock:
-            if pid in self.processes:
-                if pid == self._child:
+            if pid in self.traced_pids():
+                if pid == self._child and pid in self.processes:
                     self._refresh_image(self.processes[pid])
                 return
-            if self._wants(pid) and self.arm(pid, required=False):
+            if self._wants(pid) and self.trace_process(pid, required=False):
                 self.report(f"tracing new process {pid} ({process_comm(pid)})")
 
-    def _on_exit(self, pid: int, status: str) -> None:
+    def _start_following(self) -> None:
+        """Listen to the proc connector: new processes (--comm, --all) and
+        exits with their status. Without it, exits are found by polling."""
+        from recorder_tracer.procs import ProcessFollower
+        follower = ProcessFollower(self._on_process_event)
+        try:
+            follower.start()
+        except (OSError, TimeoutError) as error:
+            if self._following:
+                raise TracerError(f"cannot follow new processes: {error}") from None
+            return
+        self._watcher = follower
+
+    def _scan(self) -> None:
+        """Arm the wanted processes that run now and are not traced yet."""
+        traced = self.traced_pids()
+        for pid in _all_pids():
+            if pid != os.getpid() and pid not in traced and self._wants(pid):
+                self.trace_process(pid, required=False)
+
+    def _check_alive(self) -> None:
+        """Queue the exit of traced processes that are gone, for when no exit
+        event tells us: no proc connector, events lost, or an exit before
+        the event could concern us (while arming). With the connector, a
+        process must be found gone twice: its event, with the status, wins."""
+        gone = {pid for pid in self.traced_pids()
+                if pid != self._child and not process_alive(pid)}
+        confirmed = gone if self._watcher is None else gone & self._gone
+        self._gone = gone - confirmed
+        for pid in confirmed:
+            self._exits.put((pid, "status unknown", monotonic_ns()))
+
+    def _end_process(self, pid: int, status: str, when_ns: int) -> None:
+        """Deliver what `pid` recorded up to its exit, say so, detach it."""
         with self._lock:
-            if pid in self.processes:
-                process = self.processes[pid]
-                self.report(f"process {pid} ({process.comm}) exited: {status}")
-                self.disarm(pid)
+            process = self.processes.get(pid)
+            usdt_process = self.usdt.processes.get(pid) if self.usdt else None
+            if process is None and usdt_process is None:
+                return              # reported already (exit event and waitpid)
+            for stream in self._streams():
+                stream.drain()
+            self.reorder.flush(until_ns=when_ns)
+            comm = process.comm if process else (
+                usdt_process.comm if usdt_process else "?")
+            self.report(f"process {pid} ({comm}) exited: {status}")
+            PROCS.record("pid %d (%s) exited: %s", pid, comm, status)
+            self.disarm(pid)
+            if self.usdt is not None:
+                self.usdt.disarm(pid)
 
     # -- records --------------------------------------------------------------
 
     def _on_record(self, cpu: int, raw: Any) -> None:
-        record = self.decode(cpu, raw)
-        self._sequence += 1
-        heapq.heappush(self._pending, (record.ts, cpu, self._sequence, record))
+        self.reorder.push(self.decode(cpu, raw))
 
     def decode(self, cpu: int, raw: Any) -> Record:
         """A harvest record, with its format and location read from the
@@ -319,85 +495,236 @@ class TraceSession:
                       comm=raw.comm.decode(errors="replace"), topic=topic_name,
                       where=where, message=message, args=args, cpu=cpu)
 
-    def _flush(self, everything: bool = False) -> None:
-        horizon = monotonic_ns() - REORDER_WINDOW_NS
-        while self._pending and (everything or self._pending[0][0] <= horizon):
-            self.sink(heapq.heappop(self._pending)[3])
-
     # -- running --------------------------------------------------------------
 
     def start(self) -> None:
         """Arm the chosen processes and start following new ones."""
+        if self.options.duration:
+            self._deadline = time.monotonic() + self.options.duration
+        SESSION.record("starting: %d pids, command %d, following %d",
+                       len(self.options.pids), bool(self.options.command),
+                       self._following)
+        self._start_following()
         for pid in self.options.pids:
-            self.arm(pid)
-        if self.options.all_processes or self.options.comms:
-            from recorder_tracer.procs import ProcessFollower
-            self._watcher = ProcessFollower(self._on_process_event)
-            self._watcher.start()
-            for pid in _all_pids():
-                if pid != os.getpid() and self._wants(pid):
-                    self.arm(pid, required=False)
+            self.trace_process(pid)
+        if self._following:
+            self._scan()
         if self.options.command:
-            self.start_command(self.options.command)
-        for item in self.options.spec.unmatched(sorted(self.seen_topics)):
-            self.report(f"spec item {item!r} matches no topic yet; waiting for one")
+            with self._lock:    # its EXEC event must find it armed
+                self._start_command(self.options.command)
+        if self.options.topics:
+            for item in self.options.spec.unmatched(sorted(self.seen_topics)):
+                self.report(f"spec item {item!r} matches no topic yet; "
+                            "waiting for one")
+
+    def _start_command(self, command: list[str]) -> None:
+        if self.usdt is None:
+            self.start_command(command)
+            return
+        # USDT sites need the executable mapped: the USDT tracer stops the
+        # command at its exec; its recorder topics are armed there too.
+        def arm_topics(pid: int) -> None:
+            if self.options.topics:
+                self.arm(pid, required=False)
+        self._child = self.usdt.start_command(command, on_stopped=arm_topics)
 
     def stop(self) -> None:
+        """Make run() return, and poll() return False."""
         self._stop.set()
 
+    def poll(self, timeout_ms: int = 50) -> bool:
+        """Wait up to `timeout_ms` for records, deliver those ready (older
+        than the reordering window), handle exits and reap the -c command.
+
+        False when the session should end: stop() (or SIGINT/SIGTERM in
+        run()), the duration is over, the -c command exited, or every -p
+        process exited (when not following --comm or --all).
+        """
+        poll_streams(self._streams(), timeout_ms)
+        if self._rescan.is_set() or time.monotonic() >= self._next_liveness:
+            self._next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
+            self._check_alive()
+            self._rescan_processes()
+            if self._rescan.is_set() and self._following:
+                self._scan()
+            self._rescan.clear()
+        while True:
+            try:
+                pid, status, when_ns = self._exits.get_nowait()
+            except queue.Empty:
+                break
+            self._end_process(pid, status, when_ns)
+        self.reorder.flush()
+        if self._child is not None:
+            self._reap_child()
+        return not self._ended()
+
+    def _while_flooded(self) -> None:
+        """Every few thousand records, inside a stream's callback: poll()
+        may not return while a flood lasts, so records leave from here, and
+        a stop (or the end of the duration) detaches every probe, which
+        ends the flood and lets poll() return."""
+        self.reorder.flush()
+        if self._requested_end():
+            with self._lock:
+                for pid in list(self.processes):
+                    self.disarm(pid)
+                if self.usdt is not None:
+                    for pid in list(self.usdt.processes):
+                        self.usdt.disarm(pid)
+
+    def _requested_end(self) -> bool:
+        return self._stop.is_set() or (self._deadline is not None and
+                                       time.monotonic() >= self._deadline)
+
+    def _ended(self) -> bool:
+        if self._requested_end() or self._child_status is not None:
+            return True
+        only_pids = not (self._following or self.options.command)
+        return only_pids and not self.traced_pids()
+
     def run(self, start: bool = True) -> None:
-        """Stream until the duration ends, stop() is called, Ctrl-C, or the
-        command started with -c exits. With `start` False, the caller has
-        called start() already."""
-        if start:
-            self.start()
-        deadline = (time.monotonic() + self.options.duration
-                    if self.options.duration else None)
-        try:
-            while not self._stop.is_set():
-                self.stream.poll(timeout_ms=50)
-                self._flush()
-                if deadline and time.monotonic() >= deadline:
-                    break
-                if self._child is not None and self._reap_child():
-                    break
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.close()
+        """Stream until the duration ends, stop() is called, SIGINT or
+        SIGTERM, or the targets end (see poll()). With `start` False, the
+        caller has called start() already. Detaches and drains at the end."""
+        with stop_on_signals(self._stop):
+            try:
+                if start:
+                    self.start()
+                while self.poll(timeout_ms=50):
+                    pass
+            finally:
+                self.close()
 
     def _reap_child(self) -> bool:
         pid, status = os.waitpid(self._child or -1, os.WNOHANG)
         if pid == 0:
             return False
         self._child_status = status
-        self._on_exit(pid, describe_status(status))
+        self._end_process(pid, describe_status(status), monotonic_ns())
+        self._child = None
         return True
 
     @property
     def child_status(self) -> int | None:
+        """The -c command's wait status once it has ended."""
         return self._child_status
 
+    def _streams(self) -> list[Stream]:
+        streams = [self.stream] if self.stream is not None else []
+        if self.usdt is not None:
+            streams.append(self.usdt.stream)
+        return streams
+
     def close(self) -> None:
-        """Detach everything, drain the stream, emit what is left."""
+        """Detach everything, drain the streams, emit what is left."""
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
         with self._lock:
             for pid in list(self.processes):
                 self.disarm(pid)
-        self.stream.drain()
-        self._flush(everything=True)
+            if self.usdt is not None:
+                for pid in list(self.usdt.processes):
+                    self.usdt.disarm(pid)
+        for stream in self._streams():
+            stream.drain()
+        self.reorder.flush_all()
+        for cpu in self.summaries():
+            SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
+                           cpu.cpu, cpu.produced, cpu.received, cpu.lost)
 
     def summaries(self) -> list[CpuSummary]:
-        return self.stream.summary()
+        """Per-CPU produced, received and lost over every stream; call after
+        close()."""
+        totals: dict[int, CpuSummary] = {}
+        for stream in self._streams():
+            for cpu in stream.summary():
+                seen = totals.get(cpu.cpu)
+                totals[cpu.cpu] = cpu if seen is None else CpuSummary(
+                    cpu.cpu, seen.produced + cpu.produced,
+                    seen.received + cpu.received, seen.lost + cpu.lost)
+        return [totals[cpu] for cpu in sorted(totals)]
+
+    @property
+    def unknown_sites(self) -> int:
+        """USDT hits whose site was not known yet (their arguments lost)."""
+        return self.usdt.unknown_sites if self.usdt is not None else 0
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+        stopping: threading.Event | None = None) -> Iterator[threading.Event]:
+    """While inside, SIGINT and SIGTERM set `stopping` (made if not given)
+    instead of raising KeyboardInterrupt or ending the process; the previous
+    handlers come back on exit. Outside the main thread, it does nothing.
+
+    A KeyboardInterrupt raised inside bcc's ctypes perf-buffer callback is
+    printed and swallowed, so a loop would miss Ctrl-C; a flag cannot be
+    missed, and the loop then detaches, drains and summarises.
+
+    >>> with stop_on_signals() as stopping:
+    ...     os.kill(os.getpid(), signal.SIGTERM)
+    ...     time.sleep(0.01)
+    >>> stopping.is_set()
+    True
+    """
+    event = stopping if stopping is not None else threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = {number: signal.signal(number, lambda *_: event.set())
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield event
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
+def poll_streams(streams: list[Stream], timeout_ms: int) -> None:
+    """Wait up to `timeout_ms` in all for records of `streams`, delivering
+    what each holds. Each stream waits its share in turn (through its own
+    poll(), whatever buffers it reads), so a record waits at most about
+    `timeout_ms` before it is read, whichever program sent it."""
+    share = max(1, timeout_ms // max(1, len(streams))) if timeout_ms > 0 else 0
+    for stream in streams:
+        stream.poll(timeout_ms=share)
 
 
 def describe_status(status: int) -> str:
-    """'exit 0' or 'killed by SIGSEGV' from a wait status."""
+    """How a process ended, from its wait status.
+
+    >>> describe_status(3 << 8), describe_status(0x80 | 11)
+    ('exit code 3', 'killed by SIGSEGV (core dumped)')
+    """
     if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit {os.WEXITSTATUS(status)}"
+        return _describe_exit(None, os.WTERMSIG(status), os.WCOREDUMP(status))
+    return _describe_exit(os.WEXITSTATUS(status), None, False)
+
+
+def _describe_exit_event(event: ProcEvent) -> str:
+    return _describe_exit(event.exit_code, event.signal, event.core_dumped)
+
+
+def _describe_exit(code: int | None, killer: int | None, core: bool) -> str:
+    if killer is None:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(killer).name
+    except ValueError:
+        name = f"signal {killer}"
+    return f"killed by {name}{' (core dumped)' if core else ''}"
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def _double(bits: int) -> float:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fnmatch
-import heapq
 import os
 import re
 import shutil
@@ -51,7 +50,8 @@ from recorder_tracer.harvest import BPF_DIR, require_bpf
 from recorder_tracer.memory import load_bias, read_maps
 from recorder_tracer.procs import process_comm
 from recorder_tracer.record import Arg, Record
-from recorder_tracer.session import REORDER_WINDOW_NS, describe_status, monotonic_ns
+from recorder_tracer.reorder import ReorderBuffer
+from recorder_tracer.session import describe_status, process_alive, stop_on_signals
 from recorder_tracer.stream import CpuSummary, Stream
 from recorder_tracer.usdt_args import (
     MAX_ARGS,
@@ -226,11 +226,14 @@ class UsdtTracer:
     """Arms USDT probes in processes, streams and decodes their hits.
 
     The life cycle mirrors TraceSession's: `start()` (arm -p PIDs, start
-    -c), `run()` or repeated `poll()`, `close()`, `summaries()`.
+    -c), `run()` or repeated `poll()`, `close()`, `summaries()`. A
+    TraceSession with USDT selectors drives one as part of its own loop:
+    it passes its `reorder` buffer, arms, reaps and ends processes itself.
     """
 
     def __init__(self, options: UsdtOptions, sink: Sink,
-                 report: Reporter = lambda message: None) -> None:
+                 report: Reporter = lambda message: None,
+                 reorder: ReorderBuffer | None = None) -> None:
         if not options.selectors:
             raise TracerError("no USDT probe selected")
         self.options = options
@@ -239,8 +242,8 @@ class UsdtTracer:
         self.processes: dict[int, TracedProcess] = {}
         self.exited: dict[int, TracedProcess] = {}
         self.unknown_sites = 0
-        self._pending: list[tuple[int, int, int, Record]] = []
-        self._sequence = 0
+        self.reorder = reorder if reorder is not None else ReorderBuffer(sink)
+        self._reported: set[str] = set()
         self._stop = threading.Event()
         self._child: int | None = None
         self._child_status: int | None = None
@@ -255,12 +258,14 @@ class UsdtTracer:
         """Probe sites armed, over every traced process."""
         return sum(len(p.attachments) for p in self.processes.values())
 
-    def arm(self, pid: int, started: bool = False) -> TracedProcess:
+    def arm(self, pid: int, started: bool = False,
+            required: bool = True) -> TracedProcess | None:
         """Attach the selected probes in `pid` and load their specs.
 
         A selector whose file `pid` does not map is an error, unless we
         `started` the process: then its file is armed by path, for when the
-        process maps it.
+        process maps it. Without `required` (a process found by --comm or
+        --all), selectors it lacks are skipped, and None says it has none.
         """
         if pid in self.processes:
             return self.processes[pid]
@@ -268,26 +273,41 @@ class UsdtTracer:
             mapped = notes.mapped_files(pid, executable_only=True)
             comm = process_comm(pid)
         except notes.ProcessGone:
+            if not required:
+                return None
             raise TracerError(f"process {pid} does not exist") from None
         except PermissionError:
+            if not required:
+                return None
             raise TracerError(f"cannot read process {pid}: permission denied") \
                 from None
         process = TracedProcess(pid, comm)
         for selector in self.options.selectors:
-            process.sites.extend(self._select(pid, mapped, selector, started))
-        self._attach(process)
+            process.sites.extend(self._select(pid, mapped, selector, started,
+                                              required))
+        if not process.sites:
+            return None
+        try:
+            self._attach(process)
+        except TracerError:
+            if required or process_alive(pid):
+                raise
+            return None         # it exited while we armed it
         self.processes[pid] = process
         self._load_specs(process)
         return process
 
     def _select(self, pid: int, mapped: list[notes.MappedFile],
-                selector: UsdtSelector, started: bool) -> list[ProbeSite]:
+                selector: UsdtSelector, started: bool,
+                required: bool = True) -> list[ProbeSite]:
         files = [(m.open_path, m.path) for m in mapped]
         if selector.path is not None:
             stat = os.stat(selector.path)
             files = [(m.open_path, m.path) for m in mapped
                      if (m.device, m.inode) == (stat.st_dev, stat.st_ino)]
             if not files:
+                if not required:
+                    return []
                 if not started:
                     raise TracerError(f"process {pid} does not map {selector.path}")
                 files = [(selector.path, selector.path)]
@@ -296,12 +316,12 @@ class UsdtTracer:
             try:
                 probes = notes.probes_in_file(open_path)
             except (OSError, notes.NotesError) as error:
-                if selector.path is None:
+                if selector.path is None or not required:
                     continue
                 raise TracerError(str(error)) from None
             found.extend(ProbeSite.of(p, name, selector)
                          for p in probes if selector.matches(p))
-        if not found:
+        if not found and required:
             where = selector.path or f"process {pid}"
             raise TracerError(f"no USDT probe {selector.provider}:{selector.probe}"
                               f" in {where} (see `recorder probes`)")
@@ -310,9 +330,15 @@ class UsdtTracer:
             for argument in site.arguments:
                 if not argument.supported or (
                         argument.symbol and resolve(argument.symbol) is None):
-                    self.report(f"{site.probe.full_name}: cannot read argument "
-                                f"{argument.text!r}; shown as <unreadable>")
+                    self._report_once(f"{site.probe.full_name}: cannot read "
+                                      f"argument {argument.text!r}; shown as "
+                                      "<unreadable>")
         return found
+
+    def _report_once(self, message: str) -> None:
+        if message not in self._reported:
+            self._reported.add(message)
+            self.report(message)
 
     def _attach(self, process: TracedProcess) -> None:
         done = {(a.path, a.file_offset) for a in process.attachments}
@@ -372,8 +398,12 @@ class UsdtTracer:
                 del self.program.sites[key]
         self.exited[pid] = process
 
-    def start_command(self, command: list[str]) -> int:
-        """Start `command` stopped at its exec, arm it, then let it run."""
+    def start_command(self, command: list[str],
+                      on_stopped: Callable[[int], None] | None = None) -> int:
+        """Start `command` stopped at its exec, arm it, then let it run.
+
+        `on_stopped(pid)` runs while it is still stopped, after our arming
+        (a TraceSession arms its recorder topics there)."""
         path = shutil.which(command[0])
         if path is None:
             raise TracerError(f"command not found: {command[0]}")
@@ -391,6 +421,8 @@ class UsdtTracer:
         self._child = pid
         try:
             self.arm(pid, started=True)
+            if on_stopped is not None:
+                on_stopped(pid)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             ptrace(_PTRACE_DETACH, pid, None, None)
@@ -410,9 +442,7 @@ class UsdtTracer:
     # -- events ---------------------------------------------------------------
 
     def _on_event(self, cpu: int, event: Any) -> None:
-        record = self.decode(cpu, event)
-        self._sequence += 1
-        heapq.heappush(self._pending, (record.ts, cpu, self._sequence, record))
+        self.reorder.push(self.decode(cpu, event))
 
     def decode(self, cpu: int, event: Any) -> Record:
         """The Record of one usdt_event."""
@@ -452,31 +482,26 @@ class UsdtTracer:
                       where=where, message=message, args=args, cpu=cpu,
                       provider=provider)
 
-    def _flush(self, everything: bool = False) -> None:
-        horizon = monotonic_ns() - REORDER_WINDOW_NS
-        while self._pending and (everything or self._pending[0][0] <= horizon):
-            self.sink(heapq.heappop(self._pending)[3])
-
     # -- running --------------------------------------------------------------
 
     def poll(self, timeout_ms: int = 50) -> bool:
         """Deliver what arrived; False once every traced process has ended."""
         self.stream.poll(timeout_ms=timeout_ms)
-        self._flush()
+        self.reorder.flush()
         if self._child is not None:
             pid, status = os.waitpid(self._child, os.WNOHANG)
             if pid:
                 self._child, self._child_status = None, status
                 self._ended(pid, describe_status(status))
-        for pid in [pid for pid in self.processes if not _alive(pid)]:
-            self._ended(pid, "exited")
+        for pid in [pid for pid in self.processes if not process_alive(pid)]:
+            self._ended(pid, "status unknown")
         return bool(self.processes)
 
     def _ended(self, pid: int, status: str) -> None:
         process = self.processes.get(pid)
         if process is not None:
             self.stream.drain()     # its last hits, while its specs are known
-            self.report(f"process {pid} ({process.comm}) {status}")
+            self.report(f"process {pid} ({process.comm}) exited: {status}")
             self.disarm(pid)
 
     def stop(self) -> None:
@@ -492,19 +517,13 @@ class UsdtTracer:
                     if self.options.duration else None)
         # Ctrl-C sets the stop flag: a KeyboardInterrupt raised inside bcc's
         # ctypes callback would be printed and swallowed, and we would go on.
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, lambda *_: self.stop())
-        try:
-            while not self._stop.is_set() and self.poll(50):
-                if deadline and time.monotonic() >= deadline:
-                    break
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-            self.close()
+        with stop_on_signals(self._stop):
+            try:
+                while not self._stop.is_set() and self.poll(50):
+                    if deadline and time.monotonic() >= deadline:
+                        break
+            finally:
+                self.close()
 
     @property
     def child_status(self) -> int | None:
@@ -516,21 +535,11 @@ class UsdtTracer:
         for pid in list(self.processes):
             self.disarm(pid)
         self.stream.drain()
-        self._flush(everything=True)
+        self.reorder.flush_all()
 
     def summaries(self) -> list[CpuSummary]:
         """Per-CPU produced, received and lost; call after close()."""
         return self.stream.summary()
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 _PTRACE_TRACEME = 0

@@ -4,37 +4,97 @@
  * the topic's semaphore as the uprobe's reference counter. The probe's only
  * argument, always in %rax (probes/include/recorder/probe.h), is the address
  * of the entry the process just wrote; one bpf_probe_read_user copies it.
+ * Two entry points: `harvest` for a C topic's own probe, and
+ * `harvest_shared` for `recorder:recorder_dynamic`, the probe run-time
+ * topics share (its metrics need the entry's topic id).
  *
  * Maps, and who reads them:
- *   stats        (pid, topic) -> count, last time     controller: metrics
- *   counters     per-CPU hits, streamed, refused      controller: loss check
- *   flight       per-CPU ring of the last records      controller: snapshots
- *   flight_head  per-CPU index into flight             controller: snapshots
- *   stream       per-CPU perf buffer                   controller: live trace
- *   scratch      per-CPU record being built (too big for the BPF stack)
+ *   counters      per-CPU hits, streamed, refused...  controller: loss check
+ *   stats         per-CPU site hit counts (mmapable)  controller: metrics
+ *   flight        per-CPU ring of the last records    controller: snapshots
+ *   flight_head   per-CPU index into flight           controller: snapshots
+ *   stream_rings  one BPF ring buffer per CPU, made   controller: live trace
+ *                 and read (mmap) by tracer/stream.py
+ *   stream_config records per forced wakeup           written by the controller
+ *   record_layout never written: carries struct harvest_record's compiled
+ *                 layout to Python
  *
- * Compile-time switches (-D): HARVEST_STREAM (send to the stream),
- * HARVEST_FLIGHT (keep in the flight ring), FLIGHT_ENTRIES.
+ * Costs, measured on the benchmark machine (bench/README.md): a trap with an
+ * empty program ~455 ns; a user-memory read ~70-90 ns whatever its size;
+ * bpf_get_current_comm ~40 ns; bpf_ktime_get_ns ~30 ns; a hash map lookup
+ * ~30 ns. So metrics read no user memory and use an open-addressed array
+ * (~8 ns), the clock is read only for an unreadable entry, comm only for the
+ * stream, strings only when the entry has some, and records are built in
+ * place in the flight slot and the stream ring (no scratch copy).
+ *
+ * Compile-time switches (-D): HARVEST_METRICS (count per site),
+ * HARVEST_STREAM (send to the stream), HARVEST_FLIGHT (keep in the flight
+ * ring), FLIGHT_ENTRIES, HARVEST_STRING_MAX, HARVEST_CPUS.
  */
 #include <uapi/linux/ptrace.h>
 #include "harvest.h"
 
-BPF_HASH(stats, struct topic_key, struct topic_stats, 65536);
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_COUNT);
-BPF_PERCPU_ARRAY(scratch, struct harvest_record, 1);
+BPF_ARRAY(record_layout, struct harvest_record, 1);
+#ifdef HARVEST_METRICS
+BPF_F_TABLE("array", __u32, struct site_stats, stats,
+            HARVEST_CPUS * STATS_SLOTS, BPF_F_MMAPABLE);
+#endif
 #ifdef HARVEST_FLIGHT
 BPF_PERCPU_ARRAY(flight, struct harvest_record, FLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(flight_head, __u64, 1);
 #endif
 #ifdef HARVEST_STREAM
-BPF_PERF_OUTPUT(stream);
+/* The template of the per-CPU rings (the kernel wants one to type the
+ * outer map); tracer/stream.py creates the real rings, in any size. */
+BPF_RINGBUF_OUTPUT(stream_template, 1);
+BPF_ARRAY_OF_MAPS(stream_rings, "stream_template", HARVEST_CPUS);
+BPF_ARRAY(stream_config, __u64, 1);     /* [0]: wakeup mask (2^n - 1) */
 #endif
 
-static __always_inline void count(__u32 counter)
+/* Adds one to a per-CPU counter; returns its previous value. Atomic, so the
+ * count stays exact on a preemptible kernel, where another task's hit can
+ * run this program on the same CPU in between. */
+static __always_inline __u64 count(__u32 counter)
 {
     __u64 *value = counters.lookup(&counter);
-    if (value)
-        *value += 1;        /* per-CPU: no atomic needed */
+    return value ? __sync_fetch_and_add(value, 1) : 0;
+}
+
+#ifdef HARVEST_METRICS
+static __always_inline void count_site(__u32 pid, __u64 address, __u32 topic_id)
+{
+    __u32 cpu = bpf_get_smp_processor_id();
+    __u64 hash = (address ^ ((__u64)pid << 32) ^ topic_id) * 0x9E3779B97F4A7C15ull;
+    __u32 first = hash >> (64 - STATS_BITS);
+#pragma unroll
+    for (int i = 0; i < STATS_PROBES; i++) {
+        __u32 index = cpu * STATS_SLOTS + ((first + i) & (STATS_SLOTS - 1));
+        struct site_stats *slot = stats.lookup(&index);
+        if (!slot)
+            break;
+        if (slot->address == address && slot->pid == pid
+            && slot->topic_id == topic_id) {
+            __sync_fetch_and_add(&slot->count, 1);
+            return;
+        }
+        if (slot->address == 0) {       /* claim it: key first, then count */
+            slot->pid = pid;
+            slot->topic_id = topic_id;
+            slot->address = address;
+            __sync_fetch_and_add(&slot->count, 1);
+            return;
+        }
+    }
+    count(COUNTER_STATS_FULL);
+}
+#endif
+
+#if defined(HARVEST_STREAM) || defined(HARVEST_FLIGHT)
+/* Bit 2i+1 set for each argument i of kind RECORDER_ARG_STRING (binary 10). */
+static __always_inline __u32 string_arguments(__u32 arg_types)
+{
+    return arg_types & ~(arg_types << 1) & 0xaaaaaau;
 }
 
 static __always_inline void fetch_strings(struct harvest_record *record)
@@ -53,48 +113,68 @@ static __always_inline void fetch_strings(struct harvest_record *record)
     }
 }
 
-int harvest(struct pt_regs *ctx)
+/* Copies the entry at `address` (the probe's argument). The core writes only
+ * the header and the arguments used, so the unused tail of an entry that
+ * crosses a page boundary can lie on a page the process never touched, one
+ * the kernel has not mapped yet, and the whole read fails (the helper may not
+ * fault pages in). Then the part the writer wrote is read instead; the rest
+ * stays zero. Returns 0 when the entry was read. */
+static __always_inline int read_entry(struct recorder_entry *entry, __u64 address)
 {
-    __u32 zero = 0;
-    struct harvest_record *record = scratch.lookup(&zero);
-    if (!record)
+    if (bpf_probe_read_user(entry, sizeof(*entry), (void *)address) == 0)
         return 0;
-    count(COUNTER_HITS);
+    const __u32 header = offsetof(struct recorder_entry, args);
+    if (bpf_probe_read_user(entry, header, (void *)address) != 0
+        || entry->nargs > RECORDER_MAX_ARGS)
+        return -1;
+    __u32 used = entry->nargs * sizeof(entry->args[0]);
+    if (used > sizeof(entry->args))         /* for the verifier */
+        return -1;
+    return bpf_probe_read_user(entry->args, used, (void *)(address + header));
+}
 
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
-    record->pid = pid_tgid >> 32;
-    record->harvest_ns = bpf_ktime_get_ns();
-    record->probe_address = PT_REGS_IP(ctx);
+/* Builds the record in place: in the flight slot or the stream ring. */
+static __always_inline void fill(struct harvest_record *record,
+                                 struct pt_regs *ctx, __u32 pid)
+{
+    record->pid = pid;
     record->status = 0;
-    if (bpf_probe_read_user(&record->entry, sizeof(record->entry),
-                            (void *)PT_REGS_RC(ctx)) != 0) {
-        record->status = HARVEST_ENTRY_UNREADABLE;
-        __builtin_memset(&record->entry, 0, sizeof(record->entry));
-    }
-
-    struct topic_key key = { .pid = record->pid, .topic_id = record->entry.topic_id };
-    struct topic_stats initial = {};
-    struct topic_stats *stats_value = stats.lookup_or_try_init(&key, &initial);
-    if (stats_value) {
-        __sync_fetch_and_add(&stats_value->count, 1);
-        stats_value->last_ns = record->harvest_ns;
-    }
-
-#if defined(HARVEST_STREAM) || defined(HARVEST_FLIGHT)
+    record->harvest_ns = 0;
+    record->probe_address = PT_REGS_IP(ctx);
+#ifdef HARVEST_STREAM
+    /* ~40 ns: only the stream's reader needs it at once; a snapshot of the
+     * flight ring names processes itself (comm stays empty there). */
     bpf_get_current_comm(record->comm, sizeof(record->comm));
-#pragma unroll
-    for (int i = 0; i < HARVEST_STRINGS; i++)
-        record->strings[i].length = 0;
-    fetch_strings(record);
+#endif
+    if (read_entry(&record->entry, PT_REGS_RC(ctx)) != 0) {
+        __builtin_memset(&record->entry, 0, sizeof(record->entry));
+        record->status = HARVEST_ENTRY_UNREADABLE;
+        record->harvest_ns = bpf_ktime_get_ns();
+    }
+    /* The slots past the entry's string arguments are left as they were:
+     * readers take one slot per %s argument, in order. */
+    if (string_arguments(record->entry.arg_types))
+        fetch_strings(record);
+}
 #endif
 
+static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
+{
+    __u64 hits = count(COUNTER_HITS);
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct harvest_record *record = 0;
+    __u32 topic_id = HARVEST_NO_TOPIC;     /* the shared probe's, once read */
+
 #ifdef HARVEST_FLIGHT
+    __u32 zero = 0;
     __u64 *head = flight_head.lookup(&zero);
     if (head) {
         __u32 slot = *head % FLIGHT_ENTRIES;
-        struct harvest_record *kept = flight.lookup(&slot);
-        if (kept) {
-            __builtin_memcpy(kept, record, sizeof(*record));
+        record = flight.lookup(&slot);
+        if (record) {
+            fill(record, ctx, pid);
+            if (!record->status)
+                topic_id = record->entry.topic_id;
             *head += 1;
             count(COUNTER_FLIGHT);
         }
@@ -102,10 +182,49 @@ int harvest(struct pt_regs *ctx)
 #endif
 
 #ifdef HARVEST_STREAM
-    if (stream.perf_submit(ctx, record, sizeof(*record)) == 0)
+    __u32 cpu = bpf_get_smp_processor_id();
+    void *ring = stream_rings.lookup(&cpu);
+    struct harvest_record *out =
+        ring ? bpf_ringbuf_reserve(ring, sizeof(*out), 0) : 0;
+    if (out) {
+        if (record)
+            __builtin_memcpy(out, record, sizeof(*out));
+        else
+            fill(out, ctx, pid);
+        if (!out->status)
+            topic_id = out->entry.topic_id;
+        __u32 zero_config = 0;
+        __u64 *mask = stream_config.lookup(&zero_config);
+        /* Wake the controller every 2^n records, never per record: a
+         * wakeup is an interrupt that costs microseconds in a VM. */
+        __u64 wake = mask && (hits & *mask) == *mask
+                     ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+        bpf_ringbuf_submit(out, wake);
         count(COUNTER_STREAMED);
-    else
+    } else {
         count(COUNTER_STREAM_FAILED);
+    }
+#endif
+
+#ifdef HARVEST_METRICS
+    if (!shared)
+        topic_id = HARVEST_NO_TOPIC;    /* the site names the topic */
+    else if (topic_id == HARVEST_NO_TOPIC
+             && bpf_probe_read_user(&topic_id, sizeof(topic_id),
+                                    (void *)PT_REGS_RC(ctx)
+                                    + offsetof(struct recorder_entry, topic_id)))
+        topic_id = HARVEST_NO_TOPIC;
+    count_site(pid, PT_REGS_IP(ctx), topic_id);
 #endif
     return 0;
+}
+
+int harvest(struct pt_regs *ctx)
+{
+    return harvest_hit(ctx, false);
+}
+
+int harvest_shared(struct pt_regs *ctx)
+{
+    return harvest_hit(ctx, true);
 }

@@ -1,6 +1,7 @@
 /* harvest.h - what harvest.c sends to the controller and keeps in rings.
- * Included by harvest.c; Python reads these through bcc's compiled table
- * (b["stream"].event(data)), never through a hand-written mirror. */
+ * Included by harvest.c; Python reads these through bcc's compiled tables
+ * (the leaf types of `record_layout` and `stats`), never through a
+ * hand-written mirror. */
 #ifndef RECORDER_HARVEST_H
 #define RECORDER_HARVEST_H
 
@@ -13,6 +14,12 @@
 #ifndef FLIGHT_ENTRIES
 #define FLIGHT_ENTRIES     1024     /* per CPU, the kernel flight ring */
 #endif
+#ifndef HARVEST_CPUS
+#define HARVEST_CPUS       64       /* possible CPUs: the controller sets it */
+#endif
+#define STATS_BITS         12
+#define STATS_SLOTS        (1u << STATS_BITS)  /* per CPU */
+#define STATS_PROBES       4        /* slots tried before counting as full */
 
 /* A string argument as BPF found it: `length` counts the bytes copied
  * (with the NUL); negative is the error from bpf_probe_read_user_str, so an
@@ -22,37 +29,51 @@ struct harvest_string {
     char text[HARVEST_STRING_MAX];
 };
 
+/* One harvested record: a stream record and a flight ring slot alike. */
 struct harvest_record {
     __u32 pid;                  /* tgid */
     __u32 status;               /* HARVEST_* below */
-    __u64 harvest_ns;           /* bpf_ktime_get_ns() at the probe hit */
+    __u64 harvest_ns;           /* bpf_ktime_get_ns() at the probe hit, taken
+                                   only when the entry is unreadable (else
+                                   0: entry.timestamp is the record's time;
+                                   the clock read costs ~30 ns a hit) */
     __u64 probe_address;        /* where the probe fired: with the probe's
                                    link-time address it gives the file's
                                    load base, to read a process that exited */
-    char comm[16];
+    char comm[16];              /* the stream's records only: empty in a
+                                   flight ring kept without a stream */
     struct recorder_entry entry;
-    struct harvest_string strings[HARVEST_STRINGS];
+    struct harvest_string strings[HARVEST_STRINGS];   /* one per %s
+                                   argument, in order; slots past the
+                                   entry's string arguments are undefined */
 };
+_Static_assert(sizeof(struct harvest_record) % 8 == 0,
+               "stream records are 8-byte multiples: ring slots have no tail");
 
 #define HARVEST_ENTRY_UNREADABLE 0x1    /* the entry pointer could not be read */
 
-/* Per-CPU counters, indexed by enum harvest_counter. */
+/* Per-CPU counters, indexed by enum harvest_counter. Exact: atomic adds. */
 enum harvest_counter {
     COUNTER_HITS = 0,           /* probe hits (records produced) */
-    COUNTER_STREAMED = 1,       /* records handed to the stream */
-    COUNTER_STREAM_FAILED = 2,  /* perf output refused (buffer full) */
+    COUNTER_STREAMED = 1,       /* records committed to the stream */
+    COUNTER_STREAM_FAILED = 2,  /* stream ring full, or no ring yet */
     COUNTER_FLIGHT = 3,         /* records written to the flight ring */
-    COUNTER_COUNT = 4,
+    COUNTER_STATS_FULL = 4,     /* hits no stats slot could count */
+    COUNTER_COUNT = 5,
 };
 
-/* Per (pid, topic) aggregate for metrics. */
-struct topic_key {
+/* Metrics: the hits of one probe site in one process, counted on one CPU.
+ * `stats` holds STATS_SLOTS of these per CPU, open-addressed by a hash of
+ * the key (address, pid, topic_id); a slot is free while `address` is 0.
+ * A C topic is its probe, so its sites are counted with topic_id
+ * HARVEST_NO_TOPIC (the controller names the topic from the address); the
+ * probe that run-time topics share is counted per entry topic id. */
+struct site_stats {
+    __u64 address;              /* runtime address of the probe site */
     __u32 pid;
     __u32 topic_id;
-};
-struct topic_stats {
     __u64 count;
-    __u64 last_ns;
 };
+#define HARVEST_NO_TOPIC 0xffffffffu
 
 #endif

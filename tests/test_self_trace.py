@@ -1,0 +1,47 @@
+"""The controller records its own steps: `recorder` can debug `recorder`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tracer_helpers import BackgroundSession, Workload, wait_for
+
+from recorder_tracer.session import TraceOptions
+from recorder_tracer.spec import TopicSpec
+
+pytestmark = pytest.mark.bpf
+
+
+def test_a_tracer_traces_another_tracers_own_topics(progs: Path) -> None:
+    workload = Workload(progs)
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "recorder_tracer.cli", "trace", "-p",
+         str(workload.pid), "tick"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert controller.stderr is not None
+        wait_for(lambda: "Tracing" in controller.stderr.readline(), timeout=30)
+        observer = BackgroundSession(TraceOptions(
+            pids=[controller.pid], spec=TopicSpec.parse("tracer_.*")))
+        controller.send_signal(signal.SIGINT)
+        assert controller.wait(timeout=30) == 0
+        records = observer.stop()
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+        workload.close()
+
+    messages = [(r.topic, r.message) for r in records]
+    assert ("tracer_session", f"disarming pid {workload.pid}: 1 sites") in messages
+    detached = [m for t, m in messages if t == "tracer_arm"]
+    assert len(detached) == 1
+    assert detached[0].startswith("detached ")
+    assert detached[0].endswith(f" in pid {workload.pid}")
+    closing = [m for t, m in messages if m.startswith("closed: CPU")]
+    assert len(closing) == len(os.sched_getaffinity(0)) == os.cpu_count()
+    assert all(r.pid == controller.pid for r in records)
