@@ -166,13 +166,16 @@ struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
     size_t bytes = sizeof(struct recorder_shard)
                  + (size_t)capacity * sizeof(struct recorder_entry);
 
-    /* mmap, not malloc: RECORD may run in a signal handler. */
+    /* mmap, not malloc: RECORD may run in a signal handler. Populated at
+     * once: BPF reads entries with faults disabled, and an entry ending on
+     * a never-touched page would be unreadable to it (a short entry leaves
+     * its tail unwritten). */
     struct recorder_shard *shard = recorder_share_alloc_shard(topic, slot,
                                                               bytes);
     int shared = shard != NULL;
     if (!shard) {
         shard = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
         if (shard == MAP_FAILED)
             return &spare_shard.shard;
     }

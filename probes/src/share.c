@@ -223,8 +223,8 @@ void *recorder_share_alloc_shard(struct recorder_topic *topic, unsigned cpu,
     if (offset >= 0) {
         __u64 total = round_to_page(sizeof(struct recorder_share_block)
                                     + bytes);
-        char *block = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED,
-                           share_fd, (off_t)offset);
+        char *block = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                           MAP_SHARED | MAP_POPULATE, share_fd, (off_t)offset);
         if (block != MAP_FAILED) {
             mappings[mapping_count++] = (struct mapping) {
                 block, (__u64)offset, total };
