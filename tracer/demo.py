@@ -1,9 +1,10 @@
-"""`make demo`: trace a small C workload live, then watch it crash.
+"""`make demo`: trace a C workload live and watch it crash, then a Python one.
 
-Runs build/demo/recorder_demo under `recorder trace -c`, arming two of its
-three topics, prints the first records as they stream, a per-topic count,
-what was received and lost per CPU, and the tail of the crash dump the
-process printed before dying by SIGSEGV.
+Part 1 runs build/demo/recorder_demo under `recorder trace -c`, arming two of
+its three topics, prints the first records as they stream, a per-topic
+count, what was received and lost per CPU, and the tail of the crash dump the
+process printed before dying by SIGSEGV. Part 2 traces demo/py_worker.py by
+PID: its run-time topic py_job is armed, py_chatter is not.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ from recorder_tracer.spec import TopicSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "build" / "demo" / "recorder_demo"
+PY_WORKER = REPO / "demo" / "py_worker.py"
 SHOWN = 12
 
 
@@ -68,6 +71,40 @@ def main() -> int:
         dump.seek(0)
         for line in dump.read().splitlines()[-8:]:
             print(f"  {line}")
+    return python_part()
+
+
+def python_part() -> int:
+    """Trace a Python worker's run-time topic by PID until it exits."""
+    print("\ndemo: tracing demo/py_worker.py by PID (topic py_job; py_chatter"
+          " stays unarmed)\n")
+    worker = subprocess.Popen([sys.executable, str(PY_WORKER), "1.5"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdout.readline()
+    records: list[Record] = []
+    try:
+        session = TraceSession(
+            TraceOptions(pids=[worker.pid], spec=TopicSpec.parse("py_job")),
+            records.append, lambda m: print(f"demo: {m}"))
+        session.start()
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        session.run(start=False)
+    except TracerError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        worker.kill()
+        return 1
+    finally:
+        worker.wait()
+    if records:
+        print(format_header())
+        for record in records[:6]:
+            print(format_record(record, origin_ns=records[0].ts))
+    print(f"   ... {len(records)} py_job records in all; "
+          + ", ".join(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} lost"
+                      for cpu in session.summaries()))
     return 0
 
 
