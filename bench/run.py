@@ -7,10 +7,11 @@ one PASS/FAIL line per target. A missed target is a result, not an error:
 the exit status is 0 unless a program fails to build or run.
 
 Examples:
-    make bench                          # the default run, ~10 s
+    make bench                          # the core, then the tracer, ~50 s
     .venv/bin/python bench/run.py --processes 1 --rounds 5   # a quick look
     .venv/bin/python bench/run.py --no-lttng   # without the LTTng comparison
     .venv/bin/python bench/run.py --core /tmp/x/probes   # try a hot.h change
+    .venv/bin/python bench/run.py --no-tracer  # the core only (tracer_bench.py)
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="duration of one sample (default 10)")
     parser.add_argument("--no-lttng", action="store_true",
                         help="skip the LTTng-UST comparison")
+    parser.add_argument("--no-tracer", action="store_true",
+                        help="skip the tracer benchmark (bench/tracer_bench.py)")
     parser.add_argument("--core", type=Path, default=programs.PROBES,
                         metavar="DIR",
                         help="benchmark the core in DIR, a copy of probes/ "
@@ -149,7 +152,11 @@ def main(argv: list[str]) -> int:
     for note in notes:
         print(note)
     print(f"took {time.monotonic() - started:.1f} s")
-    return 0
+    if arguments.no_tracer:
+        return 0
+    print()
+    import tracer_bench
+    return tracer_bench.main([])
 
 
 if __name__ == "__main__":

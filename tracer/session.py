@@ -76,7 +76,7 @@ class TraceOptions:
     spec: TopicSpec = field(default_factory=lambda: TopicSpec(()))
     duration: float | None = None
     flight_entries: int = 1024
-    pages_per_cpu: int = 256
+    pages_per_cpu: int = 1024
     command_stderr: int | None = None   # fd for -c's stderr (default: ours)
     usdt: list[UsdtSelector] = field(default_factory=list)  # other programs'
     topics: bool = True     # arm recorder topics (False: the USDT probes only)
@@ -216,7 +216,8 @@ class TraceSession:
             seen.add(site)
             try:
                 process.attachments.append(arm.attach_uprobe(
-                    self.harvester.program_fd, probe.path, probe.file_offset,
+                    self.harvester.program_fd_for(probe.name), probe.path,
+                    probe.file_offset,
                     process.pid, probe.semaphore_offset))
                 process.armed_topics.add(probe.name)
                 process.probes.append(probe)

@@ -38,7 +38,6 @@ RecordHandler = Callable[[int, Any], None]
 
 RING_HEADER = 8             # struct bpf_ringbuf_hdr: u32 len, u32 pg_off
 RING_BUSY = 1 << 31         # BPF_RINGBUF_BUSY_BIT: reserved, not committed
-RING_DISCARD = 1 << 30      # BPF_RINGBUF_DISCARD_BIT
 BPF_MAP_TYPE_RINGBUF = 27
 _U64 = struct.Struct("<Q")
 
@@ -142,7 +141,7 @@ class _RingBuffer:
         if lengths.count(self._committed) != slots:
             ready = next(i for i, length in enumerate(lengths)
                          if length != self._committed)
-            if not lengths[ready] & RING_BUSY:
+            if not lengths[ready] & RING_BUSY:     # harvest.c never discards
                 raise TracerError(f"stream ring {self.cpu}: unexpected record "
                                   f"header {lengths[ready]:#x}")
         if ready == 0:
