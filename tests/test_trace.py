@@ -332,3 +332,23 @@ def test_docstring_examples_hold(name: str) -> None:
 
     module = importlib.import_module(f"recorder_tracer.{name}")
     assert doctest.testmod(module).failed == 0
+
+
+def test_cli_flight_and_ring_sizes_are_checked() -> None:
+    result = subprocess.run([*RECORDER, "trace", "-p", "1", "--ring-pages", "3"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--ring-pages 3 is not a power of two" in result.stderr
+
+
+def test_cli_as_a_user_says_it_needs_root(workloads) -> None:
+    workload = workloads()
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*nobody, sys.executable, "-c", "import click"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this Python cannot run as nobody here")
+    result = subprocess.run([*nobody, *RECORDER, "trace", "-p", str(workload.pid)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "recorder: must run as root (BPF and uprobes need it)")

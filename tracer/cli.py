@@ -102,11 +102,17 @@ Examples:
                    "allowed); recorder topics then only if SPEC names some. "
                    "FMT has one letter per argument: s string, d signed, "
                    "u unsigned, x hex.")
+@click.option("--flight-entries", type=click.IntRange(1, 1 << 20), default=1024,
+              show_default=True,
+              help="Records the kernel flight ring keeps per CPU.")
+@click.option("--ring-pages", type=click.IntRange(1, 1 << 16), default=1024,
+              show_default=True,
+              help="Pages of the per-CPU stream ring (a power of two).")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           command: str | None, duration: float | None, as_json: bool,
           chrome: str | None, output: TextIO, usdt: tuple[str, ...],
-          spec: tuple[str, ...]) -> None:
+          flight_entries: int, ring_pages: int, spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
     they come, in timestamp order across processes and CPUs. A traced
@@ -126,6 +132,8 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
 
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
+    if ring_pages & (ring_pages - 1):
+        raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
     if not (pids or comms or all_processes or command):
         raise click.UsageError("choose processes: -p PID, --comm, --all or -c")
     argv = shlex.split(command) if command else None
@@ -137,6 +145,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         pids=list(pids), comms=list(comms), all_processes=all_processes,
         command=argv, spec=TopicSpec.parse(*spec), duration=duration,
         usdt=selectors, topics=bool(spec) or not usdt,
+        flight_entries=flight_entries, pages_per_cpu=ring_pages,
     )
 
     def report(message: str) -> None:

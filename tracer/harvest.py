@@ -26,7 +26,7 @@ NO_TOPIC = 0xFFFFFFFF               # HARVEST_NO_TOPIC in tracer/bpf/harvest.h
 def require_bpf() -> Any:
     """Import bcc, or fail with the fix; also checks for root."""
     if os.geteuid() != 0:
-        raise TracerError("recorder must run as root (BPF and uprobes need it)")
+        raise TracerError("must run as root (BPF and uprobes need it)")
     try:
         import bcc
     except ImportError:
