@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import programs
 import tracer_report
@@ -39,6 +41,9 @@ TOPICS = [f"t{index}" for index in range(8)]   # tracer_bench.c's armable topics
 COLD = "cold"                                  # never armed
 STRING_TOPIC = "str"
 BPFTRACE = {"count": "@ = count();", "tid": "@[tid] = count();"}
+# The empty program attached as bcc and bpftrace attach, through a perf event
+# (arm.py's fallback), while arm.py uses a uprobe_multi link where it can.
+PERF_EMPTY = "empty_perf"
 
 
 def tracer_bench_program() -> programs.Program:
@@ -131,10 +136,12 @@ class Tracers:
     def load(cls) -> Tracers:
         import bcc
 
+        from recorder_tracer.arm import register_bcc_program
         from recorder_tracer.harvest import Harvester
         empty = bcc.BPF(text=b"int empty(void *ctx) { return 0; }")
         return cls(
-            empty_fd=empty.load_func(b"empty", bcc.BPF.KPROBE).fd,
+            empty_fd=register_bcc_program(
+                empty, empty.load_func(b"empty", bcc.BPF.KPROBE)),
             empty=empty,
             harvesters={
                 "metrics": Harvester(stream=False, flight=False, metrics=True),
@@ -177,11 +184,15 @@ class CountingConsumer:
         return summary
 
 
-def attach_all(target: Target, program_fd: int, topic: str) -> list[Any]:
+def attach_all(target: Target, program_fd: int, topic: str,
+               perf_events: bool = False) -> list[Any]:
+    """Attach to every site of `topic`; `perf_events`: as bcc does."""
     from recorder_tracer import arm
-    return [arm.attach_uprobe(program_fd, target.path, site.file_offset, target.pid,
-                              site.semaphore_offset)
-            for site in target.sites[topic]]
+    forced = {arm.NO_UPROBE_MULTI: "1"} if perf_events else {}
+    with mock.patch.dict(os.environ, forced):
+        return [arm.attach_uprobe(program_fd, target.path, site.file_offset,
+                                  target.pid, site.semaphore_offset)
+                for site in target.sites[topic]]
 
 
 def measure_process(path: Path, shift: int, arguments: argparse.Namespace,
@@ -197,6 +208,7 @@ def measure_process(path: Path, shift: int, arguments: argparse.Namespace,
     topic_of = {case.name: TOPICS[(index + shift) % len(TOPICS)]
                 for index, case in enumerate(CASES)}
     topic_of[STRING_CASE.name] = STRING_TOPIC
+    topic_of[PERF_EMPTY] = TOPICS[(len(CASES) + shift) % len(TOPICS)]
 
     def ours() -> list[int]:
         return [target.pid, *(bpftrace.process.pid for bpftrace in bpftraces.values())]
@@ -211,6 +223,11 @@ def measure_process(path: Path, shift: int, arguments: argparse.Namespace,
             bpftraces = {name: Bpftrace(target, topic_of[name], program)
                          for name, program in BPFTRACE.items()}
         attachments += attach_all(target, tracers.empty_fd, topic_of["empty"])
+        note = f"tracer/arm.py attached through: {attachments[0].method.value}"
+        if note not in results.checks:
+            results.checks.append(note)
+        attachments += attach_all(target, tracers.empty_fd, topic_of[PERF_EMPTY],
+                                  perf_events=True)
         for name, harvester in tracers.harvesters.items():
             attachments += attach_all(target, harvester.program_fd, topic_of[name])
         attachments += attach_all(target, tracers.harvesters["flight"].program_fd,
@@ -224,7 +241,8 @@ def measure_process(path: Path, shift: int, arguments: argparse.Namespace,
             time.sleep(0.1)
         made_armed = dict(target.made)
         cases = [case.name for case in CASES if case.name in topic_of
-                 and (case.name not in BPFTRACE or bpftraces)] + [STRING_CASE.name]
+                 and (case.name not in BPFTRACE or bpftraces)] + [STRING_CASE.name,
+                                                                  PERF_EMPTY]
         with load.window(ours):
             for topic in (COLD, *(topic_of[case] for case in cases)):
                 target.sample(topic, arguments.sample_ms)        # warm up, armed
@@ -258,9 +276,25 @@ def sample_round(target: Target, topic_of: dict[str, str], cases: list[str],
     sample = {case: target.sample(topic_of[case], milliseconds) for case in cases}
     for case, ns in sample.items():
         results.ns[case].append(ns)
-        for reference in ("empty", "count"):
+        for reference in ("empty", "count", PERF_EMPTY):
             if reference in sample:
                 results.ratios[(case, reference)].append(ns / sample[reference])
+
+
+def render_perf_reference(results: CostResults) -> list[str]:
+    """The empty program attached as bcc attaches it, and our cases against
+    it (the table's empty program is attached by tracer/arm.py, as ours)."""
+    values = results.ns.get(PERF_EMPTY)
+    if not values:
+        return []
+    ratios = ", ".join(
+        f"{case} {ratio:.3f}x" for case in ("empty", "metrics", "flight")
+        if (ratio := results.ratio(case, PERF_EMPTY)) is not None)
+    return [f"{'empty bcc program, perf event':<{tracer_report.LABEL}} "
+            f"{statistics.median(values):>7.1f} {min(values):>7.1f} "
+            f"{max(values):>7.1f}",
+            "(attached as bcc and bpftrace attach, not through a uprobe_multi link;",
+            f" medians of per-round ratios to it: {ratios})"]
 
 
 def check_harvest(results: CostResults, tracers: Tracers, target: Target,
@@ -371,6 +405,8 @@ def main(argv: list[str]) -> int:
         return 1
     print()
     for line in tracer_report.render_costs(results):
+        print(line)
+    for line in render_perf_reference(results):
         print(line)
     if runs is not None:
         print()

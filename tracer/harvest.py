@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from recorder_tracer.arm import register_bcc_program
 from recorder_tracer.errors import TracerError
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
@@ -157,9 +158,10 @@ class Harvester:
         try:
             self.bpf = bcc.BPF(src_file=str(BPF_DIR / "harvest.c").encode(),
                                cflags=cflags)
-            self.program_fd: int = self.bpf.load_func(b"harvest", bcc.BPF.KPROBE).fd
-            self.shared_program_fd: int = self.bpf.load_func(
-                b"harvest_shared", bcc.BPF.KPROBE).fd
+            self.program_fd: int = register_bcc_program(
+                self.bpf, self.bpf.load_func(b"harvest", bcc.BPF.KPROBE))
+            self.shared_program_fd: int = register_bcc_program(
+                self.bpf, self.bpf.load_func(b"harvest_shared", bcc.BPF.KPROBE))
         except Exception as error:
             headers = Path(f"/lib/modules/{os.uname().release}/build")
             if not headers.exists():

@@ -179,7 +179,8 @@ class UsdtProgram:
                                cflags=cflags)
         except Exception as error:
             raise TracerError(f"cannot load the BPF USDT program: {error}") from None
-        self.program_fd: int = self.bpf.load_func(b"usdt_hit", bcc.BPF.KPROBE).fd
+        self.program_fd: int = arm.register_bcc_program(
+            self.bpf, self.bpf.load_func(b"usdt_hit", bcc.BPF.KPROBE))
         self.record_type: type[ctypes.Structure] = self.bpf[b"scratch"].sLeaf
         self.sites = self.bpf[b"sites"]
 
