@@ -27,7 +27,16 @@ class RecorderGroup(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=RecorderGroup)
+MAIN_EPILOG = """\b
+Examples:
+  sudo recorder probes                    # processes with a recorder core
+  sudo recorder trace -p 1234 'net.*'     # stream topics net.* of 1234
+  sudo recorder trace -c ./app --json     # run ./app, records as JSON lines
+  sudo recorder trace --help              # every option of a command
+"""
+
+
+@click.group(cls=RecorderGroup, epilog=MAIN_EPILOG)
 def main() -> None:
     """recorder: a flight-recorder tracer for recorder topics and USDT probes."""
 
