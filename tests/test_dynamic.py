@@ -92,7 +92,7 @@ def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
     assert records[4].message == "value 4 of py_tick half 2.0"
     assert records[4].where.endswith("py_ticks.py:22")
     # py_tock never trapped; disarming clears the flag.
-    assert sum(session.session.harvester.topic_counts().values()) == 23
+    assert sum(session.session.topic_counts().values()) == 23
     assert read_armed(workload.pid, by_name["py_tick"]) is False
 
 
@@ -111,3 +111,44 @@ def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> Non
     workload.record("py_late", 11)
     records = session.stop()
     assert [r.args[0] for r in records] == list(range(11))
+
+
+@pytest.mark.bpf
+def test_a_process_that_execs_is_armed_again_in_its_new_program() -> None:
+    from tracer_helpers import BackgroundSession, wait_for
+
+    from recorder_tracer.session import TraceOptions
+    from recorder_tracer.spec import TopicSpec
+
+    script = Path(__file__).parent / "workloads" / "py_reexec.py"
+    process = subprocess.Popen([sys.executable, str(script), "0"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdin is not None and process.stdout is not None
+
+    def command(line: str) -> str:
+        process.stdin.write(line + "\n")
+        process.stdin.flush()
+        return process.stdout.readline().strip()
+
+    try:
+        pid = int(process.stdout.readline().split()[2])
+        session = BackgroundSession(TraceOptions(pids=[pid],
+                                                 spec=TopicSpec.parse("work")))
+        assert command("record 5") == "done"
+        # Decoded before the exec: their formats live in the old program.
+        stream = session.session.stream
+        assert stream is not None
+        wait_for(lambda: sum(stream.received.values()) == 5)
+        assert command("exec") == f"ready 1 {pid}"
+        wait_for(lambda: any("exec'd" in report for report in session.reports))
+        traced = session.session.processes[pid]
+        wait_for(lambda: "work" in traced.runtime_armed)
+        assert command("record 7") == "done"
+        records = session.stop()
+    finally:
+        process.kill()
+        process.wait()
+    assert [r.message for r in records] == (
+        [f"gen 0 record {i}" for i in range(5)]
+        + [f"gen 1 record {i}" for i in range(7)])

@@ -76,7 +76,7 @@ def test_arming_one_topic_leaves_the_other_unarmed(workloads, progs: Path) -> No
     workload.record("tick", 2)
     session.stop()
     # tock never trapped: the kernel saw only the ticks.
-    counts = session.session.harvester.topic_counts()
+    counts = session.session.topic_counts()
     assert sum(counts.values()) == 2
     # Disarmed: the semaphore is back to zero, the no-tracer cost.
     assert semaphore_value(workload.pid, path, "tick") == 0
@@ -86,7 +86,8 @@ def test_all_traces_a_process_started_after_the_tracer(workloads) -> None:
     session = BackgroundSession(TraceOptions(all_processes=True,
                                              spec=TopicSpec.parse("tock")))
     workload = workloads()
-    wait_for(lambda: workload.pid in session.session.processes)
+    wait_for(lambda: "tock" in getattr(session.session.processes.get(workload.pid),
+                                       "armed_topics", ()))
     workload.record("tock", 11)
     records = session.stop()
     mine = [r for r in records if r.pid == workload.pid]
@@ -352,3 +353,55 @@ def test_cli_as_a_user_says_it_needs_root(workloads) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "recorder: must run as root (BPF and uprobes need it)")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["-c", 'ls "'], "No closing quotation"),
+        (["-p", "1", "--duration", "0"], "0.0 is not in the range x>0"),
+        (["-p", "1", "--duration", "nan"], "--duration nan is not a number"),
+        (["-p", "1", "-o", "/nonexistent/dir/x"], "No such file or directory"),
+    ],
+)
+def test_cli_bad_usage_is_reported_before_anything_runs(arguments, message) -> None:
+    result = subprocess.run([*RECORDER, "trace", *arguments], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_chrome_file_that_cannot_be_written_is_one_line(plain_process) -> None:
+    result = subprocess.run([*RECORDER, "trace", "-p", str(plain_process),
+                             "--chrome", "/nonexistent/dir/x"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "recorder: cannot write /nonexistent/dir/x: No such file or directory")
+
+
+def test_command_that_is_a_script_runs_and_is_reported(tmp_path) -> None:
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\nexit 7\n")
+    script.chmod(0o755)
+    result = subprocess.run([*RECORDER, "trace", "-c", str(script)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "exited: exit code 7" in result.stderr
+
+
+def test_closed_sessions_leave_no_kernel_objects_behind(workloads) -> None:
+    workload = workloads()
+
+    def one_session() -> None:
+        session = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                                 spec=TopicSpec.parse("tick")))
+        workload.record("tick", 3)
+        assert len(session.stop()) == 3
+
+    one_session()           # the first one loads libraries and caches
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        one_session()
+    assert sorted(os.listdir("/proc/self/fd")) == before

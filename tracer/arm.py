@@ -141,6 +141,12 @@ def register_bcc_program(bpf: Any, function: Any) -> int:
     return int(function.fd)
 
 
+def forget_bcc_program(program_fd: int) -> None:
+    """The program is about to be closed: stop copying it for links (its fd
+    number may be reused by another program)."""
+    _bcc_programs.pop(program_fd, None)
+
+
 def _bcc_source(program_fd: int) -> tuple[bytes, bytes, int] | None:
     """The instructions, license and kernel version bcc loaded as
     `program_fd`, if it was registered."""

@@ -7,6 +7,7 @@ becomes one line on stderr and exit status 1; bad usage exits 2 (click).
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from typing import Any, TextIO
@@ -99,11 +100,12 @@ Examples:
               help="Trace every process with a recorder core (with --usdt: "
                    "with the probes), now and later.")
 @click.option("-c", "--command", help="Start this command and trace it.")
-@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.option("--chrome", type=click.Path(dir_okay=False),
               help="Write a Chrome trace-event file (Perfetto opens it).")
-@click.option("-o", "--output", type=click.File("w"), default="-",
+@click.option("-o", "--output", type=click.File("w", lazy=False), default="-",
               help="Write records here instead of stdout.")
 @click.option("--usdt", "usdt", multiple=True,
               metavar="[PATH:]PROVIDER:PROBE[:FMT]",
@@ -145,7 +147,14 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
     if not (pids or comms or all_processes or command):
         raise click.UsageError("choose processes: -p PID, --comm, --all or -c")
-    argv = shlex.split(command) if command else None
+    try:
+        argv = shlex.split(command) if command else None
+    except ValueError as error:
+        raise click.UsageError(f"-c {command!r}: {error}") from None
+    if command is not None and not argv:
+        raise click.UsageError("-c needs a command")
+    if duration is not None and not math.isfinite(duration):
+        raise click.UsageError(f"--duration {duration} is not a number of seconds")
     selectors: list[Any] = []
     if usdt:
         from recorder_tracer.usdt import UsdtSelector

@@ -11,6 +11,7 @@ relaxed load, so it never blocks or disturbs the target.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 
@@ -25,15 +26,29 @@ def runtime_topics(topics: Iterable[Topic], probe_names: set[str]) -> list[Topic
             if topic.name not in probe_names and topic.name != DYNAMIC_PROBE]
 
 
-def set_armed(pid: int, topic: Topic, armed: bool) -> bool:
-    """Set `topic`'s armed flag in process `pid`; False if it is gone."""
+def open_memory(pid: int) -> int | None:
+    """A descriptor on the memory of `pid` as it is now; None if gone.
+
+    Writes go through it, never through a fresh open by PID: the descriptor
+    stays bound to this address space, so once the process execs (or dies
+    and its PID is reused) a write fails instead of landing in another
+    program.
+    """
     try:
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as memory:
-            memory.seek(topic.address + TOPIC_ARMED_OFFSET)
-            memory.write(struct.pack("<Q", 1 if armed else 0))
-        return True
+        return os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def set_armed(memory: int, topic: Topic, armed: bool) -> bool:
+    """Set `topic`'s armed flag through `memory` (see open_memory); False
+    if that address space is gone."""
+    try:
+        written = os.pwrite(memory, struct.pack("<Q", 1 if armed else 0),
+                            topic.address + TOPIC_ARMED_OFFSET)
     except OSError:
         return False
+    return written == 8
 
 
 def read_armed(pid: int, topic: Topic) -> bool | None:

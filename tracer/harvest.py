@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from recorder_tracer.arm import register_bcc_program
+from recorder_tracer.arm import forget_bcc_program, register_bcc_program
 from recorder_tracer.errors import TracerError
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
@@ -234,9 +234,12 @@ class Harvester:
         return self.site_counts()
 
     def close(self) -> None:
+        """Unload the programs and maps (detach first)."""
         if self._stats is not None:
             self._stats.close()
             self._stats = None
+        forget_bcc_program(self.program_fd)
+        forget_bcc_program(self.shared_program_fd)
         self.bpf.cleanup()
 
 

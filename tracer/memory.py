@@ -94,26 +94,54 @@ def load_bias(mappings: list[Mapping], path: str) -> int | None:
 
 @dataclass
 class ProcessImage:
-    """Cached view of one process's address space, usable after it exits."""
+    """Cached view of one process's address space, usable after it exits.
+
+    Live reads go through a descriptor of /proc/PID/mem opened once, which
+    stays bound to that address space: after the process execs, exits or
+    its PID is reused, reads through it fail (and fall back to the files
+    mapped then) instead of returning another program's bytes.
+    """
 
     pid: int
     mappings: list[Mapping] = field(default_factory=list)
     _strings: dict[int, str | None] = field(default_factory=dict)
+    _memory: int | None = None
+    _bound: bool = False        # _memory was opened (or failed) once
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
-        return cls(pid, read_maps(pid))
+        image = cls(pid)
+        image._bind()               # the memory first, then its maps
+        image.mappings = read_maps(pid)
+        return image
+
+    def _bind(self) -> None:
+        self._bound = True
+        try:
+            self._memory = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._memory = None
+
+    def close(self) -> None:
+        """Stop reading the live process (files still answer)."""
+        if self._memory is not None:
+            os.close(self._memory)
+            self._memory = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def read(self, address: int, size: int) -> bytes | None:
         """Bytes at `address`, from the live process or its mapped file."""
-        try:
-            with open(f"/proc/{self.pid}/mem", "rb", buffering=0) as memory:
-                memory.seek(address)
-                data = memory.read(size)
+        if not self._bound:
+            self._bind()
+        if self._memory is not None:
+            try:
+                data = os.pread(self._memory, size, address)
                 if data:
                     return data
-        except (OSError, ValueError, OverflowError):
-            pass
+            except (OSError, ValueError, OverflowError):
+                pass
         return self._read_from_file(address, size)
 
     def _read_from_file(self, address: int, size: int) -> bytes | None:

@@ -250,6 +250,18 @@ class ProcessFollower:
             # EBADF here: the socket is closed all the same.
             with contextlib.suppress(OSError):
                 sock.close()
+            _close_thread_loop(sock)
+
+
+def _close_thread_loop(sock: Any) -> None:
+    """Close the asyncio loop pyroute2 made for this thread. Its own close
+    skips it when stop() woke a get() midway, which left an epoll fd and a
+    socket pair behind per follower (seen: 3 fds per trace session)."""
+    local = getattr(getattr(sock, "asyncore", None), "local", None)
+    loop = getattr(local, "event_loop", None)
+    if loop is not None and not loop.is_closed():
+        with contextlib.suppress(Exception):
+            loop.close()
 
 
 class _Sequences:

@@ -39,7 +39,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from recorder_tracer import arm, notes
-from recorder_tracer.dynamic import DYNAMIC_PROBE, runtime_topics, set_armed
+from recorder_tracer.dynamic import (
+    DYNAMIC_PROBE,
+    open_memory,
+    runtime_topics,
+    set_armed,
+)
 from recorder_tracer.errors import TracerError
 from recorder_tracer.flight import PROCS, SESSION
 from recorder_tracer.harvest import Harvester
@@ -95,6 +100,7 @@ class ArmedProcess:
     probes: list[Any] = field(default_factory=list)
     site_topics: dict[int, str | None] = field(default_factory=dict)
     runtime_armed: dict[str, Topic] = field(default_factory=dict)
+    memory: int | None = None   # /proc/PID/mem of the image we armed
 
     def topic_at(self, probe_address: int) -> str | None:
         """The topic whose probe fired at `probe_address` (a runtime address):
@@ -151,6 +157,9 @@ class TraceSession:
         self._next_liveness = 0.0
         self._gone: set[int] = set()    # found gone once (see _check_alive)
         self.seen_topics: set[str] = set()
+        self._exec_pending: set[int] = set()
+        self._final_summaries: list[CpuSummary] | None = None
+        self._final_counts: dict[Any, int] | None = None
         self.harvester: Harvester | None = None
         self.stream: Stream | None = None
         if options.topics:
@@ -194,8 +203,13 @@ class TraceSession:
                                {topic.id: topic for topic in image.topics()},
                                [], set())
         self.seen_topics.update(probe.name for probe in probes)
-        self._attach(process, probes)
+        # Known before its first record can arrive (another thread polls).
         self.processes[pid] = process
+        try:
+            self._attach(process, probes)
+        except BaseException:
+            self.processes.pop(pid, None)
+            raise
         SESSION.record("armed pid %d (%s): %d sites, %d run-time topics", pid,
                        process.comm, len(process.attachments),
                        len(process.runtime_armed))
@@ -238,21 +252,36 @@ class TraceSession:
             topics = process.image.topics()
         except OSError:
             return
+        if process.memory is None:
+            process.memory = open_memory(process.pid)
+            if process.memory is None:
+                return
         for topic in runtime_topics(topics, static):
             process.topics[topic.id] = topic
             if topic.name in process.runtime_armed:
                 continue
             if self.options.spec.armed(topic.name) and set_armed(
-                    process.pid, topic, True):
+                    process.memory, topic, True):
                 process.runtime_armed[topic.name] = topic
                 self.seen_topics.add(topic.name)
                 SESSION.record("armed run-time topic %s in pid %d", topic.name,
                                process.pid)
 
+    def _arm_after_exec(self) -> None:
+        """Arm the processes that exec'd, once their new program has a
+        recorder core; forget those that are gone."""
+        for pid in sorted(self._exec_pending):
+            if not process_exists(pid):
+                self._exec_pending.discard(pid)
+            elif self.arm(pid, required=False):
+                self._exec_pending.discard(pid)
+                self.report(f"process {pid} exec'd {process_comm(pid)}: armed again")
+
     def _rescan_processes(self) -> None:
         """Arm what appeared in traced processes since they were armed:
         libraries loaded later (dlopen) and run-time topics."""
         with self._lock:
+            self._arm_after_exec()
             for process in list(self.processes.values()):
                 try:
                     process.image.mappings = read_maps(process.pid)
@@ -269,8 +298,13 @@ class TraceSession:
         if process is None:
             return
         SESSION.record("disarming pid %d: %d sites", pid, len(process.attachments))
-        for topic in process.runtime_armed.values():
-            set_armed(pid, topic, False)
+        if process.memory is not None:
+            for topic in process.runtime_armed.values():
+                set_armed(process.memory, topic, False)
+            os.close(process.memory)
+            process.memory = None
+        # The image stays readable: records still in the stream are decoded
+        # after the detach; close() and _end_process close it after draining.
         process.runtime_armed.clear()
         for attachment in process.attachments:
             arm.detach(attachment)
@@ -285,8 +319,12 @@ class TraceSession:
             raise TracerError(f"command not found: {command[0]}")
         # The mapped file's real path, as probes_in_process names it after
         # exec: a site is then recognised as armed already.
-        probes = [probe for probe in notes.probes_in_file(os.path.realpath(path))
-                  if probe.provider == "recorder"]
+        try:
+            probes = [probe for probe in notes.probes_in_file(os.path.realpath(path))
+                      if probe.provider == "recorder"]
+        except (OSError, notes.NotesError):
+            # A script: its interpreter's probes are armed after exec.
+            probes = []
         self.seen_topics.update(probe.name for probe in probes)
         ready_read, ready_write = os.pipe()
         pid = os.fork()
@@ -305,8 +343,17 @@ class TraceSession:
                                ProcessImage(pid), {}, [], set())
         # A uprobe opened for a PID follows it through exec; the kernel
         # raises the semaphores when the executable gets mapped.
-        self._attach(process, probes)
         self.processes[pid] = process
+        try:
+            self._attach(process, probes)
+        except BaseException:
+            # Never leave the command waiting, or let it run untraced.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(ready_write)
+            self.processes.pop(pid, None)
+            self._child = None
+            raise
         os.write(ready_write, b"g")
         os.close(ready_write)
         return pid
@@ -339,7 +386,7 @@ class TraceSession:
 
     def traced_pids(self) -> set[int]:
         """The processes traced now (topics or USDT probes armed)."""
-        pids = set(self.processes)
+        pids = set(self.processes) | self._exec_pending
         if self.usdt is not None:
             pids.update(self.usdt.processes)
         return pids
@@ -380,6 +427,15 @@ class TraceSession:
             if pid in self.traced_pids():
                 if pid == self._child and pid in self.processes:
                     self._refresh_image(self.processes[pid])
+                    return
+                if pid in self.processes:
+                    # A new program: what we armed belonged to the old one.
+                    # Its recorder core may load later (a Python import):
+                    # the periodic rescan arms it when it appears.
+                    self._exec_pending.add(pid)     # first: still traced
+                    self.disarm(pid)
+                    self.exited[pid].image.close()  # that program is gone
+                    self._arm_after_exec()
                 return
             if self._wants(pid) and self.trace_process(pid, required=False):
                 self.report(f"tracing new process {pid} ({process_comm(pid)})")
@@ -431,6 +487,8 @@ class TraceSession:
             self.report(f"process {pid} ({comm}) exited: {status}")
             PROCS.record("pid %d (%s) exited: %s", pid, comm, status)
             self.disarm(pid)
+            if process is not None:
+                process.image.close()   # its address space is gone
             if self.usdt is not None:
                 self.usdt.disarm(pid)
 
@@ -631,13 +689,38 @@ class TraceSession:
         for stream in self._streams():
             stream.drain()
         self.reorder.flush_all()
+        for process in self.exited.values():
+            process.image.close()
+        # The totals need the maps: keep them, then free every kernel object.
+        self._final_summaries = self._sum_streams()
+        self._final_counts = self.topic_counts()
+        self._release()
+
+    def _release(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if self.harvester is not None:
+            self.harvester.close()
+        if self.usdt is not None:
+            self.usdt.release()
         for cpu in self.summaries():
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)
 
+    def topic_counts(self) -> dict[Any, int]:
+        """Hits the kernel counted per (pid, site); final after close()."""
+        if self._final_counts is not None:
+            return self._final_counts
+        return self.harvester.topic_counts() if self.harvester is not None else {}
+
     def summaries(self) -> list[CpuSummary]:
-        """Per-CPU produced, received and lost over every stream; call after
-        close()."""
+        """Per-CPU produced, received and lost over every stream; final
+        after close()."""
+        if self._final_summaries is not None:
+            return self._final_summaries
+        return self._sum_streams()
+
+    def _sum_streams(self) -> list[CpuSummary]:
         totals: dict[int, CpuSummary] = {}
         for stream in self._streams():
             for cpu in stream.summary():

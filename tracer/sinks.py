@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TextIO
 
+from recorder_tracer.errors import TracerError
 from recorder_tracer.record import Record
 
 
@@ -35,7 +36,10 @@ def open_sink(output: TextIO, as_json: bool = False,
     """Text lines on `output` (default), JSON lines, or a Chrome trace file."""
     if chrome:
         from recorder_tracer.export.chrome import ChromeTraceWriter
-        stream = open(chrome, "w")  # noqa: SIM115 - closed by the sink
+        try:
+            stream = open(chrome, "w")  # noqa: SIM115 - closed by the sink
+        except OSError as error:
+            raise TracerError(f"cannot write {chrome}: {error.strerror}") from None
         return _OwningSink(ChromeTraceWriter(stream), stream)
     if as_json:
         from recorder_tracer.export.jsonl import JsonLinesWriter

@@ -184,6 +184,11 @@ class UsdtProgram:
         self.record_type: type[ctypes.Structure] = self.bpf[b"scratch"].sLeaf
         self.sites = self.bpf[b"sites"]
 
+    def close(self) -> None:
+        """Unload the program and its maps (detach first)."""
+        arm.forget_bcc_program(self.program_fd)
+        self.bpf.cleanup()
+
     def counters(self) -> list[UsdtCounters]:
         """Per-CPU counters (hits, streamed, refused, unknown sites)."""
         table = self.bpf[b"counters"]
@@ -537,6 +542,11 @@ class UsdtTracer:
             self.disarm(pid)
         self.stream.drain()
         self.reorder.flush_all()
+
+    def release(self) -> None:
+        """Free the stream and the BPF program (after close and summaries)."""
+        self.stream.close()
+        self.program.close()
 
     def summaries(self) -> list[CpuSummary]:
         """Per-CPU produced, received and lost; call after close()."""

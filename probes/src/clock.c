@@ -140,6 +140,14 @@ __u64 recorder_clock_slow(void)
     return monotonic_ns();
 }
 
+/* The child of a fork that happened mid-recalibration still has a whole
+ * current epoch (the next one is published last): only the flag, which
+ * would keep it from ever recalibrating, is cleared. */
+void recorder_clock_after_fork(void)
+{
+    atomic_flag_clear(&recalibrating);
+}
+
 __u64 recorder_clock_now(void)
 {
     return recorder_now();

@@ -28,6 +28,7 @@ struct recorder_registry recorder_registry = {
 __thread __u32 recorder_tid_cache __attribute__((tls_model("initial-exec")));
 __thread __u32 recorder_cpu_fallback __attribute__((tls_model("initial-exec")));
 
+pthread_mutex_t recorder_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static atomic_flag registry_lock = ATOMIC_FLAG_INIT;
 
@@ -55,9 +56,43 @@ unsigned recorder_cpu_slow(void)
     return cpu < 0 ? 0 : (unsigned)cpu;
 }
 
+/* fork: a lock held by another thread when fork copies the process stays
+ * held forever in the child, where that thread does not exist. So the
+ * thread that forks takes every lock of the core first, in the order they
+ * nest (recorder_create_lock, around topic registration; then the spec
+ * items, the registry and the share file, never held together otherwise),
+ * and releases them after fork, in the parent and in the child. A dump in
+ * progress and a clock recalibration only make others give up, never
+ * wait: their flags are just cleared in the child. A fork called from a
+ * signal handler that interrupted the core inside one of these locks waits
+ * forever, as it does when the handler interrupted malloc. */
+static void before_fork(void)
+{
+    pthread_mutex_lock(&recorder_create_lock);
+    recorder_spec_fork_prepare();
+    lock_registry();
+    recorder_share_fork_prepare();
+}
+
+static void after_fork_in_parent(void)
+{
+    recorder_share_fork_parent();
+    unlock_registry();
+    recorder_spec_fork_release();
+    pthread_mutex_unlock(&recorder_create_lock);
+}
+
 static void after_fork_in_child(void)
 {
     recorder_tid_cache = 0;
+    recorder_clock_after_fork();
+    recorder_dump_after_fork();
+    unlock_registry();
+    recorder_spec_fork_release();
+    pthread_mutex_unlock(&recorder_create_lock);
+    /* Last: a shard made meanwhile (a signal handler's RECORD) must not be
+     * carved from the file being replaced, so the share lock is held until
+     * the child has its own. */
     recorder_share_after_fork();
     RECORD(recorder_core, "Forked from parent, now pid %d", (int)getpid());
 }
@@ -67,7 +102,7 @@ static void add_topic(struct recorder_topic *topic);
 static void initialize(void)
 {
     recorder_clock_init();
-    pthread_atfork(NULL, NULL, after_fork_in_child);
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
     recorder_share_init();
     recorder_registry.magic = RECORDER_REGISTRY_MAGIC;
     recorder_dump_at_exit_init();

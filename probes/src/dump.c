@@ -156,6 +156,14 @@ static unsigned dump_topics(enum selection how, const regex_t *regex)
     return shown;
 }
 
+/* A dump keeps nothing from one call to the next: a child forked while
+ * another thread dumped just needs the flag down (waiting for that dump
+ * before fork could take as long as stderr is blocked). */
+void recorder_dump_after_fork(void)
+{
+    atomic_flag_clear(&dumping);
+}
+
 unsigned recorder_dump_for(const char *pattern)
 {
     if (!pattern || strcmp(pattern, "all") == 0)

@@ -17,15 +17,13 @@ RECORDER_DECLARE(recorder_dynamic);
 RECORDER(recorder_dynamic, 0, "The probe run-time topics share (never "
          "recorded itself)");
 
-static pthread_mutex_t create_lock = PTHREAD_MUTEX_INITIALIZER;
-
 struct recorder_topic *recorder_topic_create(const char *name, unsigned size,
                                              const char *description)
 {
     if (!name || !*name)
         return NULL;
     recorder_init();
-    pthread_mutex_lock(&create_lock);
+    pthread_mutex_lock(&recorder_create_lock);
     struct recorder_topic *topic = recorder_topic_find(name);
     if (!topic) {
         topic = calloc(1, sizeof(*topic));
@@ -35,7 +33,7 @@ struct recorder_topic *recorder_topic_create(const char *name, unsigned size,
             free(topic);
             free(name_copy);
             free(description_copy);
-            pthread_mutex_unlock(&create_lock);
+            pthread_mutex_unlock(&recorder_create_lock);
             return NULL;
         }
         topic->size = size ? size : 64;
@@ -43,7 +41,7 @@ struct recorder_topic *recorder_topic_create(const char *name, unsigned size,
         topic->description.text = description_copy;
         recorder_topic_register(topic);
     }
-    pthread_mutex_unlock(&create_lock);
+    pthread_mutex_unlock(&recorder_create_lock);
     return topic;
 }
 

@@ -2,6 +2,7 @@
 #ifndef RECORDER_INTERNAL_H
 #define RECORDER_INTERNAL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -15,6 +16,21 @@ RECORDER_DECLARE(recorder_signals);
 void recorder_init(void);                /* idempotent, any thread */
 void recorder_clock_init(void);
 
+/* Serializes recorder_topic_create (dynamic.c). Defined in core.c, which
+ * takes it across fork, so that programs without run-time topics do not
+ * link dynamic.c (and its topic, recorder_dynamic). */
+extern pthread_mutex_t recorder_create_lock;
+
+/* fork (see core.c): each file's lock taken before fork, released after it
+ * in the parent and in the child; flags that only refuse, cleared in the
+ * child. */
+void recorder_spec_fork_prepare(void);
+void recorder_spec_fork_release(void);
+void recorder_share_fork_prepare(void);
+void recorder_share_fork_parent(void);
+void recorder_clock_after_fork(void);
+void recorder_dump_after_fork(void);
+
 /* spec.c */
 void recorder_spec_apply_pending(struct recorder_topic *topic,
                                  struct recorder_tweak *tweak);
@@ -27,6 +43,8 @@ void recorder_share_init(void);
 void *recorder_share_alloc_shard(struct recorder_topic *topic, unsigned cpu,
                                  size_t bytes);
 void recorder_share_topic(struct recorder_topic *topic);
+/* In the child, with the lock recorder_share_fork_prepare took: moves the
+ * rings to a file of the child's own, then releases the lock. */
 void recorder_share_after_fork(void);
 
 /* dump.c */

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -235,46 +236,118 @@ void *recorder_share_alloc_shard(struct recorder_topic *topic, unsigned cpu,
     return shard;
 }
 
+/* Held across fork (see core.c); the child releases it in
+ * recorder_share_after_fork. */
+void recorder_share_fork_prepare(void)
+{
+    while (!try_lock())
+        sched_yield();
+}
+
+void recorder_share_fork_parent(void)
+{
+    unlock();
+}
+
+static int read_all(int fd, char *buffer, __u64 bytes, __u64 offset)
+{
+    while (bytes) {
+        ssize_t got = pread(fd, buffer, bytes, (off_t)offset);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return -1;
+        buffer += got;
+        offset += (__u64)got;
+        bytes -= (__u64)got;
+    }
+    return 0;
+}
+
+/* Puts a private copy of a mapping of the parent's file at the same
+ * address: anonymous memory filled from that file (read from the file, not
+ * from the mapping, which a failed MAP_FIXED may have taken away). */
+static int make_private(const struct mapping *map, int parent_fd)
+{
+    char *copy = mmap(NULL, map->bytes, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy != MAP_FAILED) {
+        if (read_all(parent_fd, copy, map->bytes, map->offset) == 0
+            && mremap(copy, map->bytes, map->bytes,
+                      MREMAP_MAYMOVE | MREMAP_FIXED, map->address)
+               != MAP_FAILED)
+            return 0;
+        munmap(copy, map->bytes);
+    }
+    /* No memory for a copy: copy-on-write pages of the parent's file keep
+     * the child's writes its own (pages it has not written yet may still
+     * show the parent's later records). */
+    if (mmap(map->address, map->bytes, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_FIXED, parent_fd, (off_t)map->offset)
+        != MAP_FAILED)
+        return 0;
+    recorder_error("recorder: RECORDER_SHARE: cannot detach the ring at %p "
+                   "from the parent's file: %s", map->address,
+                   strerror(errno));
+    return -1;
+}
+
+/* Copies a mapping into the child's file and maps the copy in its place;
+ * returns 0 or an errno. */
+static int move_to_child_file(struct mapping *map)
+{
+    __u64 offset = file_end;
+    int status = posix_fallocate(share_fd, (off_t)offset, (off_t)map->bytes);
+    if (status != 0)
+        return status;
+    ssize_t written = pwrite(share_fd, map->address, map->bytes,
+                             (off_t)offset);
+    if (written != (ssize_t)map->bytes)
+        return written < 0 ? errno : ENOSPC;
+    if (mmap(map->address, map->bytes, PROT_READ | PROT_WRITE,
+             MAP_SHARED | MAP_FIXED, share_fd, (off_t)offset) == MAP_FAILED)
+        return errno;
+    map->offset = offset;
+    file_end = offset + map->bytes;
+    return 0;
+}
+
 /* The child must not write into its parent's file: give it its own copy,
- * mapped at the same addresses, so pointers held anywhere stay valid. */
+ * mapped at the same addresses, so pointers held anywhere stay valid. What
+ * cannot be copied there (a full disk) becomes private memory, never stays
+ * shared with the parent, whose records the child would overwrite. */
 void recorder_share_after_fork(void)
 {
-    if (share_fd < 0)
+    if (share_fd < 0) {
+        unlock();
         return;
+    }
     int parent_fd = share_fd;
-    atomic_flag_clear(&share_lock);
-    if (create_file() != 0) {
-        /* Keep recording, privately: copy-on-write over the shared maps. */
-        share_fd = -1;
-        for (unsigned m = 0; m < mapping_count; m++) {
-            struct mapping *map = &mappings[m];
-            void *copy = mmap(NULL, map->bytes, PROT_READ | PROT_WRITE,
-                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (copy == MAP_FAILED)
-                continue;
-            memcpy(copy, map->address, map->bytes);
-            mremap(copy, map->bytes, map->bytes,
-                   MREMAP_MAYMOVE | MREMAP_FIXED, map->address);
+    unsigned moved = 0;
+    if (create_file() == 0) {
+        for (; moved < mapping_count; moved++) {
+            int status = move_to_child_file(&mappings[moved]);
+            if (status != 0) {
+                unsigned left = mapping_count - moved;
+                recorder_error("recorder: RECORDER_SHARE file %s: %s; the "
+                               "child keeps %u ring%s in memory only",
+                               share_path, strerror(status), left,
+                               left == 1 ? "" : "s");
+                break;
+            }
         }
-        close(parent_fd);
-        mapping_count = 0;
-        return;
+    } else {
+        share_fd = -1;
     }
-    for (unsigned m = 0; m < mapping_count; m++) {
-        struct mapping *map = &mappings[m];
-        __u64 offset = file_end;
-        if (posix_fallocate(share_fd, (off_t)offset, (off_t)map->bytes) != 0
-            || pwrite(share_fd, map->address, map->bytes, (off_t)offset)
-               != (ssize_t)map->bytes)
-            break;
-        mmap(map->address, map->bytes, PROT_READ | PROT_WRITE,
-             MAP_SHARED | MAP_FIXED, share_fd, (off_t)offset);
-        map->offset = offset;
-        file_end = offset + map->bytes;
-    }
+    for (unsigned m = moved; m < mapping_count; m++)
+        make_private(&mappings[m], parent_fd);
+    /* Private memory is copied by fork itself: later forks skip it. */
+    mapping_count = moved;
     /* Topics go last in the child's file; readers take blocks in any order. */
-    for (struct recorder_topic *topic = recorder_registry.topics; topic;
-         topic = topic->next)
-        write_topic_block(topic);
+    if (share_fd >= 0)
+        for (struct recorder_topic *topic = recorder_registry.topics; topic;
+             topic = topic->next)
+            write_topic_block(topic);
     close(parent_fd);
+    unlock();
 }

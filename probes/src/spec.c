@@ -29,6 +29,17 @@ static int at_exit_registered;
 static int list_at_exit;        /* `list` or `help` in RECORDER_TRACES */
 static pthread_mutex_t items_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Held across fork (see core.c). */
+void recorder_spec_fork_prepare(void)
+{
+    pthread_mutex_lock(&items_lock);
+}
+
+void recorder_spec_fork_release(void)
+{
+    pthread_mutex_unlock(&items_lock);
+}
+
 /* Compiles `pattern` to match whole names, case-insensitively. */
 int recorder_compile_name_regex(regex_t *regex, const char *pattern)
 {
