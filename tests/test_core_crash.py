@@ -137,3 +137,11 @@ def test_recorder_dump_dumps_matching_topics_at_exit(progs: Path) -> None:
     exit_dumps = result.stderr.split("parent dump\n")[1]
     assert len(records(exit_dumps, "family")) == 8
     assert dumped_topics(result.stderr) == {"family"}
+
+
+def test_a_previous_handler_gets_the_real_fault_after_the_dump(progs) -> None:
+    result = subprocess.run([str(progs / "core_chain")], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 42
+    assert result.stdout == "own handler: signal 11 code 1 address 0x17\n"
+    assert result.stderr.count("chain: before the fault") == 23

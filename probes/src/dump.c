@@ -214,6 +214,14 @@ static void on_signal(int signal_number, siginfo_t *info, void *context)
     sigaction(signal_number, &previous[signal_number], NULL);
     if (previous[signal_number].sa_handler == SIG_IGN)
         signal(signal_number, SIG_DFL);
+    /* A fault the kernel raised (si_code > 0) happens again when the
+     * faulting instruction re-runs on return, with its real siginfo (the
+     * address) for the previous handler and the core file. Anything sent
+     * (kill, abort's tgkill) is sent again. */
+    int fault = signal_number == SIGSEGV || signal_number == SIGBUS
+        || signal_number == SIGILL || signal_number == SIGFPE;
+    if (fault && info && info->si_code > 0)
+        return;
     raise(signal_number);
 }
 
