@@ -12,5 +12,4 @@ import recorder
 
 ARM = recorder.topic("tracer_arm", 256, "Probes the controller attached and detached")
 SESSION = recorder.topic("tracer_session", 128, "Trace sessions: targets, start, stop")
-STREAM = recorder.topic("tracer_stream", 128, "Stream drains and loss accounting")
 PROCS = recorder.topic("tracer_procs", 128, "Processes followed: exec and exit")

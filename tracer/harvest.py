@@ -172,10 +172,7 @@ class Harvester:
             raise TracerError(f"cannot load the BPF harvest program: {error}") from None
         # The record layout as compiled, from bcc's table description.
         self.record_type: type[ctypes.Structure] = self.bpf[b"record_layout"].Leaf
-        self.has_stream = stream
         self.stream_rings = stream     # streams into per-CPU BPF ring buffers
-        self.has_flight = flight
-        self.has_metrics = metrics
         self._stats: mmap.mmap | None = None
         self._stats_length = 0
         self._site_type: Any = None

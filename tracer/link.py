@@ -2,7 +2,7 @@
 
 libbcc 0.26, and the libbpf 1.1 it is built with, predate uprobe_multi links
 (Linux 6.6), so tracer/arm.py makes the few calls it needs itself: load a
-program, read a program's info, open a program by id, create a link.
+program, read a program's info, create a link.
 
 Each command reads its own member of `union bpf_attr`
 (include/uapi/linux/bpf.h). The structures below are those members written
@@ -27,7 +27,6 @@ _SYSCALL_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 
 # enum bpf_cmd
 BPF_PROG_LOAD = 5
-BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 
@@ -86,16 +85,6 @@ class ProgInfo(ctypes.Structure):
         ("nr_map_ids", ctypes.c_uint32),
         ("map_ids", ctypes.c_uint64),
         ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
-    ]
-
-
-class GetFdByIdAttr(ctypes.Structure):
-    """`union bpf_attr` for BPF_PROG_GET_FD_BY_ID."""
-
-    _fields_ = [
-        ("prog_id", ctypes.c_uint32),
-        ("next_id", ctypes.c_uint32),          # unused here
-        ("open_flags", ctypes.c_uint32),       # 0: read-write
     ]
 
 
@@ -197,16 +186,6 @@ def prog_info(fd: int) -> ProgInfo:
                        info=ctypes.addressof(info))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return info
-
-
-def prog_exists(prog_id: int) -> bool:
-    """Whether the program with kernel id `prog_id` is still loaded."""
-    try:
-        fd = bpf(BPF_PROG_GET_FD_BY_ID, GetFdByIdAttr(prog_id=prog_id))
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def uprobe_multi_link(prog_fd: int, path: str, offsets: Sequence[int],

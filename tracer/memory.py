@@ -255,7 +255,3 @@ def load_segments(path: str) -> list[tuple[int, int, int, int]]:
     except (OSError, struct.error):
         return []
 
-
-def process_exists(pid: int) -> bool:
-    """True while /proc/PID exists (a zombie still counts)."""
-    return os.path.exists(f"/proc/{pid}")

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from recorder_tracer import arm, notes
+from recorder_tracer import arm, notes, procs
 from recorder_tracer.dynamic import (
     DYNAMIC_PROBE,
     open_memory,
@@ -48,7 +48,7 @@ from recorder_tracer.dynamic import (
 from recorder_tracer.errors import TracerError
 from recorder_tracer.flight import PROCS, SESSION
 from recorder_tracer.harvest import Harvester
-from recorder_tracer.memory import ProcessImage, Topic, process_exists, read_maps
+from recorder_tracer.memory import ProcessImage, Topic, read_maps
 from recorder_tracer.record import Record
 from recorder_tracer.render import format_message
 from recorder_tracer.reorder import REORDER_WINDOW_NS, ReorderBuffer, monotonic_ns
@@ -121,10 +121,10 @@ class ArmedProcess:
 
 
 def process_comm(pid: int) -> str:
+    """procs.process_comm, or "?" for a process that is gone."""
     try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
+        return procs.process_comm(pid)
+    except (procs.ProcessGone, OSError):
         return "?"
 
 
@@ -236,7 +236,7 @@ class TraceSession:
                 process.armed_topics.add(probe.name)
                 process.probes.append(probe)
             except arm.ArmError as error:
-                if not process_exists(process.pid):
+                if not procs.process_exists(process.pid):
                     self.report(f"process {process.pid} exited while arming")
                     return
                 raise TracerError(str(error)) from None
@@ -271,7 +271,7 @@ class TraceSession:
         """Arm the processes that exec'd, once their new program has a
         recorder core; forget those that are gone."""
         for pid in sorted(self._exec_pending):
-            if not process_exists(pid):
+            if not procs.process_exists(pid):
                 self._exec_pending.discard(pid)
             elif self.arm(pid, required=False):
                 self._exec_pending.discard(pid)
@@ -519,7 +519,7 @@ class TraceSession:
         topic_name = process.topic_at(raw.probe_address)
         if topic_name is None:
             topic = process.topics.get(entry.topic_id)
-            if topic is None and process_exists(pid):
+            if topic is None and procs.process_exists(pid):
                 try:
                     process.image = ProcessImage.of(pid)
                     process.topics.update({t.id: t for t in process.image.topics()})
@@ -625,12 +625,16 @@ class TraceSession:
         ends the flood and lets poll() return."""
         self.reorder.flush()
         if self._requested_end():
-            with self._lock:
-                for pid in list(self.processes):
-                    self.disarm(pid)
-                if self.usdt is not None:
-                    for pid in list(self.usdt.processes):
-                        self.usdt.disarm(pid)
+            self._disarm_all()
+
+    def _disarm_all(self) -> None:
+        """Detach every probe of every traced process, topics and USDT."""
+        with self._lock:
+            for pid in list(self.processes):
+                self.disarm(pid)
+            if self.usdt is not None:
+                for pid in list(self.usdt.processes):
+                    self.usdt.disarm(pid)
 
     def _requested_end(self) -> bool:
         return self._stop.is_set() or (self._deadline is not None and
@@ -680,12 +684,7 @@ class TraceSession:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        with self._lock:
-            for pid in list(self.processes):
-                self.disarm(pid)
-            if self.usdt is not None:
-                for pid in list(self.usdt.processes):
-                    self.usdt.disarm(pid)
+        self._disarm_all()
         for stream in self._streams():
             stream.drain()
         self.reorder.flush_all()
@@ -782,9 +781,7 @@ def describe_status(status: int) -> str:
     >>> describe_status(3 << 8), describe_status(0x80 | 11)
     ('exit code 3', 'killed by SIGSEGV (core dumped)')
     """
-    if os.WIFSIGNALED(status):
-        return _describe_exit(None, os.WTERMSIG(status), os.WCOREDUMP(status))
-    return _describe_exit(os.WEXITSTATUS(status), None, False)
+    return _describe_exit(*procs.describe_exit(status))
 
 
 def _describe_exit_event(event: ProcEvent) -> str:

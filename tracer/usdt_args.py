@@ -50,8 +50,6 @@ class ArgFormat(Enum):
     HEX = "x"
 
 
-FORMAT_LETTERS = "".join(f.value for f in ArgFormat)
-
 # Byte offsets in the x86-64 kernel's struct pt_regs (checked against the
 # running kernel's BTF by tests/test_usdt.py).
 PT_REGS_OFFSETS = {
