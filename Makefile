@@ -38,7 +38,8 @@ $(BUILD)/librecorder.a: $(CORE_OBJECTS)
 # Test programs link the static core: each one is self-contained.
 progs: $(TEST_PROGRAMS)
 
-$(BUILD)/progs/%: tests/progs/%.c $(BUILD)/librecorder.a $(CORE_HEADERS)
+$(BUILD)/progs/%: tests/progs/%.c $(BUILD)/librecorder.a $(CORE_HEADERS) \
+                  $(wildcard tests/progs/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -Wall -Wextra -O2 -g -Iprobes/include $< \
 	    $(BUILD)/librecorder.a -lpthread -o $@

@@ -6,11 +6,10 @@ reports how far any entry's timestamp fell outside its bracket.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from core_helpers import run as run_program
 
 # Converting rdtsc through a linear fit may land a few ns outside the
 # bracket (measured here: at most ~35 ns); 1 us would mean a broken fit.
@@ -18,14 +17,7 @@ TOLERANCE_NS = 1000
 
 
 def run(program: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, int]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    result = subprocess.run(
-        [str(program), *args],
-        capture_output=True,
-        text=True,
-        env=clean | (env or {}),
-        timeout=30,
-    )
+    result = run_program(program, *args, env=env)
     assert result.returncode == 0, result.stderr
     words = result.stdout.split()
     return dict(zip(words[::2], map(int, words[1::2]), strict=True))

@@ -6,31 +6,18 @@ tests/progs/core_crash.c records a known number of entries, then crashes
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+from core_helpers import run
 
 DUMP_LINE = re.compile(
     r"^(?P<where>\S+): \[(?P<sec>\d+)\.(?P<ns>\d{9}) (?P<tid>\d+)\] "
     r"(?P<topic>\w+): (?P<message>.*)$"
 )
-
-
-def run(
-    program: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    return subprocess.run(
-        [str(program), *args],
-        capture_output=True,
-        text=True,
-        env=clean | (env or {}),
-        timeout=30,
-    )
 
 
 def dumped_topics(stderr: str) -> set[str]:

@@ -11,6 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from core_helpers import run as run_program
+
 DUMP_LINE = re.compile(
     r"^(?P<where>\S+): \[(?P<sec>\d+)\.(?P<ns>\d{9}) (?P<tid>\d+)\] "
     r"(?P<topic>\w+): (?P<message>.*)$"
@@ -18,10 +20,7 @@ DUMP_LINE = re.compile(
 
 
 def run(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    return subprocess.run(
-        [str(program), *args], capture_output=True, text=True, env=env, timeout=60
-    )
+    return run_program(program, *args, timeout=60)
 
 
 def dump_messages(stderr: str, topic: str) -> list[str]:

@@ -6,13 +6,13 @@ prints "status N" for each, then every topic's trace value and tweak's value.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+from core_helpers import run
 
 DEFAULTS = {
     "net_send": 0,
@@ -23,19 +23,6 @@ DEFAULTS = {
     "retries": 7,
     "budget": 23,
 }
-
-
-def run(
-    program: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    return subprocess.run(
-        [str(program), *args],
-        capture_output=True,
-        text=True,
-        env=clean | (env or {}),
-        timeout=30,
-    )
 
 
 def outcome(

@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include <recorder.h>
+#include "pin.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -48,10 +49,7 @@ static int fast_test(void)
 
 int main(int argc, char **argv)
 {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(0, &set);
-    if (sched_setaffinity(0, sizeof(set), &set) != 0)
+    if (pin_to_cpu(0) != 0)
         return 2;
     if (argc == 2 && strcmp(argv[1], "fast") == 0)
         return fast_test();

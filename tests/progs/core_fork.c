@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <recorder.h>
+#include "pin.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -102,20 +103,12 @@ static int race(int forks)
     return ok == forks ? 0 : 1;
 }
 
-static int pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof(set), &set);
-}
-
 static int share(void)
 {
-    if (pin(0) != 0)
+    if (pin_to_cpu(0) != 0)
         return 2;
     RECORD(big, "parent on CPU %d", 0);
-    if (pin(1) != 0)
+    if (pin_to_cpu(1) != 0)
         return 2;
     RECORD(big, "parent on CPU %d", 1);
     printf("recorded %d\n", (int)getpid());

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <recorder.h>
+#include "pin.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -17,10 +18,7 @@ RECORDER(fmt, 64, "Formatting cases");
 
 int main(void)
 {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(0, &set);
-    if (sched_setaffinity(0, sizeof(set), &set) != 0)
+    if (pin_to_cpu(0) != 0)
         return 2;
 
     char long_text[301];

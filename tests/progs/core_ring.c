@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <recorder.h>
+#include "pin.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -41,10 +42,7 @@ static pthread_barrier_t start_line;    /* writers start together */
 
 static void pin_to_cpu0(void)
 {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(0, &set);
-    if (sched_setaffinity(0, sizeof(set), &set) != 0) {
+    if (pin_to_cpu(0) != 0) {
         perror("sched_setaffinity");
         exit(2);
     }
@@ -63,12 +61,8 @@ static void *writer(void *arg)
     unsigned tid = (unsigned)syscall(SYS_gettid);
     int big = thread & 0x100;
     thread &= 0xff;
-    if (!big) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(thread % (unsigned)sysconf(_SC_NPROCESSORS_ONLN), &set);
-        sched_setaffinity(0, sizeof(set), &set);
-    }
+    if (!big)
+        pin_to_cpu(thread % (unsigned)sysconf(_SC_NPROCESSORS_ONLN));
     pthread_barrier_wait(&start_line);
     for (unsigned i = 0; i < per_thread; i++) {
         if (big)

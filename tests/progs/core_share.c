@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <recorder.h>
+#include "pin.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -33,10 +34,7 @@ static void wait_for_stdin_to_close(void)
 
 int main(int argc, char **argv)
 {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(0, &set);
-    if (sched_setaffinity(0, sizeof(set), &set) != 0)
+    if (pin_to_cpu(0) != 0)
         return 2;
     int forking = argc == 4 && strcmp(argv[1], "fork") == 0;
     if (argc != 2 && !forking)
