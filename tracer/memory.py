@@ -107,6 +107,7 @@ class ProcessImage:
     _strings: dict[int, str | None] = field(default_factory=dict)
     _memory: int | None = None
     _bound: bool = False        # _memory was opened (or failed) once
+    _registry: int | None = None    # found once: it never moves in one image
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
@@ -182,7 +183,11 @@ class ProcessImage:
         return text
 
     def find_registry(self) -> int | None:
-        """Address of `recorder_registry`, found by its magic in data mappings."""
+        """Address of `recorder_registry`, found by its magic in data mappings
+        (a scan of up to 4 MiB per mapping, so the answer is kept; a core
+        not loaded yet is looked for again next time)."""
+        if self._registry is not None:
+            return self._registry
         needle = struct.pack("<Q", REGISTRY_MAGIC)
         for mapping in self.mappings:
             if "rw" not in mapping.permissions or not mapping.path.startswith("/"):
@@ -195,7 +200,8 @@ class ProcessImage:
                 if index % 8 == 0:
                     _, version, entry_size, *_ = _REGISTRY.unpack_from(data, index)
                     if version == 1 and entry_size == 144:
-                        return mapping.start + index
+                        self._registry = mapping.start + index
+                        return self._registry
                 index = data.find(needle, index + 1)
         return None
 
