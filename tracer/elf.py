@@ -17,6 +17,7 @@ SHT_NOTE = 7
 SHT_NOBITS = 8
 PT_LOAD = 1
 PF_X = 1
+PF_W = 2
 ET_EXEC, ET_DYN = 2, 3
 _SHN_XINDEX = 0xFFFF
 
@@ -44,6 +45,8 @@ class Segment:
     offset: int
     memory_size: int
     executable: bool
+    file_size: int = 0
+    writable: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,13 +155,14 @@ class ElfFile:
         for i in range(count):
             at = phoff + i * entsize
             if self.wide:
-                kind, flags, offset, address, _, _, memsz, _ = self.unpack(
+                kind, flags, offset, address, _, filesz, memsz, _ = self.unpack(
                     "IIQQQQQQ", at)
             else:
-                kind, offset, address, _, _, memsz, flags, _ = self.unpack(
+                kind, offset, address, _, filesz, memsz, flags, _ = self.unpack(
                     "IIIIIIII", at)
             if kind == PT_LOAD:
-                segments.append(Segment(address, offset, memsz, bool(flags & PF_X)))
+                segments.append(Segment(address, offset, memsz, bool(flags & PF_X),
+                                        filesz, bool(flags & PF_W)))
         return segments
 
 

@@ -13,6 +13,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from recorder_tracer.elf import ElfFile, ElfFormatError, Segment
+
 REGISTRY_MAGIC = 0x3152444352434552
 _REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
                                             # topics, topic_count, shard_count,
@@ -74,7 +76,7 @@ def load_bias(mappings: list[Mapping], path: str) -> int | None:
     >>> maps = read_maps(os.getpid())
     >>> exe = os.path.realpath("/proc/self/exe")
     >>> bias = load_bias(maps, exe)
-    >>> any(m.start <= bias + load_segments(exe)[0][0] < m.end for m in maps)
+    >>> any(m.start <= bias + load_segments(exe)[0].address < m.end for m in maps)
     True
     """
     try:
@@ -86,9 +88,9 @@ def load_bias(mappings: list[Mapping], path: str) -> int | None:
     for mapping in mappings:   # in address order: the file's first mapping
         if (mapping.device, mapping.inode) != (stat.st_dev, stat.st_ino):
             continue
-        for vaddr, offset, _, _ in segments:
-            if offset & -page == mapping.offset:
-                return mapping.start - (vaddr & -page)
+        for segment in segments:
+            if segment.offset & -page == mapping.offset:
+                return mapping.start - (segment.address & -page)
     return None
 
 
@@ -162,12 +164,13 @@ class ProcessImage:
         lets us read a process that exited before we saw its maps."""
         if any(mapping.path == path for mapping in self.mappings):
             return
-        for vaddr, offset, size, flags in load_segments(path):
-            start = base + vaddr
-            writable = "w" if flags & 2 else "-"
-            executable = "x" if flags & 1 else "-"
-            self.mappings.append(Mapping(start, start + size,
-                                         f"r{writable}{executable}p", offset, path))
+        for segment in load_segments(path):
+            start = base + segment.address
+            writable = "w" if segment.writable else "-"
+            executable = "x" if segment.executable else "-"
+            self.mappings.append(Mapping(start, start + segment.file_size,
+                                         f"r{writable}{executable}p", segment.offset,
+                                         path))
 
     def string(self, address: int, limit: int = STRING_MAX) -> str | None:
         """The NUL-terminated string at `address` (cached), None if unreadable."""
@@ -236,28 +239,11 @@ class ProcessImage:
         return sorted(found, key=lambda topic: topic.id)
 
 
-_ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
-_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
-_PT_LOAD = 1
-
-
-def load_segments(path: str) -> list[tuple[int, int, int, int]]:
-    """(vaddr, file offset, file size, flags) of each PT_LOAD of a 64-bit ELF."""
+def load_segments(path: str) -> list[Segment]:
+    """The PT_LOAD segments of the ELF file at `path` ([] if unreadable)."""
     try:
-        with open(path, "rb") as elf:
-            header = elf.read(_ELF_HEADER.size)
-            if len(header) < _ELF_HEADER.size or header[:4] != b"\x7fELF":
-                return []
-            fields = _ELF_HEADER.unpack(header)
-            program_offset, entry_size, count = fields[5], fields[9], fields[10]
-            segments = []
-            for index in range(count):
-                elf.seek(program_offset + index * entry_size)
-                kind, flags, offset, vaddr, _, file_size, _, _ = (
-                    _PROGRAM_HEADER.unpack(elf.read(_PROGRAM_HEADER.size)))
-                if kind == _PT_LOAD:
-                    segments.append((vaddr, offset, file_size, flags))
-            return segments
-    except (OSError, struct.error):
+        with open(path, "rb") as file:
+            return ElfFile(file).segments
+    except (OSError, ElfFormatError):
         return []
 
