@@ -32,6 +32,7 @@ import os
 import queue
 import shutil
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status",
            "monotonic_ns", "poll_streams", "process_alive", "stop_on_signals"]
 
+_DOUBLE = struct.Struct("<d")
 HARVEST_ENTRY_UNREADABLE = 0x1      # tracer/bpf/harvest.h
 LIVENESS_INTERVAL_S = 0.5           # check that traced processes live this often
 ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)
@@ -809,8 +811,7 @@ def process_alive(pid: int) -> bool:
 
 
 def _double(bits: int) -> float:
-    import struct
-    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+    return _DOUBLE.unpack(bits.to_bytes(8, "little"))[0]
 
 
 def _all_pids() -> list[int]:
