@@ -46,6 +46,12 @@ struct recorder_entry {
 
 /* The timestamp was copied from the previous entry (RECORD_FAST). */
 #define RECORDER_ENTRY_FAST_TIMESTAMP 0x1
+/* A span (Python's `recorder.span`, `@recorder.traced`) began: no arguments
+   are implied. */
+#define RECORDER_ENTRY_SPAN_BEGIN     0x2
+/* A span ended: args[0] is its duration in ns (unsigned), so the tracer can
+   aggregate latencies without parsing formats. */
+#define RECORDER_ENTRY_SPAN_END       0x4
 
 #define RECORDER_ENTRY_SIZE 144
 _Static_assert(sizeof(struct recorder_entry) == RECORDER_ENTRY_SIZE,
