@@ -281,6 +281,11 @@ struct recorder_topic *recorder_topic_find(const char *name);
 void recorder_record_dynamic(struct recorder_topic *topic, const char *where,
                              const char *format, unsigned nargs,
                              __u32 arg_types, const __u64 *args);
+/* The same with entry flags (RECORDER_ENTRY_SPAN_BEGIN / _END, entry.h). */
+void recorder_record_dynamic_flags(struct recorder_topic *topic,
+                                   unsigned flags, const char *where,
+                                   const char *format, unsigned nargs,
+                                   __u32 arg_types, const __u64 *args);
 
 /* Used by the macros. */
 void recorder_topic_register(struct recorder_topic *topic);

@@ -58,12 +58,22 @@ void recorder_record_dynamic(struct recorder_topic *topic, const char *where,
                              const char *format, unsigned nargs,
                              __u32 arg_types, const __u64 *args)
 {
+    recorder_record_dynamic_flags(topic, 0, where, format, nargs, arg_types,
+                                  args);
+}
+
+void recorder_record_dynamic_flags(struct recorder_topic *topic,
+                                   unsigned flags, const char *where,
+                                   const char *format, unsigned nargs,
+                                   __u32 arg_types, const __u64 *args)
+{
     if (!topic || topic->trace < 0)
         return;
     if (nargs > RECORDER_MAX_ARGS)
         nargs = RECORDER_MAX_ARGS;
     __u64 sequence;
-    __u64 meta = arg_types | RECORDER_META_NARGS(nargs);
+    __u64 meta = arg_types | RECORDER_META_NARGS(nargs)
+                 | RECORDER_META_FLAGS(flags & 0xff);
     struct recorder_entry *entry = recorder_reserve(topic, 0, meta, &sequence);
     entry->format = (uintptr_t)format;
     entry->where = (uintptr_t)where;

@@ -112,6 +112,7 @@ _Static_assert(__builtin_offsetof(struct recorder_entry, topic_id)
 #error "recorder_reserve assumes a little-endian entry header"
 #endif
 #define RECORDER_META_NARGS(n)  ((__u64)(n) << 48)
+#define RECORDER_META_FLAGS(f)  ((__u64)(f) << 56)
 
 /* Reserves and stamps the next slot of this CPU's shard. `meta` holds the
  * argument kinds and RECORDER_META_NARGS(count), known at compile time. */
