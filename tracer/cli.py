@@ -293,5 +293,54 @@ def _series(series: str, pids: tuple[int, ...], comms: tuple[str, ...],
     click.echo(f"{points} points of {options.topic} args[{options.arg}]", err=True)
 
 
+DAEMON_EPILOG = """\b
+Examples:
+  recorder daemon --all                   # every process, /metrics on 127.0.0.1:9476
+  recorder daemon --config /etc/recorder/daemon.toml
+                                          # setup from a file (flags override it)
+  recorder daemon --comm server --listen 0.0.0.0:9476 'net.*' 'sent@1'
+                                          # processes named server, topics net.*
+  curl -s localhost:9476/metrics          # what Prometheus scrapes
+"""
+
+
+@main.command(epilog=DAEMON_EPILOG)
+@target_options("Watch", command=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Read the setup from this TOML file (flags override it).")
+@click.option("--listen", metavar="HOST:PORT",
+              help="Serve /metrics here (default 127.0.0.1:9476).")
+@click.option("--grace", type=click.FloatRange(min=0),
+              help="Seconds an exited process stays exported (default 30).")
+@click.option("--max-series", type=click.IntRange(min=1),
+              help="Label sets exported at most (default 2000).")
+@click.argument("spec", nargs=-1)
+def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
+           config_path: str | None, listen: str | None, grace: float | None,
+           max_series: int | None, spec: tuple[str, ...]) -> None:
+    """Keep arming processes and aggregating their topics in the kernel
+    (metrics only: no record is copied), and serve the figures on
+    http://HOST:PORT/metrics in the Prometheus exposition format:
+    recorder_records_total{topic,comm,pid}, histograms of the aggregated
+    argument, span durations and intervals between records, and the
+    tracer's own counters. Runs until SIGINT or SIGTERM."""
+    from recorder_tracer.daemon import Daemon, DaemonConfig
+    from recorder_tracer.session import stop_on_signals
+
+    config = DaemonConfig.load(config_path) if config_path else DaemonConfig()
+    config = config.merged(pid=pids, comm=comms, all=all_processes, spec=spec,
+                           listen=listen, grace=grace, max_series=max_series)
+
+    def report(message: str) -> None:
+        click.echo(f"recorder: {message}", err=True)
+
+    with stop_on_signals() as stopping:
+        server = Daemon(config, report, stopping)
+        server.start()
+        click.echo(f"Serving metrics on http://{config.listen}/metrics... "
+                   "Hit Ctrl-C to end.", err=True)
+        server.run()
+
+
 if __name__ == "__main__":
     main()

@@ -21,6 +21,9 @@ BPF_DIR = Path(__file__).resolve().parent / "bpf"
 PROBES_INCLUDE = Path(__file__).resolve().parent.parent / "probes" / "include"
 COUNTER_NAMES = ("hits", "streamed", "stream_failed", "flight", "stats_full")
 SHARED_PROBE = "recorder_dynamic"   # the probe run-time topics share (probes/)
+# The probe's arguments since the registers carry copies of the entry's words
+# (probes/PROBES.md); a site with other arguments gets a count-only program.
+PROBE_ARGUMENTS = "8@%rax 8@%rdx 8@%rcx 8@%rsi 8@%rdi 8@%r8 8@%r9 8@%r10"
 NO_TOPIC = 0xFFFFFFFF               # HARVEST_NO_TOPIC in tracer/bpf/harvest.h
 
 
@@ -74,6 +77,7 @@ class SiteStats:
     max: int | None = None
     arg: int = 0
     spans: bool = False
+    interval_sum: int = 0       # ns: the intervals' total
     values: list[int] = field(default_factory=lambda: [0] * HIST_BUCKETS)
     intervals: list[int] = field(default_factory=lambda: [0] * HIST_BUCKETS)
 
@@ -82,6 +86,7 @@ class SiteStats:
         self.count += other.count
         self.valued += other.valued
         self.sum += other.sum
+        self.interval_sum += other.interval_sum
         self.min = _pick(min, self.min, other.min)
         self.max = _pick(max, self.max, other.max)
         self.arg = other.arg if other.valued else self.arg
@@ -203,6 +208,9 @@ class Harvester:
                 self.bpf, self.bpf.load_func(b"harvest", bcc.BPF.KPROBE))
             self.shared_program_fd: int = register_bcc_program(
                 self.bpf, self.bpf.load_func(b"harvest_shared", bcc.BPF.KPROBE))
+            self.legacy_program_fds: tuple[int, int] = tuple(  # type: ignore[assignment]
+                register_bcc_program(self.bpf, self.bpf.load_func(name, bcc.BPF.KPROBE))
+                for name in (b"harvest_legacy", b"harvest_shared_legacy"))
         except Exception as error:
             headers = Path(f"/lib/modules/{os.uname().release}/build")
             if not headers.exists():
@@ -230,9 +238,15 @@ class Harvester:
             self._slot_fields = struct_fields(self._site_type)
             self._slot_format = struct.Struct("<" + struct_format(self._site_type))
 
-    def program_fd_for(self, probe_name: str) -> int:
-        """The program to attach at a `recorder:<probe_name>` site."""
-        return self.shared_program_fd if probe_name == SHARED_PROBE else self.program_fd
+    def program_fd_for(self, probe_name: str,
+                       arguments: str = PROBE_ARGUMENTS) -> int:
+        """The program to attach at a `recorder:<probe_name>` site whose
+        note gives `arguments` (a core built before the registers carried
+        copies gets counts only, never garbage values)."""
+        shared = probe_name == SHARED_PROBE
+        if arguments.strip() != PROBE_ARGUMENTS:
+            return self.legacy_program_fds[shared]
+        return self.shared_program_fd if shared else self.program_fd
 
     def record_format(self) -> str:
         """The `struct` format of one record (little-endian, no alignment)."""
@@ -276,6 +290,7 @@ class Harvester:
                 min=slot["min"] if slot["valued"] else None,
                 max=slot["max"] if slot["valued"] else None,
                 arg=slot["arg"], spans=bool(slot["spans"]),
+                interval_sum=max(0, slot["last_ns"] - slot["first_ns"]),
                 values=[slot[f"values[{i}]"] for i in range(HIST_BUCKETS)],
                 intervals=[slot[f"intervals[{i}]"] for i in range(HIST_BUCKETS)])
             key = SiteKey(pid, address, None if topic_id == NO_TOPIC else topic_id)
@@ -331,8 +346,8 @@ class Harvester:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
-        forget_bcc_program(self.program_fd)
-        forget_bcc_program(self.shared_program_fd)
+        for fd in (self.program_fd, self.shared_program_fd, *self.legacy_program_fds):
+            forget_bcc_program(fd)
         self.bpf.cleanup()
 
 

@@ -241,7 +241,8 @@ class TraceSession:
                 self._choose_value(process, probe, probe.name, None)
             try:
                 process.attachments.append(arm.attach_uprobe(
-                    self.harvester.program_fd_for(probe.name), probe.path,
+                    self.harvester.program_fd_for(probe.name, probe.arguments),
+                    probe.path,
                     probe.file_offset,
                     process.pid, probe.semaphore_offset))
                 process.armed_topics.add(probe.name)

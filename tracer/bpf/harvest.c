@@ -103,9 +103,12 @@ static __always_inline __u64 probe_arg(struct pt_regs *ctx, __u32 index)
 /* Aggregates one record into its slot; all from registers. min/max and
  * last_ns are plain stores: a slot is per CPU, so only a hit preempted on
  * this CPU by another hit of the same site could race them. */
-static __always_inline void aggregate(struct site_stats *slot, struct pt_regs *ctx)
+static __always_inline void aggregate(struct site_stats *slot, struct pt_regs *ctx,
+                                      int legacy)
 {
     __sync_fetch_and_add(&slot->count, 1);
+    if (legacy)
+        return;                 /* an old probe: its registers hold no copies */
     __u64 now = PROBE_TIMESTAMP(ctx);
     __u64 last = slot->last_ns;
     slot->last_ns = now;
@@ -134,7 +137,7 @@ static __always_inline void aggregate(struct site_stats *slot, struct pt_regs *c
 }
 
 static __always_inline void count_site(struct pt_regs *ctx, __u32 pid,
-                                       __u64 address, __u32 topic_id)
+                                       __u64 address, __u32 topic_id, int legacy)
 {
     __u32 cpu = bpf_get_smp_processor_id();
     __u64 hash = (address ^ ((__u64)pid << 32) ^ topic_id) * 0x9E3779B97F4A7C15ull;
@@ -147,7 +150,7 @@ static __always_inline void count_site(struct pt_regs *ctx, __u32 pid,
             break;
         if (slot->address == address && slot->pid == pid
             && slot->topic_id == topic_id) {
-            aggregate(slot, ctx);
+            aggregate(slot, ctx, legacy);
             return;
         }
         if (slot->address == 0) {       /* claim it: key and choice first */
@@ -155,12 +158,13 @@ static __always_inline void count_site(struct pt_regs *ctx, __u32 pid,
                                    .topic_id = topic_id};
             __u32 *chosen = value_args.lookup(&key);
             slot->arg = chosen && *chosen < VALUE_ARGS ? *chosen : 0;
+            slot->first_ns = PROBE_TIMESTAMP(ctx);
             slot->min = 0x7fffffffffffffffll;
             slot->max = -0x7fffffffffffffffll - 1;
             slot->pid = pid;
             slot->topic_id = topic_id;
             slot->address = address;
-            aggregate(slot, ctx);
+            aggregate(slot, ctx, legacy);
             return;
         }
     }
@@ -236,7 +240,10 @@ static __always_inline void fill(struct harvest_record *record,
 }
 #endif
 
-static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
+/* `legacy`: a probe built before its registers carried copies of the
+ * entry's words (its note has one argument): count only, and read the
+ * shared probe's topic id from the entry (one user-memory read). */
+static __always_inline int harvest_hit(struct pt_regs *ctx, int shared, int legacy)
 {
     __u64 hits = count(COUNTER_HITS);
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
@@ -282,18 +289,34 @@ static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
 #ifdef HARVEST_METRICS
     /* A C topic is named by its site; the shared probe's by the entry's
      * topic id, which its registers carry. */
-    count_site(ctx, pid, PT_REGS_IP(ctx),
-               shared ? PROBE_TOPIC_ID(ctx) : HARVEST_NO_TOPIC);
+    __u32 topic_id = HARVEST_NO_TOPIC;
+    if (shared && !legacy)
+        topic_id = PROBE_TOPIC_ID(ctx);
+    else if (shared && bpf_probe_read_user(&topic_id, sizeof(topic_id),
+                                           (void *)PT_REGS_RC(ctx)
+                                           + offsetof(struct recorder_entry, topic_id)))
+        topic_id = HARVEST_NO_TOPIC;
+    count_site(ctx, pid, PT_REGS_IP(ctx), topic_id, legacy);
 #endif
     return 0;
 }
 
 int harvest(struct pt_regs *ctx)
 {
-    return harvest_hit(ctx, false);
+    return harvest_hit(ctx, false, false);
 }
 
 int harvest_shared(struct pt_regs *ctx)
 {
-    return harvest_hit(ctx, true);
+    return harvest_hit(ctx, true, false);
+}
+
+int harvest_legacy(struct pt_regs *ctx)
+{
+    return harvest_hit(ctx, false, true);
+}
+
+int harvest_shared_legacy(struct pt_regs *ctx)
+{
+    return harvest_hit(ctx, true, true);
 }

@@ -85,7 +85,9 @@ struct site_stats {
     __s64 sum;                  /* of the values (signed) */
     __s64 min;
     __s64 max;
-    __u64 last_ns;              /* timestamp of the previous record here */
+    __u64 first_ns;             /* timestamp of the first record here */
+    __u64 last_ns;              /* timestamp of the previous record here: the
+                                   intervals sum to last_ns - first_ns */
     __u32 arg;                  /* args[] index aggregated (value_args) */
     __u32 spans;                /* span ends seen: values are durations */
     __u64 values[HIST_BUCKETS];     /* log2 histogram of values */
