@@ -141,8 +141,8 @@ def test_daemon_without_processes_is_one_line_error() -> None:
 def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
     from recorder_tracer.daemon import Daemon
     workload = Workload(progs)
-    daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}", comm=["workload_ticks"],
-                                 spec=["tick"], grace=0.5))
+    daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}",
+                                 comm=["workload_ticks"], spec=["tick"], grace=0.5))
     daemon.start()
     try:
         wait_for(lambda: "tick" in getattr(

@@ -259,10 +259,8 @@ def metrics(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         if as_json:
             click.echo(json.dumps([row.as_json() for row in rows]))
             return
-        from rich.console import Console
-
-        from recorder_tracer.metrics_table import metrics_table
-        Console(soft_wrap=True).print(metrics_table(rows))
+        from recorder_tracer.metrics_table import console, metrics_table
+        console().print(metrics_table(rows))
 
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
@@ -291,6 +289,41 @@ def _series(series: str, pids: tuple[int, ...], comms: tuple[str, ...],
                            all_processes=all_processes, command=argv,
                            duration=duration)
     click.echo(f"{points} points of {options.topic} args[{options.arg}]", err=True)
+
+
+TOP_EPILOG = """\b
+Examples:
+  recorder top --all                      # every process with a recorder core
+  recorder top -p 1234 'net.*'            # topics net.* of 1234
+  recorder top --comm server --interval 2 # refresh every 2 s
+Keys: q quits; left/right choose the sort column, up/down the order.
+"""
+
+
+@main.command(epilog=TOP_EPILOG)
+@target_options("Watch")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0,
+              show_default=True, help="Seconds between refreshes.")
+@click.argument("spec", nargs=-1)
+def top(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
+        command: str | None, interval: float, spec: tuple[str, ...]) -> None:
+    """A live view of the kernel's metrics (see `recorder metrics`): one
+    row per topic and process, sorted by rate, with small histograms of the
+    aggregated argument and of the time between records."""
+    from recorder_tracer.metrics import metrics_options
+    from recorder_tracer.session import TraceSession, stop_on_signals
+    from recorder_tracer.top import run_top
+
+    require_targets(pids, comms, all_processes, command)
+    options = metrics_options(pids, comms, all_processes, parse_command(command), spec)
+    with stop_on_signals() as stopping:
+        session = TraceSession(options, lambda record: None, stopping=stopping)
+        try:
+            session.start()
+        except BaseException:
+            session.close()
+            raise
+        run_top(session, interval)
 
 
 DAEMON_EPILOG = """\b

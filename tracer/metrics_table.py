@@ -7,6 +7,10 @@ largest (`1..16 ▂█▅▁`: values from 1 to under 16).
 
 from __future__ import annotations
 
+import sys
+from typing import TextIO
+
+from rich.console import Console
 from rich.table import Table
 
 from recorder_tracer.metrics import TopicMetrics, bucket_bounds
@@ -55,6 +59,13 @@ def _duration(ns: int) -> str:
     return f"{_short(ns)}ns"
 
 
+def console(file: TextIO | None = None) -> Console:
+    """A console for tables: the terminal's width, or wide enough for a
+    table's rows when writing to a file or a pipe (never wrapped)."""
+    stream = file if file is not None else sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 200)
+
+
 def metrics_table(rows: list[TopicMetrics], title: str | None = None,
                   sort: str | None = None, reverse: bool = True) -> Table:
     """The table of `rows` (sorted by `sort`, one of SORT_KEYS, if given)."""
@@ -65,10 +76,11 @@ def metrics_table(rows: list[TopicMetrics], title: str | None = None,
     for name, justify in (("TOPIC", "left"), ("PID", "right"), ("COMM", "left"),
                           ("COUNT", "right"), ("RATE/s", "right"),
                           ("ARG", "right"), ("MIN", "right"), ("MEAN", "right"),
-                          ("MAX", "right"), ("VALUES (log2)", "left"),
-                          ("INTERVAL ns (log2)", "left")):
+                          ("MAX", "right"), ("VALUES", "left"),
+                          ("INTERVAL ns", "left")):
         style = "reverse" if sort and name.split("/")[0].lower() == sort else None
-        table.add_column(name, justify=justify, header_style=style)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, header_style=style,  # type: ignore[arg-type]
+                         no_wrap=True)
     for row in rows:
         stats = row.stats
         mean = row.mean
