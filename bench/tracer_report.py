@@ -30,14 +30,14 @@ class Case:
 
 CASES = (
     Case("empty", "empty bcc program"),
-    Case("metrics", "harvest: metrics"),
+    Case("metrics", "harvest: metrics (count+value+interval)"),
     Case("flight", "harvest: metrics + flight"),
     Case("stream", "harvest: metrics + flight + stream"),
     Case("count", "bpftrace @ = count()"),
     Case("tid", "bpftrace @[tid] = count()"),
 )
 STRING_CASE = Case("flight_str", "harvest: metrics + flight, %s arg")
-LABEL = 36      # width of the table's first column
+LABEL = 40      # width of the table's first column
 
 
 class Load:

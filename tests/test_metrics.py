@@ -178,3 +178,18 @@ def test_bad_metrics_input_is_one_line(args: list[str], message: str) -> None:
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_series_writes_each_value_in_time_order(progs: Path, tmp_path: Path) -> None:
+    csv_path, png_path = tmp_path / "loop.csv", tmp_path / "loop.png"
+    result = subprocess.run(
+        [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--series",
+         "wait_loop:0", "--csv", str(csv_path), "--png", str(png_path)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    assert rows[0] == ["time_s", "pid", "value"]
+    assert [row[2] for row in rows[1:]] == [str(i) for i in range(23)]
+    times = [float(row[0]) for row in rows[1:]]
+    assert times == sorted(times) and times[0] == 0.0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
