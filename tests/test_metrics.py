@@ -107,12 +107,16 @@ def test_interval_histogram_matches_a_known_period(workloads) -> None:
         rows = rows_by(session)
     finally:
         session.stop()
-    intervals = rows[(workload.pid, "beat")].stats.intervals
+    stats = rows[(workload.pid, "beat")].stats
+    intervals = stats.intervals
     # 23 records, 22 intervals of 3 ms and a little more (sleep overshoot):
     # [2^21, 2^22) ns = [2.1 ms, 4.2 ms). A record that changed CPU starts
     # that CPU's chain afresh (intervals are per CPU), so allow a few less.
     assert 18 <= sum(intervals) <= 22
     assert intervals[22] >= 0.8 * sum(intervals)
+    # Their exact total (the Prometheus histogram's _sum): a 3 ms mean, or a
+    # little more.
+    assert 3_000_000 <= stats.interval_sum / sum(intervals) < 4_200_000
 
 
 def test_span_durations_are_aggregated_from_span_end_records(workloads) -> None:
@@ -193,3 +197,17 @@ def test_series_writes_each_value_in_time_order(progs: Path, tmp_path: Path) -> 
     times = [float(row[0]) for row in rows[1:]]
     assert times == sorted(times) and times[0] == 0.0
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_probe_of_the_earlier_contract_is_counted_without_values(workloads) -> None:
+    # Its registers hold no copies of the entry's words (one argument only):
+    # the tracer gives it the count-only program, never garbage values.
+    workload = workloads("metrics_legacy")
+    session = BackgroundSession(metrics_options(pids=[workload.pid], specs=["legacy"]))
+    try:
+        workload.send("fire")
+        rows = rows_by(session)
+    finally:
+        session.stop()
+    stats = rows[(workload.pid, "legacy")].stats
+    assert (stats.count, stats.valued, sum(stats.intervals)) == (23, 0, 0)
