@@ -111,6 +111,8 @@ def main(argv: list[str]) -> int:
             if load.poll() is None:
                 load.kill()
                 load.wait()
+    if os.environ.get("METRICS_BENCH_DEBUG"):
+        print(text)
     exported = sum(float(value) for value in re.findall(
         r'^recorder_records_total\{[^}]*topic="load"[^}]*\} (\S+)$', text, re.M))
     print(f"recorder daemon: {arguments.processes} processes x {arguments.rate} "

@@ -122,8 +122,8 @@ class Daemon:
 
     def snapshot(self) -> Snapshot:
         """What a scrape exports now (called in the server's thread)."""
-        with self._lock:
-            rows = [row for row in self.reader.read()]
+        with self._lock, self.session.lock:
+            rows = self.reader.read()
             harvester = self.session.harvester
             counters = harvester.counters() if harvester is not None else []
             processes = len(self.session.processes)

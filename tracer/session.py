@@ -323,9 +323,13 @@ class TraceSession:
 
     def disarm(self, pid: int) -> None:
         """Detach every probe of `pid`; its semaphores drop back to zero."""
-        process = self.processes.pop(pid, None)
+        process = self.processes.get(pid)
         if process is None:
             return
+        # Exited first: a reader in another thread (the daemon's scrape)
+        # always finds the process under one of the two names.
+        self.exited[pid] = process
+        del self.processes[pid]
         SESSION.record("disarming pid %d: %d sites", pid, len(process.attachments))
         if process.memory is not None:
             for topic in process.runtime_armed.values():
@@ -338,7 +342,6 @@ class TraceSession:
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
-        self.exited[pid] = process
 
     def start_command(self, command: list[str]) -> int:
         """Fork `command`, arm its executable's probes before it runs, then
@@ -748,6 +751,12 @@ class TraceSession:
         if self._final_stats is not None:
             return self._final_stats
         return self.harvester.site_stats() if self.harvester is not None else {}
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while processes are armed, disarmed or forgotten: a reader
+        in another thread takes it to see them consistently."""
+        return self._lock
 
     def forget(self, pid: int) -> None:
         """Drop what is kept of an exited process: its image and its
