@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from typing import Any, TextIO
 
 import click
@@ -260,7 +261,9 @@ def metrics(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
             click.echo(json.dumps([row.as_json() for row in rows]))
             return
         from recorder_tracer.metrics_table import console, metrics_table
-        console().print(metrics_table(rows))
+        # With --interval, each table says when it was read (like bcc's tools).
+        title = time.strftime("%H:%M:%S") if interval else None
+        console().print(metrics_table(rows, title=title))
 
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
