@@ -161,3 +161,21 @@ def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
         assert all(row.pid != pid for row in daemon.snapshot().rows)
     finally:
         daemon.close()
+
+
+@pytest.mark.bpf
+def test_label_sets_over_the_cap_are_dropped_busiest_kept(progs: Path) -> None:
+    from recorder_tracer.daemon import Daemon
+    workload = Workload(progs)
+    daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}", pid=[workload.pid],
+                                 spec=["tick", "tock"], max_series=1))
+    daemon.start()
+    try:
+        workload.record("tick", 23)
+        workload.record("tock", 7)
+        snapshot = daemon.snapshot()
+    finally:
+        daemon.close()
+        workload.close()
+    assert [(row.topic, row.stats.count) for row in snapshot.rows] == [("tick", 23)]
+    assert (snapshot.dropped_series, snapshot.hits, snapshot.lost) == (1, 30, 0)
