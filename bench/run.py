@@ -7,7 +7,7 @@ one PASS/FAIL line per target. A missed target is a result, not an error:
 the exit status is 0 unless a program fails to build or run.
 
 Examples:
-    make bench                          # the core, then the tracer, ~50 s
+    make bench                          # the core, the tracer, the daemon, ~65 s
     .venv/bin/python bench/run.py --processes 1 --rounds 5   # a quick look
     .venv/bin/python bench/run.py --no-lttng   # without the LTTng comparison
     .venv/bin/python bench/run.py --core /tmp/x/probes   # try a hot.h change
@@ -156,7 +156,10 @@ def main(argv: list[str]) -> int:
         return 0
     print()
     import tracer_bench
-    return tracer_bench.main([])
+    status = tracer_bench.main([])
+    print()
+    import metrics_bench
+    return metrics_bench.main([]) or status
 
 
 if __name__ == "__main__":

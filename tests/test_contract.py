@@ -211,3 +211,16 @@ def test_documented_magic_spellings_match_their_bytes() -> None:
         width = 8 if number > 0xFFFFFFFF else 4
         in_memory = number.to_bytes(width, "little")
         assert in_memory == text.replace("\\0", "\0").encode(), value
+
+
+def test_documented_probe_registers_match_the_notes(progs: Path) -> None:
+    # PROBES.md's table of the probe's arguments, in order, is what every
+    # note of a built program says (bpftrace's test reads their values).
+    documented = re.findall(r"^  \| arg(\d) \| `%(\w+)` \|", PROBES_MD.read_text(),
+                            re.MULTILINE)
+    assert [int(index) for index, _ in documented] == list(range(8))
+    expected = " ".join(f"8@%{register}" for _, register in documented)
+    notes = subprocess.run(["readelf", "-n", str(progs / "core_usdt")],
+                           capture_output=True, text=True, check=True).stdout
+    arguments = re.findall(r"Arguments: (.*)", notes)
+    assert arguments and all(found == expected for found in arguments)

@@ -53,11 +53,15 @@ def test_every_topic_has_a_usdt_probe(progs: Path, program: str) -> None:
 
 
 @pytest.mark.parametrize("program", sorted(PROGRAM_TOPICS))
-def test_probe_passes_the_entry_address_in_a_register(
+def test_probe_passes_entry_and_its_words_in_fixed_registers(
     progs: Path, program: str
 ) -> None:
+    # probes/PROBES.md, "USDT probes": the entry's address, args[0],
+    # args[1], timestamp, (tid, topic_id), (arg_types, cpu, nargs, flags),
+    # args[2], args[3].
     for note in notes(progs / program):
-        assert re.fullmatch(r"8@%r[a-z0-9]+", note["arguments"]), note
+        assert note["arguments"] == (
+            "8@%rax 8@%rdx 8@%rcx 8@%rsi 8@%rdi 8@%r8 8@%r9 8@%r10"), note
 
 
 @pytest.mark.parametrize("program", sorted(PROGRAM_TOPICS))
@@ -123,6 +127,11 @@ def test_bpftrace_counts_every_record_and_reads_arguments(progs: Path) -> None:
         " @own_tid = sum(*(uint32 *)(arg0 + 16) == tid);"
         " @nargs = max(*(uint8 *)(arg0 + 30));"
         " @stamped_later = sum(*(uint64 *)arg0 > nsecs);"
+        # The register copies equal the entry's words (no memory needed).
+        " @sum_from_register = sum(arg1);"
+        " @register_timestamp = sum(arg3 == *(uint64 *)arg0);"
+        " @register_topic = sum((arg4 >> 32) == *(uint32 *)(arg0 + 20));"
+        " @register_nargs = max((arg5 >> 48) & 0xff);"
         "}"
     )
     maps, output = bpftrace(program, f"{binary} 23")
@@ -133,6 +142,10 @@ def test_bpftrace_counts_every_record_and_reads_arguments(progs: Path) -> None:
         "@own_tid": 23,
         "@nargs": 2,
         "@stamped_later": 0,  # entry time <= bpf_ktime_get_ns: one clock
+        "@sum_from_register": 782,
+        "@register_timestamp": 23,
+        "@register_topic": 23,
+        "@register_nargs": 2,
     }
     assert output.strip() == "probed armed 1 quiet armed 0"
 

@@ -15,6 +15,7 @@ import click
 import pytest
 
 from recorder_tracer.cli import main
+from recorder_tracer.harvest import PROBE_ARGUMENTS
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"
@@ -107,7 +108,7 @@ def test_process_lists_its_topics_with_ring_sizes_and_trace_values(
             "pid": workload.pid, "path": path, "file": "workload_ticks",
             "provider": "recorder", "probe": row["probe"], "sites": sites,
             "semaphore": True, "semaphore_value": 0, "ring": ring,
-            "trace": trace, "arguments": ["8@%rax"] * sites,
+            "trace": trace, "arguments": [PROBE_ARGUMENTS] * sites,
         }
 
 

@@ -14,11 +14,12 @@ from recorder_tracer.session import TraceOptions, TraceSession
 
 
 class Workload:
-    """A running build/progs/workload_ticks, driven line by line."""
+    """A running build/progs/workload_ticks (or another program of the same
+    protocol: "ready PID", then "done" after each command line)."""
 
-    def __init__(self, progs: Path) -> None:
+    def __init__(self, progs: Path, program: str = "workload_ticks") -> None:
         self.process = subprocess.Popen(
-            [str(progs / "workload_ticks")], stdin=subprocess.PIPE,
+            [str(progs / program)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout is not None
@@ -28,8 +29,12 @@ class Workload:
 
     def record(self, topic: str, count: int) -> None:
         """Make `count` records in `topic`; returns once they are made."""
+        self.send(f"{topic} {count}")
+
+    def send(self, command: str) -> None:
+        """Send one command line; returns once the program says "done"."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{topic} {count}\n")
+        self.process.stdin.write(f"{command}\n")
         self.process.stdin.flush()
         assert self.process.stdout.readline().strip() == "done"
 

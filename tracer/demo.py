@@ -3,8 +3,10 @@
 Part 1 runs build/demo/recorder_demo under `recorder trace -c`, arming two of
 its three topics, prints the first records as they stream, a per-topic
 count, what was received and lost per CPU, and the tail of the crash dump the
-process printed before dying by SIGSEGV. Part 2 traces demo/py_worker.py by
-PID: its run-time topic py_job is armed, py_chatter is not.
+process printed before dying by SIGSEGV. Part 2 runs it again with metrics
+only (the kernel aggregates, no record is copied) and prints the metrics
+table. Part 3 traces demo/py_worker.py by PID: its run-time topic py_job is
+armed, py_chatter is not.
 """
 
 from __future__ import annotations
@@ -71,7 +73,27 @@ def main() -> int:
         dump.seek(0)
         for line in dump.read().splitlines()[-8:]:
             print(f"  {line}")
-    return python_part()
+    return metrics_part() or python_part()
+
+
+def metrics_part() -> int:
+    """Run the C workload again, metrics only, and print the table."""
+    from recorder_tracer.metrics import metrics_options, watch
+    from recorder_tracer.metrics_table import console, metrics_table
+    print("\ndemo: `recorder metrics -c 'recorder_demo 3' 'demo_.*'`: the same "
+          "workload, aggregated in the kernel (no record copied)\n")
+    with open(os.devnull, "w") as quiet:
+        options = metrics_options(command=[str(DEMO), "3"], specs=["demo_.*"])
+        options.command_stderr = quiet.fileno()
+        try:
+            session = TraceSession(options, lambda record: None,
+                                   lambda m: print(f"demo: {m}"))
+            session.start()
+        except TracerError as error:
+            print(f"demo: {error}", file=sys.stderr)
+            return 1
+        watch(session, lambda rows: console().print(metrics_table(rows)))
+    return 0
 
 
 def python_part() -> int:

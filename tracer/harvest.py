@@ -10,7 +10,7 @@ import ctypes
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +21,9 @@ BPF_DIR = Path(__file__).resolve().parent / "bpf"
 PROBES_INCLUDE = Path(__file__).resolve().parent.parent / "probes" / "include"
 COUNTER_NAMES = ("hits", "streamed", "stream_failed", "flight", "stats_full")
 SHARED_PROBE = "recorder_dynamic"   # the probe run-time topics share (probes/)
+# The probe's arguments since the registers carry copies of the entry's words
+# (probes/PROBES.md); a site with other arguments gets a count-only program.
+PROBE_ARGUMENTS = "8@%rax 8@%rdx 8@%rcx 8@%rsi 8@%rdi 8@%r8 8@%r9 8@%r10"
 NO_TOPIC = 0xFFFFFFFF               # HARVEST_NO_TOPIC in tracer/bpf/harvest.h
 
 
@@ -54,6 +57,49 @@ class CpuCounters:
     stream_failed: int
     flight: int
     stats_full: int = 0
+
+
+HIST_BUCKETS = 64                   # HIST_BUCKETS in tracer/bpf/harvest.h
+VALUE_ARGS = 4                      # args[] copies in the probe's registers
+
+
+@dataclass
+class SiteStats:
+    """What the kernel aggregated for one key (see struct site_stats),
+    summed over CPUs: counts, the chosen argument's sum/min/max and log2
+    histogram (bucket i holds [2^(i-1), 2^i)), the log2 histogram of ns
+    between records. `spans`: the values are span durations (ns)."""
+
+    count: int = 0
+    valued: int = 0
+    sum: int = 0
+    min: int | None = None
+    max: int | None = None
+    arg: int = 0
+    spans: bool = False
+    interval_sum: int = 0       # ns: the intervals' total
+    values: list[int] = field(default_factory=lambda: [0] * HIST_BUCKETS)
+    intervals: list[int] = field(default_factory=lambda: [0] * HIST_BUCKETS)
+
+    def add(self, other: SiteStats) -> None:
+        """Fold `other` in (another CPU, site or process)."""
+        self.count += other.count
+        self.valued += other.valued
+        self.sum += other.sum
+        self.interval_sum += other.interval_sum
+        self.min = _pick(min, self.min, other.min)
+        self.max = _pick(max, self.max, other.max)
+        self.arg = other.arg if other.valued else self.arg
+        self.spans = self.spans or other.spans
+        self.values = [a + b for a, b in zip(self.values, other.values, strict=True)]
+        self.intervals = [a + b for a, b in
+                          zip(self.intervals, other.intervals, strict=True)]
+
+
+def _pick(choose: Any, a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else choose(a, b)
 
 
 class SiteKey(NamedTuple):
@@ -162,6 +208,9 @@ class Harvester:
                 self.bpf, self.bpf.load_func(b"harvest", bcc.BPF.KPROBE))
             self.shared_program_fd: int = register_bcc_program(
                 self.bpf, self.bpf.load_func(b"harvest_shared", bcc.BPF.KPROBE))
+            self.legacy_program_fds: tuple[int, int] = tuple(  # type: ignore[assignment]
+                register_bcc_program(self.bpf, self.bpf.load_func(name, bcc.BPF.KPROBE))
+                for name in (b"harvest_legacy", b"harvest_shared_legacy"))
         except Exception as error:
             headers = Path(f"/lib/modules/{os.uname().release}/build")
             if not headers.exists():
@@ -180,13 +229,24 @@ class Harvester:
             table = self.bpf[b"stats"]
             self._site_type = table.Leaf
             self._stats_length = table.max_entries * ctypes.sizeof(self._site_type)
+            # Writable: forget_pid() frees the slots of a process gone.
             self._stats = mmap.mmap(table.map_fd,
                                     _round_up(self._stats_length, mmap.PAGESIZE),
-                                    mmap.MAP_SHARED, mmap.PROT_READ)
+                                    mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+            self._slot_size = ctypes.sizeof(self._site_type)
+            self._slot_fields = struct_fields(self._site_type)
+            self._slot_format = struct.Struct("<" + struct_format(self._site_type))
 
-    def program_fd_for(self, probe_name: str) -> int:
-        """The program to attach at a `recorder:<probe_name>` site."""
-        return self.shared_program_fd if probe_name == SHARED_PROBE else self.program_fd
+    def program_fd_for(self, probe_name: str,
+                       arguments: str = PROBE_ARGUMENTS) -> int:
+        """The program to attach at a `recorder:<probe_name>` site whose
+        note gives `arguments` (a core built before the registers carried
+        copies gets counts only, never garbage values)."""
+        shared = probe_name == SHARED_PROBE
+        if arguments.strip() != PROBE_ARGUMENTS:
+            return self.legacy_program_fds[shared]
+        return self.shared_program_fd if shared else self.program_fd
 
     def record_format(self) -> str:
         """The `struct` format of one record (little-endian, no alignment)."""
@@ -211,19 +271,70 @@ class Harvester:
             for cpu in range(len(per_counter[0]))
         ]
 
-    def site_counts(self) -> dict[SiteKey, int]:
-        """Hits per (pid, probe address, topic id), summed over CPUs, from
-        the mmapped stats table: one read, no system call per entry."""
+    def site_stats(self) -> dict[SiteKey, SiteStats]:
+        """Metrics per (pid, probe address, topic id), summed over CPUs,
+        from the mmapped stats table: no system call per entry, and only
+        claimed slots are unpacked."""
         if self._stats is None:
             return {}
-        counts: dict[SiteKey, int] = {}
-        layout = "<" + struct_format(self._site_type)
-        table = self._stats[:self._stats_length]
-        for address, pid, topic_id, count in struct.iter_unpack(layout, table):
-            if address and count:
-                key = SiteKey(pid, address, None if topic_id == NO_TOPIC else topic_id)
-                counts[key] = counts.get(key, 0) + count
-        return counts
+        found: dict[SiteKey, SiteStats] = {}
+        head = struct.Struct("<QIIQ")       # address, pid, topic_id, count
+        for offset in range(0, self._stats_length, self._slot_size):
+            address, pid, topic_id, count = head.unpack_from(self._stats, offset)
+            if not (address and count):
+                continue
+            values = self._slot_format.unpack_from(self._stats, offset)
+            slot = dict(zip(self._slot_fields, values, strict=True))
+            stats = SiteStats(
+                count=count, valued=slot["valued"], sum=slot["sum"],
+                min=slot["min"] if slot["valued"] else None,
+                max=slot["max"] if slot["valued"] else None,
+                arg=slot["arg"], spans=bool(slot["spans"]),
+                interval_sum=max(0, slot["last_ns"] - slot["first_ns"]),
+                values=[slot[f"values[{i}]"] for i in range(HIST_BUCKETS)],
+                intervals=[slot[f"intervals[{i}]"] for i in range(HIST_BUCKETS)])
+            key = SiteKey(pid, address, None if topic_id == NO_TOPIC else topic_id)
+            if key in found:
+                found[key].add(stats)
+            else:
+                found[key] = stats
+        return found
+
+    def site_counts(self) -> dict[SiteKey, int]:
+        """Hits per (pid, probe address, topic id), summed over CPUs."""
+        return {key: stats.count for key, stats in self.site_stats().items()}
+
+    def choose_value(self, pid: int, address: int, topic_id: int | None,
+                     arg: int) -> None:
+        """Aggregate args[`arg`] at this site (before it first fires: a slot
+        takes its choice when claimed)."""
+        if not 0 <= arg < VALUE_ARGS:
+            raise TracerError(f"argument index {arg} out of range "
+                              f"(0 to {VALUE_ARGS - 1}: those travel in registers)")
+        table = self.bpf[b"value_args"]
+        key = table.Key(address, pid, NO_TOPIC if topic_id is None else topic_id)
+        table[key] = table.Leaf(arg)
+
+    def forget_pid(self, pid: int) -> int:
+        """Free the stats slots and choices of a process that is gone;
+        returns the slots freed. Safe while BPF runs: a dead process hits
+        no more, and a key claimed again elsewhere is summed with the rest."""
+        if self._stats is None:
+            return 0
+        freed = 0
+        head = struct.Struct("<QI")
+        blank = bytes(self._slot_size)
+        for offset in range(0, self._stats_length, self._slot_size):
+            address, slot_pid = head.unpack_from(self._stats, offset)
+            if address and slot_pid == pid:
+                # Zero the figures, then the key: BPF sees a free slot last.
+                self._stats[offset + 8:offset + self._slot_size] = blank[8:]
+                self._stats[offset:offset + 8] = blank[:8]
+                freed += 1
+        table = self.bpf[b"value_args"]
+        for key in [key for key in table if key.pid == pid]:
+            del table[key]
+        return freed
 
     def topic_counts(self) -> dict[SiteKey, int]:
         """Records counted per site; see `site_counts` (a C topic is named
@@ -235,8 +346,8 @@ class Harvester:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
-        forget_bcc_program(self.program_fd)
-        forget_bcc_program(self.shared_program_fd)
+        for fd in (self.program_fd, self.shared_program_fd, *self.legacy_program_fds):
+            forget_bcc_program(fd)
         self.bpf.cleanup()
 
 

@@ -48,8 +48,8 @@ from recorder_tracer.dynamic import (
 )
 from recorder_tracer.errors import TracerError
 from recorder_tracer.flight import PROCS, SESSION
-from recorder_tracer.harvest import Harvester
-from recorder_tracer.memory import ProcessImage, Topic, read_maps
+from recorder_tracer.harvest import Harvester, SiteKey, SiteStats
+from recorder_tracer.memory import ProcessImage, Topic, load_bias, read_maps
 from recorder_tracer.record import Record
 from recorder_tracer.render import format_message
 from recorder_tracer.reorder import REORDER_WINDOW_NS, ReorderBuffer, monotonic_ns
@@ -87,6 +87,11 @@ class TraceOptions:
     command_stderr: int | None = None   # fd for -c's stderr (default: ours)
     usdt: list[UsdtSelector] = field(default_factory=list)  # other programs'
     topics: bool = True     # arm recorder topics (False: the USDT probes only)
+    # Metrics only (tracer/metrics.py): the kernel aggregates, no record is
+    # copied (no flight ring, no stream); `value_arg` names the args[] index
+    # each topic aggregates (None: the default, args[0]).
+    metrics_only: bool = False
+    value_arg: Callable[[str], int | None] = lambda topic: None
 
 
 @dataclass
@@ -161,10 +166,12 @@ class TraceSession:
         self.seen_topics: set[str] = set()
         self._exec_pending: set[int] = set()
         self._final_summaries: list[CpuSummary] | None = None
-        self._final_counts: dict[Any, int] | None = None
+        self._final_stats: dict[SiteKey, SiteStats] | None = None
         self.harvester: Harvester | None = None
         self.stream: Stream | None = None
-        if options.topics:
+        if options.topics and options.metrics_only:
+            self.harvester = Harvester(stream=False, flight=False, metrics=True)
+        elif options.topics:
             self.harvester = Harvester(stream=True, flight=True,
                                        flight_entries=options.flight_entries)
             self.stream = Stream(self.harvester, self._on_record,
@@ -230,9 +237,12 @@ class TraceSession:
             if site in seen:
                 continue
             seen.add(site)
+            if probe.name != DYNAMIC_PROBE:
+                self._choose_value(process, probe, probe.name, None)
             try:
                 process.attachments.append(arm.attach_uprobe(
-                    self.harvester.program_fd_for(probe.name), probe.path,
+                    self.harvester.program_fd_for(probe.name, probe.arguments),
+                    probe.path,
                     probe.file_offset,
                     process.pid, probe.semaphore_offset))
                 process.armed_topics.add(probe.name)
@@ -262,12 +272,29 @@ class TraceSession:
             process.topics[topic.id] = topic
             if topic.name in process.runtime_armed:
                 continue
-            if self.options.spec.armed(topic.name) and set_armed(
-                    process.memory, topic, True):
+            if not self.options.spec.armed(topic.name):
+                continue
+            for probe in process.probes:
+                if probe.name == DYNAMIC_PROBE:
+                    self._choose_value(process, probe, topic.name, topic.id)
+            if set_armed(process.memory, topic, True):
                 process.runtime_armed[topic.name] = topic
                 self.seen_topics.add(topic.name)
                 SESSION.record("armed run-time topic %s in pid %d", topic.name,
                                process.pid)
+
+    def _choose_value(self, process: ArmedProcess, probe: Any, topic: str,
+                      topic_id: int | None) -> None:
+        """Tell the kernel which argument `topic` aggregates at `probe`'s
+        site in `process`, before it can fire there. A site whose file is
+        not mapped yet (-c, before exec) keeps the default, args[0]."""
+        arg = self.options.value_arg(topic)
+        if arg is None or self.harvester is None:
+            return
+        bias = load_bias(process.image.mappings, probe.path)
+        if bias is not None:
+            self.harvester.choose_value(process.pid, bias + probe.address,
+                                        topic_id, arg)
 
     def _arm_after_exec(self) -> None:
         """Arm the processes that exec'd, once their new program has a
@@ -296,9 +323,13 @@ class TraceSession:
 
     def disarm(self, pid: int) -> None:
         """Detach every probe of `pid`; its semaphores drop back to zero."""
-        process = self.processes.pop(pid, None)
+        process = self.processes.get(pid)
         if process is None:
             return
+        # Exited first: a reader in another thread (the daemon's scrape)
+        # always finds the process under one of the two names.
+        self.exited[pid] = process
+        del self.processes[pid]
         SESSION.record("disarming pid %d: %d sites", pid, len(process.attachments))
         if process.memory is not None:
             for topic in process.runtime_armed.values():
@@ -311,7 +342,6 @@ class TraceSession:
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
-        self.exited[pid] = process
 
     def start_command(self, command: list[str]) -> int:
         """Fork `command`, arm its executable's probes before it runs, then
@@ -601,7 +631,10 @@ class TraceSession:
         run()), the duration is over, the -c command exited, or every -p
         process exited (when not following --comm or --all).
         """
-        poll_streams(self._streams(), timeout_ms)
+        if self._streams():
+            poll_streams(self._streams(), timeout_ms)
+        else:       # metrics only: the kernel aggregates, nothing to read
+            self._stop.wait(timeout_ms / 1000)
         if self._rescan.is_set() or time.monotonic() >= self._next_liveness:
             self._next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
             self._check_alive()
@@ -694,7 +727,7 @@ class TraceSession:
             process.image.close()
         # The totals need the maps: keep them, then free every kernel object.
         self._final_summaries = self._sum_streams()
-        self._final_counts = self.topic_counts()
+        self._final_stats = self.site_stats()
         self._release()
 
     def _release(self) -> None:
@@ -708,11 +741,32 @@ class TraceSession:
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)
 
-    def topic_counts(self) -> dict[Any, int]:
+    def topic_counts(self) -> dict[SiteKey, int]:
         """Hits the kernel counted per (pid, site); final after close()."""
-        if self._final_counts is not None:
-            return self._final_counts
-        return self.harvester.topic_counts() if self.harvester is not None else {}
+        return {key: stats.count for key, stats in self.site_stats().items()}
+
+    def site_stats(self) -> dict[SiteKey, SiteStats]:
+        """What the kernel aggregated per (pid, site, topic id); final after
+        close()."""
+        if self._final_stats is not None:
+            return self._final_stats
+        return self.harvester.site_stats() if self.harvester is not None else {}
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while processes are armed, disarmed or forgotten: a reader
+        in another thread takes it to see them consistently."""
+        return self._lock
+
+    def forget(self, pid: int) -> None:
+        """Drop what is kept of an exited process: its image and its
+        kernel metrics (the daemon calls this after a grace period)."""
+        with self._lock:
+            process = self.exited.pop(pid, None)
+            if process is not None:
+                process.image.close()
+            if self.harvester is not None and self._final_stats is None:
+                self.harvester.forget_pid(pid)
 
     def summaries(self) -> list[CpuSummary]:
         """Per-CPU produced, received and lost over every stream; final

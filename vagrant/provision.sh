@@ -15,10 +15,12 @@ fi
 
 # 1. Debian packages: bcc (Debian's, never PyPI's unrelated `bcc`), kernel
 #    headers for bcc to compile against, SDT headers, bpftool, bpftrace, and
-#    LTTng-UST for the benchmark's comparison.
+#    LTTng-UST for the benchmark's comparison, Prometheus for the daemon's
+#    test (started by the test on loopback; its own service stays off),
+#    tmux for `recorder top`'s test.
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
-          liblttng-ust-dev lttng-tools binutils clang)
+          liblttng-ust-dev lttng-tools binutils clang prometheus tmux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
@@ -31,6 +33,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq "${missing[@]}" >/dev/null
 else
     say "Debian packages present"
+fi
+# Debian starts a Prometheus service on install (on every interface): the
+# daemon's test runs its own on loopback, so keep the service off.
+if [ -d /run/systemd/system ] && systemctl is-enabled -q prometheus 2>/dev/null; then
+    systemctl disable --now prometheus
+    say "disabled the prometheus service (tests start their own)"
 fi
 
 # 2. Kernel headers: a kernel without its own (a VM's custom kernel) gets

@@ -1,16 +1,19 @@
 /* harvest.c - turn recorder probe hits into metrics, flight and stream records.
  *
  * Attached (by tracer/arm.py) to `recorder:<topic>` USDT sites, per PID, with
- * the topic's semaphore as the uprobe's reference counter. The probe's only
+ * the topic's semaphore as the uprobe's reference counter. The probe's first
  * argument, always in %rax (probes/include/recorder/probe.h), is the address
  * of the entry the process just wrote; one bpf_probe_read_user copies it.
+ * The others, in fixed registers, copy the entry's words that metrics need
+ * (args[0..3], timestamp, topic id, kinds, flags): metrics read only those.
  * Two entry points: `harvest` for a C topic's own probe, and
  * `harvest_shared` for `recorder:recorder_dynamic`, the probe run-time
  * topics share (its metrics need the entry's topic id).
  *
  * Maps, and who reads them:
  *   counters      per-CPU hits, streamed, refused...  controller: loss check
- *   stats         per-CPU site hit counts (mmapable)  controller: metrics
+ *   stats         per-CPU site metrics (mmapable)     controller: metrics
+ *   value_args    site -> args[] index to aggregate   written by the controller
  *   flight        per-CPU ring of the last records    controller: snapshots
  *   flight_head   per-CPU index into flight           controller: snapshots
  *   stream_rings  one BPF ring buffer per CPU, made   controller: live trace
@@ -22,8 +25,8 @@
  * Costs, measured on the benchmark machine (bench/README.md): a trap with an
  * empty program ~455 ns; a user-memory read ~70-90 ns whatever its size;
  * bpf_get_current_comm ~40 ns; bpf_ktime_get_ns ~30 ns; a hash map lookup
- * ~30 ns. So metrics read no user memory and use an open-addressed array
- * (~8 ns), the clock is read only for an unreadable entry, comm only for the
+ * ~30 ns. So metrics read no user memory (values, timestamps and topic ids
+ * come in the probe's registers) and use an open-addressed array (~8 ns), the clock is read only for an unreadable entry, comm only for the
  * stream, strings only when the entry has some, and records are built in
  * place in the flight slot and the stream ring (no scratch copy).
  *
@@ -39,6 +42,7 @@ BPF_ARRAY(record_layout, struct harvest_record, 1);
 #ifdef HARVEST_METRICS
 BPF_F_TABLE("array", __u32, struct site_stats, stats,
             HARVEST_CPUS * STATS_SLOTS, BPF_F_MMAPABLE);
+BPF_HASH(value_args, struct site_key, __u32, VALUE_ARGS_MAX);
 #endif
 #ifdef HARVEST_FLIGHT
 BPF_PERCPU_ARRAY(flight, struct harvest_record, FLIGHT_ENTRIES);
@@ -62,7 +66,78 @@ static __always_inline __u64 count(__u32 counter)
 }
 
 #ifdef HARVEST_METRICS
-static __always_inline void count_site(__u32 pid, __u64 address, __u32 topic_id)
+/* The probe's registers (probes/PROBES.md, "USDT probes"). */
+#define PROBE_ARG0(ctx)       ((ctx)->dx)
+#define PROBE_ARG1(ctx)       ((ctx)->cx)
+#define PROBE_TIMESTAMP(ctx)  ((ctx)->si)
+#define PROBE_TOPIC_ID(ctx)   ((__u32)((ctx)->di >> 32))
+#define PROBE_META(ctx)       ((ctx)->r8)   /* arg_types | cpu | nargs | flags */
+#define PROBE_ARG2(ctx)       ((ctx)->r9)
+#define PROBE_ARG3(ctx)       ((ctx)->r10)
+
+/* log2 bucket: 0 for 0 (and negatives), i for [2^(i-1), 2^i), capped. */
+static __always_inline __u32 log2_bucket(__u64 v)
+{
+    if ((__s64)v <= 0)
+        return 0;
+    __u32 r = 1, shift;
+    shift = (v > 0xFFFFFFFFull) << 5; v >>= shift; r += shift;
+    shift = (v > 0xFFFF) << 4; v >>= shift; r += shift;
+    shift = (v > 0xFF) << 3; v >>= shift; r += shift;
+    shift = (v > 0xF) << 2; v >>= shift; r += shift;
+    shift = (v > 0x3) << 1; v >>= shift; r += shift;
+    r += (__u32)(v >> 1);
+    return r < HIST_BUCKETS ? r : HIST_BUCKETS - 1;
+}
+
+static __always_inline __u64 probe_arg(struct pt_regs *ctx, __u32 index)
+{
+    /* Load all four first: selecting the register by index would make clang
+     * compute a variable context offset, which the verifier refuses. */
+    __u64 a0 = PROBE_ARG0(ctx), a1 = PROBE_ARG1(ctx);
+    __u64 a2 = PROBE_ARG2(ctx), a3 = PROBE_ARG3(ctx);
+    asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
+    return index == 0 ? a0 : index == 1 ? a1 : index == 2 ? a2 : a3;
+}
+
+/* Aggregates one record into its slot; all from registers. min/max and
+ * last_ns are plain stores: a slot is per CPU, so only a hit preempted on
+ * this CPU by another hit of the same site could race them. */
+static __always_inline void aggregate(struct site_stats *slot, struct pt_regs *ctx,
+                                      int legacy)
+{
+    __sync_fetch_and_add(&slot->count, 1);
+    if (legacy)
+        return;                 /* an old probe: its registers hold no copies */
+    __u64 now = PROBE_TIMESTAMP(ctx);
+    __u64 last = slot->last_ns;
+    slot->last_ns = now;
+    if (last && now >= last)
+        __sync_fetch_and_add(&slot->intervals[log2_bucket(now - last)
+                                              & (HIST_BUCKETS - 1)], 1);
+    __u64 meta = PROBE_META(ctx);
+    __u32 flags = meta >> 56, nargs = (meta >> 48) & 0xff;
+    __u32 arg = slot->arg;
+    if (flags & RECORDER_ENTRY_SPAN_BEGIN)
+        return;                         /* a span's start carries no value */
+    if (flags & RECORDER_ENTRY_SPAN_END) {
+        arg = 0;                        /* args[0] is the duration in ns */
+        slot->spans = 1;
+    }
+    if (arg >= nargs || RECORDER_ARG_KIND(meta, arg) != RECORDER_ARG_INT)
+        return;                         /* no such argument, or not an integer */
+    __s64 value = probe_arg(ctx, arg);
+    __sync_fetch_and_add(&slot->valued, 1);
+    __sync_fetch_and_add(&slot->sum, value);
+    if (value < slot->min)
+        slot->min = value;
+    if (value > slot->max)
+        slot->max = value;
+    __sync_fetch_and_add(&slot->values[log2_bucket(value) & (HIST_BUCKETS - 1)], 1);
+}
+
+static __always_inline void count_site(struct pt_regs *ctx, __u32 pid,
+                                       __u64 address, __u32 topic_id, int legacy)
 {
     __u32 cpu = bpf_get_smp_processor_id();
     __u64 hash = (address ^ ((__u64)pid << 32) ^ topic_id) * 0x9E3779B97F4A7C15ull;
@@ -75,14 +150,21 @@ static __always_inline void count_site(__u32 pid, __u64 address, __u32 topic_id)
             break;
         if (slot->address == address && slot->pid == pid
             && slot->topic_id == topic_id) {
-            __sync_fetch_and_add(&slot->count, 1);
+            aggregate(slot, ctx, legacy);
             return;
         }
-        if (slot->address == 0) {       /* claim it: key first, then count */
+        if (slot->address == 0) {       /* claim it: key and choice first */
+            struct site_key key = {.address = address, .pid = pid,
+                                   .topic_id = topic_id};
+            __u32 *chosen = value_args.lookup(&key);
+            slot->arg = chosen && *chosen < VALUE_ARGS ? *chosen : 0;
+            slot->first_ns = PROBE_TIMESTAMP(ctx);
+            slot->min = 0x7fffffffffffffffll;
+            slot->max = -0x7fffffffffffffffll - 1;
             slot->pid = pid;
             slot->topic_id = topic_id;
             slot->address = address;
-            __sync_fetch_and_add(&slot->count, 1);
+            aggregate(slot, ctx, legacy);
             return;
         }
     }
@@ -158,12 +240,14 @@ static __always_inline void fill(struct harvest_record *record,
 }
 #endif
 
-static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
+/* `legacy`: a probe built before its registers carried copies of the
+ * entry's words (its note has one argument): count only, and read the
+ * shared probe's topic id from the entry (one user-memory read). */
+static __always_inline int harvest_hit(struct pt_regs *ctx, int shared, int legacy)
 {
     __u64 hits = count(COUNTER_HITS);
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     struct harvest_record *record = 0;
-    __u32 topic_id = HARVEST_NO_TOPIC;     /* the shared probe's, once read */
 
 #ifdef HARVEST_FLIGHT
     __u32 zero = 0;
@@ -173,8 +257,6 @@ static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
         record = flight.lookup(&slot);
         if (record) {
             fill(record, ctx, pid);
-            if (!record->status)
-                topic_id = record->entry.topic_id;
             *head += 1;
             count(COUNTER_FLIGHT);
         }
@@ -191,8 +273,6 @@ static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
             __builtin_memcpy(out, record, sizeof(*out));
         else
             fill(out, ctx, pid);
-        if (!out->status)
-            topic_id = out->entry.topic_id;
         __u32 zero_config = 0;
         __u64 *mask = stream_config.lookup(&zero_config);
         /* Wake the controller every 2^n records, never per record: a
@@ -207,24 +287,36 @@ static __always_inline int harvest_hit(struct pt_regs *ctx, int shared)
 #endif
 
 #ifdef HARVEST_METRICS
-    if (!shared)
-        topic_id = HARVEST_NO_TOPIC;    /* the site names the topic */
-    else if (topic_id == HARVEST_NO_TOPIC
-             && bpf_probe_read_user(&topic_id, sizeof(topic_id),
-                                    (void *)PT_REGS_RC(ctx)
-                                    + offsetof(struct recorder_entry, topic_id)))
+    /* A C topic is named by its site; the shared probe's by the entry's
+     * topic id, which its registers carry. */
+    __u32 topic_id = HARVEST_NO_TOPIC;
+    if (shared && !legacy)
+        topic_id = PROBE_TOPIC_ID(ctx);
+    else if (shared && bpf_probe_read_user(&topic_id, sizeof(topic_id),
+                                           (void *)PT_REGS_RC(ctx)
+                                           + offsetof(struct recorder_entry, topic_id)))
         topic_id = HARVEST_NO_TOPIC;
-    count_site(pid, PT_REGS_IP(ctx), topic_id);
+    count_site(ctx, pid, PT_REGS_IP(ctx), topic_id, legacy);
 #endif
     return 0;
 }
 
 int harvest(struct pt_regs *ctx)
 {
-    return harvest_hit(ctx, false);
+    return harvest_hit(ctx, false, false);
 }
 
 int harvest_shared(struct pt_regs *ctx)
 {
-    return harvest_hit(ctx, true);
+    return harvest_hit(ctx, true, false);
+}
+
+int harvest_legacy(struct pt_regs *ctx)
+{
+    return harvest_hit(ctx, false, true);
+}
+
+int harvest_shared_legacy(struct pt_regs *ctx)
+{
+    return harvest_hit(ctx, true, true);
 }

@@ -17,9 +17,12 @@
 #ifndef HARVEST_CPUS
 #define HARVEST_CPUS       64       /* possible CPUs: the controller sets it */
 #endif
-#define STATS_BITS         12
+#define STATS_BITS         10
 #define STATS_SLOTS        (1u << STATS_BITS)  /* per CPU */
 #define STATS_PROBES       4        /* slots tried before counting as full */
+#define HIST_BUCKETS       64       /* log2: bucket i holds [2^(i-1), 2^i) */
+#define VALUE_ARGS         4        /* args[] copies in the probe's registers */
+#define VALUE_ARGS_MAX     16384    /* sites with a chosen argument */
 
 /* A string argument as BPF found it: `length` counts the bytes copied
  * (with the NUL); negative is the error from bpf_probe_read_user_str, so an
@@ -62,17 +65,40 @@ enum harvest_counter {
     COUNTER_COUNT = 5,
 };
 
-/* Metrics: the hits of one probe site in one process, counted on one CPU.
+/* Metrics: what one probe site in one process recorded on one CPU.
  * `stats` holds STATS_SLOTS of these per CPU, open-addressed by a hash of
  * the key (address, pid, topic_id); a slot is free while `address` is 0.
  * A C topic is its probe, so its sites are counted with topic_id
  * HARVEST_NO_TOPIC (the controller names the topic from the address); the
- * probe that run-time topics share is counted per entry topic id. */
+ * probe that run-time topics share is counted per entry topic id. The
+ * controller sums slots of one key (across CPUs, and twice-claimed ones)
+ * and sites of one topic.
+ *
+ * Every figure comes from the probe's registers (probes/PROBES.md), none
+ * from user memory: `value_arg` chooses which args[] copy is the value. */
 struct site_stats {
     __u64 address;              /* runtime address of the probe site */
     __u32 pid;
     __u32 topic_id;
-    __u64 count;
+    __u64 count;                /* records */
+    __u64 valued;               /* records whose value was aggregated */
+    __s64 sum;                  /* of the values (signed) */
+    __s64 min;
+    __s64 max;
+    __u64 first_ns;             /* timestamp of the first record here */
+    __u64 last_ns;              /* timestamp of the previous record here: the
+                                   intervals sum to last_ns - first_ns */
+    __u32 arg;                  /* args[] index aggregated (value_args) */
+    __u32 spans;                /* span ends seen: values are durations */
+    __u64 values[HIST_BUCKETS];     /* log2 histogram of values */
+    __u64 intervals[HIST_BUCKETS];  /* log2 histogram of ns between records */
+};
+
+/* Key of value_args: which argument to aggregate at a site (default 0). */
+struct site_key {
+    __u64 address;
+    __u32 pid;
+    __u32 topic_id;
 };
 #define HARVEST_NO_TOPIC 0xffffffffu
 

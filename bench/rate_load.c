@@ -1,0 +1,45 @@
+/* rate_load.c - records at a steady rate, for the daemon benchmark.
+ *
+ * rate_load RATE SECONDS: records topic `load` (args: i, i & 1023) RATE
+ * times a second for SECONDS, in 1 ms batches, then prints the records
+ * made and exits. Prints "ready PID" first and waits for a line on stdin
+ * (so the daemon can arm it before the first record).
+ */
+#include <recorder.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+RECORDER(load, 1024, "Steady-rate records");
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    long rate = argc > 1 ? atol(argv[1]) : 200000;
+    double seconds = argc > 2 ? atof(argv[2]) : 10;
+    char line[16];
+    printf("ready %d\n", (int)getpid());
+    fflush(stdout);
+    if (!fgets(line, sizeof(line), stdin))
+        return 1;
+    long per_ms = rate / 1000, made = 0;
+    long long start = now_ns(), end = start + (long long)(seconds * 1e9);
+    for (long long tick = start; tick < end; tick += 1000000) {
+        for (long i = 0; i < per_ms; i++, made++)
+            RECORD(load, "load %ld %ld", made, made & 1023);
+        long long wait = tick + 1000000 - now_ns();
+        if (wait > 0) {
+            struct timespec delay = {0, wait};
+            nanosleep(&delay, NULL);
+        }
+    }
+    printf("%ld\n", made);
+    return 0;
+}

@@ -1,0 +1,181 @@
+"""recorder daemon: a real Prometheus server scrapes it on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tracer_helpers import Workload, wait_for
+
+from recorder_tracer.daemon import DaemonConfig
+from recorder_tracer.errors import TracerError
+
+RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def query(port: int, promql: str) -> dict[str, float]:
+    """Prometheus's answer to an instant query, by the `topic` label."""
+    text = fetch(f"http://127.0.0.1:{port}/api/v1/query?"
+                 + urllib.parse.urlencode({"query": promql}))
+    if text is None:
+        return {}
+    answer = json.loads(text)
+    return {item["metric"].get("topic", ""): float(item["value"][1])
+            for item in answer["data"]["result"]}
+
+
+@pytest.mark.bpf
+def test_prometheus_scrapes_the_daemon_and_queries_totals(progs: Path,
+                                                          tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.fail("Debian's prometheus is missing: run vagrant/provision.sh")
+    first, second = Workload(progs), Workload(progs)
+    daemon_port, prometheus_port = free_port(), free_port()
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'listen = "127.0.0.1:{daemon_port}"\n'
+                      f'pid = [{first.pid}, {second.pid}]\nspec = ["tick", "tock"]\n')
+    daemon = subprocess.Popen([*RECORDER, "daemon", "--config", str(config)],
+                              stderr=subprocess.PIPE, text=True)
+    server = None
+    try:
+        wait_for(lambda: fetch(f"http://127.0.0.1:{daemon_port}/metrics"), 30)
+        first.record("tick", 23)
+        first.record("tock", 7)
+        second.record("tick", 29)
+        exposition = fetch(f"http://127.0.0.1:{daemon_port}/metrics") or ""
+        assert (f'recorder_records_total{{comm="workload_ticks",pid="{first.pid}",'
+                f'topic="tick"}} 23.0') in exposition
+        assert "recorder_value_bucket" in exposition
+        assert "recorder_tracer_lost_records_total 0.0" in exposition
+
+        (tmp_path / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n"
+            "scrape_configs:\n  - job_name: recorder\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{daemon_port}']\n")
+        server = subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        totals = wait_for(lambda: query(
+            prometheus_port, "sum by (topic) (recorder_records_total)"), 60)
+        assert totals == {"tick": 52.0, "tock": 7.0}
+        per_pid = query(prometheus_port,
+                        f'recorder_records_total{{pid="{second.pid}"}}')
+        assert per_pid == {"tick": 29.0}
+        # args[0] of tick is 0..22 and 0..28: their sum, exactly.
+        sums = query(prometheus_port, "sum by (topic) (recorder_value_sum)")
+        assert sums == {"tick": 253.0 + 406.0, "tock": 21.0}
+    finally:
+        if server is not None:
+            stop(server)
+        stop(daemon)
+        first.close()
+        second.close()
+    assert daemon.returncode == 0, daemon.stderr.read() if daemon.stderr else ""
+
+
+def test_config_file_rejects_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
+    config = tmp_path / "daemon.toml"
+    config.write_text('listen = "127.0.0.1:1"\nall = true\ngrace = 2\n')
+    assert DaemonConfig.load(config) == DaemonConfig(listen="127.0.0.1:1", all=True,
+                                                     grace=2)
+    config.write_text("lisen = 1\n")
+    with pytest.raises(TracerError, match="unknown setting 'lisen'"):
+        DaemonConfig.load(config)
+    config.write_text('pid = ["x"]\n')
+    with pytest.raises(TracerError, match="pid"):
+        DaemonConfig.load(config)
+
+
+def test_flags_override_the_config_file() -> None:
+    config = DaemonConfig(listen="127.0.0.1:1", comm=["a"], grace=5.0)
+    merged = config.merged(listen=None, comm=("b",), grace=None, all=False, pid=())
+    assert merged == DaemonConfig(listen="127.0.0.1:1", comm=["b"], grace=5.0)
+
+
+def test_daemon_without_processes_is_one_line_error() -> None:
+    result = subprocess.run([*RECORDER, "daemon"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("recorder: choose processes")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.bpf
+def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
+    from recorder_tracer.daemon import Daemon
+    workload = Workload(progs)
+    daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}",
+                                 comm=["workload_ticks"], spec=["tick"], grace=0.5))
+    daemon.start()
+    try:
+        wait_for(lambda: "tick" in getattr(
+            daemon.session.processes.get(workload.pid), "armed_topics", ()))
+        workload.record("tick", 23)
+        pid = workload.pid
+        workload.close()
+        wait_for(lambda: daemon.session.poll(timeout_ms=20) and
+                 pid in daemon.session.exited)
+        rows = {(row.pid, row.topic): row.stats.count
+                for row in daemon.snapshot().rows}
+        assert rows[(pid, "tick")] == 23        # still exported, in grace
+        assert daemon.expire() == []
+        time.sleep(0.6)
+        assert daemon.expire() == [pid]
+        assert all(row.pid != pid for row in daemon.snapshot().rows)
+    finally:
+        daemon.close()
+
+
+@pytest.mark.bpf
+def test_label_sets_over_the_cap_are_dropped_busiest_kept(progs: Path) -> None:
+    from recorder_tracer.daemon import Daemon
+    workload = Workload(progs)
+    daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}", pid=[workload.pid],
+                                 spec=["tick", "tock"], max_series=1))
+    daemon.start()
+    try:
+        workload.record("tick", 23)
+        workload.record("tock", 7)
+        snapshot = daemon.snapshot()
+    finally:
+        daemon.close()
+        workload.close()
+    assert [(row.topic, row.stats.count) for row in snapshot.rows] == [("tick", 23)]
+    assert (snapshot.dropped_series, snapshot.hits, snapshot.lost) == (1, 30, 0)

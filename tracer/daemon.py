@@ -1,0 +1,184 @@
+"""`recorder daemon`: keep arming and aggregating, serve /metrics.
+
+A thin loop over a metrics-only TraceSession (it arms and follows processes,
+the kernel aggregates): every scrape reads the kernel's tables afresh
+(tracer/export/prometheus.py). Processes that exit stay exported for
+`grace` seconds, then their label sets and kernel slots are dropped; at
+most `max_series` label sets are exported (the busiest), the rest counted.
+
+Setup comes from a TOML file and flags (flags win):
+
+    listen = "127.0.0.1:9476"
+    all = true                  # every process with a recorder core
+    comm = ["server"]           # and/or processes by name
+    pid = [1234]                # and/or these
+    spec = ["all", "sent@1"]    # topics (and arguments) to aggregate
+    grace = 30.0                # seconds an exited process stays exported
+    max_series = 2000           # label sets exported at most
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from recorder_tracer.errors import TracerError
+from recorder_tracer.export.prometheus import RecorderCollector, Snapshot
+from recorder_tracer.flight import SESSION
+from recorder_tracer.metrics import MetricsReader, metrics_options
+
+DEFAULT_LISTEN = "127.0.0.1:9476"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The daemon's setup; see the module's docstring."""
+
+    listen: str = DEFAULT_LISTEN
+    all: bool = False
+    comm: list[str] = field(default_factory=list)
+    pid: list[int] = field(default_factory=list)
+    spec: list[str] = field(default_factory=list)
+    grace: float = 30.0
+    max_series: int = 2000
+
+    @classmethod
+    def load(cls, path: str | Path) -> DaemonConfig:
+        """Read a TOML file; unknown keys and wrong types are errors."""
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except OSError as error:
+            raise TracerError(f"cannot read {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise TracerError(f"{path}: {error}") from None
+        known = {item.name: item for item in fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise TracerError(f"{path}: unknown setting {key!r} "
+                                  f"(known: {', '.join(known)})")
+            if not _fits(value, known[key].type):
+                raise TracerError(f"{path}: {key} = {value!r} is not "
+                                  f"{known[key].type}")
+        return cls(**data)
+
+    def merged(self, **flags: Any) -> DaemonConfig:
+        """This config with the flags that were given (not None/empty)."""
+        given = {key: value for key, value in flags.items()
+                 if value not in (None, (), [], False)}
+        return replace(self, **{key: list(value) if isinstance(value, tuple)
+                                else value for key, value in given.items()})
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`.
+
+        >>> DaemonConfig(listen="127.0.0.1:9000").address()
+        ('127.0.0.1', 9000)
+        """
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise TracerError(f"listen address {self.listen!r}: expected HOST:PORT")
+        return host.strip("[]"), int(port)
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    text = str(kind)
+    if text.startswith("list"):
+        inner = int if "int" in text else str
+        return isinstance(value, list) and all(isinstance(v, inner) for v in value)
+    if text == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if text == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"bool": bool, "str": str}.get(text, object))
+
+
+class Daemon:
+    """The session, the HTTP server and the expiry of exited processes."""
+
+    def __init__(self, config: DaemonConfig, report: Any = lambda message: None,
+                 stopping: threading.Event | None = None) -> None:
+        from recorder_tracer.session import TraceSession
+        if not (config.all or config.comm or config.pid):
+            raise TracerError("choose processes: --all, --comm or -p "
+                              "(flags or the config file)")
+        if config.max_series < 1 or config.grace < 0:
+            raise TracerError("max_series must be >= 1 and grace >= 0")
+        self.config = config
+        self.host, self.port = config.address()
+        self.report = report
+        options = metrics_options(config.pid, config.comm, config.all,
+                                  specs=config.spec)
+        self.session = TraceSession(options, lambda record: None, report,
+                                    stopping=stopping)
+        self.reader = MetricsReader(self.session)
+        self._lock = threading.Lock()
+        self._gone_since: dict[int, float] = {}
+        self._server: Any = None
+
+    def snapshot(self) -> Snapshot:
+        """What a scrape exports now (called in the server's thread)."""
+        with self._lock, self.session.lock:
+            rows = self.reader.read()
+            harvester = self.session.harvester
+            counters = harvester.counters() if harvester is not None else []
+            processes = len(self.session.processes)
+        dropped = max(0, len(rows) - self.config.max_series)
+        if dropped:
+            rows = sorted(rows, key=lambda row: row.stats.count,
+                          reverse=True)[:self.config.max_series]
+        return Snapshot(rows, hits=sum(cpu.hits for cpu in counters),
+                        lost=sum(cpu.stats_full for cpu in counters),
+                        dropped_series=dropped, processes=processes)
+
+    def start(self) -> None:
+        """Arm, follow, and listen."""
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.process_collector import ProcessCollector
+        self.session.start()
+        registry = CollectorRegistry()
+        registry.register(RecorderCollector(self.snapshot))
+        ProcessCollector(registry=registry)     # the daemon's own CPU and RSS
+        try:
+            self._server, _ = start_http_server(self.port, self.host, registry)
+        except OSError as error:
+            self.session.close()
+            raise TracerError(f"cannot listen on {self.config.listen}: "
+                              f"{error.strerror}") from None
+        SESSION.record("daemon listening on %s", self.config.listen)
+
+    def run(self) -> None:
+        """Until stopped (SIGINT/SIGTERM) or every -p target is gone."""
+        try:
+            while self.session.poll(timeout_ms=200):
+                self.expire()
+        finally:
+            self.close()
+
+    def expire(self, now: float | None = None) -> list[int]:
+        """Forget processes gone for longer than the grace period."""
+        now = time.monotonic() if now is None else now
+        dropped = []
+        with self._lock:
+            for pid in list(self.session.exited):
+                if pid in self.session.processes:
+                    continue                # exec'd: armed again
+                since = self._gone_since.setdefault(pid, now)
+                if now - since >= self.config.grace:
+                    self.session.forget(pid)
+                    del self._gone_since[pid]
+                    dropped.append(pid)
+        return dropped
+
+    def close(self) -> None:
+        """Stop serving, detach everything."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._lock:
+            self.session.close()
