@@ -16,8 +16,8 @@ WORKLOAD = Path(__file__).parent / "workloads" / "py_ticks.py"
 
 
 def test_topic_of_the_same_name_is_the_same_ring(capfd) -> None:
-    first = recorder.topic("dynamic_same", 16, "first")
-    again = recorder.Topic("dynamic_same", 99, "second")
+    first = recorder.Recorder("dynamic_same", 16, "first")
+    again = recorder.Recorder("dynamic_same", 99, "second")
     for index in range(23):
         (first if index % 2 else again).record("value %d", index)
     shown = recorder.dump("dynamic_same")
