@@ -146,9 +146,14 @@ static FormatObject *parse_format(PyObject *key)
             continue;
         int conversion = *p ? conversion_of(*p) : -1;
         if (conversion < 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "recorder: format %R: unsupported conversion '%.*s'",
-                         key, (int)(p - start + (*p != 0)), start);
+            PyObject *bad = PyUnicode_DecodeUTF8(
+                start, p - start + (*p != 0), "replace");
+            if (bad) {
+                PyErr_Format(PyExc_TypeError,
+                             "recorder: format %R: unsupported conversion "
+                             "'%U'", key, bad);
+                Py_DECREF(bad);
+            }
             goto fail;
         }
         if (format->count + stars + 1 > RECORDER_MAX_ARGS) {
