@@ -8,6 +8,7 @@ and its memory the strings they point to.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -389,3 +390,91 @@ def test_a_fatal_signal_dumps_and_still_kills(faulthandler_enabled: str) -> None
     assert "crash: last words 42" in run.stderr
     fatal = "Fatal Python error: Segmentation fault" in run.stderr
     assert fatal == (faulthandler_enabled != "none")
+
+
+# --------------------------------------------------------------------------
+# Tracers: bpftrace on the run-time probe, `recorder probes`, `recorder trace`
+
+BPFTRACE_PROGRAM = Path(__file__).parent / "bpftrace" / "python_records.bt"
+
+
+def uprobes_of(pid: int) -> int:
+    """How many perf-event probes process `pid` (a bpftrace) has attached."""
+    listing = subprocess.run(["bpftool", "perf", "list", "-j"], capture_output=True,
+                             text=True, check=True).stdout
+    return sum(entry.get("pid") == pid for entry in json.loads(listing or "[]"))
+
+
+@pytest.mark.bpf
+def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
+    from test_dynamic import PythonWorkload
+    from tracer_helpers import wait_for
+
+    from recorder_tracer.dynamic import open_memory, set_armed
+
+    workload = PythonWorkload()
+    bpftrace = None
+    try:
+        workload.record("py_armed", 1)
+        workload.record("py_unarmed", 1)
+        topics = {t.name: t for t in ProcessImage.of(workload.pid).topics()}
+        memory = open_memory(workload.pid)
+        assert memory is not None
+        assert set_armed(memory, topics["py_armed"], True)
+        os.close(memory)
+        bpftrace = subprocess.Popen(
+            ["bpftrace", "-p", str(workload.pid), str(BPFTRACE_PROGRAM)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: uprobes_of(bpftrace.pid) >= 1, timeout=60)
+        workload.record("py_unarmed", 2)
+        workload.record("py_armed", 3)
+        bpftrace.send_signal(signal.SIGINT)
+        output, errors = bpftrace.communicate(timeout=30)
+    finally:
+        if bpftrace is not None and bpftrace.poll() is None:
+            bpftrace.kill()
+            bpftrace.wait()
+        workload.close()
+    records = [line.split(" ", 1)[1] for line in output.splitlines()
+               if line.startswith("record ")]
+    half = [double_bits(i / 2) & (2**64 - 1) for i in range(3)]
+    assert records == [
+        f"{topics['py_armed'].id} value %d of %s half %.1f {i} py_armed {half[i]:x}"
+        for i in range(3)], errors
+
+
+@pytest.mark.bpf
+def test_recorder_probes_and_trace_show_a_python_program() -> None:
+    from test_dynamic import PythonWorkload
+    from tracer_helpers import wait_for
+
+    from recorder_tracer.dynamic import read_armed
+
+    cli = str(Path(sys.executable).parent / "recorder")
+    workload = PythonWorkload()
+    trace = None
+    try:
+        workload.record("py_cli", 1)
+        probes = subprocess.run([cli, "probes", str(workload.pid)], capture_output=True,
+                                text=True, timeout=60, check=True).stdout
+        assert f"{workload.pid}   _core.cpython" in probes
+        assert "recorder:recorder_dynamic" in probes
+        topic = next(t for t in ProcessImage.of(workload.pid).topics()
+                     if t.name == "py_cli")
+        trace = subprocess.Popen([cli, "trace", "-p", str(workload.pid), "py_cli"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        wait_for(lambda: read_armed(workload.pid, topic), timeout=60)
+        workload.record("py_cli", 3)
+        trace.send_signal(signal.SIGINT)
+        output, errors = trace.communicate(timeout=30)
+    finally:
+        if trace is not None and trace.poll() is None:
+            trace.kill()
+            trace.wait()
+        workload.close()
+    rows = [line.split() for line in output.splitlines() if " py_cli " in line]
+    assert [row[5:] for row in rows] == [
+        ["..s/py_ticks.py:22", "value", str(i), "of", "py_cli", "half", f"{i / 2}"]
+        for i in range(3)], errors
+    assert {int(row[1]) for row in rows} == {workload.pid}
