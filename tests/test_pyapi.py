@@ -405,36 +405,56 @@ def uprobes_of(pid: int) -> int:
     return sum(entry.get("pid") == pid for entry in json.loads(listing or "[]"))
 
 
-@pytest.mark.bpf
-def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
+class Interrupted:
+    """A tracer command, killed on the way out unless it ended first."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def interrupt(self) -> tuple[str, str]:
+        """Ctrl-C, as a user stops it; (stdout, stderr)."""
+        self.process.send_signal(signal.SIGINT)
+        return self.process.communicate(timeout=30)
+
+    def __enter__(self) -> Interrupted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def python_workload():
     from test_dynamic import PythonWorkload
+
+    started = PythonWorkload()
+    yield started
+    started.close()
+
+
+@pytest.mark.bpf
+def test_bpftrace_on_the_runtime_probe_sees_python_records(python_workload) -> None:
     from tracer_helpers import wait_for
 
     from recorder_tracer.dynamic import open_memory, set_armed
 
-    workload = PythonWorkload()
-    bpftrace = None
-    try:
-        workload.record("py_armed", 1)
-        workload.record("py_unarmed", 1)
-        topics = {t.name: t for t in ProcessImage.of(workload.pid).topics()}
-        memory = open_memory(workload.pid)
-        assert memory is not None
-        assert set_armed(memory, topics["py_armed"], True)
-        os.close(memory)
-        bpftrace = subprocess.Popen(
-            ["bpftrace", "-p", str(workload.pid), str(BPFTRACE_PROGRAM)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: uprobes_of(bpftrace.pid) >= 1, timeout=60)
+    workload = python_workload
+    workload.record("py_armed", 1)
+    workload.record("py_unarmed", 1)
+    topics = {t.name: t for t in ProcessImage.of(workload.pid).topics()}
+    memory = open_memory(workload.pid)
+    assert memory is not None
+    assert set_armed(memory, topics["py_armed"], True)
+    os.close(memory)
+    with Interrupted(["bpftrace", "-p", str(workload.pid),
+                      str(BPFTRACE_PROGRAM), "3"]) as bpftrace:
+        wait_for(lambda: uprobes_of(bpftrace.process.pid) >= 1, timeout=60)
         workload.record("py_unarmed", 2)
         workload.record("py_armed", 3)
-        bpftrace.send_signal(signal.SIGINT)
-        output, errors = bpftrace.communicate(timeout=30)
-    finally:
-        if bpftrace is not None and bpftrace.poll() is None:
-            bpftrace.kill()
-            bpftrace.wait()
-        workload.close()
+        output, errors = bpftrace.process.communicate(timeout=30)  # exits at 3
     records = [line.split(" ", 1)[1] for line in output.splitlines()
                if line.startswith("record ")]
     half = [double_bits(i / 2) & (2**64 - 1) for i in range(3)]
@@ -444,35 +464,24 @@ def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
 
 
 @pytest.mark.bpf
-def test_recorder_probes_and_trace_show_a_python_program() -> None:
-    from test_dynamic import PythonWorkload
+def test_recorder_probes_and_trace_show_a_python_program(python_workload) -> None:
     from tracer_helpers import wait_for
 
     from recorder_tracer.dynamic import read_armed
 
     cli = str(Path(sys.executable).parent / "recorder")
-    workload = PythonWorkload()
-    trace = None
-    try:
-        workload.record("py_cli", 1)
-        probes = subprocess.run([cli, "probes", str(workload.pid)], capture_output=True,
-                                text=True, timeout=60, check=True).stdout
-        assert f"{workload.pid}   _core.cpython" in probes
-        assert "recorder:recorder_dynamic" in probes
-        topic = next(t for t in ProcessImage.of(workload.pid).topics()
-                     if t.name == "py_cli")
-        trace = subprocess.Popen([cli, "trace", "-p", str(workload.pid), "py_cli"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+    workload = python_workload
+    workload.record("py_cli", 1)
+    probes = subprocess.run([cli, "probes", str(workload.pid)], capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    assert f"{workload.pid}   _core.cpython" in probes
+    assert "recorder:recorder_dynamic" in probes
+    topic = next(t for t in ProcessImage.of(workload.pid).topics()
+                 if t.name == "py_cli")
+    with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:
         wait_for(lambda: read_armed(workload.pid, topic), timeout=60)
         workload.record("py_cli", 3)
-        trace.send_signal(signal.SIGINT)
-        output, errors = trace.communicate(timeout=30)
-    finally:
-        if trace is not None and trace.poll() is None:
-            trace.kill()
-            trace.wait()
-        workload.close()
+        output, errors = trace.interrupt()
     rows = [line.split() for line in output.splitlines() if " py_cli " in line]
     assert [row[5:] for row in rows] == [
         ["..s/py_ticks.py:22", "value", str(i), "of", "py_cli", "half", f"{i / 2}"]
