@@ -22,6 +22,16 @@
 #include <frameobject.h>
 #include <string.h>
 
+/* CPython 3.11: the caller's code and instruction, read from its
+ * interpreter frame. The public route (PyEval_GetFrame) makes a frame
+ * object for every Python call that records, ~100 ns and an allocation. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define Py_BUILD_CORE 1
+#include <internal/pycore_frame.h>
+#undef Py_BUILD_CORE
+#define RECORDER_INTERPRETER_FRAME 1
+#endif
+
 #include "recorder.h"
 
 #define KEPT            (1u << 16)      /* string arguments kept alive */
@@ -202,9 +212,15 @@ static FormatObject *lookup_format(PyObject *key)
         if (failed)
             return NULL;
     }
+    if (!PyUnicode_CheckExact(key))
+        return format;          /* a subclass may define __eq__: no cache */
+    /* Both fields before the old key goes: its release may run code that
+     * switches threads, which must not see the new key with the old format. */
+    PyObject *old = format_cache[slot].key;
     Py_INCREF(key);
-    Py_XSETREF(format_cache[slot].key, key);
+    format_cache[slot].key = key;
     format_cache[slot].format = format;
+    Py_XDECREF(old);
     return format;
 }
 
@@ -233,28 +249,45 @@ static const char *intern_place(PyObject *text)
 /* "file:line" of the Python code calling into this module. */
 static const char *caller_place(void)
 {
+#ifdef RECORDER_INTERPRETER_FRAME
+    _PyInterpreterFrame *frame = PyThreadState_GET()->cframe->current_frame;
+    while (frame && _PyFrame_IsIncomplete(frame))
+        frame = frame->previous;
+    if (!frame)
+        return "<unknown>";
+    PyCodeObject *code = frame->f_code;
+    int lasti = _PyInterpreterFrame_LASTI(frame);
+    Py_INCREF(code);
+#else
     PyFrameObject *frame = PyEval_GetFrame();
     if (!frame)
         return "<unknown>";
     PyCodeObject *code = PyFrame_GetCode(frame);
     int lasti = PyFrame_GetLasti(frame);
+#endif
     size_t slot = (((uintptr_t)code >> 4) ^ (unsigned)lasti * 2654435761u)
                   % WHERE_SLOTS;
     if (where_cache[slot].code == code && where_cache[slot].lasti == lasti) {
         Py_DECREF(code);
         return where_cache[slot].where;
     }
-    PyObject *text = PyUnicode_FromFormat("%U:%d", code->co_filename,
-                                          PyFrame_GetLineNumber(frame));
+#ifdef RECORDER_INTERPRETER_FRAME
+    int line = PyCode_Addr2Line(code, lasti * (int)sizeof(_Py_CODEUNIT));
+#else
+    int line = PyFrame_GetLineNumber(frame);
+#endif
+    PyObject *text = PyUnicode_FromFormat("%U:%d", code->co_filename, line);
     const char *where = text ? intern_place(text) : NULL;
     Py_XDECREF(text);
     if (!where) {
         Py_DECREF(code);
         return NULL;
     }
-    Py_XSETREF(where_cache[slot].code, code);    /* takes our reference */
+    PyCodeObject *old = where_cache[slot].code;
+    where_cache[slot].code = code;              /* takes our reference */
     where_cache[slot].lasti = lasti;
     where_cache[slot].where = where;
+    Py_XDECREF(old);
     return where;
 }
 
