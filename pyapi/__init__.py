@@ -29,6 +29,8 @@ process (the core's handler hands the signal back, to faulthandler too).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from recorder._core import (
     MAX_ARGS,
     SPAN_BEGIN,
@@ -42,8 +44,10 @@ from recorder._core import (
     trace_set,
 )
 from recorder._core import dump as _dump
-from recorder.bridge import LoggingHandler
-from recorder.spans import traced
+
+if TYPE_CHECKING:
+    from recorder.bridge import LoggingHandler
+    from recorder.spans import traced
 
 # Like C programs that call recorder_dump_on_common_signals: a crash shows
 # the last records, then the signal goes on to faulthandler or the default.
@@ -74,6 +78,18 @@ def available() -> bool:
 
 
 Topic = Recorder
+
+
+def __getattr__(name: str) -> Any:
+    # LoggingHandler and traced import logging and inspect (~10 ms): only
+    # for the programs that use them.
+    if name == "LoggingHandler":
+        from recorder.bridge import LoggingHandler
+        return LoggingHandler
+    if name == "traced":
+        from recorder.spans import traced
+        return traced
+    raise AttributeError(f"module 'recorder' has no attribute {name!r}")
 
 __all__ = [
     "MAX_ARGS",
