@@ -612,7 +612,7 @@ static PyMethodDef Recorder_methods[] = {
       ">>> net.record('sent %d bytes', 'x')\n"
       "Traceback (most recent call last):\n"
       "  ...\n"
-      "TypeError: recorder: format b'sent %d bytes': argument 1 (%d) "
+      "TypeError: recorder: format 'sent %d bytes': argument 1 (%d) "
       "needs an int, not str\n" },
     { "_record_at", (PyCFunction)(void (*)(void))Recorder_record_at,
       METH_FASTCALL,

@@ -8,6 +8,7 @@ and its memory the strings they point to.
 
 from __future__ import annotations
 
+import doctest
 import json
 import logging
 import math
@@ -488,3 +489,38 @@ def test_recorder_probes_and_trace_show_a_python_program(python_workload) -> Non
         ["..s/py_ticks.py:22", "value", str(i), "of", "py_cli", "half", f"{i / 2}"]
         for i in range(3)], errors
     assert {int(row[1]) for row in rows} == {workload.pid}
+
+
+# --------------------------------------------------------------------------
+# Docstrings
+
+
+def test_docstring_examples_run() -> None:
+    import recorder._core
+    import recorder.bridge
+    import recorder.spans
+
+    for module in (recorder, recorder._core, recorder.spans, recorder.bridge):
+        assert doctest.testmod(module).failed == 0, module.__name__
+    # The extension's types: doctest does not look inside them by itself.
+    parser, runner = doctest.DocTestParser(), doctest.DocTestRunner()
+    for name, text in [("Recorder", recorder.Recorder.__doc__),
+                       ("Recorder.record", recorder.Recorder.record.__doc__),
+                       ("span", recorder.span.__doc__)]:
+        test = parser.get_doctest(text, vars(recorder._core), name, None, 0)
+        assert test.examples, name
+        assert runner.run(test).failed == 0, name
+
+
+ABORT = """
+import os, recorder
+recorder.record("aborting", "about to abort %s", "now")
+os.abort()
+"""
+
+
+def test_abort_dumps_and_still_kills() -> None:
+    run = run_python(ABORT)
+    assert run.returncode == -signal.SIGABRT
+    assert "recorder: received signal 6 (ABRT), dumping" in run.stderr
+    assert "aborting: about to abort now" in run.stderr
