@@ -11,7 +11,9 @@
  *   - string arguments are kept alive by a ring of KEPT references: the
  *     newest KEPT strings recorded are exact, older ones may show another
  *     text or <unreadable> in a late dump (never a crash: the core reads
- *     strings with process_vm_readv).
+ *     strings with process_vm_readv). A string of RECORDER_STRING_MAX
+ *     bytes or more is kept as a copy of the part readers show, so the
+ *     ring holds at most KEPT * RECORDER_STRING_MAX bytes of text.
  * Everything here runs under the GIL, which serializes these tables; the
  * core's rings themselves are lock-free per CPU. The hot path allocates
  * nothing: a format, a location and a string are looked up in caches that
@@ -32,7 +34,7 @@
 #define RECORDER_INTERPRETER_FRAME 1
 #endif
 
-#include "recorder.h"
+#include "internal.h"     /* the core compiled in: recorder.h, RECORDER_STRING_MAX */
 
 #define KEPT            (1u << 16)      /* string arguments kept alive */
 #define WHERE_SLOTS     1024            /* (code, instruction) -> location */
@@ -362,6 +364,20 @@ static int to_string(FormatObject *format, Py_ssize_t index, PyObject *value,
                      "recorder: format %R: argument %zd contains a NUL "
                      "character", format->key, index + 1);
         return -1;
+    }
+    if (length >= RECORDER_STRING_MAX) {
+        /* No reader shows more (dump: RECORDER_STRING_MAX, BPF less): keep
+         * a copy of what can be shown, not a string of any size. */
+        Py_ssize_t cut = RECORDER_STRING_MAX - 1;
+        while (cut > 0 && ((unsigned char)text[cut] & 0xC0) == 0x80)
+            cut--;              /* not inside a UTF-8 character */
+        PyObject *shown = PyBytes_FromStringAndSize(text, cut);
+        if (!shown)
+            return -1;
+        keep(shown);
+        Py_DECREF(shown);
+        *slot = (uintptr_t)PyBytes_AS_STRING(shown);
+        return 0;
     }
     keep(value);
     *slot = (uintptr_t)text;

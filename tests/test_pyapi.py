@@ -524,3 +524,14 @@ def test_abort_dumps_and_still_kills() -> None:
     assert run.returncode == -signal.SIGABRT
     assert "recorder: received signal 6 (ABRT), dumping" in run.stderr
     assert "aborting: about to abort now" in run.stderr
+
+
+def test_a_long_string_is_recorded_up_to_what_readers_show(capfd) -> None:
+    long = recorder.Recorder("pyapi_long", 4)
+    text = "é" * 5000                            # 10000 UTF-8 bytes
+    long.record("long %s end", text)
+    assert recorder.dump("pyapi_long") == 1
+    line = next(line for line in capfd.readouterr().err.splitlines()
+                if "pyapi_long:" in line)
+    shown = line.split("pyapi_long: long ", 1)[1]
+    assert shown == "é" * 127 + " end"          # 254 bytes: whole characters
