@@ -24,7 +24,8 @@ def traced(function: Any = None, *, name: str | None = None,
     "begin" at entry, "end <ns> ns" with the duration at exit, located at
     the function's definition, in the topic `name` (by default the
     function's module and qualified name). Coroutine functions are timed
-    until they return, awaits included.
+    until they return, awaits included; generator functions from the first
+    `next` until they are exhausted or closed.
 
     >>> @traced
     ... def add(a, b):
@@ -44,6 +45,13 @@ def traced(function: Any = None, *, name: str | None = None,
     code = getattr(function, "__code__", None)
     where = (f"{code.co_filename}:{code.co_firstlineno}" if code is not None
              else f"{function.__module__}:0")
+
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def traced_generator(*args: Any, **kwargs: Any) -> Any:
+            with span(topic, where):
+                return (yield from function(*args, **kwargs))
+        return traced_generator
 
     if inspect.iscoroutinefunction(function):
         @functools.wraps(function)

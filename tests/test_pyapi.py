@@ -360,10 +360,16 @@ def test_span_and_traced_in_process(capfd) -> None:
         return 2 * value
     assert twice(21) == 42
     assert twice.__name__ == "twice"
-    assert recorder.dump("pyapi_span|.*twice") == 4
+
+    @recorder.traced(name="pyapi_generator")
+    def count(limit: int) -> Iterator[int]:
+        yield from range(limit)
+    assert list(count(3)) == [0, 1, 2]
+    assert recorder.dump("pyapi_span|.*twice|pyapi_generator") == 6
     err = capfd.readouterr().err
     assert "pyapi_span: begin" in err and "pyapi_span: end " in err
     assert "test_pyapi.test_span_and_traced_in_process.<locals>.twice: end" in err
+    assert "pyapi_generator: begin" in err and "pyapi_generator: end " in err
 
 
 # --------------------------------------------------------------------------
