@@ -554,6 +554,15 @@ static PyObject *Recorder_record_at(RecorderObject *self,
     Py_RETURN_NONE;
 }
 
+/* Pickled by name, size and description: a Recorder passed to another
+ * process (multiprocessing) is that process's topic of the same name. */
+static PyObject *Recorder_reduce(RecorderObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("O(OIs)", (PyObject *)Py_TYPE(self), self->name,
+                         self->topic->size, self->topic->description.text);
+}
+
 static PyObject *Recorder_repr(RecorderObject *self)
 {
     return PyUnicode_FromFormat("recorder.Recorder(%R, size=%u)", self->name,
@@ -634,6 +643,8 @@ static PyMethodDef Recorder_methods[] = {
       METH_FASTCALL,
       "_record_at(where, flags, format, *args)\n--\n\n"
       "record() with an explicit 'file:line' and entry flags (internal)." },
+    { "__reduce__", (PyCFunction)Recorder_reduce, METH_NOARGS,
+      "Pickle by name, size and description." },
     { NULL, NULL, 0, NULL },
 };
 

@@ -245,16 +245,18 @@ def test_a_forked_child_records_into_its_own_copy() -> None:
 
 
 MULTIPROCESSING = """
-import multiprocessing, os, sys, recorder
+import functools, multiprocessing, os, sys, recorder
 
-def work(index):
-    recorder.record("mp_work", "task %d in %d", index, os.getpid())
-    return recorder.dump("mp_work")
+def work(topic, index):
+    topic.record("task %d in %d", index, os.getpid())
+    return recorder.dump(topic.name)
 
 if __name__ == "__main__":
+    topic = recorder.Recorder("mp_work", 32, "passed to workers by pickle")
     for method in ("fork", "spawn", "forkserver"):
         with multiprocessing.get_context(method).Pool(2) as pool:
-            print(method, sum(pool.map(work, range(8))) >= 8, flush=True)
+            shown = pool.map(functools.partial(work, topic), range(8))
+            print(method, sum(shown) >= 8, flush=True)
 """
 
 
