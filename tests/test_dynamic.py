@@ -50,12 +50,17 @@ class PythonWorkload:
             self.process.stdin.close()
         self.process.wait(timeout=10)
 
+    def __enter__(self) -> PythonWorkload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def workload():
-    started = PythonWorkload()
-    yield started
-    started.close()
+    with PythonWorkload() as started:
+        yield started
 
 
 @pytest.mark.bpf

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from test_core_share import ShareFile, parse, shard_of
+from test_dynamic import PythonWorkload
 
 import recorder
 from recorder_tracer.memory import ProcessImage
@@ -436,35 +437,26 @@ class Interrupted:
             self.process.wait()
 
 
-@pytest.fixture
-def python_workload():
-    from test_dynamic import PythonWorkload
-
-    started = PythonWorkload()
-    yield started
-    started.close()
-
-
 @pytest.mark.bpf
-def test_bpftrace_on_the_runtime_probe_sees_python_records(python_workload) -> None:
+def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
     from tracer_helpers import wait_for
 
     from recorder_tracer.dynamic import open_memory, set_armed
 
-    workload = python_workload
-    workload.record("py_armed", 1)
-    workload.record("py_unarmed", 1)
-    topics = {t.name: t for t in ProcessImage.of(workload.pid).topics()}
-    memory = open_memory(workload.pid)
-    assert memory is not None
-    assert set_armed(memory, topics["py_armed"], True)
-    os.close(memory)
-    with Interrupted(["bpftrace", "-p", str(workload.pid),
-                      str(BPFTRACE_PROGRAM), "3"]) as bpftrace:
-        wait_for(lambda: uprobes_of(bpftrace.process.pid) >= 1, timeout=60)
-        workload.record("py_unarmed", 2)
-        workload.record("py_armed", 3)
-        output, errors = bpftrace.process.communicate(timeout=30)  # exits at 3
+    with PythonWorkload() as workload:
+        workload.record("py_armed", 1)
+        workload.record("py_unarmed", 1)
+        topics = {t.name: t for t in ProcessImage.of(workload.pid).topics()}
+        memory = open_memory(workload.pid)
+        assert memory is not None
+        assert set_armed(memory, topics["py_armed"], True)
+        os.close(memory)
+        with Interrupted(["bpftrace", "-p", str(workload.pid),
+                          str(BPFTRACE_PROGRAM), "3"]) as bpftrace:
+            wait_for(lambda: uprobes_of(bpftrace.process.pid) >= 1, timeout=60)
+            workload.record("py_unarmed", 2)
+            workload.record("py_armed", 3)
+            output, errors = bpftrace.process.communicate(timeout=30)  # exits at 3
     records = [line.split(" ", 1)[1] for line in output.splitlines()
                if line.startswith("record ")]
     half = [double_bits(i / 2) & (2**64 - 1) for i in range(3)]
@@ -474,24 +466,24 @@ def test_bpftrace_on_the_runtime_probe_sees_python_records(python_workload) -> N
 
 
 @pytest.mark.bpf
-def test_recorder_probes_and_trace_show_a_python_program(python_workload) -> None:
+def test_recorder_probes_and_trace_show_a_python_program() -> None:
     from tracer_helpers import wait_for
 
     from recorder_tracer.dynamic import read_armed
 
     cli = str(Path(sys.executable).parent / "recorder")
-    workload = python_workload
-    workload.record("py_cli", 1)
-    probes = subprocess.run([cli, "probes", str(workload.pid)], capture_output=True,
-                            text=True, timeout=60, check=True).stdout
-    assert re.search(rf"^{workload.pid} +_core\.cpython", probes, re.MULTILINE)
-    assert "recorder:recorder_dynamic" in probes
-    topic = next(t for t in ProcessImage.of(workload.pid).topics()
-                 if t.name == "py_cli")
-    with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:
-        wait_for(lambda: read_armed(workload.pid, topic), timeout=60)
-        workload.record("py_cli", 3)
-        output, errors = trace.interrupt()
+    with PythonWorkload() as workload:
+        workload.record("py_cli", 1)
+        probes = subprocess.run([cli, "probes", str(workload.pid)], capture_output=True,
+                                text=True, timeout=60, check=True).stdout
+        assert re.search(rf"^{workload.pid} +_core\.cpython", probes, re.MULTILINE)
+        assert "recorder:recorder_dynamic" in probes
+        topic = next(t for t in ProcessImage.of(workload.pid).topics()
+                     if t.name == "py_cli")
+        with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:
+            wait_for(lambda: read_armed(workload.pid, topic), timeout=60)
+            workload.record("py_cli", 3)
+            output, errors = trace.interrupt()
     rows = [line.split() for line in output.splitlines() if " py_cli " in line]
     assert [row[5:] for row in rows] == [
         ["..s/py_ticks.py:22", "value", str(i), "of", "py_cli", "half", f"{i / 2}"]
