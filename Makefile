@@ -51,7 +51,10 @@ $(BUILD)/demo/recorder_demo: demo/recorder_demo.c $(BUILD)/librecorder.a $(CORE_
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): vagrant/provision.sh pyproject.toml
+# The editable install builds the extension recorder._core from the core's
+# sources: a change to them (or to the extension) installs again.
+$(SETUP_STAMP): vagrant/provision.sh pyproject.toml setup.py pyapi/_core.c \
+                $(CORE_SOURCES) $(CORE_HEADERS)
 	bash vagrant/provision.sh
 
 test: setup all

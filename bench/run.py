@@ -12,6 +12,7 @@ Examples:
     .venv/bin/python bench/run.py --no-lttng   # without the LTTng comparison
     .venv/bin/python bench/run.py --core /tmp/x/probes   # try a hot.h change
     .venv/bin/python bench/run.py --no-tracer  # the core only (tracer_bench.py)
+    .venv/bin/python bench/run.py --no-python  # without the Python API (py_bench.py)
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="skip the LTTng-UST comparison")
     parser.add_argument("--no-tracer", action="store_true",
                         help="skip the tracer benchmark (bench/tracer_bench.py)")
+    parser.add_argument("--no-python", action="store_true",
+                        help="skip the Python API benchmark (bench/py_bench.py)")
     parser.add_argument("--core", type=Path, default=programs.PROBES,
                         metavar="DIR",
                         help="benchmark the core in DIR, a copy of probes/ "
@@ -152,6 +155,10 @@ def main(argv: list[str]) -> int:
     for note in notes:
         print(note)
     print(f"took {time.monotonic() - started:.1f} s")
+    if not arguments.no_python:
+        print()
+        import py_bench
+        py_bench.main(["--no-tracer"] if arguments.no_tracer else [])
     if arguments.no_tracer:
         return 0
     print()

@@ -9,8 +9,8 @@ import time
 
 import recorder
 
-jobs = recorder.topic("py_job", 64, "Jobs the Python worker ran")
-chatter = recorder.topic("py_chatter", 32, "Internals (not traced by the demo)")
+jobs = recorder.Recorder("py_job", 64, "Jobs the Python worker ran")
+chatter = recorder.Recorder("py_chatter", 32, "Internals (not traced by the demo)")
 
 
 def main() -> None:

@@ -15,12 +15,14 @@ fi
 
 # 1. Debian packages: bcc (Debian's, never PyPI's unrelated `bcc`), kernel
 #    headers for bcc to compile against, SDT headers, bpftool, bpftrace, and
-#    LTTng-UST for the benchmark's comparison, Prometheus for the daemon's
-#    test (started by the test on loopback; its own service stays off),
-#    tmux for `recorder top`'s test.
+#    LTTng-UST for the benchmark's comparison, Python's headers for the
+#    extension recorder._core, Prometheus for the daemon's test (started by
+#    the test on loopback; its own service stays off), tmux for `recorder
+#    top`'s test.
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
-          liblttng-ust-dev lttng-tools binutils clang prometheus tmux)
+          liblttng-ust-dev lttng-tools binutils clang python3-dev
+          prometheus tmux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
@@ -86,8 +88,19 @@ if [ ! -e "$site/bcc" ]; then
     ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
     say "linked Debian's bcc into $site"
 fi
-if ! "$venv/bin/python" -c 'import recorder_tracer, click, pytest' 2>/dev/null \
-    || [ "$repo/pyproject.toml" -nt "$venv/.provisioned" ]; then
+# The editable install compiles recorder._core from pyapi/_core.c and the
+# core's sources: any of them newer than the stamp builds it again.
+newer=""
+for source in "$repo/pyproject.toml" "$repo/setup.py" "$repo"/pyapi/*.c \
+              "$repo"/probes/src/*.[ch] "$repo"/probes/include/*.h \
+              "$repo"/probes/include/recorder/*.h; do
+    if [ "$source" -nt "$venv/.provisioned" ]; then
+        newer="$source"
+        break
+    fi
+done
+if ! "$venv/bin/python" -c 'import recorder_tracer, recorder._core, click, pytest' \
+        2>/dev/null || [ -n "$newer" ]; then
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -e "$repo[dev]"
     say "installed recorder (editable) into $venv"

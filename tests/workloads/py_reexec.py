@@ -14,7 +14,7 @@ import recorder
 
 def main() -> None:
     generation = int(sys.argv[1])
-    work = recorder.topic("work", 64, "Work of one generation")
+    work = recorder.Recorder("work", 64, "Work of one generation")
     print(f"ready {generation} {os.getpid()}", flush=True)
     for line in sys.stdin:
         words = line.split()

@@ -17,7 +17,7 @@ def main() -> None:
         words = line.split()
         if not words or words[0] == "exit":
             break
-        topic = recorder.topic(words[0], 64, "A test topic")
+        topic = recorder.Recorder(words[0], 64, "A test topic")
         for index in range(int(words[1])):
             topic.record("value %d of %s half %.1f", index, words[0], index / 2)
         print("done", flush=True)
