@@ -58,6 +58,7 @@ from recorder_tracer.stream import CpuSummary, Stream
 
 if TYPE_CHECKING:
     from recorder_tracer.procs import ProcEvent
+    from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
     from recorder_tracer.usdt import UsdtSelector, UsdtTracer
 
 __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status",
@@ -87,6 +88,9 @@ class TraceOptions:
     command_stderr: int | None = None   # fd for -c's stderr (default: ours)
     usdt: list[UsdtSelector] = field(default_factory=list)  # other programs'
     topics: bool = True     # arm recorder topics (False: the USDT probes only)
+    # Crash snapshots of processes with a recorder core while the session
+    # runs (tracer/snapshot.py); None: none.
+    snapshots: SnapshotOptions | None = None
 
 
 @dataclass
@@ -169,6 +173,7 @@ class TraceSession:
                                        flight_entries=options.flight_entries)
             self.stream = Stream(self.harvester, self._on_record,
                                  pages_per_cpu=options.pages_per_cpu)
+        self.snapshots: SnapshotWatcher | None = None
         self.usdt: UsdtTracer | None = None
         if options.usdt:
             from recorder_tracer.usdt import UsdtOptions, UsdtTracer
@@ -566,6 +571,10 @@ class TraceSession:
                        len(self.options.pids), bool(self.options.command),
                        self._following)
         self._start_following()
+        if self.options.snapshots is not None:
+            from recorder_tracer.snapshot import SnapshotWatcher
+            self.snapshots = SnapshotWatcher(self.options.snapshots, self.report)
+            self.snapshots.start()
         for pid in self.options.pids:
             self.trace_process(pid)
         if self._following:
@@ -602,6 +611,9 @@ class TraceSession:
         process exited (when not following --comm or --all).
         """
         poll_streams(self._streams(), timeout_ms)
+        if self.snapshots is not None:
+            for path in self.snapshots.poll(timeout_ms=0):
+                self.report(f"snapshot written: {path}")
         if self._rescan.is_set() or time.monotonic() >= self._next_liveness:
             self._next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
             self._check_alive()
@@ -690,6 +702,9 @@ class TraceSession:
         for stream in self._streams():
             stream.drain()
         self.reorder.flush_all()
+        if self.snapshots is not None:    # captures of the last moments
+            for path in self.snapshots.poll(timeout_ms=0):
+                self.report(f"snapshot written: {path}")
         for process in self.exited.values():
             process.image.close()
         # The totals need the maps: keep them, then free every kernel object.
@@ -698,6 +713,8 @@ class TraceSession:
         self._release()
 
     def _release(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
         if self.stream is not None:
             self.stream.close()
         if self.harvester is not None:

@@ -207,7 +207,7 @@ class SnapshotWatcher:
         if old is not None:
             old.image.close()
         self.known[pid] = KnownProcess(pid, image, registry, exe, topics,
-                                       _share_dir(pid))
+                                       share_dir_of(pid))
         return True
 
     def forget(self, pid: int) -> None:
@@ -418,7 +418,7 @@ def build_snapshot(pid: int, comm: str, known: KnownProcess | None,
         "records": records, "capture": capture or {}, "exit": None,
         "shm": None,
     }
-    share_dir = known.share_dir if known else _share_dir(pid)
+    share_dir = known.share_dir if known else share_dir_of(pid)
     if share_dir:
         from recorder_tracer.shm import share_file_of, shm_snapshot
         path = share_file_of(share_dir, pid)
@@ -442,7 +442,7 @@ def take_snapshot(pid: int, options: SnapshotOptions) -> Path:
             raise TracerError(f"process {pid} has no recorder core")
         comm = procs.process_comm(pid)
         known = KnownProcess(pid, image, registry, _exe(pid) or "?",
-                             {t.id: t.name for t in image.topics()}, _share_dir(pid))
+                             {t.id: t.name for t in image.topics()}, share_dir_of(pid))
         now = time.monotonic_ns()
         entries = read_process_entries(image, options.records)
         snapshot = build_snapshot(pid, comm, known, entries, source="request",
@@ -474,7 +474,7 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-def _share_dir(pid: int) -> str | None:
+def share_dir_of(pid: int) -> str | None:
     """RECORDER_SHARE of `pid`'s environment at its start, if set."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as environ:
