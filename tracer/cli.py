@@ -287,37 +287,21 @@ Examples:
               help="Write its records as a Chrome trace-event file.")
 def show(file: str, as_json: bool, chrome: str | None) -> None:
     """Render a snapshot file: who died, how, and its last records."""
-    from recorder_tracer.render import TextPrinter
     from recorder_tracer.sinks import open_sink
-    from recorder_tracer.snapshot_file import json_record, read_snapshot
+    from recorder_tracer.snapshot_file import json_record, print_snapshot, read_snapshot
     snapshot = read_snapshot(file)
     if as_json:
         click.echo(json.dumps(snapshot, indent=1))
         return
-    records = [json_record(record) for record in snapshot["records"]]
     if chrome:
+        records = [json_record(record) for record in snapshot["records"]]
         sink = open_sink(sys.stdout, as_json=False, chrome=chrome)
         for record in records:
             sink.write(record)
         sink.close([])
         click.echo(f"{len(records)} records written to {chrome}", err=True)
         return
-    how = snapshot.get("signal_name") or "snapshot on request"
-    if snapshot.get("fault_address"):
-        how += f" at {snapshot['fault_address']}"
-    exit_status = (snapshot.get("exit") or {}).get("description", "exit not known")
-    click.echo(f"pid {snapshot['pid']} ({snapshot['comm']}) {snapshot.get('exe')}")
-    click.echo(f"{how}, {snapshot.get('time')}; {exit_status}; "
-               f"{len(records)} records")
-    printer = TextPrinter(sys.stdout)
-    printer.fit_topics(record.topic for record in records)
-    printer.print_header()
-    for record in records:
-        printer.write(record)
-    shm = snapshot.get("shm")
-    if shm:
-        click.echo(f"shared-memory rings: {shm.get('path')}, "
-                   f"{len(shm.get('records', []))} records")
+    print_snapshot(snapshot, sys.stdout)
 
 
 DUMP_EPILOG = """\b

@@ -70,6 +70,7 @@ COUNTER_NAMES = ("fatal", "unknown", "captured", "lost", "messages_lost")
 EXEC_RETRIES_S = (0.0, 0.01, 0.05, 0.2, 1.0, 3.0)   # until the core is mapped
 RESCAN_INTERVAL_S = 2.0
 EXIT_MEMORY = 4096          # exits remembered for captures still to come
+FAULT_SIGNALS = {4, 5, 7, 8, 11, 31}    # ILL TRAP BUS FPE SEGV SYS: si_addr
 
 Reporter = Callable[[str], None]
 
@@ -332,7 +333,8 @@ class SnapshotWatcher:
             fault={"tid": capture.tid, "signal": capture.signal,
                    "signal_name": signal_name(capture.signal),
                    "code": capture.code,
-                   "address": hex(capture.address) if capture.address else None,
+                   "address": hex(capture.address)
+                   if capture.code > 0 and capture.signal in FAULT_SIGNALS else None,
                    "group_exit": bool(capture.flags & SNAPSHOT_GROUP_EXIT)},
             capture={**walk, **{f"skipped_{k}": v for k, v in capture.skipped.items()}})
         exit_status = self._exits.pop(pid, None)

@@ -15,7 +15,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from recorder_tracer.errors import TracerError
 from recorder_tracer.export import json_value
@@ -165,3 +165,27 @@ def list_snapshots(directory: str | Path) -> list[SnapshotSummary]:
             snapshot.get("signal_name"), snapshot["time_ns"],
             len(snapshot["records"]), exit_status.get("description")))
     return sorted(found, key=lambda summary: (summary.time_ns, summary.path))
+
+
+def print_snapshot(snapshot: dict[str, Any], stream: TextIO,
+                   last: int | None = None) -> None:
+    """Print a snapshot read by read_snapshot: who, how, then its records
+    (the `last` ones only, if given) in `recorder trace` columns."""
+    from recorder_tracer.render import TextPrinter
+    records = [json_record(record) for record in snapshot["records"]]
+    how = snapshot.get("signal_name") or "snapshot on request"
+    if snapshot.get("fault_address"):
+        how += f" at {snapshot['fault_address']}"
+    exit_status = (snapshot.get("exit") or {}).get("description", "exit not known")
+    stream.write(f"pid {snapshot['pid']} ({snapshot['comm']}) {snapshot.get('exe')}\n"
+                 f"{how}, {snapshot.get('time')}; {exit_status}; "
+                 f"{len(records)} records\n")
+    printer = TextPrinter(stream)
+    printer.fit_topics(record.topic for record in records)
+    printer.print_header()
+    for record in records[-last:] if last else records:
+        printer.write(record)
+    shm = snapshot.get("shm")
+    if shm:
+        stream.write(f"shared-memory rings: {shm.get('path')}, "
+                     f"{len(shm.get('records', []))} records\n")
