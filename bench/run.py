@@ -156,7 +156,10 @@ def main(argv: list[str]) -> int:
         return 0
     print()
     import tracer_bench
-    return tracer_bench.main([])
+    status = tracer_bench.main([])
+    print()
+    import snapshot_bench
+    return status or snapshot_bench.main([])
 
 
 if __name__ == "__main__":

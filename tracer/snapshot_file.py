@@ -62,8 +62,10 @@ def write_snapshot(directory: str | Path, name: str, snapshot: dict[str, Any]) -
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / name
     temporary = folder / f".{name}.tmp"
+    # Compact: with `indent`, json falls back to its pure-Python encoder,
+    # ~40 ms for 256 records here (`recorder show --json` indents).
     data = json.dumps(snapshot, ensure_ascii=False, allow_nan=False,
-                      indent=1).encode() + b"\n"
+                      separators=(",", ":")).encode() + b"\n"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                          | os.O_CLOEXEC, 0o600)
     try:
