@@ -126,8 +126,8 @@ def read_snapshot(path: str | Path) -> dict[str, Any]:
     try:
         snapshot = json.loads(text)
     except json.JSONDecodeError as error:
-        what = ("truncated" if error.pos >= len(text.rstrip())
-                else "corrupt")
+        # A whole file ends with its object's closing brace.
+        what = "corrupt" if text.rstrip().endswith("}") else "truncated"
         raise TracerError(f"{path}: {what} snapshot file "
                           f"(invalid JSON at line {error.lineno}, "
                           f"column {error.colno})") from None
