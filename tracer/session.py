@@ -32,7 +32,6 @@ import os
 import queue
 import shutil
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +52,7 @@ from recorder_tracer.memory import ProcessImage, Topic, read_maps
 from recorder_tracer.record import Record
 from recorder_tracer.render import format_message
 from recorder_tracer.reorder import REORDER_WINDOW_NS, ReorderBuffer, monotonic_ns
+from recorder_tracer.rings import decode_args
 from recorder_tracer.spec import TopicSpec
 from recorder_tracer.stream import CpuSummary, Stream
 
@@ -64,10 +64,8 @@ if TYPE_CHECKING:
 __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status",
            "monotonic_ns", "poll_streams", "process_alive", "stop_on_signals"]
 
-_DOUBLE = struct.Struct("<d")
 HARVEST_ENTRY_UNREADABLE = 0x1      # tracer/bpf/harvest.h
 LIVENESS_INTERVAL_S = 0.5           # check that traced processes live this often
-ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)
 
 Sink = Callable[[Record], None]
 Reporter = Callable[[str], None]
@@ -534,25 +532,19 @@ class TraceSession:
                     pass
                 topic = process.topics.get(entry.topic_id)
             topic_name = topic.name if topic else f"topic{entry.topic_id}"
-        args: list[int | float | str | None] = []
         strings = iter(raw.strings)
-        for index in range(min(entry.nargs, 12)):
-            kind = (entry.arg_types >> (2 * index)) & 3
-            value = entry.args[index]
-            if kind == ARG_DOUBLE:
-                args.append(_double(value))
-            elif kind == ARG_STRING:
-                captured = next(strings, None)
-                if captured is None:
-                    args.append(process.image.string(value))
-                elif captured.length > 0:
-                    args.append(bytes(captured.text)[: captured.length - 1]
-                                .decode("utf-8", "replace"))
-                else:
-                    args.append(None)   # unreadable: rendered as such
-            else:
-                args.append(value - (1 << 64) if kind == ARG_INT
-                            and value >= 1 << 63 else value)
+
+        def string(address: int) -> str | None:
+            """The next string BPF captured, else read from the process."""
+            captured = next(strings, None)
+            if captured is None:
+                return process.image.string(address)
+            if captured.length > 0:
+                return bytes(captured.text)[: captured.length - 1].decode(
+                    "utf-8", "replace")
+            return None     # unreadable: rendered as such
+
+        args = decode_args(entry.nargs, entry.arg_types, entry.args, string)
         fmt = process.image.string(entry.format)
         where = process.image.string(entry.where) or "?"
         message = (format_message(fmt, args) if fmt is not None
@@ -825,10 +817,6 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
-
-
-def _double(bits: int) -> float:
-    return _DOUBLE.unpack(bits.to_bytes(8, "little"))[0]
 
 
 def _all_pids() -> list[int]:
