@@ -57,6 +57,9 @@ from recorder_tracer.spec import TopicSpec
 from recorder_tracer.stream import CpuSummary, Stream
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from recorder_tracer.pins import PinDir, PinnedLink
     from recorder_tracer.procs import ProcEvent
     from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
     from recorder_tracer.usdt import UsdtSelector, UsdtTracer
@@ -89,6 +92,9 @@ class TraceOptions:
     # Crash snapshots of processes with a recorder core while the session
     # runs (tracer/snapshot.py); None: none.
     snapshots: SnapshotOptions | None = None
+    # A bpffs directory (tracer/pins.py): pin the flight ring and the links,
+    # so they outlive this controller; take over a previous one's. None: no.
+    pin_dir: str | None = None
 
 
 @dataclass
@@ -166,9 +172,24 @@ class TraceSession:
         self._final_counts: dict[Any, int] | None = None
         self.harvester: Harvester | None = None
         self.stream: Stream | None = None
+        self.pins: PinDir | None = None
+        self._previous_links: list[PinnedLink] = []
+        self._pinned: set[Path] = set()
+        if options.pin_dir is not None and options.topics:
+            from recorder_tracer.pins import PinDir
+            self.pins = PinDir(options.pin_dir)
+            self._previous_links = self.pins.links()
         if options.topics:
-            self.harvester = Harvester(stream=True, flight=True,
-                                       flight_entries=options.flight_entries)
+            try:
+                self.harvester = Harvester(
+                    stream=True, flight=True, flight_entries=options.flight_entries,
+                    pin_dir=str(self.pins.path) if self.pins else None)
+            except TracerError as error:
+                if self.pins is not None:
+                    raise TracerError(f"{error} (a flight ring pinned in "
+                                      f"{self.pins.path} with another "
+                                      "--flight-entries?)") from None
+                raise
             self.stream = Stream(self.harvester, self._on_record,
                                  pages_per_cpu=options.pages_per_cpu)
         self.snapshots: SnapshotWatcher | None = None
@@ -234,11 +255,15 @@ class TraceSession:
                 continue
             seen.add(site)
             try:
-                process.attachments.append(arm.attach_uprobe(
+                attachment = arm.attach_uprobe(
                     self.harvester.program_fd_for(probe.name), probe.path,
                     probe.file_offset,
-                    process.pid, probe.semaphore_offset))
+                    process.pid, probe.semaphore_offset)
+                process.attachments.append(attachment)
                 process.armed_topics.add(probe.name)
+                if self.pins is not None and attachment.method is arm.Method.LINK:
+                    self._pinned.add(self.pins.pin_link(
+                        attachment.fd, process.pid, probe.name, probe.file_offset))
                 process.probes.append(probe)
             except arm.ArmError as error:
                 if not procs.process_exists(process.pid):
@@ -314,6 +339,8 @@ class TraceSession:
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
+        if self.pins is not None:
+            self.pins.drop_pid(pid)
         self.exited[pid] = process
 
     def start_command(self, command: list[str]) -> int:
@@ -574,6 +601,16 @@ class TraceSession:
         if self.options.command:
             with self._lock:    # its EXEC event must find it armed
                 self._start_command(self.options.command)
+        if self.pins is not None and self._previous_links:
+            # Armed again by us where asked: the previous controller's links
+            # can go (ours replaced those with the same name already).
+            self.pins.drop_links([pinned for pinned in self._previous_links
+                                  if pinned.path not in self._pinned])
+            pids = sorted({pinned.pid for pinned in self._previous_links})
+            self.report(f"took over from a previous controller: "
+                        f"{len(self._previous_links)} pinned links (pids "
+                        f"{', '.join(map(str, pids))}) and its flight ring")
+            self._previous_links = []
         if self.options.topics:
             for item in self.options.spec.unmatched(sorted(self.seen_topics)):
                 self.report(f"spec item {item!r} matches no topic yet; "
@@ -711,11 +748,29 @@ class TraceSession:
             self.stream.close()
         if self.harvester is not None:
             self.harvester.close()
+        if self.pins is not None:
+            self.pins.clear()       # a clean end: nothing outlives us
         if self.usdt is not None:
             self.usdt.release()
         for cpu in self.summaries():
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)
+
+    def flight_records(self) -> list[Record]:
+        """The records in the kernel flight ring (the last FLIGHT_ENTRIES per
+        CPU of armed topics), in time order; with a pin directory, also
+        those a previous controller's links kept while none ran."""
+        if self.harvester is None:
+            return []
+        seen = set()
+        records = []
+        for cpu, raw in self.harvester.flight_records():
+            record = self.decode(cpu, raw)
+            key = (record.pid, record.tid, record.ts, record.topic, record.message)
+            if key not in seen:     # two programs in a takeover's overlap
+                seen.add(key)
+                records.append(record)
+        return sorted(records, key=lambda record: record.ts)
 
     def topic_counts(self) -> dict[Any, int]:
         """Hits the kernel counted per (pid, site); final after close()."""

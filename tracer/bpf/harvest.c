@@ -29,7 +29,8 @@
  *
  * Compile-time switches (-D): HARVEST_METRICS (count per site),
  * HARVEST_STREAM (send to the stream), HARVEST_FLIGHT (keep in the flight
- * ring), FLIGHT_ENTRIES, HARVEST_STRING_MAX, HARVEST_CPUS.
+ * ring), FLIGHT_ENTRIES, HARVEST_STRING_MAX, HARVEST_CPUS, FLIGHT_PIN_DIR
+ * (a quoted bpffs directory: pin the flight ring there, or reuse it).
  */
 #include <uapi/linux/ptrace.h>
 #include "harvest.h"
@@ -41,8 +42,17 @@ BPF_F_TABLE("array", __u32, struct site_stats, stats,
             HARVEST_CPUS * STATS_SLOTS, BPF_F_MMAPABLE);
 #endif
 #ifdef HARVEST_FLIGHT
+#ifdef FLIGHT_PIN_DIR
+/* Pinned (tracer/pins.py): reused by the next controller after this one
+ * dies, with what armed processes recorded meanwhile. */
+BPF_TABLE_PINNED("percpu_array", int, struct harvest_record, flight,
+                 FLIGHT_ENTRIES, FLIGHT_PIN_DIR "/flight");
+BPF_TABLE_PINNED("percpu_array", int, __u64, flight_head, 1,
+                 FLIGHT_PIN_DIR "/flight_head");
+#else
 BPF_PERCPU_ARRAY(flight, struct harvest_record, FLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(flight_head, __u64, 1);
+#endif
 #endif
 #ifdef HARVEST_STREAM
 /* The template of the per-CPU rings (the kernel wants one to type the

@@ -1,0 +1,80 @@
+"""Tracer death: pinned links and flight ring outlive a SIGKILLed controller
+(tracer/pins.py), and the next controller takes them over."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tracer_helpers import Workload, semaphore_value
+
+from recorder_tracer.errors import TracerError
+from recorder_tracer.pins import PinDir
+from recorder_tracer.session import TraceOptions, TraceSession
+from recorder_tracer.spec import TopicSpec
+
+CONTROLLER = Path(__file__).parent / "workloads" / "pinned_controller.py"
+
+
+@pytest.fixture
+def pin_dir() -> str:
+    """A pin directory of this test's own (never the default one), removed
+    whatever happens."""
+    if not Path("/sys/fs/bpf").is_dir() or os.geteuid() != 0:
+        pytest.skip("needs root and /sys/fs/bpf")
+    path = f"/sys/fs/bpf/recorder-test-{os.getpid()}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    assert not Path(path).exists()
+
+
+@pytest.mark.bpf
+def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
+        progs: Path, pin_dir: str) -> None:
+    workload = Workload(progs)
+    exe = str(progs / "workload_ticks")
+    try:
+        controller = subprocess.Popen(
+            [sys.executable, str(CONTROLLER), pin_dir, str(workload.pid), "tick:tock"],
+            stdout=subprocess.PIPE, text=True)
+        assert controller.stdout is not None
+        assert controller.stdout.readline().strip() == "armed"
+        workload.record("tick", 23)
+        controller.kill()
+        assert controller.wait(timeout=10) == -9
+        # No controller: the pinned links keep the topics armed...
+        assert semaphore_value(workload.pid, exe, "tock") == 1
+        pinned = PinDir(pin_dir).links()
+        assert {(link.pid, link.topic) for link in pinned} == {
+            (workload.pid, "tick"), (workload.pid, "tock")}
+        workload.record("tock", 29)     # ...and BPF keeps these records
+        reports: list[str] = []
+        session = TraceSession(TraceOptions(pids=[workload.pid],
+                                            spec=TopicSpec.parse("tick:tock"),
+                                            pin_dir=pin_dir),
+                               lambda record: None, reports.append)
+        try:
+            session.start()
+            assert any("took over from a previous controller" in line
+                       for line in reports)
+            flight = session.flight_records()
+            assert [r.message for r in flight if r.topic == "tock"] == [
+                f"tock {i}" for i in range(29)]
+            assert len([r for r in flight if r.topic == "tick"]) == 23
+            # One link per site now: ours (the previous ones were dropped).
+            assert semaphore_value(workload.pid, exe, "tock") == 1
+        finally:
+            session.close()
+        assert not Path(pin_dir).exists()       # a clean end leaves nothing
+        assert semaphore_value(workload.pid, exe, "tock") == 0
+    finally:
+        workload.close()
+
+
+def test_pin_dir_outside_bpffs_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TracerError, match="is not a bpf filesystem"):
+        PinDir(tmp_path / "recorder")
