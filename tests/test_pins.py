@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tracer_helpers import Workload, semaphore_value
+from tracer_helpers import RECORDS, Victim, Workload, semaphore_value
 
 from recorder_tracer.errors import TracerError
 from recorder_tracer.pins import PinDir
 from recorder_tracer.session import TraceOptions, TraceSession
+from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
+from recorder_tracer.snapshot_file import read_snapshot
 from recorder_tracer.spec import TopicSpec
 
 CONTROLLER = Path(__file__).parent / "workloads" / "pinned_controller.py"
@@ -78,3 +81,45 @@ def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
 def test_pin_dir_outside_bpffs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TracerError, match="is not a bpf filesystem"):
         PinDir(tmp_path / "recorder")
+
+
+@pytest.mark.bpf
+def test_crash_while_no_controller_runs_is_snapshotted_by_the_next(
+        progs: Path, pin_dir: str, tmp_path: Path) -> None:
+    """The capture program's links and maps are pinned: a victim dying
+    between a controller's kill -9 and its restart leaves its snapshot,
+    written (and formatted) by the restarted one."""
+    directory = tmp_path / "snaps"
+    victim = Victim(progs)
+    controller = subprocess.Popen(
+        [sys.executable, str(CONTROLLER), pin_dir, str(victim.pid), "victim",
+         str(directory)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert controller.stdout is not None
+        assert controller.stdout.readline().strip() == "armed"
+        controller.kill()
+        assert controller.wait(timeout=10) == -9
+        victim.record()
+        victim.send("segv")
+        assert victim.process.wait(timeout=10) == -signal.SIGSEGV
+        assert not list(directory.glob("*.snapshot.json"))  # nobody wrote it
+        watcher = SnapshotWatcher(SnapshotOptions(str(directory), records=23,
+                                                  pin_dir=pin_dir))
+        try:
+            watcher.start()
+            written = watcher.poll(timeout_ms=100)
+        finally:
+            watcher.close()
+    finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
+        controller.kill()
+        controller.wait()
+    assert [path.name for path in written if f".{victim.pid}." in path.name]
+    snapshot = read_snapshot(written[0])
+    assert [record["message"] for record in snapshot["records"]][-23:] == [
+        f"victim {i}" for i in range(RECORDS - 23, RECORDS)]
+    assert snapshot["signal_name"] == "SIGSEGV"
+    # The watcher's clean close removed its pins (the dead controller's
+    # trace pins are the fixture's to remove).
+    assert not (Path(pin_dir) / "snapshot").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tracer_helpers import BackgroundSession
+from tracer_helpers import RECORDS, BackgroundSession, Victim
 
 from recorder_tracer.cli import main
 from recorder_tracer.session import TraceOptions
@@ -26,32 +26,7 @@ from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher, take_snap
 from recorder_tracer.snapshot_file import read_snapshot
 from recorder_tracer.spec import TopicSpec
 
-RECORDS = 10_000
 N = 256
-
-
-class Victim:
-    """build/progs/snapshot_victim: records on a line, dies on the next."""
-
-    def __init__(self, progs: Path, handlers: bool = False) -> None:
-        argv = [str(progs / "snapshot_victim"), "victim", str(RECORDS)]
-        if handlers:
-            argv.append("handlers")
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
-        assert self.process.stdout is not None
-        self.pid = int(self.process.stdout.readline().split()[1])
-
-    def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-
-    def record(self) -> None:
-        self.send("go")
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == "recorded"
 
 
 @pytest.fixture

@@ -92,6 +92,14 @@ class PinDir:
         pin(fd, path)
         return path
 
+    def pin_object(self, fd: int, name: str) -> Path:
+        """Pin any BPF object (a raw tracepoint link...) as `name`,
+        replacing what had that name."""
+        path = self.path / name
+        path.unlink(missing_ok=True)
+        pin(fd, path)
+        return path
+
     def links(self) -> list[PinnedLink]:
         """The links pinned here (by this controller or a previous one)."""
         found = []

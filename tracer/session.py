@@ -591,8 +591,14 @@ class TraceSession:
                        self._following)
         self._start_following()
         if self.options.snapshots is not None:
+            from dataclasses import replace
+
             from recorder_tracer.snapshot import SnapshotWatcher
-            self.snapshots = SnapshotWatcher(self.options.snapshots, self.report)
+            snapshot_options = self.options.snapshots
+            if snapshot_options.pin_dir is None and self.pins is not None:
+                snapshot_options = replace(snapshot_options,
+                                           pin_dir=str(self.pins.path))
+            self.snapshots = SnapshotWatcher(snapshot_options, self.report)
             self.snapshots.start()
         for pid in self.options.pids:
             self.trace_process(pid)

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import queue
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -45,7 +47,8 @@ from recorder_tracer.harvest import (
     require_bpf,
     struct_format,
 )
-from recorder_tracer.memory import ProcessImage, read_maps
+from recorder_tracer.memory import ProcessImage, parse_maps, read_maps
+from recorder_tracer.pins import PinDir
 from recorder_tracer.rings import (
     ENTRY,
     RawEntry,
@@ -65,6 +68,7 @@ from recorder_tracer.snapshot_file import (
 
 SNAPSHOT_FAULT, SNAPSHOT_ENTRY, SNAPSHOT_END = 1, 2, 3   # tracer/bpf/snapshot.h
 SNAPSHOT_GROUP_EXIT = 0x1
+TP_PREFIX = "tp:"           # pins of the raw tracepoint links
 ENTRY_STATUS_NAMES = {0x1: "unreadable", 0x2: "torn"}
 COUNTER_NAMES = ("fatal", "unknown", "captured", "lost", "messages_lost")
 EXEC_RETRIES_S = (0.0, 0.01, 0.05, 0.2, 1.0, 3.0)   # until the core is mapped
@@ -82,6 +86,10 @@ class SnapshotOptions:
     directory: str = DEFAULT_DIRECTORY
     records: int = 256
     ring_pages: int = 2048      # the capture ring buffer, in pages
+    # A bpffs directory (tracer/pins.py): the capture program's links and
+    # maps outlive the controller, so a process that dies while none runs
+    # is captured all the same; the next controller writes its file.
+    pin_dir: str | None = None
 
 
 @dataclass
@@ -150,6 +158,10 @@ class SnapshotWatcher:
         self._new_files: list[Path] = []
         self._follower: Any = None
         self.bpf: Any = None
+        self.pins: PinDir | None = None
+        # Processes a previous controller knew (pinned mode): to format
+        # what it captured while no controller ran.
+        self._remembered: dict[int, KnownProcess] = {}
 
     # -- setting up -----------------------------------------------------------
 
@@ -157,11 +169,19 @@ class SnapshotWatcher:
         """Load and attach the capture program, follow processes, and tell
         BPF about every process that maps a recorder core now."""
         bcc = require_bpf()
+        previous: list[Path] = []
+        if self.options.pin_dir is not None:
+            PinDir(self.options.pin_dir)
+            self.pins = PinDir(Path(self.options.pin_dir) / "snapshot")
+            previous = sorted(self.pins.path.glob(f"{TP_PREFIX}*"))
+            self._remembered = self._load_remembered()
         cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
                   f"-DSNAPSHOT_RECORDS={self.options.records}",
                   f"-DSNAPSHOT_RING_PAGES={self.options.ring_pages}",
                   f"-DSNAPSHOT_CPUS={min(possible_cpus(), 64)}",
                   *kernel_offsets()]
+        if self.pins is not None:
+            cflags.append(f'-DSNAPSHOT_PIN_DIR="{self.pins.path}"')
         try:
             self.bpf = bcc.BPF(src_file=str(BPF_DIR / "snapshot.c").encode(),
                                cflags=cflags)
@@ -176,8 +196,17 @@ class SnapshotWatcher:
                                (SNAPSHOT_ENTRY, b"layout_entry"),
                                (SNAPSHOT_END, b"layout_end"))}
         assert struct.calcsize(self._formats[SNAPSHOT_ENTRY]) == 24 + ENTRY.size
+        if self.pins is not None:
+            # Ours attached: the previous controller's links can go (both
+            # programs share `captured`, so nothing was captured twice).
+            for path in previous:
+                path.unlink(missing_ok=True)
+            for tracepoint, fd in self.bpf.raw_tracepoint_fds.items():
+                self.pins.pin_object(fd, TP_PREFIX + tracepoint.decode())
         self.bpf[b"snapshots"].open_ring_buffer(self._on_message)
         self._registries = self.bpf[b"registries"]
+        if self._remembered:
+            self.bpf.ring_buffer_poll(0)    # captures made while none ran
         follower = procs.ProcessFollower(self._events.put)
         try:
             follower.start()
@@ -209,13 +238,53 @@ class SnapshotWatcher:
             old.image.close()
         self.known[pid] = KnownProcess(pid, image, registry, exe, topics,
                                        share_dir_of(pid))
+        if self.pins is not None:
+            self._remember(self.known[pid])
         return True
+
+    # -- what a restarted controller needs (pinned mode) ----------------------
+
+    @property
+    def _memory_dir(self) -> Path:
+        return Path(self.options.directory) / ".processes"
+
+    def _remember(self, known: KnownProcess) -> None:
+        """Keep what formats `known`'s records beside the snapshots, for a
+        controller that starts after this one died."""
+        try:
+            with open(f"/proc/{known.pid}/maps") as maps:
+                text = maps.read()
+            self._memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self._memory_dir / f"{known.pid}.json").write_text(json.dumps({
+                "pid": known.pid, "exe": known.exe, "registry": known.registry,
+                "topics": known.topics, "share_dir": known.share_dir,
+                "maps": text}))
+        except OSError:
+            pass        # a snapshot of it would only lack formats
+
+    def _load_remembered(self) -> dict[int, KnownProcess]:
+        remembered = {}
+        for path in self._memory_dir.glob("*.json"):
+            try:
+                value = json.loads(path.read_text())
+                image = ProcessImage(value["pid"], parse_maps(value["maps"]))
+                image._bound = True     # never its pid's next owner's memory
+                remembered[value["pid"]] = KnownProcess(
+                    value["pid"], image, value["registry"], value["exe"],
+                    {int(k): v for k, v in value["topics"].items()},
+                    value["share_dir"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            path.unlink(missing_ok=True)
+        return remembered
 
     def forget(self, pid: int) -> None:
         """Stop watching `pid` (it exited, or exec'd another program)."""
         known = self.known.pop(pid, None)
         if known is not None:
             known.image.close()
+        if self.pins is not None:
+            (self._memory_dir / f"{pid}.json").unlink(missing_ok=True)
         with contextlib.suppress(KeyError):
             del self._registries[ctypes.c_uint32(pid)]
 
@@ -319,7 +388,7 @@ class SnapshotWatcher:
     def _finish(self, capture: Capture, walk: dict[str, int]) -> None:
         """Write the snapshot file of a complete capture."""
         pid = capture.pid
-        known = self.known.get(pid)
+        known = self.known.get(pid) or self._remembered.pop(pid, None)
         if known is None:       # a forked child BPF knew through its parent
             self.register(pid)
             known = self.known.get(pid)
@@ -379,6 +448,9 @@ class SnapshotWatcher:
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
+        if self.pins is not None:       # a clean end: nothing outlives us
+            self.pins.clear()
+            shutil.rmtree(self._memory_dir, ignore_errors=True)
 
 
 def kernel_offsets() -> list[str]:

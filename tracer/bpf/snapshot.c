@@ -31,7 +31,8 @@
  *   walk_programs  [0] = walk_more, the walk's continuation
  *
  * Compile-time switches (-D): SNAPSHOT_RECORDS (N), SNAPSHOT_RING_PAGES,
- * SNAPSHOT_CPUS (shard slots to visit: the possible CPUs), and the kernel
+ * SNAPSHOT_CPUS (shard slots to visit: the possible CPUs), SNAPSHOT_PIN_DIR
+ * (a quoted bpffs directory for the maps above), and the kernel
  * offsets TASK_PID_OFFSET, TASK_TGID_OFFSET, TASK_SIGNAL_OFFSET,
  * SIGNAL_EXIT_CODE_OFFSET.
  */
@@ -60,9 +61,32 @@
 #define FAULT_SIGNALS ((1u << SIGSEGV) | (1u << SIGBUS) | (1u << SIGILL) \
                        | (1u << SIGFPE) | (1u << SIGTRAP) | (1u << SIGSYS))
 
+#ifdef SNAPSHOT_PIN_DIR
+/* Pinned (tracer/pins.py): with the links pinned too, captures go on while
+ * no controller runs, and the next one reads them and the registries. */
+BPF_TABLE_PINNED("hash", __u32, __u64, registries, 65536,
+                 SNAPSHOT_PIN_DIR "/registries");
+BPF_TABLE_PINNED("hash", __u32, __u64, captured, 65536,
+                 SNAPSHOT_PIN_DIR "/captured");
+/* BPF_RINGBUF_OUTPUT with a pinned path (bcc has no macro for it). */
+struct snapshots_table_t {
+    int key;
+    u32 leaf;
+    int (*ringbuf_output)(void *, u64, u64);
+    void *(*ringbuf_reserve)(u64);
+    void (*ringbuf_discard)(void *, u64);
+    void (*ringbuf_submit)(void *, u64);
+    u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" SNAPSHOT_PIN_DIR "/snapshots")))
+struct snapshots_table_t snapshots = {
+    .max_entries = SNAPSHOT_RING_PAGES * PAGE_SIZE };
+BPF_ANNOTATE_KV_PAIR(snapshots, int, u32);
+#else
 BPF_HASH(registries, __u32, __u64, 65536);
 BPF_HASH(captured, __u32, __u64, 65536);
 BPF_RINGBUF_OUTPUT(snapshots, SNAPSHOT_RING_PAGES);
+#endif
 BPF_PERCPU_ARRAY(counters, __u64, SNAPSHOT_COUNT_COUNT);
 BPF_ARRAY(layout_fault, struct snapshot_fault, 1);
 BPF_ARRAY(layout_entry, struct snapshot_entry, 1);
