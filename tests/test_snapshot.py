@@ -69,6 +69,15 @@ def wait_for_file(watcher: SnapshotWatcher, pid: int, since: float,
     raise AssertionError(f"no snapshot of {pid}")
 
 
+def assert_no_snapshot_of(watcher: SnapshotWatcher, pid: int) -> None:
+    """Half a second without a file for `pid` (the watcher sees every
+    process of the machine: other tests' crashes may write theirs)."""
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        assert not [path for path in watcher.poll(timeout_ms=50)
+                    if f".{pid}." in path.name]
+
+
 def victim_messages(snapshot: dict) -> list[str]:
     return [record["message"] for record in snapshot["records"]
             if record["topic"] == "victim"]
@@ -207,12 +216,25 @@ def test_full_snapshot_directory_is_reported_and_counted(
 
 
 @pytest.mark.bpf
+def test_normal_exit_of_a_threaded_process_is_no_crash(
+        progs: Path, watcher: SnapshotWatcher) -> None:
+    """exit() kills the other threads with SIGKILL, without a killing
+    signal: no snapshot."""
+    victim = Victim(progs)
+    wait_known(watcher, victim.pid)
+    victim.record()
+    victim.send("exit")
+    assert victim.process.wait(timeout=10) == 3
+    assert_no_snapshot_of(watcher, victim.pid)
+
+
+@pytest.mark.bpf
 def test_process_without_core_leaves_no_snapshot(watcher: SnapshotWatcher) -> None:
     process = subprocess.Popen(["sleep", "30"])
     time.sleep(0.1)
     process.send_signal(signal.SIGSEGV)
     assert process.wait(timeout=5) == -signal.SIGSEGV
-    assert watcher.poll(timeout_ms=200) == []
+    assert_no_snapshot_of(watcher, process.pid)
 
 
 def test_snapshot_on_request_reads_a_live_process(progs: Path, tmp_path: Path) -> None:

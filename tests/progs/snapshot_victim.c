@@ -4,7 +4,9 @@
  *       prints "ready <pid>", waits for a line, records COUNT entries
  *       "victim %d" (i = 0..COUNT-1) into topic `victim`, prints
  *       "recorded", then reads one command: "segv" (a write through a bad
- *       pointer), "abort", or "wait" (waits for a signal from outside).
+ *       pointer), "abort", "wait" (waits for a signal from outside), or
+ *       "exit" (starts a thread that waits, then exits 3: the kernel ends
+ *       that thread with a SIGKILL that is no death by a signal).
  *       With "handlers", the core's own dump handlers are installed first,
  *       so the fatal delivery is the second one (the core hands it back).
  *   snapshot_victim flood CPU
@@ -13,6 +15,7 @@
 #define _GNU_SOURCE
 #include <recorder.h>
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +29,14 @@ RECORDER(victim, 1024, "The victim's records before its death");
 RECORDER(flood, 1024, "Records of the processes flooding the CPUs");
 
 static volatile uintptr_t bad_address = 0x17;   /* hidden from the compiler */
+
+static void *wait_forever(void *unused)
+{
+    (void)unused;
+    for (;;)
+        pause();
+    return NULL;
+}
 
 int main(int argc, char **argv)
 {
@@ -57,6 +68,12 @@ int main(int argc, char **argv)
         *(volatile int *)bad_address = 23;
     else if (strncmp(line, "abort", 5) == 0)
         abort();
+    else if (strncmp(line, "exit", 4) == 0) {
+        pthread_t thread;
+        pthread_create(&thread, NULL, wait_forever, NULL);
+        usleep(10000);
+        exit(3);
+    }
     for (;;)
         pause();
 }
