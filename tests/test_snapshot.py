@@ -298,6 +298,11 @@ def test_dump_shm_reads_rings_after_sigkill(progs: Path, tmp_path: Path) -> None
     live = runner.invoke(main, ["dump", "--shm", str(pid), "--records", "23",
                                 "--json"])
     assert live.exit_code == 0, live.output
+    # A snapshot of a process that exports its rings carries them too.
+    snapshot = read_snapshot(take_snapshot(pid, SnapshotOptions(str(tmp_path),
+                                                                records=23)))
+    assert [record["message"] for record in snapshot["shm"]["records"]] == [
+        f"victim {i}" for i in range(RECORDS - 23, RECORDS)]
     process.kill()
     process.wait()
     listed = runner.invoke(main, ["dump", "--shm", "--share-dir", str(share)])
