@@ -129,6 +129,15 @@ class ProcessImage:
         image.mappings = read_maps(pid)
         return image
 
+    @classmethod
+    def offline(cls, pid: int, mappings: list[Mapping]) -> ProcessImage:
+        """An image of a process that is gone, read only from the files of
+        `mappings` (its maps, kept earlier): never from /proc/PID/mem, which
+        may be another process's by now."""
+        image = cls(pid, mappings)
+        image._bound = True
+        return image
+
     def _bind(self) -> None:
         self._bound = True
         try:

@@ -95,9 +95,9 @@ def share_records(share: ShareFile, records: int) -> list[Record]:
         windows = [shard_window(read, offset, records, cpu)
                    for offset, cpu in share.shards]
     entries = last_entries(windows, records)
-    image = ProcessImage(share.pid, parse_maps(share.maps_text))
-    if not is_live(share):
-        image._bound = True     # another process may have its pid now
+    mappings = parse_maps(share.maps_text)
+    image = (ProcessImage(share.pid, mappings) if is_live(share)
+             else ProcessImage.offline(share.pid, mappings))
     try:
         return [entry_record(entry, image, share.pid, share.comm, share.topics)
                 for entry in entries]

@@ -267,8 +267,7 @@ class SnapshotWatcher:
         for path in self._memory_dir.glob("*.json"):
             try:
                 value = json.loads(path.read_text())
-                image = ProcessImage(value["pid"], parse_maps(value["maps"]))
-                image._bound = True     # never its pid's next owner's memory
+                image = ProcessImage.offline(value["pid"], parse_maps(value["maps"]))
                 remembered[value["pid"]] = KnownProcess(
                     value["pid"], image, value["registry"], value["exe"],
                     {int(k): v for k, v in value["topics"].items()},
