@@ -121,6 +121,7 @@ Examples:
               show_default=True,
               help="Pages of the per-CPU stream ring (a power of two).")
 @click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
               help="Write crash snapshots here.")
 @click.option("--snapshot-records", type=click.IntRange(1, 1 << 16), default=256,
               show_default=True, help="Records a crash snapshot keeps.")
@@ -236,6 +237,7 @@ Examples:
 @main.command(epilog=SNAPSHOT_EPILOG)
 @click.argument("pid", type=int)
 @click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
               help="Write the snapshot here.")
 @click.option("--records", type=click.IntRange(1, 1 << 16), default=256,
               show_default=True, help="Records to keep.")
@@ -256,6 +258,7 @@ Examples:
 
 @main.command(epilog=SNAPSHOTS_EPILOG)
 @click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
               help="Where snapshots are.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def snapshots(snapshot_dir: str, as_json: bool) -> None:
