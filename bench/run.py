@@ -166,7 +166,10 @@ def main(argv: list[str]) -> int:
     status = tracer_bench.main([])
     print()
     import metrics_bench
-    return metrics_bench.main([]) or status
+    status = metrics_bench.main([]) or status
+    print()
+    import snapshot_bench
+    return snapshot_bench.main([]) or status
 
 
 if __name__ == "__main__":

@@ -49,3 +49,13 @@ def progs() -> Path:
     if not PROGS.is_dir():
         pytest.fail("build/progs is missing: run `make` first (make test does)")
     return PROGS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`recorder trace` captures crash snapshots by default: the suite's go
+    to a directory of its own (RECORDER_SNAPSHOT_DIR, inherited by the
+    commands tests start), never to /var/lib/recorder/snapshots."""
+    path = tmp_path_factory.mktemp("snapshots")
+    os.environ["RECORDER_SNAPSHOT_DIR"] = str(path)
+    return path

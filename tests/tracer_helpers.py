@@ -46,6 +46,33 @@ class Workload:
         return self.process.wait(timeout=10)
 
 
+RECORDS = 10_000     # what a Victim records
+
+
+class Victim:
+    """build/progs/snapshot_victim: records on a line, dies on the next."""
+
+    def __init__(self, progs: Path, handlers: bool = False) -> None:
+        argv = [str(progs / "snapshot_victim"), "victim", str(RECORDS)]
+        if handlers:
+            argv.append("handlers")
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        assert self.process.stdout is not None
+        self.pid = int(self.process.stdout.readline().split()[1])
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def record(self) -> None:
+        self.send("go")
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "recorded"
+
+
 class BackgroundSession:
     """A TraceSession running in a thread, collecting records."""
 

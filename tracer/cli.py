@@ -16,6 +16,7 @@ import click
 
 from recorder_tracer.errors import TracerError
 from recorder_tracer.options import parse_command, require_targets, target_options
+from recorder_tracer.snapshot_file import DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR
 
 
 class RecorderGroup(click.Group):
@@ -113,11 +114,19 @@ Examples:
 @click.option("--ring-pages", type=click.IntRange(1, 1 << 16), default=1024,
               show_default=True,
               help="Pages of the per-CPU stream ring (a power of two).")
+@click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
+              help="Write crash snapshots here.")
+@click.option("--snapshot-records", type=click.IntRange(1, 1 << 16), default=256,
+              show_default=True, help="Records a crash snapshot keeps.")
+@click.option("--no-snapshots", is_flag=True,
+              help="Do not capture crash snapshots while tracing.")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           command: str | None, duration: float | None, as_json: bool,
           chrome: str | None, output: TextIO, usdt: tuple[str, ...],
-          flight_entries: int, ring_pages: int, spec: tuple[str, ...]) -> None:
+          flight_entries: int, ring_pages: int, snapshot_dir: str,
+          snapshot_records: int, no_snapshots: bool, spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
     they come, in timestamp order across processes and CPUs. A traced
@@ -129,10 +138,16 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
     string it points to when it points to text. Without SPEC, --usdt traces
     only its probes; with one (`all` for every topic), both, merged in
-    timestamp order."""
+    timestamp order.
+
+    While it runs, a process with a recorder core that dies by a fatal
+    signal (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS, KILL) leaves a snapshot of
+    its last records in --snapshot-dir (see `recorder snapshots`), armed or
+    not."""
     from recorder_tracer.render import TextPrinter
     from recorder_tracer.session import TraceOptions, TraceSession, stop_on_signals
     from recorder_tracer.sinks import open_sink
+    from recorder_tracer.snapshot import SnapshotOptions
     from recorder_tracer.spec import TopicSpec
 
     if as_json and chrome:
@@ -152,6 +167,8 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         command=argv, spec=TopicSpec.parse(*spec), duration=duration,
         usdt=selectors, topics=bool(spec) or not usdt,
         flight_entries=flight_entries, pages_per_cpu=ring_pages,
+        snapshots=None if no_snapshots else SnapshotOptions(snapshot_dir,
+                                                            snapshot_records),
     )
 
     def report(message: str) -> None:
@@ -350,22 +367,45 @@ Examples:
               help="Seconds an exited process stays exported (default 30).")
 @click.option("--max-series", type=click.IntRange(min=1),
               help="Label sets exported at most (default 2000).")
+@click.option("--snapshot-dir",
+              help=f"Write crash snapshots here (default {DEFAULT_SNAPSHOT_DIR}).")
+@click.option("--snapshot-records", type=click.IntRange(1, 1 << 16),
+              help="Records a crash snapshot keeps (default 256).")
+@click.option("--no-snapshots", is_flag=True,
+              help="Do not capture crash snapshots.")
+@click.option("--pin-dir", metavar="DIR",
+              help="bpffs directory where links, metrics tables and the "
+                   "snapshot program outlive the daemon, for the next one to "
+                   "take over (default /sys/fs/bpf/recorder; '' for none).")
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,
-           max_series: int | None, spec: tuple[str, ...]) -> None:
+           max_series: int | None, snapshot_dir: str | None,
+           snapshot_records: int | None, no_snapshots: bool, pin_dir: str | None,
+           spec: tuple[str, ...]) -> None:
     """Keep arming processes and aggregating their topics in the kernel
     (metrics only: no record is copied), and serve the figures on
     http://HOST:PORT/metrics in the Prometheus exposition format:
     recorder_records_total{topic,comm,pid}, histograms of the aggregated
     argument, span durations and intervals between records, and the
-    tracer's own counters. Runs until SIGINT or SIGTERM."""
+    tracer's own counters. Meanwhile, a process with a recorder core that
+    dies by a fatal signal leaves a crash snapshot (see `recorder
+    snapshots`), and with a pin directory what the daemon armed and counted
+    outlives it for the next daemon. Runs until SIGINT or SIGTERM."""
+    from dataclasses import replace
+
     from recorder_tracer.daemon import Daemon, DaemonConfig
     from recorder_tracer.session import stop_on_signals
 
     config = DaemonConfig.load(config_path) if config_path else DaemonConfig()
     config = config.merged(pid=pids, comm=comms, all=all_processes, spec=spec,
-                           listen=listen, grace=grace, max_series=max_series)
+                           listen=listen, grace=grace, max_series=max_series,
+                           snapshot_dir=snapshot_dir,
+                           snapshot_records=snapshot_records)
+    if pin_dir is not None:
+        config = replace(config, pin_dir=pin_dir)
+    if no_snapshots:
+        config = replace(config, snapshots=False)
 
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
@@ -376,6 +416,146 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         click.echo(f"Serving metrics on http://{config.listen}/metrics... "
                    "Hit Ctrl-C to end.", err=True)
         server.run()
+
+
+# -- post-mortem: snapshots and shared-memory rings (issue 6) ---------------
+
+SNAPSHOT_EPILOG = f"""\b
+Examples:
+  recorder snapshot 1234                  # last 256 records of 1234, to a file
+  recorder snapshot 1234 --records 23     # its last 23
+  recorder snapshot 1234 --snapshot-dir . # the file in the current directory
+  (default directory: {DEFAULT_SNAPSHOT_DIR})
+"""
+
+
+@main.command(epilog=SNAPSHOT_EPILOG)
+@click.argument("pid", type=int)
+@click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
+              help="Write the snapshot here.")
+@click.option("--records", type=click.IntRange(1, 1 << 16), default=256,
+              show_default=True, help="Records to keep.")
+def snapshot(pid: int, snapshot_dir: str, records: int) -> None:
+    """Write a snapshot of live process PID's last records, read from its
+    memory without stopping or signalling it; print the file's path."""
+    from recorder_tracer.snapshot import SnapshotOptions, take_snapshot
+    click.echo(take_snapshot(pid, SnapshotOptions(snapshot_dir, records)))
+
+
+SNAPSHOTS_EPILOG = """\b
+Examples:
+  recorder snapshots                      # the snapshots, oldest first
+  recorder snapshots --json               # the same, as JSON
+  recorder snapshots --snapshot-dir /tmp/s
+"""
+
+
+@main.command(epilog=SNAPSHOTS_EPILOG)
+@click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
+              help="Where snapshots are.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshots(snapshot_dir: str, as_json: bool) -> None:
+    """List the snapshot files: process, signal, records, exit status."""
+    from recorder_tracer.snapshot_file import list_snapshots
+    found = list_snapshots(snapshot_dir)
+    if as_json:
+        click.echo(json.dumps([item.as_json() for item in found], indent=1))
+        return
+    click.echo(f"{'PID':>7} {'COMM':<16} {'SIGNAL':<8} {'RECORDS':>7}  "
+               f"{'EXIT':<28} FILE")
+    for item in found:
+        click.echo(f"{item.pid:>7} {item.comm:<16.16} {item.signal or '-':<8} "
+                   f"{item.records:>7}  {item.exit or '-':<28.28} {item.path}")
+
+
+SHOW_EPILOG = """\b
+Examples:
+  recorder show app.42.000001.snapshot.json          # header and records
+  recorder show app.42.000001.snapshot.json --json   # the file, checked
+  recorder show FILE --chrome t.trace                # Chrome trace (Perfetto)
+"""
+
+
+@main.command(epilog=SHOW_EPILOG)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@click.option("--chrome", type=click.Path(dir_okay=False),
+              help="Write its records as a Chrome trace-event file.")
+def show(file: str, as_json: bool, chrome: str | None) -> None:
+    """Render a snapshot file: who died, how, and its last records."""
+    from recorder_tracer.sinks import open_sink
+    from recorder_tracer.snapshot_file import json_record, print_snapshot, read_snapshot
+    snapshot = read_snapshot(file)
+    if as_json:
+        click.echo(json.dumps(snapshot, indent=1))
+        return
+    if chrome:
+        records = [json_record(record) for record in snapshot["records"]]
+        sink = open_sink(sys.stdout, as_json=False, chrome=chrome)
+        for record in records:
+            sink.write(record)
+        sink.close([])
+        click.echo(f"{len(records)} records written to {chrome}", err=True)
+        return
+    print_snapshot(snapshot, sys.stdout)
+
+
+DUMP_EPILOG = """\b
+Examples:
+  recorder dump --shm 1234                # rings of 1234 (RECORDER_SHARE)
+  recorder dump --shm /tmp/r/app.1234.recorder   # a file, also after a crash
+  recorder dump --shm --share-dir /tmp/r  # list share files, live or stale
+  recorder dump --shm --share-dir /tmp/r --remove-stale
+"""
+
+
+@main.command(epilog=DUMP_EPILOG)
+@click.option("--shm", is_flag=True, required=True,
+              help="Read RECORDER_SHARE files (the only source so far).")
+@click.argument("target", required=False)
+@click.option("--share-dir", help="The RECORDER_SHARE directory (default: the "
+              "process's RECORDER_SHARE, else $RECORDER_SHARE).")
+@click.option("--records", type=click.IntRange(1, 1 << 20), default=256,
+              show_default=True, help="Records to print.")
+@click.option("--remove-stale", is_flag=True,
+              help="Remove share files no process maps any more.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+def dump(shm: bool, target: str | None, share_dir: str | None, records: int,
+         remove_stale: bool, as_json: bool) -> None:
+    """Print the records of a process's shared-memory rings (PID or FILE),
+    also after it died; with no target, list the share files."""
+    import os
+
+    from recorder_tracer import shm as shares
+    directory = share_dir or os.environ.get("RECORDER_SHARE")
+    if target is None:
+        if directory is None:
+            raise TracerError("no share directory: give --share-dir")
+        if remove_stale:
+            for path in shares.remove_stale(directory):
+                click.echo(f"removed {path}")
+            return
+        for share, live in shares.list_shares(directory):
+            click.echo(f"{share.pid:>7} {share.comm:<16.16} "
+                       f"{'live' if live else 'stale':<6} {share.path}")
+        return
+    path = target
+    if target.isdigit():
+        from recorder_tracer.snapshot import share_dir_of
+        directory = share_dir_of(int(target)) or directory
+        found = shares.share_file_of(directory, int(target)) if directory else None
+        if found is None:
+            raise TracerError(f"no share file of process {target} "
+                              f"(in {directory or 'no directory'})")
+        path = str(found)
+    share = shares.open_share(path)
+    from recorder_tracer.sinks import open_sink
+    sink = open_sink(sys.stdout, as_json=as_json, chrome=None)
+    for record in shares.share_records(share, records):
+        sink.write(record)
+    sink.close([])
 
 
 if __name__ == "__main__":

@@ -15,10 +15,23 @@ Setup comes from a TOML file and flags (flags win):
     spec = ["all", "sent@1"]    # topics (and arguments) to aggregate
     grace = 30.0                # seconds an exited process stays exported
     max_series = 2000           # label sets exported at most
+    snapshots = true            # crash snapshots of every process with a core
+    snapshot_dir = "/var/lib/recorder/snapshots"
+    snapshot_records = 256      # records a crash snapshot keeps
+    pin_dir = "/sys/fs/bpf/recorder"    # "" : nothing outlives the daemon
+
+With a pin directory (tracer/pins.py) the daemon's links, metrics tables
+and snapshot program stay in the kernel when it dies (kill -9, OOM): armed
+processes keep counting, a process that crashes meanwhile is still captured,
+and the next daemon takes all of it over. One daemon per pin directory (a
+lock file under /run/recorder says which).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import threading
 import time
 import tomllib
@@ -30,8 +43,11 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.export.prometheus import RecorderCollector, Snapshot
 from recorder_tracer.flight import SESSION
 from recorder_tracer.metrics import MetricsReader, metrics_options
+from recorder_tracer.pins import DEFAULT_PIN_DIR
+from recorder_tracer.snapshot_file import DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR
 
 DEFAULT_LISTEN = "127.0.0.1:9476"
+LOCK_DIR = Path("/run/recorder")
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,10 @@ class DaemonConfig:
     spec: list[str] = field(default_factory=list)
     grace: float = 30.0
     max_series: int = 2000
+    snapshots: bool = True
+    snapshot_dir: str = DEFAULT_SNAPSHOT_DIR
+    snapshot_records: int = 256
+    pin_dir: str = DEFAULT_PIN_DIR
 
     @classmethod
     def load(cls, path: str | Path) -> DaemonConfig:
@@ -108,11 +128,19 @@ class Daemon:
                               "(flags or the config file)")
         if config.max_series < 1 or config.grace < 0:
             raise TracerError("max_series must be >= 1 and grace >= 0")
+        if not 1 <= config.snapshot_records <= 1 << 16:
+            raise TracerError("snapshot_records must be 1 to 65536")
         self.config = config
         self.host, self.port = config.address()
         self.report = report
+        self._lock_file = claim_pin_dir(config.pin_dir) if config.pin_dir else None
         options = metrics_options(config.pid, config.comm, config.all,
                                   specs=config.spec)
+        if config.snapshots:
+            from recorder_tracer.snapshot import SnapshotOptions
+            options.snapshots = SnapshotOptions(config.snapshot_dir,
+                                                config.snapshot_records)
+        options.pin_dir = config.pin_dir or None
         self.session = TraceSession(options, lambda record: None, report,
                                     stopping=stopping)
         self.reader = MetricsReader(self.session)
@@ -127,13 +155,17 @@ class Daemon:
             harvester = self.session.harvester
             counters = harvester.counters() if harvester is not None else []
             processes = len(self.session.processes)
+            watcher = self.session.snapshots
+            written = watcher.counts.written if watcher is not None else 0
+            failed = watcher.counts.failed if watcher is not None else 0
         dropped = max(0, len(rows) - self.config.max_series)
         if dropped:
             rows = sorted(rows, key=lambda row: row.stats.count,
                           reverse=True)[:self.config.max_series]
         return Snapshot(rows, hits=sum(cpu.hits for cpu in counters),
                         lost=sum(cpu.stats_full for cpu in counters),
-                        dropped_series=dropped, processes=processes)
+                        dropped_series=dropped, processes=processes,
+                        snapshots_written=written, snapshots_failed=failed)
 
     def start(self) -> None:
         """Arm, follow, and listen."""
@@ -182,3 +214,27 @@ class Daemon:
             self._server = None
         with self._lock:
             self.session.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def claim_pin_dir(pin_dir: str) -> Any:
+    """Lock `pin_dir` for this daemon (a second one would take over, and
+    drop, the first one's links); the open lock file, held until closed."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha1(os.path.abspath(pin_dir).encode()).hexdigest()[:16]
+    path = LOCK_DIR / f"daemon-{name}.lock"
+    lock = open(path, "a+")     # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "?"
+        lock.close()
+        raise TracerError(f"another daemon (pid {owner}) uses {pin_dir}; "
+                          "give this one another pin_dir") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock

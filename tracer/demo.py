@@ -3,10 +3,11 @@
 Part 1 runs build/demo/recorder_demo under `recorder trace -c`, arming two of
 its three topics, prints the first records as they stream, a per-topic
 count, what was received and lost per CPU, and the tail of the crash dump the
-process printed before dying by SIGSEGV. Part 2 runs it again with metrics
-only (the kernel aggregates, no record is copied) and prints the metrics
-table. Part 3 traces demo/py_worker.py by PID: its run-time topic py_job is
-armed, py_chatter is not.
+process printed before dying by SIGSEGV, and the crash snapshot BPF took
+at the fault (its last records, armed topics or not). Part 2 runs it again
+with metrics only (the kernel aggregates, no record is copied) and prints the
+metrics table. Part 3 traces demo/py_worker.py by PID: its run-time topic
+py_job is armed, py_chatter is not.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.record import Record
 from recorder_tracer.render import format_header, format_record
 from recorder_tracer.session import TraceOptions, TraceSession
+from recorder_tracer.snapshot import SnapshotOptions
+from recorder_tracer.snapshot_file import print_snapshot, read_snapshot
 from recorder_tracer.spec import TopicSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,10 +51,12 @@ def main() -> int:
         elif sum(counts.values()) == SHOWN + 1:
             print("   ... (counting the rest)")
 
-    with tempfile.TemporaryFile("w+") as dump:
+    snapshots = tempfile.TemporaryDirectory(prefix="recorder-snapshots-")
+    with tempfile.TemporaryFile("w+") as dump, snapshots:
         options = TraceOptions(command=[str(DEMO), "3"],
                                spec=TopicSpec.parse("demo_request:demo_reply"),
-                               command_stderr=dump.fileno())
+                               command_stderr=dump.fileno(),
+                               snapshots=SnapshotOptions(snapshots.name, 64))
         print("demo: tracing `recorder_demo 3` (topics demo_request, demo_reply;"
               " demo_debug stays unarmed)\n")
         try:
@@ -73,6 +78,7 @@ def main() -> int:
         dump.seek(0)
         for line in dump.read().splitlines()[-8:]:
             print(f"  {line}")
+        show_snapshot(Path(snapshots.name))
     return metrics_part() or python_part()
 
 
@@ -94,6 +100,18 @@ def metrics_part() -> int:
             return 1
         watch(session, lambda rows: console().print(metrics_table(rows)))
     return 0
+
+
+def show_snapshot(directory: Path) -> None:
+    """The post-mortem: the snapshot BPF took as recorder_demo died (all
+    its topics, the unarmed demo_debug too), as `recorder show` prints it."""
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        print("\ndemo: no crash snapshot was written", file=sys.stderr)
+        return
+    print(f"\nCrash snapshot (`recorder show {files[-1].name}`), its last 8 "
+          "records:")
+    print_snapshot(read_snapshot(files[-1]), sys.stdout, last=8)
 
 
 def python_part() -> int:

@@ -183,6 +183,7 @@ class Harvester:
         flight_entries: int = 1024,
         string_max: int = 64,
         metrics: bool = True,
+        pin_dir: str | None = None,
     ) -> None:
         bcc = require_bpf()
         if not (PROBES_INCLUDE / "recorder" / "entry.h").exists():
@@ -197,6 +198,9 @@ class Harvester:
             f"-DHARVEST_STRING_MAX={string_max}",
             f"-DHARVEST_CPUS={self.cpus}",
         ]
+        if pin_dir is not None:
+            cflags.append(f'-DHARVEST_PIN_DIR="{pin_dir}"')
+        self.flight_entries = flight_entries if flight else 0
         for wanted, switch in ((stream, "HARVEST_STREAM"), (flight, "HARVEST_FLIGHT"),
                                (metrics, "HARVEST_METRICS")):
             if wanted:
@@ -270,6 +274,19 @@ class Harvester:
             CpuCounters(cpu, *(values[cpu] for values in per_counter))
             for cpu in range(len(per_counter[0]))
         ]
+
+    def flight_records(self) -> list[tuple[int, Any]]:
+        """(cpu, record) of every filled slot of the kernel flight ring,
+        copied out, in no particular order."""
+        if not self.flight_entries:
+            return []
+        table = self.bpf[b"flight"]
+        found = []
+        for slot in range(self.flight_entries):
+            for cpu, record in enumerate(table[ctypes.c_int(slot)]):
+                if record.pid:      # a copy: bcc read the slot into it
+                    found.append((cpu, record))
+        return found
 
     def site_stats(self) -> dict[SiteKey, SiteStats]:
         """Metrics per (pid, probe address, topic id), summed over CPUs,

@@ -53,15 +53,26 @@ class Topic:
 
 def read_maps(pid: int) -> list[Mapping]:
     """Parse /proc/PID/maps; raises FileNotFoundError if the process is gone."""
-    mappings = []
     with open(f"/proc/{pid}/maps") as maps:
-        for line in maps:
-            parts = line.split(maxsplit=5)
-            start, end = (int(value, 16) for value in parts[0].split("-"))
-            path = parts[5].strip() if len(parts) > 5 else ""
-            major, minor = (int(part, 16) for part in parts[3].split(":"))
-            mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path,
-                                    os.makedev(major, minor), int(parts[4])))
+        return parse_maps(maps.read())
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    """Parse the text of a /proc/PID/maps (also kept in share files).
+
+    >>> parse_maps("55d0-55e0 r-xp 00001000 fe:01 42  /bin/app\\n")[0].path
+    '/bin/app'
+    """
+    mappings = []
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5:
+            continue
+        start, end = (int(value, 16) for value in parts[0].split("-"))
+        path = parts[5].strip() if len(parts) > 5 else ""
+        major, minor = (int(part, 16) for part in parts[3].split(":"))
+        mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path,
+                                os.makedev(major, minor), int(parts[4])))
     return mappings
 
 
@@ -116,6 +127,15 @@ class ProcessImage:
         image = cls(pid)
         image._bind()               # the memory first, then its maps
         image.mappings = read_maps(pid)
+        return image
+
+    @classmethod
+    def offline(cls, pid: int, mappings: list[Mapping]) -> ProcessImage:
+        """An image of a process that is gone, read only from the files of
+        `mappings` (its maps, kept earlier): never from /proc/PID/mem, which
+        may be another process's by now."""
+        image = cls(pid, mappings)
+        image._bound = True
         return image
 
     def _bind(self) -> None:

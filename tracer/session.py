@@ -32,7 +32,6 @@ import os
 import queue
 import shutil
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,20 +52,23 @@ from recorder_tracer.memory import ProcessImage, Topic, load_bias, read_maps
 from recorder_tracer.record import Record
 from recorder_tracer.render import format_message
 from recorder_tracer.reorder import REORDER_WINDOW_NS, ReorderBuffer, monotonic_ns
+from recorder_tracer.rings import decode_args
 from recorder_tracer.spec import TopicSpec
 from recorder_tracer.stream import CpuSummary, Stream
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from recorder_tracer.pins import PinDir, PinnedLink
     from recorder_tracer.procs import ProcEvent
+    from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
     from recorder_tracer.usdt import UsdtSelector, UsdtTracer
 
 __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status",
            "monotonic_ns", "poll_streams", "process_alive", "stop_on_signals"]
 
-_DOUBLE = struct.Struct("<d")
 HARVEST_ENTRY_UNREADABLE = 0x1      # tracer/bpf/harvest.h
 LIVENESS_INTERVAL_S = 0.5           # check that traced processes live this often
-ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)
 
 Sink = Callable[[Record], None]
 Reporter = Callable[[str], None]
@@ -92,6 +94,12 @@ class TraceOptions:
     # each topic aggregates (None: the default, args[0]).
     metrics_only: bool = False
     value_arg: Callable[[str], int | None] = lambda topic: None
+    # Crash snapshots of processes with a recorder core while the session
+    # runs (tracer/snapshot.py); None: none.
+    snapshots: SnapshotOptions | None = None
+    # A bpffs directory (tracer/pins.py): pin the flight ring and the links,
+    # so they outlive this controller; take over a previous one's. None: no.
+    pin_dir: str | None = None
 
 
 @dataclass
@@ -169,13 +177,30 @@ class TraceSession:
         self._final_stats: dict[SiteKey, SiteStats] | None = None
         self.harvester: Harvester | None = None
         self.stream: Stream | None = None
-        if options.topics and options.metrics_only:
-            self.harvester = Harvester(stream=False, flight=False, metrics=True)
-        elif options.topics:
-            self.harvester = Harvester(stream=True, flight=True,
-                                       flight_entries=options.flight_entries)
+        self.pins: PinDir | None = None
+        self._previous_links: list[PinnedLink] = []
+        self._pinned: set[Path] = set()
+        if options.pin_dir is not None and options.topics:
+            from recorder_tracer.pins import PinDir
+            self.pins = PinDir(options.pin_dir)
+            self._previous_links = self.pins.links()
+        if options.topics:
+            try:
+                self.harvester = Harvester(
+                    stream=not options.metrics_only,
+                    flight=not options.metrics_only,
+                    flight_entries=options.flight_entries,
+                    pin_dir=str(self.pins.path) if self.pins else None)
+            except TracerError as error:
+                if self.pins is not None:
+                    raise TracerError(f"{error} (a flight ring pinned in "
+                                      f"{self.pins.path} with another "
+                                      "--flight-entries?)") from None
+                raise
+        if options.topics and not options.metrics_only:
             self.stream = Stream(self.harvester, self._on_record,
                                  pages_per_cpu=options.pages_per_cpu)
+        self.snapshots: SnapshotWatcher | None = None
         self.usdt: UsdtTracer | None = None
         if options.usdt:
             from recorder_tracer.usdt import UsdtOptions, UsdtTracer
@@ -240,12 +265,16 @@ class TraceSession:
             if probe.name != DYNAMIC_PROBE:
                 self._choose_value(process, probe, probe.name, None)
             try:
-                process.attachments.append(arm.attach_uprobe(
+                attachment = arm.attach_uprobe(
                     self.harvester.program_fd_for(probe.name, probe.arguments),
                     probe.path,
                     probe.file_offset,
-                    process.pid, probe.semaphore_offset))
+                    process.pid, probe.semaphore_offset)
+                process.attachments.append(attachment)
                 process.armed_topics.add(probe.name)
+                if self.pins is not None and attachment.method is arm.Method.LINK:
+                    self._pinned.add(self.pins.pin_link(
+                        attachment.fd, process.pid, probe.name, probe.file_offset))
                 process.probes.append(probe)
             except arm.ArmError as error:
                 if not procs.process_exists(process.pid):
@@ -342,6 +371,8 @@ class TraceSession:
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
+        if self.pins is not None:
+            self.pins.drop_pid(pid)
 
     def start_command(self, command: list[str]) -> int:
         """Fork `command`, arm its executable's probes before it runs, then
@@ -559,25 +590,19 @@ class TraceSession:
                     pass
                 topic = process.topics.get(entry.topic_id)
             topic_name = topic.name if topic else f"topic{entry.topic_id}"
-        args: list[int | float | str | None] = []
         strings = iter(raw.strings)
-        for index in range(min(entry.nargs, 12)):
-            kind = (entry.arg_types >> (2 * index)) & 3
-            value = entry.args[index]
-            if kind == ARG_DOUBLE:
-                args.append(_double(value))
-            elif kind == ARG_STRING:
-                captured = next(strings, None)
-                if captured is None:
-                    args.append(process.image.string(value))
-                elif captured.length > 0:
-                    args.append(bytes(captured.text)[: captured.length - 1]
-                                .decode("utf-8", "replace"))
-                else:
-                    args.append(None)   # unreadable: rendered as such
-            else:
-                args.append(value - (1 << 64) if kind == ARG_INT
-                            and value >= 1 << 63 else value)
+
+        def string(address: int) -> str | None:
+            """The next string BPF captured, else read from the process."""
+            captured = next(strings, None)
+            if captured is None:
+                return process.image.string(address)
+            if captured.length > 0:
+                return bytes(captured.text)[: captured.length - 1].decode(
+                    "utf-8", "replace")
+            return None     # unreadable: rendered as such
+
+        args = decode_args(entry.nargs, entry.arg_types, entry.args, string)
         fmt = process.image.string(entry.format)
         where = process.image.string(entry.where) or "?"
         message = (format_message(fmt, args) if fmt is not None
@@ -596,6 +621,16 @@ class TraceSession:
                        len(self.options.pids), bool(self.options.command),
                        self._following)
         self._start_following()
+        if self.options.snapshots is not None:
+            from dataclasses import replace
+
+            from recorder_tracer.snapshot import SnapshotWatcher
+            snapshot_options = self.options.snapshots
+            if snapshot_options.pin_dir is None and self.pins is not None:
+                snapshot_options = replace(snapshot_options,
+                                           pin_dir=str(self.pins.path))
+            self.snapshots = SnapshotWatcher(snapshot_options, self.report)
+            self.snapshots.start()
         for pid in self.options.pids:
             self.trace_process(pid)
         if self._following:
@@ -603,6 +638,16 @@ class TraceSession:
         if self.options.command:
             with self._lock:    # its EXEC event must find it armed
                 self._start_command(self.options.command)
+        if self.pins is not None and self._previous_links:
+            # Armed again by us where asked: the previous controller's links
+            # can go (ours replaced those with the same name already).
+            self.pins.drop_links([pinned for pinned in self._previous_links
+                                  if pinned.path not in self._pinned])
+            pids = sorted({pinned.pid for pinned in self._previous_links})
+            self.report(f"took over from a previous controller: "
+                        f"{len(self._previous_links)} pinned links (pids "
+                        f"{', '.join(map(str, pids))}) and its flight ring")
+            self._previous_links = []
         if self.options.topics:
             for item in self.options.spec.unmatched(sorted(self.seen_topics)):
                 self.report(f"spec item {item!r} matches no topic yet; "
@@ -635,6 +680,9 @@ class TraceSession:
             poll_streams(self._streams(), timeout_ms)
         else:       # metrics only: the kernel aggregates, nothing to read
             self._stop.wait(timeout_ms / 1000)
+        if self.snapshots is not None:
+            for path in self.snapshots.poll(timeout_ms=0):
+                self.report(f"snapshot written: {path}")
         if self._rescan.is_set() or time.monotonic() >= self._next_liveness:
             self._next_liveness = time.monotonic() + LIVENESS_INTERVAL_S
             self._check_alive()
@@ -723,6 +771,9 @@ class TraceSession:
         for stream in self._streams():
             stream.drain()
         self.reorder.flush_all()
+        if self.snapshots is not None:    # captures of the last moments
+            for path in self.snapshots.poll(timeout_ms=0):
+                self.report(f"snapshot written: {path}")
         for process in self.exited.values():
             process.image.close()
         # The totals need the maps: keep them, then free every kernel object.
@@ -731,15 +782,35 @@ class TraceSession:
         self._release()
 
     def _release(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
         if self.stream is not None:
             self.stream.close()
         if self.harvester is not None:
             self.harvester.close()
+        if self.pins is not None:
+            self.pins.clear()       # a clean end: nothing outlives us
         if self.usdt is not None:
             self.usdt.release()
         for cpu in self.summaries():
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)
+
+    def flight_records(self) -> list[Record]:
+        """The records in the kernel flight ring (the last FLIGHT_ENTRIES per
+        CPU of armed topics), in time order; with a pin directory, also
+        those a previous controller's links kept while none ran."""
+        if self.harvester is None:
+            return []
+        seen = set()
+        records = []
+        for cpu, raw in self.harvester.flight_records():
+            record = self.decode(cpu, raw)
+            key = (record.pid, record.tid, record.ts, record.topic, record.message)
+            if key not in seen:     # two programs in a takeover's overlap
+                seen.add(key)
+                records.append(record)
+        return sorted(records, key=lambda record: record.ts)
 
     def topic_counts(self) -> dict[SiteKey, int]:
         """Hits the kernel counted per (pid, site); final after close()."""
@@ -862,10 +933,6 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
-
-
-def _double(bits: int) -> float:
-    return _DOUBLE.unpack(bits.to_bytes(8, "little"))[0]
 
 
 def _all_pids() -> list[int]:

@@ -65,6 +65,16 @@ else
     say "linked $modules/source -> $common"
 fi
 
+# 2b. bpffs at /sys/fs/bpf: the controller pins its flight ring and links
+#     there (tracer/pins.py) so they outlive it. systemd mounts it at boot;
+#     a container or a minimal VM may not.
+if grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
+    say "bpffs mounted at /sys/fs/bpf"
+else
+    mount -t bpf bpf /sys/fs/bpf
+    say "mounted bpffs at /sys/fs/bpf"
+fi
+
 # 3. The virtualenv: Python 3.11 (bcc's Python binding is built for it),
 #    seeing Debian's bcc through a symlink, with the project installed
 #    editable and its console script `recorder`.

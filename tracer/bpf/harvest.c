@@ -32,7 +32,9 @@
  *
  * Compile-time switches (-D): HARVEST_METRICS (count per site),
  * HARVEST_STREAM (send to the stream), HARVEST_FLIGHT (keep in the flight
- * ring), FLIGHT_ENTRIES, HARVEST_STRING_MAX, HARVEST_CPUS.
+ * ring), FLIGHT_ENTRIES, HARVEST_STRING_MAX, HARVEST_CPUS, HARVEST_PIN_DIR
+ * (a quoted bpffs directory: pin the flight ring and the metrics tables
+ * there, or reuse those a previous controller pinned).
  */
 #include <uapi/linux/ptrace.h>
 #include "harvest.h"
@@ -40,13 +42,32 @@
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_COUNT);
 BPF_ARRAY(record_layout, struct harvest_record, 1);
 #ifdef HARVEST_METRICS
+#ifdef HARVEST_PIN_DIR
+/* Pinned (tracer/pins.py): a restarted controller (the daemon) finds the
+ * counts its predecessor's pinned links kept adding while none ran. */
+BPF_TABLE_PINNED("array", __u32, struct site_stats, stats,
+                 HARVEST_CPUS * STATS_SLOTS, HARVEST_PIN_DIR "/stats",
+                 BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("hash", struct site_key, __u32, value_args, VALUE_ARGS_MAX,
+                 HARVEST_PIN_DIR "/value_args");
+#else
 BPF_F_TABLE("array", __u32, struct site_stats, stats,
             HARVEST_CPUS * STATS_SLOTS, BPF_F_MMAPABLE);
 BPF_HASH(value_args, struct site_key, __u32, VALUE_ARGS_MAX);
 #endif
+#endif
 #ifdef HARVEST_FLIGHT
+#ifdef HARVEST_PIN_DIR
+/* Pinned (tracer/pins.py): reused by the next controller after this one
+ * dies, with what armed processes recorded meanwhile. */
+BPF_TABLE_PINNED("percpu_array", int, struct harvest_record, flight,
+                 FLIGHT_ENTRIES, HARVEST_PIN_DIR "/flight");
+BPF_TABLE_PINNED("percpu_array", int, __u64, flight_head, 1,
+                 HARVEST_PIN_DIR "/flight_head");
+#else
 BPF_PERCPU_ARRAY(flight, struct harvest_record, FLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(flight_head, __u64, 1);
+#endif
 #endif
 #ifdef HARVEST_STREAM
 /* The template of the per-CPU rings (the kernel wants one to type the

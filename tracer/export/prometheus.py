@@ -49,6 +49,8 @@ class Snapshot:
     lost: int = 0
     dropped_series: int = 0
     processes: int = 0
+    snapshots_written: int = 0
+    snapshots_failed: int = 0
 
 
 def cumulative(buckets: list[int], bounds: range, scale: float = 1.0
@@ -112,3 +114,8 @@ class RecorderCollector(Collector):
                                 value=snap.dropped_series)
         yield GaugeMetricFamily("recorder_tracer_processes", "Processes armed",
                                 value=snap.processes)
+        yield CounterMetricFamily("recorder_snapshots_written", "Crash snapshots "
+                                  "written", value=snap.snapshots_written)
+        yield CounterMetricFamily("recorder_snapshots_failed", "Crash snapshots "
+                                  "that could not be written (disk full...)",
+                                  value=snap.snapshots_failed)
