@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,14 @@ def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("snapshots")
     os.environ["RECORDER_SNAPSHOT_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def daemon_pin_dir() -> Iterator[str]:
+    """`recorder daemon` pins what outlives it: the suite's daemons pin
+    under a directory of their own (RECORDER_PIN_DIR), never the default
+    /sys/fs/bpf/recorder, and nothing is left behind."""
+    path = f"/sys/fs/bpf/recorder-suite-{os.getpid()}"
+    os.environ["RECORDER_PIN_DIR"] = path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

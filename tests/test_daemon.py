@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracer_helpers import Workload, wait_for
+from tracer_helpers import Workload, semaphore_value, wait_for
 
 from recorder_tracer.daemon import DaemonConfig
 from recorder_tracer.errors import TracerError
@@ -179,3 +180,65 @@ def test_label_sets_over_the_cap_are_dropped_busiest_kept(progs: Path) -> None:
         workload.close()
     assert [(row.topic, row.stats.count) for row in snapshot.rows] == [("tick", 23)]
     assert (snapshot.dropped_series, snapshot.hits, snapshot.lost) == (1, 30, 0)
+
+
+@pytest.mark.bpf
+def test_daemon_killed_and_restarted_takes_over_links_and_counts(
+        progs: Path) -> None:
+    """kill -9 of the daemon: its pinned links keep the topic armed and its
+    pinned metrics table keeps counting; the next daemon exports it all."""
+    workload = Workload(progs)
+    port = free_port()
+    pin_dir = f"/sys/fs/bpf/recorder-test-daemon-{os.getpid()}"
+    argv = [*RECORDER, "daemon", "-p", str(workload.pid), "--listen",
+            f"127.0.0.1:{port}", "--pin-dir", pin_dir, "--no-snapshots", "tick"]
+    metric = (f'recorder_records_total{{comm="workload_ticks",pid="{workload.pid}",'
+              'topic="tick"}')
+    url = f"http://127.0.0.1:{port}/metrics"
+    first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        wait_for(lambda: fetch(url), 30)
+        workload.record("tick", 23)
+        assert f"{metric} 23.0" in (fetch(url) or "")
+        first.kill()
+        first.wait(timeout=10)
+        assert any(Path(pin_dir).glob("link:*"))
+        assert semaphore_value(workload.pid, str(progs / "workload_ticks"),
+                               "tick") == 1
+        workload.record("tick", 29)        # no daemon runs
+        second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: f"{metric} 52.0" in (fetch(url) or ""), 30)
+        workload.record("tick", 4)
+        assert f"{metric} 56.0" in (fetch(url) or "")
+    finally:
+        for daemon in (first, second):
+            if daemon is not None:
+                stop(daemon)
+        workload.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    assert second is not None and second.stderr is not None
+    assert "took over" in second.stderr.read()
+
+
+@pytest.mark.bpf
+def test_second_daemon_on_the_same_pin_dir_is_refused(progs: Path) -> None:
+    workload = Workload(progs)
+    pin_dir = f"/sys/fs/bpf/recorder-test-lock-{os.getpid()}"
+    argv = [*RECORDER, "daemon", "-p", str(workload.pid), "--pin-dir", pin_dir,
+            "--no-snapshots", "tick"]
+    port = free_port()
+    first = subprocess.Popen([*argv, "--listen", f"127.0.0.1:{port}"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), 30)
+        result = subprocess.run([*argv, "--listen", f"127.0.0.1:{free_port()}"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.startswith(
+            f"recorder: another daemon (pid {first.pid}) uses {pin_dir}")
+        assert "Traceback" not in result.stderr
+    finally:
+        stop(first)
+        workload.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)

@@ -27,8 +27,10 @@ def test_top_shows_rows_sorts_with_arrows_and_quits_with_q(progs: Path) -> None:
         pytest.fail("tmux is missing: run vagrant/provision.sh")
     workload = Workload(progs)
     name = f"recorder-top-{uuid.uuid4().hex[:8]}"
-    command = (f"{sys.executable} -m recorder_tracer.cli top -p {workload.pid} "
-               "--interval 0.2 tick tock")
+    # The pane's terminal size set outright: under load, tmux may not have
+    # sized a new detached pane's pty yet when top first reads it (80 wide).
+    command = (f"stty cols 200 rows 40; exec {sys.executable} -m recorder_tracer.cli "
+               f"top -p {workload.pid} --interval 0.2 tick tock")
     assert tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "40",
                 command).returncode == 0
     try:
@@ -41,7 +43,10 @@ def test_top_shows_rows_sorts_with_arrows_and_quits_with_q(progs: Path) -> None:
                 if line.split()[:1] == [topic]:
                     return line.split()
             return []
-        wait_for(lambda: row("tick")[3:4] == ["23"] and row("tock")[3:4] == ["7"])
+        try:
+            wait_for(lambda: row("tick")[3:4] == ["23"] and row("tock")[3:4] == ["7"])
+        except AssertionError:
+            raise AssertionError(f"screen:\n{screen(name)}") from None
         assert "0..32" in " ".join(row("tick"))       # its value histogram
 
         tmux("send-keys", "-t", name, "Right")

@@ -368,7 +368,8 @@ Examples:
 @click.option("--max-series", type=click.IntRange(min=1),
               help="Label sets exported at most (default 2000).")
 @click.option("--snapshot-dir",
-              help=f"Write crash snapshots here (default {DEFAULT_SNAPSHOT_DIR}).")
+              help="Write crash snapshots here (default $RECORDER_SNAPSHOT_DIR, "
+                   f"else {DEFAULT_SNAPSHOT_DIR}).")
 @click.option("--snapshot-records", type=click.IntRange(1, 1 << 16),
               help="Records a crash snapshot keeps (default 256).")
 @click.option("--no-snapshots", is_flag=True,
@@ -376,7 +377,8 @@ Examples:
 @click.option("--pin-dir", metavar="DIR",
               help="bpffs directory where links, metrics tables and the "
                    "snapshot program outlive the daemon, for the next one to "
-                   "take over (default /sys/fs/bpf/recorder; '' for none).")
+                   "take over (default $RECORDER_PIN_DIR, else "
+                   "/sys/fs/bpf/recorder; '' for none).")
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,

@@ -62,9 +62,11 @@ class DaemonConfig:
     grace: float = 30.0
     max_series: int = 2000
     snapshots: bool = True
-    snapshot_dir: str = DEFAULT_SNAPSHOT_DIR
+    snapshot_dir: str = field(default_factory=lambda: os.environ.get(
+        "RECORDER_SNAPSHOT_DIR", DEFAULT_SNAPSHOT_DIR))
     snapshot_records: int = 256
-    pin_dir: str = DEFAULT_PIN_DIR
+    pin_dir: str = field(default_factory=lambda: os.environ.get(
+        "RECORDER_PIN_DIR", DEFAULT_PIN_DIR))
 
     @classmethod
     def load(cls, path: str | Path) -> DaemonConfig:
