@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracer_helpers import Workload, semaphore_value, wait_for
+from tracer_helpers import RECORDS, Victim, Workload, semaphore_value, wait_for
 
 from recorder_tracer.daemon import DaemonConfig
 from recorder_tracer.errors import TracerError
+from recorder_tracer.snapshot_file import read_snapshot
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 
@@ -242,3 +243,45 @@ def test_second_daemon_on_the_same_pin_dir_is_refused(progs: Path) -> None:
         stop(first)
         workload.close()
         shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@pytest.mark.bpf
+def test_crash_while_the_daemon_is_dead_is_written_by_the_next_daemon(
+        progs: Path, tmp_path: Path) -> None:
+    """The daemon's snapshot program is pinned too: a process that dies
+    between the daemon's kill -9 and its restart still leaves its last
+    records, which the restarted daemon writes."""
+    victim = Victim(progs)
+    port = free_port()
+    pin_dir = f"/sys/fs/bpf/recorder-test-crash-{os.getpid()}"
+    directory = tmp_path / "snapshots"
+    argv = [*RECORDER, "daemon", "--comm", "snapshot_victim", "--listen",
+            f"127.0.0.1:{port}", "--pin-dir", pin_dir, "--snapshot-dir",
+            str(directory), "--snapshot-records", "23", "victim"]
+    url = f"http://127.0.0.1:{port}/metrics"
+    first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        wait_for(lambda: fetch(url), 30)
+        first.kill()
+        first.wait(timeout=10)
+        victim.record()
+        victim.send("segv")
+        assert victim.process.wait(timeout=10) == -signal.SIGSEGV
+        assert not list(directory.glob("*.json"))      # nobody wrote it yet
+        second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        files = wait_for(
+            lambda: list(directory.glob(f"*.{victim.pid}.*.snapshot.json")), 30)
+        wait_for(lambda: "recorder_snapshots_written_total 1.0"
+                 in (fetch(url) or ""), 30)
+    finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
+        for daemon in (first, second):
+            if daemon is not None:
+                stop(daemon)
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    snapshot = read_snapshot(files[0])
+    assert [record["message"] for record in snapshot["records"]] == [
+        f"victim {i}" for i in range(RECORDS - 23, RECORDS)]
+    assert snapshot["signal_name"] == "SIGSEGV"
