@@ -10,7 +10,8 @@
 # guest's pip is pointed at. It has no bootloader: its Vagrantfile hands the
 # kernel and initrd (shipped inside the box) to libvirt.
 #
-# Usage: vagrant/build-box.sh [--key]   (--key: print the recipe key only)
+# Usage: vagrant/build-box.sh [--key | --packages]
+#        (--key: print the recipe key; --packages: the packages it installs)
 # Env:   RECORDER_VM_CACHE (default /var/cache/recorder/vm)
 #        RECORDER_VM_MIRROR (default http://deb.debian.org/debian)
 set -euo pipefail
@@ -30,10 +31,12 @@ provision_packages() {
 }
 
 # What the guest needs beyond provision.sh: a stock kernel with its headers,
-# systemd, DHCP, sshd, sudo, rsync (Vagrant's synced folder), make.
+# systemd, DHCP, sshd, sudo, rsync (Vagrant's synced folder), make; and what
+# this machine's image has that tests use (PostgreSQL for --usdt, pkg-config).
 base_packages=(systemd-sysv udev linux-image-amd64 linux-headers-amd64
                openssh-server sudo rsync ifupdown isc-dhcp-client iproute2
-               make python3.11 python3-venv ca-certificates procps kmod less)
+               make python3.11 python3-venv ca-certificates procps kmod less
+               postgresql-15 pkg-config)
 
 # Python distributions the guest's pip installs from the wheelhouse: the
 # build backend, the project's dependencies and its dev extras, pip itself.
@@ -49,15 +52,17 @@ EOF
 }
 
 recipe_key() {
-    { sha256sum "$here/build-box.sh"; provision_packages; python_requirements; } \
+    { sha256sum <"$here/build-box.sh"; provision_packages; python_requirements; } \
         | sha256sum | cut -c1-12
 }
 
 key="$(recipe_key)"
-if [ "${1:-}" = "--key" ]; then
-    echo "$key"
-    exit 0
-fi
+case "${1:-}" in
+    --key) echo "$key"; exit 0 ;;
+    --packages) printf '%s\n' "${base_packages[@]}"; provision_packages; exit 0 ;;
+    "") ;;
+    *) echo "build-box: unknown option $1" >&2; exit 2 ;;
+esac
 box="$cache/recorder-bookworm-$key.box"
 if [ -s "$box" ]; then
     say "cached $box"
@@ -107,10 +112,14 @@ unshare --mount --propagation private -- bash -c '
     mount --bind /dev "$root/dev"
     mount --bind /dev/pts "$root/dev/pts"
     export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+    base=$1; shift
     chroot "$root" apt-get update -qq
-    chroot "$root" apt-get install -y -qq --no-install-recommends "$@"
+    chroot "$root" apt-get install -y -qq --no-install-recommends "${@:1:$base}"
+    # As provision.sh installs them: with their recommends (pkg-config...).
+    chroot "$root" apt-get install -y -qq "${@:$((base + 1))}"
     chroot "$root" apt-get clean
-' _ "$root" "${base_packages[@]}" "${packages[@]}" >"$work/apt.log" 2>&1 \
+' _ "$root" "${#base_packages[@]}" "${base_packages[@]}" "${packages[@]}" \
+    >"$work/apt.log" 2>&1 \
     || { tail -30 "$work/apt.log" >&2; exit 1; }
 rm -f "$root/usr/sbin/policy-rc.d"
 say "packages: $(( $(timer) - start )) s"
