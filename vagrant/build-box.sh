@@ -165,7 +165,7 @@ say "guest kernel $version, with its headers"
 
 start=$(timer)
 size_gb=8
-mkfs.ext4 -q -F -L root -d "$root" "$work/root.raw" "${size_gb}G"
+mkfs.ext4 -q -F -L root -d "$root" "$work/root.raw" "${size_gb}G" >&2
 qemu-img convert -O qcow2 "$work/root.raw" "$boxdir/box.img"
 rm -f "$work/root.raw"
 say "image: $(du -h "$boxdir/box.img" | cut -f1) qcow2, $(( $(timer) - start )) s"
