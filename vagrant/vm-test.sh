@@ -208,7 +208,8 @@ main() {
     mkdir -p "$cache"
     local run
     run="$(mktemp -d "$cache/run.XXXXXX")"
-    trap 'rm -rf "$run"' EXIT
+    # Expanded now: `run` is local, gone when the EXIT trap runs.
+    trap "rm -rf '$run'" EXIT
     local inside_rc=0
     unshare --mount --net --pid --fork --mount-proc --propagation private -- \
         bash "$here/vm-test.sh" --inside "$run" "$box_name" || inside_rc=$?
