@@ -18,7 +18,7 @@ CORE_OBJECTS := $(patsubst probes/src/%.c,$(BUILD)/obj/%.o,$(CORE_SOURCES))
 TEST_PROGRAMS := $(patsubst tests/progs/%.c,$(BUILD)/progs/%,\
                    $(wildcard tests/progs/*.c))
 
-.PHONY: all lib progs setup test demo bench install clean lint
+.PHONY: all lib progs setup test demo bench install clean lint vm-test
 
 all: lib progs $(BUILD)/demo/recorder_demo
 
@@ -59,6 +59,11 @@ $(SETUP_STAMP): vagrant/provision.sh pyproject.toml setup.py pyapi/_core.c \
 
 test: setup all
 	$(PYTHON) -m pytest tests
+
+# The suite again, inside the Vagrant VM on a stock Debian kernel (TCG, offline;
+# the box is cached in /var/cache/recorder/vm). See vagrant/vm-test.sh.
+vm-test: setup
+	bash vagrant/vm-test.sh
 
 demo: setup all
 	$(PYTHON) -m recorder_tracer.demo

@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from tracer_helpers import BackgroundSession, Workload, semaphore_value, wait_for
+from tracer_helpers import (
+    TIME_SCALE,
+    BackgroundSession,
+    Workload,
+    semaphore_value,
+    wait_for,
+)
 
 from recorder_tracer.record import Record
 from recorder_tracer.session import TraceOptions, TraceSession
@@ -228,14 +234,14 @@ def test_cli_stops_cleanly_on_sigint_under_a_flood(workloads) -> None:
         time.sleep(1.0)
         trace.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
-        _, errors = trace.communicate(timeout=20)
+        _, errors = trace.communicate(timeout=20 * TIME_SCALE)
         stopped_in = time.monotonic() - interrupted
     finally:
         trace.kill()
         workload.process.kill()
 
     assert trace.returncode == 0, errors
-    assert stopped_in < 5, errors
+    assert stopped_in < 5 * TIME_SCALE, errors
     assert "Traceback" not in errors
     counts = summary_counts(errors)
     assert len(counts) == os.cpu_count()

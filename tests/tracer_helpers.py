@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -11,6 +12,10 @@ from typing import Any
 
 from recorder_tracer.record import Record
 from recorder_tracer.session import TraceOptions, TraceSession
+
+# How many times slower than native this machine runs: time bounds in tests
+# are multiplied by it. 1 here; `make vm-test` sets it for its emulated guest.
+TIME_SCALE = float(os.environ.get("RECORDER_TEST_TIME_SCALE", "1"))
 
 
 class Workload:

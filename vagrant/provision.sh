@@ -21,7 +21,7 @@ fi
 #    top`'s test.
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
-          liblttng-ust-dev lttng-tools binutils clang python3-dev
+          liblttng-ust-dev lttng-tools binutils clang python3-dev python3-venv
           prometheus tmux)
 missing=()
 for package in "${packages[@]}"; do
@@ -43,13 +43,23 @@ if [ -d /run/systemd/system ] && systemctl is-enabled -q prometheus 2>/dev/null;
     say "disabled the prometheus service (tests start their own)"
 fi
 
-# 2. Kernel headers: a kernel without its own (a VM's custom kernel) gets
-#    Debian's newest linux-headers-*-amd64, which bcc can compile against.
-#    Debian splits them: -amd64 holds the generated, arch-specific part
-#    (bcc's `build`), -common the sources (bcc's `source`).
+# 2. Kernel headers. A stock Debian kernel (the Vagrant VM's) has its own
+#    package, linux-headers-$(uname -r): installed if missing, it brings the
+#    build and source links. A kernel without one (a VM's custom kernel) gets
+#    Debian's newest linux-headers-*-amd64 linked, which bcc can compile
+#    against. Debian splits them: -amd64 holds the generated, arch-specific
+#    part (bcc's `build`), -common the sources (bcc's `source`).
 modules="/lib/modules/$(uname -r)"
-if [ -e "$modules/source/include/linux/kconfig.h" ] \
-    && [ -e "$modules/build/include/generated" ]; then
+headers_present() {
+    [ -e "$modules/source/include/linux/kconfig.h" ] \
+        && [ -e "$modules/build/include/generated" ]
+}
+own_headers="linux-headers-$(uname -r)"
+if ! headers_present && apt-cache show "$own_headers" >/dev/null 2>&1; then
+    say "installing $own_headers"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$own_headers" >/dev/null
+fi
+if headers_present; then
     say "kernel headers present in $modules"
 else
     headers="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)"
