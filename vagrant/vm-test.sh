@@ -188,6 +188,13 @@ main() {
     host_setup
     took "host packages"
 
+    # vagrant is here now: its own check of the Vagrantfile, every provider
+    # (tests/test_vagrant.py skips it where vagrant is not installed).
+    begin "vagrant validate"
+    (cd "$repo" && .venv/bin/python -m pytest -q -p no:cacheprovider \
+        tests/test_vagrant.py) >&2 || die "vagrant validate failed"
+    took "vagrant validate"
+
     begin "box"
     local box key box_name
     box="$(bash "$here/build-box.sh")"
