@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracer_helpers import Workload, semaphore_value
+from tracer_helpers import Workload, require_uprobe_multi_links, semaphore_value
 
 from recorder_tracer import arm, link, notes
 
@@ -154,8 +154,7 @@ def test_a_link_and_a_perf_event_share_a_site(counter, progs, workloads,
                                               monkeypatch) -> None:
     """As with bpftrace beside us: both count, the semaphore stays up until
     the last one goes."""
-    if not link.uprobe_multi_supported():
-        pytest.skip("no uprobe_multi links here")
+    require_uprobe_multi_links()
     armed = workloads[0]
     path, _ = ticks(progs)
     counter.take()
@@ -176,8 +175,7 @@ def test_a_link_and_a_perf_event_share_a_site(counter, progs, workloads,
 
 def test_the_program_copy_lives_as_long_as_its_links(counter, progs,
                                                      workloads) -> None:
-    if not link.uprobe_multi_supported():
-        pytest.skip("no uprobe_multi links here")
+    require_uprobe_multi_links()
     before = bpf_program_fds()
     first = arm_ticks(counter, progs, workloads[0].pid)
     second = arm_ticks(counter, progs, workloads[1].pid)

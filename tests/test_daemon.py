@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracer_helpers import RECORDS, Victim, Workload, semaphore_value, wait_for
+from tracer_helpers import (
+    RECORDS,
+    Victim,
+    Workload,
+    require_uprobe_multi_links,
+    semaphore_value,
+    wait_for,
+)
 
 from recorder_tracer.daemon import DaemonConfig
 from recorder_tracer.errors import TracerError
-from recorder_tracer.link import uprobe_multi_supported
 from recorder_tracer.snapshot_file import read_snapshot
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
@@ -189,9 +195,7 @@ def test_daemon_killed_and_restarted_takes_over_links_and_counts(
         progs: Path) -> None:
     """kill -9 of the daemon: its pinned links keep the topic armed and its
     pinned metrics table keeps counting; the next daemon exports it all."""
-    if not uprobe_multi_supported():
-        pytest.skip("pinned links need uprobe_multi links (Linux 6.9+); "
-                    "perf-event attachments cannot be pinned")
+    require_uprobe_multi_links(" (pinned links need them)")
     workload = Workload(progs)
     port = free_port()
     pin_dir = f"/sys/fs/bpf/recorder-test-daemon-{os.getpid()}"

@@ -11,10 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from tracer_helpers import RECORDS, Victim, Workload, semaphore_value
+from tracer_helpers import (
+    RECORDS,
+    Victim,
+    Workload,
+    require_uprobe_multi_links,
+    semaphore_value,
+)
 
 from recorder_tracer.errors import TracerError
-from recorder_tracer.link import uprobe_multi_supported
 from recorder_tracer.pins import PinDir
 from recorder_tracer.session import TraceOptions, TraceSession
 from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
@@ -39,9 +44,7 @@ def pin_dir() -> str:
 @pytest.mark.bpf
 def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
         progs: Path, pin_dir: str) -> None:
-    if not uprobe_multi_supported():
-        pytest.skip("pinned links need uprobe_multi links (Linux 6.9+); "
-                    "perf-event attachments cannot be pinned")
+    require_uprobe_multi_links(" (pinned links need them)")
     workload = Workload(progs)
     exe = str(progs / "workload_ticks")
     try:

@@ -126,3 +126,13 @@ def semaphore_value(pid: int, path: str, topic: str) -> int:
     with open(f"/proc/{pid}/mem", "rb") as memory:
         memory.seek(base + probe.semaphore)
         return int.from_bytes(memory.read(2), "little")
+
+
+def require_uprobe_multi_links(why: str = "") -> None:
+    """Skip where the kernel has no uprobe_multi links (before 6.9, as the
+    VM's 6.1): the perf-event fallback attaches, but cannot be pinned."""
+    import pytest
+
+    from recorder_tracer.link import uprobe_multi_supported
+    if not uprobe_multi_supported():
+        pytest.skip(f"no uprobe_multi links here{why}")
