@@ -1,4 +1,4 @@
-"""tracer/arm.py: uprobe_multi links, the perf-event fallback, semaphores.
+"""kernel/arm.py: uprobe_multi links, the perf-event fallback, semaphores.
 
 A counting bcc program stands in for the harvest: every hit adds one, so
 counts are exact and say which processes trapped.
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from tracer_helpers import Workload, require_uprobe_multi_links, semaphore_value
 
-from recorder_tracer import arm, link, notes
+from recorder_tracer.kernel import arm, link
+from recorder_tracer.target import notes
 
 pytestmark = pytest.mark.bpf
 

@@ -25,9 +25,9 @@ from tracer_helpers import (
     wait_for,
 )
 
-from recorder_tracer.daemon import DaemonConfig
 from recorder_tracer.errors import TracerError
-from recorder_tracer.snapshot_file import read_snapshot
+from recorder_tracer.postmortem.snapshot_file import read_snapshot
+from recorder_tracer.session.daemon import DaemonConfig
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 
@@ -148,7 +148,7 @@ def test_daemon_without_processes_is_one_line_error() -> None:
 
 @pytest.mark.bpf
 def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
-    from recorder_tracer.daemon import Daemon
+    from recorder_tracer.session.daemon import Daemon
     workload = Workload(progs)
     daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}",
                                  comm=["workload_ticks"], spec=["tick"], grace=0.5))
@@ -174,7 +174,7 @@ def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
 
 @pytest.mark.bpf
 def test_label_sets_over_the_cap_are_dropped_busiest_kept(progs: Path) -> None:
-    from recorder_tracer.daemon import Daemon
+    from recorder_tracer.session.daemon import Daemon
     workload = Workload(progs)
     daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}", pid=[workload.pid],
                                  spec=["tick", "tock"], max_series=1))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from tracer_helpers import BackgroundSession, Workload, wait_for
 
-from recorder_tracer.metrics import MetricsReader, group, metrics_options
-from recorder_tracer.metrics_table import bars
+from recorder_tracer.metrics.aggregates import MetricsReader, group, metrics_options
+from recorder_tracer.metrics.table import bars
 
 pytestmark = pytest.mark.bpf
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from recorder_tracer import elf, notes
-from recorder_tracer.notes import NotElfError, ProcessGone, UsdtProbe
+from recorder_tracer.target import elf, notes
+from recorder_tracer.target.notes import NotElfError, ProcessGone, UsdtProbe
 
 BUILD = Path(__file__).resolve().parent.parent / "build"
 LIBRECORDER = BUILD / "librecorder.so"

@@ -1,5 +1,5 @@
 """Tracer death: pinned links and flight ring outlive a SIGKILLed controller
-(tracer/pins.py), and the next controller takes them over."""
+(tracer/recorder_tracer/kernel/pins.py), and the next controller takes them over."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from tracer_helpers import (
     semaphore_value,
 )
 
+from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.errors import TracerError
-from recorder_tracer.pins import PinDir
-from recorder_tracer.session import TraceOptions, TraceSession
-from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
-from recorder_tracer.snapshot_file import read_snapshot
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.kernel.pins import PinDir
+from recorder_tracer.postmortem.snapshot import SnapshotOptions, SnapshotWatcher
+from recorder_tracer.postmortem.snapshot_file import read_snapshot
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 CONTROLLER = Path(__file__).parent / "workloads" / "pinned_controller.py"
 

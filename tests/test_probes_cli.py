@@ -15,7 +15,7 @@ import click
 import pytest
 
 from recorder_tracer.cli import main
-from recorder_tracer.harvest import PROBE_ARGUMENTS
+from recorder_tracer.kernel.harvest import PROBE_ARGUMENTS
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder_tracer.procs import (
+from recorder_tracer.target.procs import (
     ProcessFollower,
     ProcessGone,
     ProcEvent,
@@ -203,6 +203,6 @@ def test_overrun_counts_lost_events_and_following_goes_on() -> None:
 
 
 def test_docstring_examples_hold() -> None:
-    from recorder_tracer import procs
+    from recorder_tracer.target import procs
 
     assert doctest.testmod(procs).failed == 0

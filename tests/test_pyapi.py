@@ -27,7 +27,7 @@ from test_core_share import ShareFile, parse, shard_of
 from test_dynamic import PythonWorkload
 
 import recorder
-from recorder_tracer.memory import ProcessImage
+from recorder_tracer.target.memory import ProcessImage
 
 WORKLOAD = Path(__file__).parent / "workloads" / "py_api.py"
 sys.path.insert(0, str(WORKLOAD.parent))
@@ -441,7 +441,7 @@ class Interrupted:
 def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
     from tracer_helpers import wait_for
 
-    from recorder_tracer.dynamic import open_memory, set_armed
+    from recorder_tracer.target.dynamic import open_memory, set_armed
 
     with PythonWorkload() as workload:
         workload.record("py_armed", 1)
@@ -469,7 +469,7 @@ def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
 def test_recorder_probes_and_trace_show_a_python_program() -> None:
     from tracer_helpers import wait_for
 
-    from recorder_tracer.dynamic import read_armed
+    from recorder_tracer.target.dynamic import read_armed
 
     cli = str(Path(sys.executable).parent / "recorder")
     with PythonWorkload() as workload:

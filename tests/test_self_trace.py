@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tracer_helpers import BackgroundSession, Workload, wait_for
 
-from recorder_tracer.session import TraceOptions
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions
 
 pytestmark = pytest.mark.bpf
 

@@ -1,4 +1,4 @@
-"""Crash snapshots: real victims, real signals, real BPF (tracer/snapshot.py).
+"""Crash snapshots: real victims, real signals, real BPF (postmortem/snapshot.py).
 
 A victim records 10,000 entries into topic `victim` while two other
 processes flood the same CPUs, then dies; its snapshot must hold exactly its
@@ -21,10 +21,14 @@ from click.testing import CliRunner
 from tracer_helpers import RECORDS, BackgroundSession, Victim
 
 from recorder_tracer.cli import main
-from recorder_tracer.session import TraceOptions
-from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher, take_snapshot
-from recorder_tracer.snapshot_file import read_snapshot
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.postmortem.snapshot import (
+    SnapshotOptions,
+    SnapshotWatcher,
+    take_snapshot,
+)
+from recorder_tracer.postmortem.snapshot_file import read_snapshot
+from recorder_tracer.session.loop import TraceOptions
 
 N = 256
 

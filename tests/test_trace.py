@@ -21,9 +21,9 @@ from tracer_helpers import (
     wait_for,
 )
 
-from recorder_tracer.record import Record
-from recorder_tracer.session import TraceOptions, TraceSession
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 pytestmark = pytest.mark.bpf
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
@@ -332,7 +332,7 @@ def test_entry_ending_at_a_never_touched_page_is_read(workloads) -> None:
     assert [r.message for r in records] == [f"tock {i}" for i in range(64)]
 
 
-@pytest.mark.parametrize("name", ["session", "reorder"])
+@pytest.mark.parametrize("name", ["session.loop", "decode.reorder"])
 def test_docstring_examples_hold(name: str) -> None:
     import doctest
     import importlib

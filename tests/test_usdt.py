@@ -20,17 +20,7 @@ from typing import Any
 
 import pytest
 
-from recorder_tracer import notes
-from recorder_tracer.errors import TracerError
-from recorder_tracer.memory import load_bias, read_maps
-from recorder_tracer.usdt import (
-    COUNTER_NAMES,
-    USDT_SITE_UNKNOWN,
-    UsdtOptions,
-    UsdtSelector,
-    UsdtTracer,
-)
-from recorder_tracer.usdt_args import (
+from recorder_tracer.decode.usdt_args import (
     MAX_ARGS,
     PT_REGS_OFFSETS,
     ArgFormat,
@@ -41,6 +31,16 @@ from recorder_tracer.usdt_args import (
     parse_arguments,
     symbol_resolver,
 )
+from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel.usdt import (
+    COUNTER_NAMES,
+    USDT_SITE_UNKNOWN,
+    UsdtOptions,
+    UsdtSelector,
+    UsdtTracer,
+)
+from recorder_tracer.target import notes
+from recorder_tracer.target.memory import load_bias, read_maps
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"
@@ -110,7 +110,8 @@ def test_symbols_resolve_to_readelf_addresses() -> None:
 
 
 def test_python_constants_match_the_bpf_header() -> None:
-    header = (Path(__file__).resolve().parent.parent / "tracer" / "bpf"
+    header = (Path(__file__).resolve().parent.parent / "tracer" / "recorder_tracer"
+              / "kernel" / "bpf"
               / "usdt.h").read_text()
     defines = dict(re.findall(r"#define (USDT_\w+) (\w+)", header))
     enums = {name: int(value) for name, value in

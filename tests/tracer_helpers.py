@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recorder_tracer.record import Record
-from recorder_tracer.session import TraceOptions, TraceSession
+from recorder_tracer.decode.record import Record
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 # How many times slower than native this machine runs: time bounds in tests
 # are multiplied by it. 1 here; `make vm-test` sets it for its emulated guest.
@@ -116,8 +116,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 def semaphore_value(pid: int, path: str, topic: str) -> int:
     """The current value of topic's USDT semaphore in process `pid`."""
-    from recorder_tracer import notes
-    from recorder_tracer.memory import read_maps
+    from recorder_tracer.target import notes
+    from recorder_tracer.target.memory import read_maps
 
     probe = next(p for p in notes.probes_in_file(path)
                  if p.provider == "recorder" and p.name == topic)
@@ -133,6 +133,6 @@ def require_uprobe_multi_links(why: str = "") -> None:
     VM's 6.1): the perf-event fallback attaches, but cannot be pinned."""
     import pytest
 
-    from recorder_tracer.link import uprobe_multi_supported
+    from recorder_tracer.kernel.link import uprobe_multi_supported
     if not uprobe_multi_supported():
         pytest.skip(f"no uprobe_multi links here{why}")
