@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 import recorder
 from recorder_tracer.target.dynamic import read_armed, runtime_topics
@@ -48,7 +49,7 @@ class PythonWorkload:
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=scaled(10))
 
     def __enter__(self) -> PythonWorkload:
         return self

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 from tracer_helpers import (
     RECORDS,
     Victim,
@@ -55,7 +56,7 @@ def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
         assert controller.stdout.readline().strip() == "armed"
         workload.record("tick", 23)
         controller.kill()
-        assert controller.wait(timeout=10) == -9
+        assert controller.wait(timeout=scaled(10)) == -9
         # No controller: the pinned links keep the topics armed...
         assert semaphore_value(workload.pid, exe, "tock") == 1
         pinned = PinDir(pin_dir).links()
@@ -105,10 +106,10 @@ def test_crash_while_no_controller_runs_is_snapshotted_by_the_next(
         assert controller.stdout is not None
         assert controller.stdout.readline().strip() == "armed"
         controller.kill()
-        assert controller.wait(timeout=10) == -9
+        assert controller.wait(timeout=scaled(10)) == -9
         victim.record()
         victim.send("segv")
-        assert victim.process.wait(timeout=10) == -signal.SIGSEGV
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
         assert not list(directory.glob("*.snapshot.json"))  # nobody wrote it
         watcher = SnapshotWatcher(SnapshotOptions(str(directory), records=23,
                                                   pin_dir=pin_dir))

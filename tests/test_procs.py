@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 from recorder_tracer.target.procs import (
     ProcessFollower,
@@ -25,7 +26,7 @@ from recorder_tracer.target.procs import (
     process_exists,
 )
 
-TIMEOUT = 10.0
+TIMEOUT = scaled(10)
 
 
 def events_of(follower: ProcessFollower, pid: int) -> list[ProcEvent]:
