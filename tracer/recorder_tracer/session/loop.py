@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from recorder_tracer.kernel.pins import PinDir, PinnedLink
     from recorder_tracer.kernel.usdt import UsdtSelector, UsdtTracer
     from recorder_tracer.postmortem.snapshot import SnapshotOptions, SnapshotWatcher
+    from recorder_tracer.session.coverage import SessionCoverage
     from recorder_tracer.target.procs import ProcEvent
 
 __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status",
@@ -105,6 +106,10 @@ class TraceOptions:
     # A bpffs directory (kernel/pins.py): pin the flight ring and the links,
     # so they outlive this controller; take over a previous one's. None: no.
     pin_dir: str | None = None
+    # Coverage (session/coverage.py): follow what the named processes fork
+    # (False: --no-children), trace every process of these cgroups.
+    children: bool = True
+    cgroups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -206,6 +211,8 @@ class TraceSession:
             self.stream = Stream(self.harvester, self._on_record,
                                  pages_per_cpu=options.pages_per_cpu)
         self.snapshots: SnapshotWatcher | None = None
+        self.coverage: SessionCoverage | None = None
+        self._start_ns = monotonic_ns()
         self.usdt: UsdtTracer | None = None
         if options.usdt:
             from recorder_tracer.kernel.usdt import UsdtOptions, UsdtTracer
@@ -237,6 +244,8 @@ class TraceSession:
             if required:
                 raise TracerError(f"process {pid} ({process_comm(pid)}) has no "
                                   "recorder probes (no recorder core mapped)")
+            if self.coverage is not None:
+                self.coverage.not_armed(pid)
             return None
         process = ArmedProcess(pid, process_comm(pid), image,
                                {topic.id: topic for topic in image.topics()},
@@ -249,6 +258,8 @@ class TraceSession:
         except BaseException:
             self.processes.pop(pid, None)
             raise
+        if self.coverage is not None:
+            self.coverage.armed(process)
         SESSION.record("armed pid %d (%s): %d sites, %d run-time topics", pid,
                        process.comm, len(process.attachments),
                        len(process.runtime_armed))
@@ -407,6 +418,8 @@ class TraceSession:
                 os._exit(127)
         os.close(ready_read)
         self._child = pid
+        if self.coverage is not None:
+            self.coverage.follow(pid, 0, monotonic_ns())
         process = ArmedProcess(pid, os.path.basename(path)[:15],
                                ProcessImage(pid), {}, [], set())
         # A uprobe opened for a PID follows it through exec; the kernel
@@ -435,6 +448,8 @@ class TraceSession:
             probes = [probe for probe in notes.probes_in_process(process.pid)
                       if probe.provider == "recorder"]
             self._attach(process, probes)
+            if self.coverage is not None:
+                self.coverage.armed(process)
         except (FileNotFoundError, ProcessLookupError, notes.ProcessGone):
             pass
 
@@ -549,7 +564,9 @@ class TraceSession:
                 return              # reported already (exit event and waitpid)
             for stream in self._streams():
                 stream.drain()
-            self.reorder.flush(until_ns=when_ns)
+            self._poll_coverage()
+            hold = self.coverage.hold_until() if self.coverage is not None else None
+            self.reorder.flush(until_ns=when_ns if hold is None else min(when_ns, hold))
             comm = process.comm if process else (
                 usdt_process.comm if usdt_process else "?")
             self.report(f"process {pid} ({comm}) exited: {status}")
@@ -559,10 +576,15 @@ class TraceSession:
                 process.image.close()   # its address space is gone
             if self.usdt is not None:
                 self.usdt.disarm(pid)
+            if self.coverage is not None:
+                self.coverage.forget(pid)
 
     # -- records --------------------------------------------------------------
 
     def _on_record(self, cpu: int, raw: Any) -> None:
+        if (self.coverage is not None and not raw.status & HARVEST_ENTRY_UNREADABLE
+                and not self.coverage.live(raw.pid, raw.entry)):
+            return      # backfilled or copied already
         self.reorder.push(self.decode(cpu, raw))
 
     def decode(self, cpu: int, raw: Any) -> Record:
@@ -626,6 +648,7 @@ class TraceSession:
                        len(self.options.pids), bool(self.options.command),
                        self._following)
         self._start_following()
+        self._start_coverage()
         if self.options.snapshots is not None:
             from dataclasses import replace
 
@@ -637,6 +660,8 @@ class TraceSession:
             self.snapshots = SnapshotWatcher(snapshot_options, self.report)
             self.snapshots.start()
         for pid in self.options.pids:
+            if self.coverage is not None:
+                self.coverage.follow(pid, 0, self._start_ns)
             self.trace_process(pid)
         if self._following:
             self._scan()
@@ -695,23 +720,64 @@ class TraceSession:
             if self._rescan.is_set() and self._following:
                 self._scan()
             self._rescan.clear()
+        self._poll_coverage()
         while True:
             try:
                 pid, status, when_ns = self._exits.get_nowait()
             except queue.Empty:
                 break
             self._end_process(pid, status, when_ns)
-        self.reorder.flush()
+        self._flush()
         if self._child is not None:
             self._reap_child()
         return not self._ended()
+
+    def _start_coverage(self) -> None:
+        """Follow the selection in the kernel: forks, execs, and copies of
+        what processes recorded before they could be armed."""
+        from recorder_tracer.kernel.coverage import Selection
+        from recorder_tracer.session.coverage import SessionCoverage
+        options = self.options
+        selection = Selection(all_processes=options.all_processes,
+                              comms=list(options.comms),
+                              cgroups=list(options.cgroups),
+                              children=options.children)
+
+        def image_of(pid: int) -> ProcessImage | None:
+            process = self.processes.get(pid) or self.exited.get(pid)
+            return process.image if process is not None else None
+
+        def arm(pid: int) -> bool:
+            if pid in self.traced_pids():
+                return True
+            armed = self.trace_process(pid, required=False)
+            if armed:
+                self.report(f"tracing new process {pid} ({process_comm(pid)})")
+            return armed
+
+        self.coverage = SessionCoverage(
+            selection, options.spec, arm, image_of, self.report,
+            records=options.topics and not options.metrics_only)
+
+    def _poll_coverage(self) -> None:
+        if self.coverage is None:
+            return
+        for record in self.coverage.poll():
+            self.reorder.push(record)
+
+    def _flush(self) -> None:
+        """Deliver what the reordering window lets go, but nothing newer
+        than a process still to be armed or copied could bring."""
+        hold = self.coverage.hold_until() if self.coverage is not None else None
+        until = monotonic_ns() - self.reorder.window_ns
+        self.reorder.flush(until_ns=until if hold is None else min(until, hold))
 
     def _while_flooded(self) -> None:
         """Every few thousand records, inside a stream's callback: poll()
         may not return while a flood lasts, so records leave from here, and
         a stop (or the end of the duration) detaches every probe, which
         ends the flood and lets poll() return."""
-        self.reorder.flush()
+        self._flush()
         if self._requested_end():
             self._disarm_all()
 
@@ -775,6 +841,7 @@ class TraceSession:
         self._disarm_all()
         for stream in self._streams():
             stream.drain()
+        self._poll_coverage()
         self.reorder.flush_all()
         if self.snapshots is not None:    # captures of the last moments
             for path in self.snapshots.poll(timeout_ms=0):
@@ -787,6 +854,8 @@ class TraceSession:
         self._release()
 
     def _release(self) -> None:
+        if self.coverage is not None:
+            self.coverage.close()
         if self.snapshots is not None:
             self.snapshots.close()
         if self.stream is not None:

@@ -1,0 +1,277 @@
+"""Load and read the coverage program (kernel/bpf/coverage.c): a selection
+followed through fork and exec, and the records of processes that end
+before they could be armed, copied in their own context.
+
+    coverage = Coverage(Selection(all_processes=True), handler)
+    coverage.follow(pid, registry)      # a process named by -p or -c
+    coverage.armed(pid)                 # armed and backfilled: no copy at exit
+    coverage.poll(timeout_ms)           # handler.on_fork / on_exec / on_copy
+
+The handler is called in the thread that polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel import btf
+from recorder_tracer.kernel.btf import member_offset
+from recorder_tracer.kernel.harvest import (
+    BPF_DIR,
+    PROBES_INCLUDE,
+    possible_cpus,
+    require_bpf,
+    struct_format,
+)
+from recorder_tracer.selftrace import SESSION
+from recorder_tracer.target.rings import RawEntry
+
+FORK, EXEC, BEGIN, TOPIC, ENTRY, END = range(1, 7)      # coverage.h
+WATCH_PENDING, WATCH_ARMED, WATCH_NO_CORE = 0, 1, 2     # coverage.h (2: ours)
+COUNTER_NAMES = ("forks", "execs", "copies", "no_registry", "lost",
+                 "messages_lost")
+MAX_CGROUPS = 8
+BTF_PTR, BTF_TYPEDEF, BTF_FUNC_PROTO = 2, 8, 13
+
+
+@dataclass
+class Selection:
+    """What the kernel follows: processes named here, and the children of
+    followed ones (`children`)."""
+
+    all_processes: bool = False
+    comms: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)    # cgroup v2 directories
+    children: bool = True
+
+
+@dataclass
+class Copy:
+    """What an ending process's rings held since it was followed."""
+
+    pid: int
+    comm: str
+    parent: int
+    since: int
+    registry: int
+    start_code: int
+    time_ns: int
+    topics: dict[int, str] = field(default_factory=dict)
+    entries: list[tuple[RawEntry, list[Any]]] = field(default_factory=list)
+    sent: int = 0
+    lost: int = 0
+    overwritten: int = 0
+
+
+class Handler(Protocol):
+    def on_fork(self, pid: int, parent: int, time_ns: int, registry: int) -> None: ...
+    def on_exec(self, pid: int, time_ns: int, comm: str, filename: str,
+                start_code: int) -> None: ...
+    def on_copy(self, copy: Copy) -> None: ...
+
+
+def kernel_offsets() -> list[str]:
+    """-D flags: the kernel struct members coverage.c reads, from BTF."""
+    return [f"-D{name}={member_offset(struct_name, member)}"
+            for name, struct_name, member in (
+                ("TASK_PID_OFFSET", "task_struct", "pid"),
+                ("TASK_TGID_OFFSET", "task_struct", "tgid"),
+                ("TASK_MM_OFFSET", "task_struct", "mm"),
+                ("MM_START_CODE_OFFSET", "mm_struct", "start_code"),
+                ("MM_START_DATA_OFFSET", "mm_struct", "start_data"),
+                ("MM_END_DATA_OFFSET", "mm_struct", "end_data"),
+                ("BINPRM_FILENAME_OFFSET", "linux_binprm", "filename"))]
+
+
+def exit_tracepoint() -> bool:
+    """True where sched_process_exit runs before exit_mm() (Linux 6.16,
+    which also gave it its `group_dead` argument): the ending process's
+    memory is still there. Elsewhere the copy runs at exit_group()."""
+    try:
+        types, strings = btf._types()
+    except TracerError:
+        return False
+    wanted = "btf_trace_sched_process_exit"
+    for kind, _vlen, target, _blob, _flag, name_off in types:
+        if kind == BTF_TYPEDEF and btf._name(strings, name_off) == wanted:
+            pointer = types[target]         # typedef -> pointer -> prototype
+            prototype = types[pointer[2]] if pointer[0] == BTF_PTR else None
+            # (void *, struct task_struct *, bool group_dead)
+            return prototype is not None and prototype[0] == BTF_FUNC_PROTO \
+                and prototype[1] >= 3
+    return False
+
+
+def cgroup_fd(path: str) -> int:
+    """An fd of cgroup directory `path` (a cgroup v2 path, absolute or under
+    /sys/fs/cgroup); a one-line error if it is not one."""
+    full = path if path.startswith("/sys/fs/cgroup") else (
+        "/sys/fs/cgroup/" + path.lstrip("/"))
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise TracerError(f"--cgroup {path}: {error.strerror}") from None
+    if not os.path.exists(os.path.join(full, "cgroup.procs")):
+        os.close(fd)
+        raise TracerError(f"--cgroup {path}: not a cgroup directory")
+    return fd
+
+
+class Coverage:
+    """One loaded coverage program."""
+
+    def __init__(self, selection: Selection, handler: Handler,
+                 ring_pages: int = 2048) -> None:
+        bcc = require_bpf()
+        self.selection = selection
+        self.handler = handler
+        if len(selection.cgroups) > MAX_CGROUPS:
+            raise TracerError(f"at most {MAX_CGROUPS} --cgroup")
+        cgroup_fds = [cgroup_fd(path) for path in selection.cgroups]
+        cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
+                  f"-DCOVERAGE_RING_PAGES={ring_pages}",
+                  f"-DCOVERAGE_CPUS={min(possible_cpus(), 64)}",
+                  f"-DCOVERAGE_CGROUPS={MAX_CGROUPS}",
+                  *kernel_offsets()]
+        if exit_tracepoint():
+            cflags.append("-DCOVERAGE_EXIT_TRACEPOINT")
+        try:
+            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "coverage.c").encode(),
+                               cflags=cflags)
+            more = self.bpf.load_func(b"walk_more", bcc.BPF.RAW_TRACEPOINT)
+            scan = self.bpf.load_func(b"scan_more", bcc.BPF.RAW_TRACEPOINT)
+            programs = self.bpf[b"walk_programs"]
+            programs[ctypes.c_int(0)] = ctypes.c_int(more.fd)
+            programs[ctypes.c_int(1)] = ctypes.c_int(scan.fd)
+        except Exception as error:
+            for fd in cgroup_fds:
+                os.close(fd)
+            raise TracerError(
+                f"cannot load the BPF coverage program: {error}") from None
+        self._formats = {
+            kind: "<" + struct_format(self.bpf[name].Leaf)
+            for kind, name in ((FORK, b"layout_fork"), (EXEC, b"layout_exec"),
+                               (BEGIN, b"layout_begin"), (TOPIC, b"layout_topic"),
+                               (ENTRY, b"layout_entry"), (END, b"layout_end"))}
+        self._watched = self.bpf[b"watched"]
+        comms = self.bpf[b"comms"]
+        for name in selection.comms:
+            key = comms.Key()
+            key.comm = name.encode()[:15]
+            comms[key] = ctypes.c_uint8(1)
+        for index, fd in enumerate(cgroup_fds):
+            self.bpf[b"cgroups"][ctypes.c_int(index)] = ctypes.c_int(fd)
+            os.close(fd)
+        config = self.bpf[b"config"]
+        value = config.Leaf()
+        value.all = int(selection.all_processes)
+        value.children = int(selection.children)
+        value.cgroups = len(cgroup_fds)
+        value.comms = len(selection.comms)
+        config[ctypes.c_int(0)] = value
+        self._copies: dict[int, Copy] = {}
+        self.bpf[b"events"].open_ring_buffer(self._on_message)
+
+    # -- what the controller tells the kernel ----------------------------------
+
+    def follow(self, pid: int, registry: int = 0, since: int = 0,
+               state: int = WATCH_PENDING) -> None:
+        """Follow `pid` (and, with `children`, what it forks from now on)."""
+        watch = self._watched.Leaf()
+        watch.registry = registry
+        watch.since = since
+        watch.state = state
+        watch.parent = 0
+        self._watched[ctypes.c_uint32(pid)] = watch
+
+    def set_state(self, pid: int, state: int, registry: int | None = None) -> None:
+        """Mark a followed process armed (WATCH_ARMED: no copy at its end)
+        or without a core (WATCH_NO_CORE); a process gone is left alone."""
+        key = ctypes.c_uint32(pid)
+        try:
+            watch = self._watched[key]
+        except KeyError:
+            return
+        watch.state = state
+        if registry is not None:
+            watch.registry = registry
+        self._watched[key] = watch
+
+    def watch_of(self, pid: int) -> tuple[int, int, int] | None:
+        """(registry, since, state) of a followed process, or None."""
+        try:
+            watch = self._watched[ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+        return watch.registry, watch.since, watch.state
+
+    def forget(self, pid: int) -> None:
+        with contextlib.suppress(KeyError):
+            del self._watched[ctypes.c_uint32(pid)]
+
+    # -- what the kernel tells the controller ----------------------------------
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Deliver what the program sent (waiting up to `timeout_ms`)."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def _on_message(self, _context: Any, data: Any, size: int) -> None:
+        raw = ctypes.string_at(data, size)
+        kind = int.from_bytes(raw[:4], "little")
+        fmt = self._formats.get(kind)
+        if fmt is None or size < struct.calcsize(fmt):
+            return
+        values = struct.unpack_from(fmt, raw)
+        if kind == ENTRY:
+            copy = self._copies.get(values[1])
+            if copy is None:
+                return
+            entry = RawEntry(*values[5:15], tuple(values[15:27]), values[2])
+            strings = [(values[27 + 2 * i], values[28 + 2 * i])
+                       for i in range(4)]
+            copy.entries.append((entry, strings))
+        elif kind == TOPIC:
+            copy = self._copies.get(values[1])
+            if copy is not None:
+                copy.topics[values[2]] = _text(values[4])
+        elif kind == BEGIN:
+            (_, tgid, time_ns, since, registry, start_code, parent, _pad,
+             comm) = values
+            self._copies[tgid] = Copy(tgid, _text(comm), parent, since, registry,
+                                      start_code, time_ns)
+        elif kind == END:
+            _, tgid, _topics, _shards, sent, lost, overwritten, _time = values
+            copy = self._copies.pop(tgid, None)
+            if copy is not None:
+                copy.sent, copy.lost, copy.overwritten = sent, lost, overwritten
+                SESSION.record("copied pid %d at its end: %d entries, %d lost",
+                               tgid, sent, lost)
+                self.handler.on_copy(copy)
+        elif kind == FORK:
+            _, tgid, parent, _pad, time_ns, registry = values
+            self.handler.on_fork(tgid, parent, time_ns, registry)
+        elif kind == EXEC:
+            _, tgid, time_ns, start_code, comm, filename = values
+            self.handler.on_exec(tgid, time_ns, _text(comm), _text(filename),
+                                 start_code)
+
+    def counters(self) -> dict[str, int]:
+        """The program's counters, summed over CPUs."""
+        table = self.bpf[b"counters"]
+        return {name: sum(table[ctypes.c_int(index)])
+                for index, name in enumerate(COUNTER_NAMES)}
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -1,0 +1,261 @@
+"""Every record of every process a selection names: forks, short lives and
+records made before arming (kernel/coverage.py does the kernel's part).
+
+A process the selection follows gets records into its in-process rings
+before the session can arm it: a forked worker between its fork and its
+arming, a process that lives a millisecond, a run-time topic made while
+the trace runs. They reach the session three ways, each exactly once:
+
+  live       the harvest program, once armed (the per-record trap)
+  backfill   read from the process's rings when it is armed: entries
+             stamped since it was followed (its fork, its exec, the trace's
+             start)
+  copy       made by BPF in the process's own context when it ends before
+             it was armed
+
+An entry is named by (pid, topic id, shard, sequence); `Delivered` keeps the
+names recently delivered per process, and whichever way brings an entry
+second drops it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.render import format_message
+from recorder_tracer.kernel.coverage import (
+    WATCH_ARMED,
+    WATCH_NO_CORE,
+    Copy,
+    Coverage,
+    Selection,
+)
+from recorder_tracer.selftrace import PROCS
+from recorder_tracer.target.memory import ProcessImage, load_segments
+from recorder_tracer.target.rings import (
+    MAX_SHARDS,
+    RawEntry,
+    decode_args,
+    shard_window,
+    topic_shards,
+)
+
+if TYPE_CHECKING:
+    from recorder_tracer.decode.spec import TopicSpec
+
+PENDING_HOLD_NS = 2_000_000_000    # hold output back this long at most for
+                                   # a process not armed nor copied yet
+WINDOW = 1 << 16                   # sequences kept per shard for dedup
+
+
+class Delivered:
+    """The entries delivered per process, as (topic, shard) -> sequences,
+    each set trimmed to the last WINDOW sequences (no copy reaches further
+    back than a ring's capacity)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, dict[tuple[int, int], set[int]]] = {}
+        self._lock = threading.Lock()   # the follower's thread arms too
+
+    def first(self, pid: int, topic_id: int, shard: int, sequence: int) -> bool:
+        """True the first time this entry comes (and remember it)."""
+        with self._lock:
+            return self._first(pid, topic_id, shard, sequence)
+
+    def _first(self, pid: int, topic_id: int, shard: int, sequence: int) -> bool:
+        shards = self._seen.setdefault(pid, {})
+        seen = shards.setdefault((topic_id, shard), set())
+        if sequence in seen:
+            return False
+        seen.add(sequence)
+        if len(seen) > 2 * WINDOW:
+            floor = max(seen) - WINDOW
+            shards[(topic_id, shard)] = {s for s in seen if s > floor}
+        return True
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            self._seen.pop(pid, None)
+
+
+class SessionCoverage:
+    """The session's side of coverage: arms what the kernel reports, and
+    turns backfills and copies into records.
+
+    `arm(pid)` arms a process (topics and USDT; None if it has none) and
+    returns its ArmedProcess; `image_of(pid)` finds a known process's image.
+    Records go to `deliver`, from the thread that calls poll()."""
+
+    def __init__(self, selection: Selection, spec: TopicSpec,
+                 arm: Callable[[int], bool], image_of: Callable[[int], Any],
+                 report: Callable[[str], None], records: bool = True) -> None:
+        self.spec = spec
+        self._arm = arm
+        self._image_of = image_of
+        self.report = report
+        self.records = records      # False: metrics only, no backfill
+        self.kernel = Coverage(selection, self)
+        self.delivered = Delivered()
+        self.ready: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        self.pending: dict[int, int] = {}       # pid -> since, not armed yet
+        self._execs: dict[int, tuple[str, int]] = {}   # pid -> file, start_code
+        self.backfilled = 0
+        self.copied = 0
+        self.overwritten = 0
+        self.copy_lost = 0
+
+    # -- the session tells ---------------------------------------------------
+
+    def follow(self, pid: int, registry: int, since: int) -> None:
+        """Follow a process the session names (-p, -c) from `since`."""
+        self.kernel.follow(pid, registry, since)
+
+    def armed(self, process: Any) -> None:
+        """`process` (an ArmedProcess) was just armed: backfill what it
+        recorded since it was followed, then stop the copy at its end."""
+        watch = self.kernel.watch_of(process.pid)
+        self.pending.pop(process.pid, None)
+        if watch is None:
+            # Found by a scan: followed from now on, so that what it forks
+            # is followed (with its registry) too.
+            self.kernel.follow(process.pid, process.image.find_registry() or 0,
+                               state=WATCH_ARMED)
+            return
+        registry, since, _state = watch
+        if self.records and since:
+            self._backfill(process, since)
+        self.kernel.set_state(process.pid, WATCH_ARMED,
+                              registry or process.image.find_registry() or 0)
+
+    def not_armed(self, pid: int) -> None:
+        """`pid` has no recorder core (yet): no copy at its end."""
+        self.pending.pop(pid, None)
+        self.kernel.set_state(pid, WATCH_NO_CORE)
+
+    def live(self, pid: int, entry: Any) -> bool:
+        """A record of the live stream: False if it came another way."""
+        return self.delivered.first(pid, entry.topic_id,
+                                    entry.cpu % MAX_SHARDS, entry.sequence)
+
+    def hold_until(self) -> int | None:
+        """Records stamped from here on wait: a process not yet armed nor
+        copied may still bring older ones."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        for pid, since in list(self.pending.items()):
+            if now - since > PENDING_HOLD_NS:
+                del self.pending[pid]
+        return min(self.pending.values()) - 1 if self.pending else None
+
+    def poll(self) -> list[Record]:
+        """Read the kernel's reports; the records backfilled or copied."""
+        self.kernel.poll(0)
+        out = []
+        while True:
+            try:
+                out.append(self.ready.get_nowait())
+            except queue.Empty:
+                return out
+
+    def forget(self, pid: int) -> None:
+        self.delivered.forget(pid)
+        self._execs.pop(pid, None)
+        self.pending.pop(pid, None)
+
+    def close(self) -> None:
+        self.kernel.close()
+
+    # -- the kernel tells (coverage.Handler) ----------------------------------
+
+    def on_fork(self, pid: int, parent: int, time_ns: int, registry: int) -> None:
+        self.pending[pid] = time_ns
+        PROCS.record("followed fork %d of %d", pid, parent)
+        if not self._arm(pid):
+            self.pending.pop(pid, None)
+
+    def on_exec(self, pid: int, time_ns: int, comm: str, filename: str,
+                start_code: int) -> None:
+        self._execs[pid] = (filename, start_code)
+        self.delivered.forget(pid)      # a new program: new rings
+
+    def on_copy(self, copy: Copy) -> None:
+        self.pending.pop(copy.pid, None)
+        self.copy_lost += copy.lost
+        self.overwritten += copy.overwritten
+        if not self.records:
+            return
+        image = self._copy_image(copy)
+        for entry, strings in copy.entries:
+            name = copy.topics.get(entry.topic_id, f"topic{entry.topic_id}")
+            if not self.spec.armed(name):
+                continue
+            if not self.delivered.first(copy.pid, entry.topic_id, entry.shard,
+                                        entry.sequence):
+                continue
+            captured = iter(strings)
+
+            def string(address: int) -> str | None:
+                length, text = next(captured, (0, b""))
+                if length > 0:
+                    return bytes(text)[:length - 1].decode("utf-8", "replace")
+                return image.string(address) if image else None
+            self.ready.put(_record(entry, copy.pid, copy.comm, name, image, string))
+            self.copied += 1
+
+    # -- backfill and images ---------------------------------------------------
+
+    def _backfill(self, process: Any, since: int) -> None:
+        image = process.image
+        try:
+            topics = image.topics()
+        except OSError:
+            return
+        for topic in topics:
+            if not self.spec.armed(topic.name):
+                continue
+            for slot, shard in topic_shards(image.read, topic):
+                for entry in shard_window(image.read, shard, 1 << 30, slot):
+                    if entry.timestamp < since or not self.delivered.first(
+                            process.pid, entry.topic_id, slot, entry.sequence):
+                        continue
+                    self.ready.put(_record(entry, process.pid, process.comm,
+                                           topic.name, image, image.string))
+                    self.backfilled += 1
+
+    def _copy_image(self, copy: Copy) -> ProcessImage | None:
+        """Where a copied process's formats can be read: its own image if it
+        was seen, its parent's for a fork (the same memory), else its
+        executable's file at the load bias its start_code gives."""
+        for pid in (copy.pid, copy.parent):
+            image = self._image_of(pid) if pid else None
+            if image is not None:
+                return image
+        known = self._execs.pop(copy.pid, None)
+        if known is None:
+            return None
+        filename, start_code = known
+        path = os.path.abspath(filename)
+        segments = [s for s in load_segments(path) if s.executable]
+        if not segments:
+            return None
+        image = ProcessImage.offline(copy.pid, [])
+        image.add_file(path, start_code - min(s.address for s in segments))
+        return image
+
+
+def _record(entry: RawEntry, pid: int, comm: str, topic: str,
+            image: ProcessImage | None,
+            string: Callable[[int], str | None]) -> Record:
+    args = decode_args(entry.nargs, entry.arg_types, entry.args, string)
+    fmt = image.string(entry.format) if image else None
+    where = (image.string(entry.where) if image else None) or "?"
+    message = (format_message(fmt, args) if fmt is not None
+               else f"<unreadable format {entry.format:#x}>")
+    return Record(ts=entry.timestamp, pid=pid, tid=entry.tid, comm=comm,
+                  topic=topic, where=where, message=message, args=args,
+                  cpu=entry.cpu)
