@@ -197,14 +197,8 @@ class SessionCoverage:
             if not self.delivered.first(copy.pid, entry.topic_id, entry.shard,
                                         entry.sequence):
                 continue
-            captured = iter(strings)
-
-            def string(address: int) -> str | None:
-                length, text = next(captured, (0, b""))
-                if length > 0:
-                    return bytes(text)[:length - 1].decode("utf-8", "replace")
-                return image.string(address) if image else None
-            self.ready.put(_record(entry, copy.pid, copy.comm, name, image, string))
+            self.ready.put(_record(entry, copy.pid, copy.comm, name, image,
+                                   _captured_strings(strings, image)))
             self.copied += 1
 
     # -- backfill and images ---------------------------------------------------
@@ -246,6 +240,20 @@ class SessionCoverage:
         image = ProcessImage.offline(copy.pid, [])
         image.add_file(path, start_code - min(s.address for s in segments))
         return image
+
+
+def _captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | None
+                      ) -> Callable[[int], str | None]:
+    """The `string(address)` of a copied entry: the strings BPF read, in
+    order, then (for literals) the process's files."""
+    captured = iter(strings)
+
+    def string(address: int) -> str | None:
+        length, text = next(captured, (0, b""))
+        if length > 0:
+            return bytes(text)[:length - 1].decode("utf-8", "replace")
+        return image.string(address) if image else None
+    return string
 
 
 def _record(entry: RawEntry, pid: int, comm: str, topic: str,
