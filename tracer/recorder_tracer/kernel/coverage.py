@@ -177,6 +177,7 @@ class Coverage:
         config[ctypes.c_int(0)] = value
         self._copies: dict[int, Copy] = {}
         self.bpf[b"events"].open_ring_buffer(self._on_message)
+        self.bpf[b"copies"].open_ring_buffer(self._on_message)
 
     # -- what the controller tells the kernel ----------------------------------
 

@@ -29,7 +29,8 @@
  *   comms       comm -> 1: --comm names            the controller
  *   cgroups     cgroup array: --cgroup             the controller
  *   config      [0]: struct coverage_config        the controller
- *   events      ring buffer of the messages        the controller
+ *   events      ring buffer of FORK and EXEC       the controller
+ *   copies      ring buffer of BEGIN ... END       the controller
  *   counters    per-CPU COVERAGE_COUNT_*           the controller
  *   walks, walk_programs: a walk's state across tail calls
  *   layout_*    never written: carry the message layouts to Python
@@ -73,7 +74,8 @@ BPF_HASH(watched, __u32, struct coverage_watch, 65536);
 BPF_HASH(comms, struct comm_key, __u8, 256);
 BPF_CGROUP_ARRAY(cgroups, COVERAGE_CGROUPS);
 BPF_ARRAY(config, struct coverage_config, 1);
-BPF_RINGBUF_OUTPUT(events, COVERAGE_RING_PAGES);
+BPF_RINGBUF_OUTPUT(events, 64);     /* FORK, EXEC: never behind copies */
+BPF_RINGBUF_OUTPUT(copies, COVERAGE_RING_PAGES);
 BPF_PERCPU_ARRAY(counters, __u64, COVERAGE_COUNT_COUNT);
 BPF_ARRAY(layout_fork, struct coverage_fork, 1);
 BPF_ARRAY(layout_exec, struct coverage_exec, 1);
@@ -165,7 +167,7 @@ static __always_inline void copy_entry(struct walk *walk)
     if (bpf_probe_read_user(&head, sizeof(head), (void *)address)
         || head.sequence != index + 1 || head.timestamp < walk->since)
         return;
-    struct coverage_entry *out = events.ringbuf_reserve(sizeof(*out));
+    struct coverage_entry *out = copies.ringbuf_reserve(sizeof(*out));
     if (!out) {
         walk->lost++;
         return;
@@ -235,7 +237,7 @@ static __always_inline void open_shard(struct walk *walk)
 
 static __always_inline void send_topic(struct walk *walk)
 {
-    struct coverage_topic *out = events.ringbuf_reserve(sizeof(*out));
+    struct coverage_topic *out = copies.ringbuf_reserve(sizeof(*out));
     if (!out) {
         count(COVERAGE_COUNT_MESSAGES_LOST, 1);
         return;
@@ -287,7 +289,7 @@ static __always_inline void walk_end(struct walk *walk)
 {
     if (walk->lost)
         count(COVERAGE_COUNT_LOST, walk->lost);
-    struct coverage_end *end = events.ringbuf_reserve(sizeof(*end));
+    struct coverage_end *end = copies.ringbuf_reserve(sizeof(*end));
     if (!end) {
         count(COVERAGE_COUNT_MESSAGES_LOST, 1);
         return;
@@ -325,7 +327,7 @@ int walk_more(struct bpf_raw_tracepoint_args *ctx)
 static __always_inline int begin_walk(void *ctx, struct walk *walk, __u64 registry)
 {
     count(COVERAGE_COUNT_COPIES, 1);
-    struct coverage_begin *begin = events.ringbuf_reserve(sizeof(*begin));
+    struct coverage_begin *begin = copies.ringbuf_reserve(sizeof(*begin));
     if (!begin) {
         count(COVERAGE_COUNT_MESSAGES_LOST, 1);
         return 0;

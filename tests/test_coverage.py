@@ -1,0 +1,164 @@
+"""Coverage: every record of every process a selection names, forked
+workers and processes that live a millisecond included (session/coverage.py,
+kernel/bpf/coverage.c)."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+from pathlib import Path
+
+import pytest
+from timing import scaled
+from tracer_helpers import BackgroundSession
+
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions
+
+pytestmark = pytest.mark.bpf
+
+WORKERS, RECORDS, INTERVAL_US = 3, 1000, 100
+
+
+class PreforkServer:
+    """build/progs/prefork_server: forks its workers (no exec) on "go"."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline().split()
+        assert ready[0] == "ready", ready
+        self.pid = int(ready[1])    # in its own PID namespace, if any
+
+    def serve(self) -> list[str]:
+        """Fork the workers; returns the server's lines once they are done."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        lines = self.process.stdout.read().splitlines()
+        assert self.process.wait(timeout=scaled(30)) == 0
+        assert lines[-1] == "done 0", lines
+        return lines
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def server_argv(progs: Path) -> list[str]:
+    return [str(progs / "prefork_server"), str(WORKERS), str(RECORDS),
+            str(INTERVAL_US)]
+
+
+def assert_every_worker_record(records: list[Record], workers: int) -> None:
+    """WORKERS x RECORDS records from `workers` processes (other processes
+    of the machine may record `work` too), each worker's in order, none
+    twice, none unreadable, all in timestamp order."""
+    work = [record for record in records
+            if record.topic == "work" and record.comm == "prefork_server"]
+    by_pid = collections.defaultdict(list)
+    for record in work:
+        by_pid[record.pid].append(record)
+    counts = {pid: len(mine) for pid, mine in by_pid.items()}
+    assert len(work) == WORKERS * RECORDS, counts
+    assert len(by_pid) == workers == WORKERS, counts
+    for mine in by_pid.values():
+        worker = mine[0].args[0]
+        assert [record.args for record in mine] == [
+            [worker, i] for i in range(RECORDS)]
+        assert mine[7].message == f"worker {worker} record 7"
+        assert mine[7].where.endswith("prefork_server.c:48")
+    assert not [record for record in work if "unreadable" in record.message]
+    assert [record.ts for record in records] == sorted(r.ts for r in records)
+
+
+@pytest.mark.parametrize("selection", ["pid", "comm", "all"])
+def test_forked_workers_are_traced_from_their_first_record(progs, selection) -> None:
+    server = PreforkServer(server_argv(progs))
+    try:
+        options = {
+            "pid": TraceOptions(pids=[server.pid]),
+            "comm": TraceOptions(comms=["prefork_server"]),
+            "all": TraceOptions(all_processes=True),
+        }[selection]
+        options.spec = TopicSpec.parse("work")
+        session = BackgroundSession(options)
+        lines = server.serve()
+        workers = {int(line.split()[1]) for line in lines if line.startswith("worker")}
+        records = session.stop()
+    finally:
+        server.close()
+    assert_every_worker_record(records, len(workers))
+    assert workers <= {record.pid for record in records}
+
+
+@pytest.mark.parametrize("selection", ["pid", "comm", "all"])
+def test_workers_in_a_private_mount_and_pid_namespace_are_traced(
+        progs, tmp_path, selection) -> None:
+    """As in a container: the binary exists only in the server's own mount
+    namespace (a tmpfs mounted there), and its pids are its namespace's."""
+    mount = tmp_path / "root"
+    mount.mkdir()
+    inner = " ".join([str(mount / "prefork_server"), *server_argv(progs)[1:]])
+    server = PreforkServer([
+        "unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c",
+        f"mount -t tmpfs tmpfs {mount} && cp {progs / 'prefork_server'} {mount} "
+        f"&& exec {inner}"])
+    try:
+        assert server.pid == 1 and not list(mount.iterdir())
+        unshare = server.process.pid
+        with open(f"/proc/{unshare}/task/{unshare}/children") as children:
+            host_pid = int(children.read().split()[0])
+        options = {
+            "pid": TraceOptions(pids=[host_pid]),
+            "comm": TraceOptions(comms=["prefork_server"]),
+            "all": TraceOptions(all_processes=True),
+        }[selection]
+        options.spec = TopicSpec.parse("work")
+        session = BackgroundSession(options)
+        lines = server.serve()
+        records = session.stop()
+    finally:
+        server.close()
+    workers = [line for line in lines if line.startswith("worker")]
+    assert_every_worker_record(records, len(workers))
+    mine = {record.pid for record in records if record.comm == "prefork_server"}
+    assert all(pid > 3 for pid in mine)         # host pids, not 2, 3, 4
+
+
+def test_no_children_traces_the_pid_alone(progs) -> None:
+    server = PreforkServer([*server_argv(progs)[:2], "20", "0"])
+    try:
+        session = BackgroundSession(TraceOptions(
+            pids=[server.pid], spec=TopicSpec.parse("work"), children=False))
+        server.serve()
+        records = session.stop()
+    finally:
+        server.close()
+    assert records == []
+
+
+def test_jobs_that_live_a_millisecond_are_all_traced(progs) -> None:
+    """300 processes, each exec'd, recording 10 records and exiting at
+    once: most end before any tracer could arm them."""
+    session = BackgroundSession(TraceOptions(all_processes=True,
+                                             spec=TopicSpec.parse("job")))
+    for index in range(300):
+        subprocess.run([str(progs / "short_job"), "10", str(index)], check=True)
+    records = session.stop()
+    mine = [record for record in records if record.comm == "short_job"]
+    by_job = collections.defaultdict(list)
+    for record in mine:
+        by_job[record.args[0]].append(record)
+    assert sorted(by_job) == list(range(300))
+    assert len(mine) == 3000
+    for index, theirs in by_job.items():
+        assert [record.args for record in theirs] == [[index, i] for i in range(10)]
+        assert len({record.pid for record in theirs}) == 1
+    assert theirs[3].message == f"job {index} record 3"
+    assert theirs[3].where.endswith("short_job.c:18")
+    copied = session.session.coverage
+    assert copied is not None and copied.copied > 0     # not all armed in time
