@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder_tracer.decode.record import Arg, Record
 from recorder_tracer.decode.reorder import ReorderBuffer
@@ -67,6 +67,9 @@ from recorder_tracer.session.loop import describe_status, process_alive, stop_on
 from recorder_tracer.target import notes
 from recorder_tracer.target.memory import load_bias, read_maps
 from recorder_tracer.target.procs import process_comm
+
+if TYPE_CHECKING:
+    from recorder_tracer.kernel.usdt_wide import WideSites
 
 Sink = Callable[[Record], None]
 Reporter = Callable[[str], None]
@@ -257,6 +260,15 @@ class UsdtTracer:
         self.program = UsdtProgram(string_max=options.string_max)
         self.stream = Stream(self.program, self._on_event,  # type: ignore[arg-type]
                              pages_per_cpu=options.pages_per_cpu)
+        # Sites attached by file for every process (--comm, --all): set by
+        # the session through follow_system_wide().
+        self.wide: WideSites | None = None
+
+    def follow_system_wide(self, comms: list[str], all_processes: bool) -> None:
+        """Attach the selected probes by file, for every process mapping the
+        files, and report the hits of processes named by `comms` (or all)."""
+        from recorder_tracer.kernel.usdt_wide import WideSites
+        self.wide = WideSites(self, comms, all_processes)
 
     # -- arming ---------------------------------------------------------------
 
@@ -456,6 +468,8 @@ class UsdtTracer:
         pid = event.pid
         process = self.processes.get(pid) or self.exited.get(pid)
         site = process.by_address.get(event.ip) if process else None
+        if site is None and self.wide is not None:
+            site = self.wide.by_address.get(event.ip)
         if process is not None and site is None and pid in self.processes:
             self._load_specs(process)       # a library mapped since we armed
             site = process.by_address.get(event.ip)
@@ -541,6 +555,8 @@ class UsdtTracer:
         """Detach everything, drain the stream, emit what is left."""
         for pid in list(self.processes):
             self.disarm(pid)
+        if self.wide is not None:
+            self.wide.detach()
         self.stream.drain()
         self.reorder.flush_all()
 

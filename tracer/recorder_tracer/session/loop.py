@@ -463,7 +463,9 @@ class TraceSession:
             armed = False
             if self.options.topics:
                 armed = self.arm(pid, required) is not None
-            if self.usdt is not None:
+            if self.usdt is not None and self.usdt.wide is not None:
+                armed = self.usdt.wide.learn(pid) is not None or armed
+            elif self.usdt is not None:
                 armed = self.usdt.arm(pid, required=required) is not None or armed
             return armed
 
@@ -649,6 +651,13 @@ class TraceSession:
                        self._following)
         self._start_following()
         self._start_coverage()
+        if self.usdt is not None and self._following:
+            # Foreign probes by file, for every process: a server's forked
+            # workers fire them before any per-PID attach could be made.
+            self.usdt.follow_system_wide(list(self.options.comms),
+                                         self.options.all_processes)
+            for pid in self.options.pids:
+                self.usdt.wide.allow(pid)   # type: ignore[union-attr]
         if self.options.snapshots is not None:
             from dataclasses import replace
 
@@ -789,6 +798,8 @@ class TraceSession:
             if self.usdt is not None:
                 for pid in list(self.usdt.processes):
                     self.usdt.disarm(pid)
+                if self.usdt.wide is not None:
+                    self.usdt.wide.detach()
 
     def _requested_end(self) -> bool:
         return self._stop.is_set() or (self._deadline is not None and

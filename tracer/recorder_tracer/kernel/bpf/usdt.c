@@ -18,6 +18,16 @@
  *   stream    per-CPU perf buffer of events   controller: live trace
  *   scratch   per-CPU event being built (too big for the BPF stack)
  *
+ *   filter, filter_comms, filter_pids
+ *             which processes a site attached system-wide (by file, every
+ *             process: kernel/usdt_wide.py) reports: filter[0].on = 0 all
+ *             of them; else those whose comm or tgid is listed
+ *                                             written by the controller
+ *
+ * A site attached system-wide serves processes the controller has not seen
+ * (a forked backend): their specs are found under pid 0 and the runtime
+ * address, which a fork keeps.
+ *
  * Compile-time settings (-D): USDT_STRING_MAX, USDT_MAX_SITES.
  */
 #include <uapi/linux/ptrace.h>
@@ -27,6 +37,23 @@ BPF_HASH(sites, struct usdt_site_key, struct usdt_site, USDT_MAX_SITES);
 BPF_PERCPU_ARRAY(counters, __u64, USDT_COUNTER_COUNT);
 BPF_PERCPU_ARRAY(scratch, struct usdt_event, 1);
 BPF_PERF_OUTPUT(stream);
+BPF_ARRAY(filter, struct usdt_filter, 1);
+BPF_HASH(filter_comms, struct usdt_comm, __u8, 256);
+BPF_HASH(filter_pids, __u32, __u8, 4096);
+
+/* Does the current process interest us (sites attached system-wide)? */
+static __always_inline int selected(__u32 tgid)
+{
+    __u32 zero = 0;
+    struct usdt_filter *config = filter.lookup(&zero);
+    if (!config || !config->on)
+        return 1;
+    if (filter_pids.lookup(&tgid))
+        return 1;
+    struct usdt_comm key = {};
+    bpf_get_current_comm(key.comm, sizeof(key.comm));
+    return filter_comms.lookup(&key) != 0;
+}
 
 static __always_inline void count(__u32 counter)
 {
@@ -114,9 +141,11 @@ int usdt_hit(struct pt_regs *ctx)
     struct usdt_event *event = scratch.lookup(&zero);
     if (!event)
         return 0;
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!selected(pid_tgid >> 32))
+        return 0;
     count(USDT_COUNTER_HITS);
 
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
     event->ts = bpf_ktime_get_ns();
     event->ip = PT_REGS_IP(ctx);
     event->pid = pid_tgid >> 32;
@@ -131,6 +160,10 @@ int usdt_hit(struct pt_regs *ctx)
     key.pid = event->pid;
     key.ip = event->ip;
     struct usdt_site *site = sites.lookup(&key);
+    if (!site) {
+        key.pid = 0;        /* a process forked from one we know */
+        site = sites.lookup(&key);
+    }
     if (!site) {
         event->status = USDT_SITE_UNKNOWN;
         count(USDT_COUNTER_UNKNOWN_SITE);

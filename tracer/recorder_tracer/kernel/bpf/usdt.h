@@ -76,6 +76,16 @@ struct usdt_event {
 };
 
 _Static_assert(sizeof(struct usdt_arg_spec) == 16, "usdt_arg_spec has no hole");
+/* filter[0]: sites attached system-wide report every process (on = 0),
+ * or those listed in filter_comms and filter_pids. */
+struct usdt_filter {
+    __u32 on;
+    __u32 pad;
+};
+struct usdt_comm {
+    char comm[16];
+};
+
 _Static_assert(sizeof(struct usdt_site_key) == 16, "usdt_site_key has no hole");
 _Static_assert(USDT_STRING_MAX % 8 == 0,
                "per-CPU arrays need events 8-byte aligned (bcc)");

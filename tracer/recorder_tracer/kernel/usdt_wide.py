@@ -1,0 +1,115 @@
+"""Foreign USDT probes attached by file, for every process (--comm, --all).
+
+Attaching per PID misses what a process does before it is armed, and a
+server's forked workers (a PostgreSQL backend per connection) are never
+exec'd, so no exec event names them. So under --comm and --all each
+selected probe site is attached once, by file, for every process (pid -1):
+the kernel raises its semaphore in every process that maps the file, now
+and later, as bpftrace does; usdt.c then keeps the hits of the processes the
+selection names (by comm, or all of them) and drops the rest before it
+counts them.
+
+Argument specs are stored per (pid, runtime address) for the processes we
+have seen, and under pid 0 for their addresses, which a forked child keeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import TYPE_CHECKING
+
+from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel import arm
+from recorder_tracer.target import notes
+from recorder_tracer.target.procs import ProcessGone, process_comm
+
+if TYPE_CHECKING:
+    from recorder_tracer.kernel.usdt import ProbeSite, TracedProcess, UsdtTracer
+
+
+class WideSites:
+    """The system-wide attachments of one UsdtTracer."""
+
+    def __init__(self, tracer: UsdtTracer, comms: list[str],
+                 all_processes: bool) -> None:
+        self.tracer = tracer
+        self.attachments: list[arm.Attachment] = []
+        self.by_address: dict[int, ProbeSite] = {}      # for unseen processes
+        self._attached: set[tuple[int, int, int]] = set()  # dev, ino, offset
+        bpf = tracer.program.bpf
+        config = bpf[b"filter"].Leaf()
+        config.on = 0 if all_processes else 1
+        bpf[b"filter"][ctypes.c_int(0)] = config
+        table = bpf[b"filter_comms"]
+        for comm in comms:
+            key = table.Key()
+            key.comm = comm.encode()[:15]
+            table[key] = ctypes.c_uint8(1)
+        for selector in tracer.options.selectors:
+            if selector.path is not None:
+                self.attach_file(selector.path)
+
+    def allow(self, pid: int) -> None:
+        """Report `pid`'s hits whatever its comm (-p beside --comm)."""
+        self.tracer.program.bpf[b"filter_pids"][ctypes.c_uint32(pid)] = \
+            ctypes.c_uint8(1)
+
+    def attach_file(self, path: str) -> list[ProbeSite]:
+        """Attach every selected probe of the file at `path`, for every
+        process (once per file); returns its selected sites."""
+        from recorder_tracer.kernel.usdt import ProbeSite
+        try:
+            stat = os.stat(path)
+            probes = notes.probes_in_file(path)
+        except (OSError, notes.NotesError):
+            return []
+        sites = [ProbeSite.of(probe, path, selector)
+                 for selector in self.tracer.options.selectors
+                 if selector.path is None
+                 or os.path.samefile(selector.path, path)
+                 for probe in probes if selector.matches(probe)]
+        for site in sites:
+            key = (stat.st_dev, stat.st_ino, site.probe.file_offset)
+            if key in self._attached:
+                continue
+            try:
+                self.attachments.append(arm.attach_uprobe(
+                    self.tracer.program.program_fd, site.probe.path,
+                    site.probe.file_offset, -1, site.probe.semaphore_offset))
+            except arm.ArmError as error:
+                raise TracerError(str(error)) from None
+            self._attached.add(key)
+        return sites
+
+    def learn(self, pid: int) -> TracedProcess | None:
+        """Note the sites of a process the selection names, attaching the
+        files it maps that have selected probes; None if it has none."""
+        from recorder_tracer.kernel.usdt import TracedProcess
+        if pid in self.tracer.processes:
+            return self.tracer.processes[pid]
+        try:
+            mapped = notes.mapped_files(pid, executable_only=True)
+            comm = process_comm(pid)
+        except (notes.ProcessGone, ProcessGone, PermissionError, OSError):
+            return None
+        process = TracedProcess(pid, comm)
+        for file in mapped:
+            process.sites.extend(self.attach_file(file.open_path))
+        if not process.sites:
+            return None
+        self.tracer.processes[pid] = process
+        self.tracer._load_specs(process)
+        sites = self.tracer.program.sites
+        for address, site in process.by_address.items():
+            if address in self.by_address:
+                continue
+            self.by_address[address] = site
+            sites[sites.Key(pid=0, ip=address)] = sites[sites.Key(pid=pid, ip=address)]
+        return process
+
+    def detach(self) -> None:
+        for attachment in self.attachments:
+            arm.detach(attachment)
+        self.attachments.clear()
+        self._attached.clear()
