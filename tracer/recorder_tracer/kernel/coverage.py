@@ -33,7 +33,7 @@ from recorder_tracer.selftrace import SESSION
 from recorder_tracer.target.rings import RawEntry
 
 FORK, EXEC, BEGIN, TOPIC, ENTRY, END = range(1, 7)      # coverage.h
-WATCH_PENDING, WATCH_ARMED, WATCH_NO_CORE = 0, 1, 2     # coverage.h (2: ours)
+WATCH_PENDING, WATCH_ARMED, WATCH_NO_CORE = 0, 1, 2     # coverage.h
 COUNTER_NAMES = ("forks", "execs", "copies", "no_registry", "lost",
                  "messages_lost")
 MAX_CGROUPS = 8
@@ -51,6 +51,16 @@ class Selection:
     children: bool = True
 
 
+@dataclass(frozen=True)
+class CopiedEntry:
+    """An entry copied at a process's end, with what it pointed to."""
+
+    entry: RawEntry
+    strings: list[tuple[int, bytes]]    # (length, text) per %s argument
+    format: str
+    where: str
+
+
 @dataclass
 class Copy:
     """What an ending process's rings held since it was followed."""
@@ -63,7 +73,7 @@ class Copy:
     start_code: int
     time_ns: int
     topics: dict[int, str] = field(default_factory=dict)
-    entries: list[tuple[RawEntry, list[Any]]] = field(default_factory=list)
+    entries: list[CopiedEntry] = field(default_factory=list)
     sent: int = 0
     lost: int = 0
     overwritten: int = 0
@@ -236,7 +246,8 @@ class Coverage:
             entry = RawEntry(*values[5:15], tuple(values[15:27]), values[2])
             strings = [(values[27 + 2 * i], values[28 + 2 * i])
                        for i in range(4)]
-            copy.entries.append((entry, strings))
+            copy.entries.append(CopiedEntry(entry, strings, _text(values[35]),
+                                            _text(values[36])))
         elif kind == TOPIC:
             copy = self._copies.get(values[1])
             if copy is not None:

@@ -94,8 +94,10 @@ class SessionCoverage:
 
     def __init__(self, selection: Selection, spec: TopicSpec,
                  arm: Callable[[int], bool], image_of: Callable[[int], Any],
-                 report: Callable[[str], None], records: bool = True) -> None:
+                 report: Callable[[str], None], records: bool = True,
+                 start_ns: int = 0) -> None:
         self.spec = spec
+        self.start_ns = start_ns    # the trace's: backfill no further back
         self._arm = arm
         self._image_of = image_of
         self.report = report
@@ -125,13 +127,30 @@ class SessionCoverage:
             # Found by a scan: followed from now on, so that what it forks
             # is followed (with its registry) too.
             self.kernel.follow(process.pid, process.image.find_registry() or 0,
-                               state=WATCH_ARMED)
+                               since=self.start_ns, state=WATCH_ARMED)
             return
         registry, since, _state = watch
         if self.records and since:
             self._backfill(process, since)
         self.kernel.set_state(process.pid, WATCH_ARMED,
                               registry or process.image.find_registry() or 0)
+
+    def found_core(self, process: Any) -> None:
+        """Tell the kernel where `process`'s registry is, once its core is
+        loaded (a Python import after exec): its end is then copied."""
+        watch = self.kernel.watch_of(process.pid)
+        if watch is not None and not watch[0]:
+            registry = process.image.find_registry()
+            if registry:
+                self.kernel.set_state(process.pid, watch[2], registry)
+
+    def backfill_topic(self, process: Any, topic: Any) -> None:
+        """A run-time topic of an armed process was just armed: deliver its
+        records since the process was followed (its first ones, made
+        before the rescan found the topic)."""
+        watch = self.kernel.watch_of(process.pid)
+        if self.records and watch is not None and watch[1]:
+            self._backfill(process, watch[1], [topic])
 
     def not_armed(self, pid: int) -> None:
         """`pid` has no recorder core (yet): no copy at its end."""
@@ -189,26 +208,37 @@ class SessionCoverage:
         self.overwritten += copy.overwritten
         if not self.records:
             return
-        image = self._copy_image(copy)
-        for entry, strings in copy.entries:
+        live = self._image_of(copy.pid)
+        image = live or self._copy_image(copy)
+        for copied in copy.entries:
+            entry = copied.entry
+            if image is not None:
+                # Read while it lived: records of it still in the stream
+                # are decoded with these once its memory is gone.
+                image.remember(entry.format, copied.format or None)
+                image.remember(entry.where, copied.where or None)
             name = copy.topics.get(entry.topic_id, f"topic{entry.topic_id}")
             if not self.spec.armed(name):
                 continue
             if not self.delivered.first(copy.pid, entry.topic_id, entry.shard,
                                         entry.sequence):
                 continue
-            self.ready.put(_record(entry, copy.pid, copy.comm, name, image,
-                                   _captured_strings(strings, image)))
+            self.ready.put(_record(
+                entry, copy.pid, copy.comm, name,
+                copied.format or None, copied.where or None,
+                _captured_strings(copied.strings, image)))
             self.copied += 1
 
     # -- backfill and images ---------------------------------------------------
 
-    def _backfill(self, process: Any, since: int) -> None:
+    def _backfill(self, process: Any, since: int,
+                  topics: list[Any] | None = None) -> None:
         image = process.image
-        try:
-            topics = image.topics()
-        except OSError:
-            return
+        if topics is None:
+            try:
+                topics = image.topics()
+            except OSError:
+                return
         for topic in topics:
             if not self.spec.armed(topic.name):
                 continue
@@ -217,8 +247,10 @@ class SessionCoverage:
                     if entry.timestamp < since or not self.delivered.first(
                             process.pid, entry.topic_id, slot, entry.sequence):
                         continue
-                    self.ready.put(_record(entry, process.pid, process.comm,
-                                           topic.name, image, image.string))
+                    self.ready.put(_record(
+                        entry, process.pid, process.comm, topic.name,
+                        image.string(entry.format), image.string(entry.where),
+                        image.string))
                     self.backfilled += 1
 
     def _copy_image(self, copy: Copy) -> ProcessImage | None:
@@ -256,14 +288,11 @@ def _captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | No
     return string
 
 
-def _record(entry: RawEntry, pid: int, comm: str, topic: str,
-            image: ProcessImage | None,
-            string: Callable[[int], str | None]) -> Record:
+def _record(entry: RawEntry, pid: int, comm: str, topic: str, fmt: str | None,
+            where: str | None, string: Callable[[int], str | None]) -> Record:
     args = decode_args(entry.nargs, entry.arg_types, entry.args, string)
-    fmt = image.string(entry.format) if image else None
-    where = (image.string(entry.where) if image else None) or "?"
     message = (format_message(fmt, args) if fmt is not None
                else f"<unreadable format {entry.format:#x}>")
     return Record(ts=entry.timestamp, pid=pid, tid=entry.tid, comm=comm,
-                  topic=topic, where=where, message=message, args=args,
+                  topic=topic, where=where or "?", message=message, args=args,
                   cpu=entry.cpu)

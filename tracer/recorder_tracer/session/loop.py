@@ -325,6 +325,9 @@ class TraceSession:
             if set_armed(process.memory, topic, True):
                 process.runtime_armed[topic.name] = topic
                 self.seen_topics.add(topic.name)
+                if self.coverage is not None:
+                    # Made while we trace: its records before now too.
+                    self.coverage.backfill_topic(process, topic)
                 SESSION.record("armed run-time topic %s in pid %d", topic.name,
                                process.pid)
 
@@ -365,6 +368,8 @@ class TraceSession:
                     continue
                 self.seen_topics.update(probe.name for probe in probes)
                 self._attach(process, probes)
+                if self.coverage is not None:
+                    self.coverage.found_core(process)   # a core loaded late
 
     def disarm(self, pid: int) -> None:
         """Detach every probe of `pid`; its semaphores drop back to zero."""
@@ -564,6 +569,7 @@ class TraceSession:
             usdt_process = self.usdt.processes.get(pid) if self.usdt else None
             if process is None and usdt_process is None:
                 return              # reported already (exit event and waitpid)
+            self._poll_coverage()
             for stream in self._streams():
                 stream.drain()
             self._poll_coverage()
@@ -715,6 +721,9 @@ class TraceSession:
         run()), the duration is over, the -c command exited, or every -p
         process exited (when not following --comm or --all).
         """
+        # Copies first: a process that ended left its formats there, for
+        # its records still in the streams.
+        self._poll_coverage()
         if self._streams():
             poll_streams(self._streams(), timeout_ms)
         else:       # metrics only: the kernel aggregates, nothing to read
@@ -766,7 +775,8 @@ class TraceSession:
 
         self.coverage = SessionCoverage(
             selection, options.spec, arm, image_of, self.report,
-            records=options.topics and not options.metrics_only)
+            records=options.topics and not options.metrics_only,
+            start_ns=self._start_ns)
 
     def _poll_coverage(self) -> None:
         if self.coverage is None:

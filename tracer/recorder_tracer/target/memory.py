@@ -205,6 +205,12 @@ class ProcessImage:
         self._strings[address] = text
         return text
 
+    def remember(self, address: int, text: str | None) -> None:
+        """Cache the string at `address` as read elsewhere while the process
+        lived (BPF, at its end), unless it was read already."""
+        if address and text is not None and self._strings.get(address) is None:
+            self._strings[address] = text
+
     def find_registry(self) -> int | None:
         """Address of `recorder_registry`, found by its magic in data mappings
         (a scan of up to 4 MiB per mapping, so the answer is kept; a core

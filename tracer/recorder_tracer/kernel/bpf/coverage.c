@@ -10,18 +10,21 @@
  *                       comm, a cgroup) is followed from now on; it has its
  *                       parent's memory, so its registry is the parent's.
  *                       FORK tells the controller, which arms the child and
- *                       backfills what it recorded meanwhile.
+ *                       backfills what it recorded meanwhile (also when the
+ *                       registry is not known yet, if the parent itself was
+ *                       followed: a core loaded late, by a Python import).
  *   sched_process_exec  a followed process (or one the selection names)
  *                       runs a new program: followed from now on, its
  *                       registry not known yet. EXEC tells the controller.
  *   sched_process_exit  (6.16+, before exit_mm(): COVERAGE_EXIT_TRACEPOINT)
  *   or sys_enter        exit_group (older kernels; a fatal signal is the
  *                       snapshot program's)
- *                       in the ending process's own context: if the
- *                       controller has not armed it, walk its registry
- *                       (found by its magic in the executable's data when
- *                       not known) and copy every entry stamped since it
- *                       was followed: BEGIN, TOPIC..., ENTRY..., END.
+ *                       in the ending process's own context: walk its
+ *                       registry (found by its magic in the executable's
+ *                       data when not known) and copy every entry stamped
+ *                       since it was followed, with its format and
+ *                       location: BEGIN, TOPIC..., ENTRY..., END. The
+ *                       controller drops what the stream brought already.
  *
  * Maps, and who reads them:
  *   watched     tgid -> struct coverage_watch      the controller follows
@@ -54,7 +57,7 @@
 #ifndef COVERAGE_CGROUPS
 #define COVERAGE_CGROUPS 8
 #endif
-#define COVERAGE_STEPS 64       /* walk steps per program run */
+#define COVERAGE_STEPS 256      /* walk steps per program run */
 #define COVERAGE_CALLS 30       /* tail calls (the kernel allows 33) */
 #define SCAN_CHUNK     256      /* bytes of data read per scan step */
 #define SCAN_CHUNKS    32       /* scan steps per program run */
@@ -199,6 +202,12 @@ static __always_inline void copy_entry(struct walk *walk)
         return;
     }
     fetch_strings(out);
+    if (bpf_probe_read_user_str(out->format, sizeof(out->format),
+                                (void *)out->entry.format) < 0)
+        out->format[0] = 0;
+    if (bpf_probe_read_user_str(out->where, sizeof(out->where),
+                                (void *)out->entry.where) < 0)
+        out->where[0] = 0;
     bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
     walk->sent++;
 }
@@ -396,7 +405,7 @@ static __always_inline int process_ending(void *ctx)
         return 0;
     struct coverage_watch copy = *watch;
     watched.delete(&tgid);
-    if (copy.state != WATCH_PENDING)
+    if (copy.state == WATCH_NO_CORE)
         return 0;
     __u32 zero = 0;
     struct walk *walk = walks.lookup(&zero);
@@ -471,7 +480,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     fresh.parent = parent;
     watched.update(&child_tgid, &fresh);
     count(COVERAGE_COUNT_FORKS, 1);
-    if (!fresh.registry)
+    if (!fresh.registry && !watch)
         return 0;           /* no core to arm: its exec will tell */
     struct coverage_fork *out = events.ringbuf_reserve(sizeof(*out));
     if (!out) {

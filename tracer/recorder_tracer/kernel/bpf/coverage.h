@@ -16,6 +16,8 @@
 
 #define COVERAGE_NAME_MAX   64
 #define COVERAGE_PATH_MAX   256
+#define COVERAGE_FORMAT_MAX 128     /* bytes kept of an entry's format */
+#define COVERAGE_WHERE_MAX  64      /* and of its "file:line" */
 
 enum coverage_kind {
     COVERAGE_FORK  = 1,
@@ -29,7 +31,10 @@ enum coverage_kind {
 /* What the controller has done with a followed process. */
 enum coverage_state {
     WATCH_PENDING = 0,      /* not armed: copy its records when it ends */
-    WATCH_ARMED   = 1,      /* armed and backfilled: the stream has it */
+    WATCH_ARMED   = 1,      /* armed and backfilled: the stream has it;
+                               copied at its end all the same, for the
+                               formats (and topics armed late) */
+    WATCH_NO_CORE = 2,      /* no recorder core: nothing to copy */
 };
 
 /* watched: tgid -> this. A process is followed while it has an entry. */
@@ -87,6 +92,10 @@ struct coverage_entry {
     __u64 index;            /* index in the shard (sequence - 1) */
     struct recorder_entry entry;
     struct harvest_string strings[HARVEST_STRINGS];
+    /* Read while the process lives: a format made at run time (Python's)
+     * is in its heap, gone with it. */
+    char format[COVERAGE_FORMAT_MAX];
+    char where[COVERAGE_WHERE_MAX];
 };
 #define COVERAGE_ENTRY_PARTIAL 0x1  /* only the words the writer wrote read */
 
