@@ -5,7 +5,10 @@ kernel/bpf/coverage.c)."""
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,51 @@ def test_jobs_that_live_a_millisecond_are_all_traced(progs) -> None:
     assert theirs[3].where.endswith("short_job.c:18")
     copied = session.session.coverage
     assert copied is not None and copied.copied > 0     # not all armed in time
+
+
+@pytest.fixture
+def cgroup() -> Iterator[Path]:
+    """A cgroup of our own in the v2 hierarchy, removed at the end."""
+    from recorder_tracer.target.procs import cgroup2_root
+    path = Path(cgroup2_root()) / f"recorder-test-{os.getpid()}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            (path.parent / "cgroup.procs").write_text(pid)
+        path.rmdir()
+
+
+def test_every_process_of_a_cgroup_is_traced_now_and_later(progs, cgroup) -> None:
+    """One server is in the cgroup when the trace starts, another joins it
+    and execs later; a third, outside, is not traced."""
+    before = PreforkServer(server_argv(progs))
+    outside = PreforkServer(server_argv(progs))
+    later: PreforkServer | None = None
+    try:
+        (cgroup / "cgroup.procs").write_text(str(before.pid))
+        session = BackgroundSession(TraceOptions(
+            cgroups=[str(cgroup)], spec=TopicSpec.parse("work")))
+        later = PreforkServer(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && "
+                               f"exec {' '.join(server_argv(progs))}"])
+        lines = before.serve() + later.serve() + outside.serve()
+        records = session.stop()
+    finally:
+        for server in (before, outside, later):
+            if server is not None:
+                server.close()
+    workers = [int(line.split()[1]) for line in lines if line.startswith("worker")]
+    by_pid = collections.Counter(record.pid for record in records)
+    assert by_pid == {pid: RECORDS for pid in workers[:2 * WORKERS]}
+    assert sorted(record.args for record in records) == sorted(
+        [w, i] for w in range(WORKERS) for i in range(RECORDS) for _ in (0, 1))
+
+
+def test_a_missing_cgroup_is_one_line_and_nonzero() -> None:
+    result = subprocess.run([sys.executable, "-m", "recorder_tracer.cli", "trace",
+                             "--cgroup", "recorder-no-such-cgroup"],
+                            capture_output=True, text=True, timeout=scaled(60))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "recorder: --cgroup recorder-no-such-cgroup: No such file or directory"]

@@ -7,7 +7,9 @@ process printed before dying by SIGSEGV, and the crash snapshot BPF took
 at the fault (its last records, armed topics or not). Part 2 runs it again
 with metrics only (the kernel aggregates, no record is copied) and prints the
 metrics table. Part 3 traces demo/py_worker.py by PID: its run-time topic
-py_job is armed, py_chatter is not.
+py_job is armed, py_chatter is not. Part 4 traces a preforking server by
+the parent's PID: the workers it forks (no exec) are followed, each from its
+first record.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from recorder_tracer.session.loop import TraceOptions, TraceSession
 REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "build" / "demo" / "recorder_demo"
 PY_WORKER = REPO / "demo" / "py_worker.py"
+PREFORK = REPO / "build" / "progs" / "prefork_server"
 SHOWN = 12
 
 
@@ -79,7 +82,7 @@ def main() -> int:
         for line in dump.read().splitlines()[-8:]:
             print(f"  {line}")
         show_snapshot(Path(snapshots.name))
-    return metrics_part() or python_part()
+    return metrics_part() or python_part() or fork_part()
 
 
 def metrics_part() -> int:
@@ -145,6 +148,42 @@ def python_part() -> int:
     print(f"   ... {len(records)} py_job records in all; "
           + ", ".join(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} lost"
                       for cpu in session.summaries()))
+    return 0
+
+
+def fork_part() -> int:
+    """Trace a server by the parent's PID; it forks 3 workers later."""
+    print("\ndemo: `recorder trace -p SERVER work`: a server that forks 3 "
+          "workers (no exec) once traced; each worker is followed from its "
+          "first record\n")
+    server = subprocess.Popen([str(PREFORK), "3", "4", "20000"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert server.stdin is not None and server.stdout is not None
+    server.stdout.readline()
+    records: list[Record] = []
+    try:
+        session = TraceSession(
+            TraceOptions(pids=[server.pid], spec=TopicSpec.parse("work")),
+            records.append, lambda m: print(f"demo: {m}"))
+        session.start()
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        session.run(start=False)
+    except TracerError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        server.kill()
+        return 1
+    finally:
+        server.wait()
+    if records:
+        print(format_header())
+        for record in records:
+            print(format_record(record, origin_ns=records[0].ts))
+    per_pid = collections.Counter(record.pid for record in records)
+    print(f"   {len(records)} records from {len(per_pid)} forked workers "
+          f"(server {server.pid}): "
+          + ", ".join(f"pid {pid}: {count}" for pid, count in sorted(per_pid.items())))
     return 0
 
 

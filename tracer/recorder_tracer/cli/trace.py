@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, TextIO
 
 import click
@@ -19,6 +20,9 @@ Examples:
   recorder trace --all 'all:/debug'       # all processes, all but `debug`
   recorder trace --comm server tick       # processes named server, now and later
   recorder trace -c './app --fast'        # start ./app, trace from its first record
+  recorder trace -p 1234 --no-children    # 1234 alone, not what it forks
+  recorder trace --cgroup system.slice/app.service
+                                          # every process of a cgroup, now and later
   recorder trace -p 1234 --json -o t.json # JSON lines
   recorder trace -p 1234 --chrome t.trace # Chrome trace (open in Perfetto)
   recorder trace -p 1234 --duration 5     # stop after 5 seconds
@@ -39,6 +43,11 @@ Examples:
 
 @click.command(epilog=TRACE_EPILOG)
 @target_options("Trace")
+@click.option("--cgroup", "cgroups", multiple=True, metavar="PATH",
+              help="Trace every process of this cgroup (v2; under "
+                   "/sys/fs/cgroup or absolute), now and later.")
+@click.option("--no-children", is_flag=True,
+              help="Trace the -p processes alone, not what they fork or exec.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
@@ -67,7 +76,8 @@ Examples:
               help="Do not capture crash snapshots while tracing.")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
-          command: str | None, duration: float | None, as_json: bool,
+          command: str | None, cgroups: tuple[str, ...], no_children: bool,
+          duration: float | None, as_json: bool,
           chrome: str | None, output: TextIO, usdt: tuple[str, ...],
           flight_entries: int, ring_pages: int, snapshot_dir: str,
           snapshot_records: int, no_snapshots: bool, spec: tuple[str, ...]) -> None:
@@ -98,7 +108,11 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         raise click.UsageError("--json and --chrome are exclusive")
     if ring_pages & (ring_pages - 1):
         raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
-    require_targets(pids, comms, all_processes, command)
+    if not cgroups:
+        require_targets(pids, comms, all_processes, command)
+    for cgroup in cgroups:      # before the slow part: a typo fails at once
+        from recorder_tracer.kernel.coverage import cgroup_fd
+        os.close(cgroup_fd(cgroup))
     argv = parse_command(command)
     if duration is not None and not math.isfinite(duration):
         raise click.UsageError(f"--duration {duration} is not a number of seconds")
@@ -109,6 +123,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     options = TraceOptions(
         pids=list(pids), comms=list(comms), all_processes=all_processes,
         command=argv, spec=TopicSpec.parse(*spec), duration=duration,
+        children=not no_children, cgroups=list(cgroups),
         usdt=selectors, topics=bool(spec) or not usdt,
         flight_entries=flight_entries, pages_per_cpu=ring_pages,
         snapshots=None if no_snapshots else SnapshotOptions(snapshot_dir,

@@ -77,6 +77,7 @@ class Copy:
     sent: int = 0
     lost: int = 0
     overwritten: int = 0
+    end_ns: int = 0
 
 
 class Handler(Protocol):
@@ -119,10 +120,10 @@ def exit_tracepoint() -> bool:
 
 
 def cgroup_fd(path: str) -> int:
-    """An fd of cgroup directory `path` (a cgroup v2 path, absolute or under
-    /sys/fs/cgroup); a one-line error if it is not one."""
-    full = path if path.startswith("/sys/fs/cgroup") else (
-        "/sys/fs/cgroup/" + path.lstrip("/"))
+    """An fd of the cgroup v2 directory of `path` (see procs.cgroup_path);
+    a one-line error if it is not one."""
+    from recorder_tracer.target.procs import cgroup_path
+    full = cgroup_path(path)
     try:
         fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
@@ -176,7 +177,7 @@ class Coverage:
             key.comm = name.encode()[:15]
             comms[key] = ctypes.c_uint8(1)
         for index, fd in enumerate(cgroup_fds):
-            self.bpf[b"cgroups"][ctypes.c_int(index)] = ctypes.c_int(fd)
+            self.bpf[b"cgroups"][index] = fd
             os.close(fd)
         config = self.bpf[b"config"]
         value = config.Leaf()
@@ -258,10 +259,11 @@ class Coverage:
             self._copies[tgid] = Copy(tgid, _text(comm), parent, since, registry,
                                       start_code, time_ns)
         elif kind == END:
-            _, tgid, _topics, _shards, sent, lost, overwritten, _time = values
+            _, tgid, _topics, _shards, sent, lost, overwritten, end_ns = values
             copy = self._copies.pop(tgid, None)
             if copy is not None:
                 copy.sent, copy.lost, copy.overwritten = sent, lost, overwritten
+                copy.end_ns = end_ns
                 SESSION.record("copied pid %d at its end: %d entries, %d lost",
                                tgid, sent, lost)
                 self.handler.on_copy(copy)

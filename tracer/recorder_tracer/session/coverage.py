@@ -55,29 +55,29 @@ WINDOW = 1 << 16                   # sequences kept per shard for dedup
 
 
 class Delivered:
-    """The entries delivered per process, as (topic, shard) -> sequences,
-    each set trimmed to the last WINDOW sequences (no copy reaches further
-    back than a ring's capacity)."""
+    """The entries delivered per process, as (topic, shard) -> (sequence,
+    timestamp) pairs (the timestamp tells an exec'd program's entries from
+    its predecessor's, which had the same sequences), each set trimmed to
+    the last WINDOW sequences (no copy reaches further back than a ring's
+    capacity)."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, dict[tuple[int, int], set[int]]] = {}
+        self._seen: dict[int, dict[tuple[int, int], set[tuple[int, int]]]] = {}
         self._lock = threading.Lock()   # the follower's thread arms too
 
-    def first(self, pid: int, topic_id: int, shard: int, sequence: int) -> bool:
+    def first(self, pid: int, entry: Any, shard: int) -> bool:
         """True the first time this entry comes (and remember it)."""
         with self._lock:
-            return self._first(pid, topic_id, shard, sequence)
-
-    def _first(self, pid: int, topic_id: int, shard: int, sequence: int) -> bool:
-        shards = self._seen.setdefault(pid, {})
-        seen = shards.setdefault((topic_id, shard), set())
-        if sequence in seen:
-            return False
-        seen.add(sequence)
-        if len(seen) > 2 * WINDOW:
-            floor = max(seen) - WINDOW
-            shards[(topic_id, shard)] = {s for s in seen if s > floor}
-        return True
+            shards = self._seen.setdefault(pid, {})
+            seen = shards.setdefault((entry.topic_id, shard), set())
+            key = (entry.sequence, entry.timestamp)
+            if key in seen:
+                return False
+            seen.add(key)
+            if len(seen) > 2 * WINDOW:
+                floor = max(seen)[0] - WINDOW
+                shards[(entry.topic_id, shard)] = {k for k in seen if k[0] > floor}
+            return True
 
     def forget(self, pid: int) -> None:
         with self._lock:
@@ -109,6 +109,10 @@ class SessionCoverage:
         self._execs: dict[int, tuple[str, int]] = {}   # pid -> file, start_code
         self.backfilled = 0
         self.copied = 0
+        # ns from a fork or exec to the process armed (bench/coverage_bench.py)
+        self.arm_latency: dict[str, list[int]] = {"fork": [], "exec": []}
+        self._born: dict[int, str] = {}     # pid -> "fork" or "exec"
+        self.copy_ns = 0            # time BPF spent copying at ends
         self.overwritten = 0
         self.copy_lost = 0
 
@@ -130,6 +134,10 @@ class SessionCoverage:
                                since=self.start_ns, state=WATCH_ARMED)
             return
         registry, since, _state = watch
+        born = self._born.pop(process.pid, None)
+        if born is not None:
+            self.arm_latency[born].append(
+                time.clock_gettime_ns(time.CLOCK_MONOTONIC) - since)
         if self.records and since:
             self._backfill(process, since)
         self.kernel.set_state(process.pid, WATCH_ARMED,
@@ -159,8 +167,7 @@ class SessionCoverage:
 
     def live(self, pid: int, entry: Any) -> bool:
         """A record of the live stream: False if it came another way."""
-        return self.delivered.first(pid, entry.topic_id,
-                                    entry.cpu % MAX_SHARDS, entry.sequence)
+        return self.delivered.first(pid, entry, entry.cpu % MAX_SHARDS)
 
     def hold_until(self) -> int | None:
         """Records stamped from here on wait: a process not yet armed nor
@@ -183,6 +190,7 @@ class SessionCoverage:
 
     def forget(self, pid: int) -> None:
         self.delivered.forget(pid)
+        self._born.pop(pid, None)
         self._execs.pop(pid, None)
         self.pending.pop(pid, None)
 
@@ -193,6 +201,7 @@ class SessionCoverage:
 
     def on_fork(self, pid: int, parent: int, time_ns: int, registry: int) -> None:
         self.pending[pid] = time_ns
+        self._born[pid] = "fork"
         PROCS.record("followed fork %d of %d", pid, parent)
         if not self._arm(pid):
             self.pending.pop(pid, None)
@@ -200,11 +209,13 @@ class SessionCoverage:
     def on_exec(self, pid: int, time_ns: int, comm: str, filename: str,
                 start_code: int) -> None:
         self._execs[pid] = (filename, start_code)
-        self.delivered.forget(pid)      # a new program: new rings
+        self._born[pid] = "exec"
 
     def on_copy(self, copy: Copy) -> None:
         self.pending.pop(copy.pid, None)
         self.copy_lost += copy.lost
+        self.copy_ns += copy.end_ns - copy.time_ns
+        self._born.pop(copy.pid, None)
         self.overwritten += copy.overwritten
         if not self.records:
             return
@@ -220,8 +231,7 @@ class SessionCoverage:
             name = copy.topics.get(entry.topic_id, f"topic{entry.topic_id}")
             if not self.spec.armed(name):
                 continue
-            if not self.delivered.first(copy.pid, entry.topic_id, entry.shard,
-                                        entry.sequence):
+            if not self.delivered.first(copy.pid, entry, entry.shard):
                 continue
             self.ready.put(_record(
                 entry, copy.pid, copy.comm, name,
@@ -245,7 +255,7 @@ class SessionCoverage:
             for slot, shard in topic_shards(image.read, topic):
                 for entry in shard_window(image.read, shard, 1 << 30, slot):
                     if entry.timestamp < since or not self.delivered.first(
-                            process.pid, entry.topic_id, slot, entry.sequence):
+                            process.pid, entry, slot):
                         continue
                     self.ready.put(_record(
                         entry, process.pid, process.comm, topic.name,

@@ -492,12 +492,16 @@ class TraceSession:
 
     @property
     def _following(self) -> bool:
-        return self.options.all_processes or bool(self.options.comms)
+        return (self.options.all_processes or bool(self.options.comms)
+                or bool(self.options.cgroups))
 
     def _wants(self, pid: int) -> bool:
         if self.options.all_processes:
             return True
-        return bool(self.options.comms) and process_comm(pid) in self.options.comms
+        if self.options.comms and process_comm(pid) in self.options.comms:
+            return True
+        return bool(self.options.cgroups) and procs.in_cgroups(
+            pid, self.options.cgroups)
 
     def _on_process_event(self, event: ProcEvent) -> None:
         """In the follower's thread: arm a new process at once; leave an
