@@ -77,7 +77,7 @@ def exec_to_armed(runs: int) -> list[int]:
     session = BackgroundSession(TraceOptions(comms=["prefork_server"],
                                              spec=TopicSpec.parse("work")))
     for _ in range(runs):
-        finish(serve([str(PROGS / "prefork_server"), "0", "0", "0"]))
+        finish(serve([str(PROGS / "prefork_server"), "1", "20", "1000"]))
     session.stop()
     assert session.session.coverage is not None
     return session.session.coverage.arm_latency["exec"]

@@ -215,13 +215,14 @@ class Coverage:
             watch.registry = registry
         self._watched[key] = watch
 
-    def watch_of(self, pid: int) -> tuple[int, int, int] | None:
-        """(registry, since, state) of a followed process, or None."""
+    def watch_of(self, pid: int) -> tuple[int, int, int, int] | None:
+        """(registry, since, state, parent) of a followed process, or None;
+        parent is 0 unless it was followed at its fork."""
         try:
             watch = self._watched[ctypes.c_uint32(pid)]
         except KeyError:
             return None
-        return watch.registry, watch.since, watch.state
+        return watch.registry, watch.since, watch.state, watch.parent
 
     def forget(self, pid: int) -> None:
         with contextlib.suppress(KeyError):

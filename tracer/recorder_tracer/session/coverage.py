@@ -32,6 +32,7 @@ from recorder_tracer.decode.render import format_message
 from recorder_tracer.kernel.coverage import (
     WATCH_ARMED,
     WATCH_NO_CORE,
+    WATCH_PENDING,
     Copy,
     Coverage,
     Selection,
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 PENDING_HOLD_NS = 2_000_000_000    # hold output back this long at most for
                                    # a process not armed nor copied yet
 WINDOW = 1 << 16                   # sequences kept per shard for dedup
+READ_TIMEOUT_MS = 20               # the reading thread's wait, and so the
+                                   # longest a sync() waits for it
 
 
 class Delivered:
@@ -88,12 +91,12 @@ class SessionCoverage:
     """The session's side of coverage: arms what the kernel reports, and
     turns backfills and copies into records.
 
-    `arm(pid)` arms a process (topics and USDT; None if it has none) and
-    returns its ArmedProcess; `image_of(pid)` finds a known process's image.
+    `arm(pid, parent)` arms a forked process (topics and USDT; False if it
+    has none); `image_of(pid)` finds a known process's image.
     Records go to `deliver`, from the thread that calls poll()."""
 
     def __init__(self, selection: Selection, spec: TopicSpec,
-                 arm: Callable[[int], bool], image_of: Callable[[int], Any],
+                 arm: Callable[[int, int], bool], image_of: Callable[[int], Any],
                  report: Callable[[str], None], records: bool = True,
                  start_ns: int = 0) -> None:
         self.spec = spec
@@ -105,13 +108,15 @@ class SessionCoverage:
         self.kernel = Coverage(selection, self)
         self.delivered = Delivered()
         self.ready: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._reading = threading.Lock()    # one reader of the kernel's rings
         self.pending: dict[int, int] = {}       # pid -> since, not armed yet
         self._execs: dict[int, tuple[str, int]] = {}   # pid -> file, start_code
         self.backfilled = 0
         self.copied = 0
         # ns from a fork or exec to the process armed (bench/coverage_bench.py)
         self.arm_latency: dict[str, list[int]] = {"fork": [], "exec": []}
-        self._born: dict[int, str] = {}     # pid -> "fork" or "exec"
         self.copy_ns = 0            # time BPF spent copying at ends
         self.overwritten = 0
         self.copy_lost = 0
@@ -133,10 +138,9 @@ class SessionCoverage:
             self.kernel.follow(process.pid, process.image.find_registry() or 0,
                                since=self.start_ns, state=WATCH_ARMED)
             return
-        registry, since, _state = watch
-        born = self._born.pop(process.pid, None)
-        if born is not None:
-            self.arm_latency[born].append(
+        registry, since, state, parent = watch
+        if state == WATCH_PENDING and since and since != self.start_ns:
+            self.arm_latency["fork" if parent else "exec"].append(
                 time.clock_gettime_ns(time.CLOCK_MONOTONIC) - since)
         if self.records and since:
             self._backfill(process, since)
@@ -178,9 +182,34 @@ class SessionCoverage:
                 del self.pending[pid]
         return min(self.pending.values()) - 1 if self.pending else None
 
+    def start(self) -> None:
+        """Read the kernel's reports in a thread of our own: a fork is armed
+        within the arming's own time, not the session loop's poll."""
+        self._thread = threading.Thread(target=self._read, daemon=True,
+                                        name="recorder-coverage")
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stopping.is_set():
+            with self._reading:
+                self.kernel.poll(READ_TIMEOUT_MS)
+
+    def sync(self) -> None:
+        """Handle what the kernel reported up to now, in this thread."""
+        with self._reading:
+            self.kernel.poll(0)
+
+    def stop(self) -> None:
+        """Stop the reading thread (sync() still reads)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
     def poll(self) -> list[Record]:
-        """Read the kernel's reports; the records backfilled or copied."""
-        self.kernel.poll(0)
+        """The records backfilled or copied since the last call."""
+        if self._thread is None:
+            self.sync()
         out = []
         while True:
             try:
@@ -190,32 +219,29 @@ class SessionCoverage:
 
     def forget(self, pid: int) -> None:
         self.delivered.forget(pid)
-        self._born.pop(pid, None)
         self._execs.pop(pid, None)
         self.pending.pop(pid, None)
 
     def close(self) -> None:
+        self.stop()
         self.kernel.close()
 
     # -- the kernel tells (coverage.Handler) ----------------------------------
 
     def on_fork(self, pid: int, parent: int, time_ns: int, registry: int) -> None:
         self.pending[pid] = time_ns
-        self._born[pid] = "fork"
         PROCS.record("followed fork %d of %d", pid, parent)
-        if not self._arm(pid):
+        if not self._arm(pid, parent):
             self.pending.pop(pid, None)
 
     def on_exec(self, pid: int, time_ns: int, comm: str, filename: str,
                 start_code: int) -> None:
         self._execs[pid] = (filename, start_code)
-        self._born[pid] = "exec"
 
     def on_copy(self, copy: Copy) -> None:
         self.pending.pop(copy.pid, None)
         self.copy_lost += copy.lost
         self.copy_ns += copy.end_ns - copy.time_ns
-        self._born.pop(copy.pid, None)
         self.overwritten += copy.overwritten
         if not self.records:
             return

@@ -568,12 +568,13 @@ class TraceSession:
 
     def _end_process(self, pid: int, status: str, when_ns: int) -> None:
         """Deliver what `pid` recorded up to its exit, say so, detach it."""
+        # Outside the lock: the coverage thread arms (under it) as it reads.
+        self._poll_coverage(sync=True)
         with self._lock:
             process = self.processes.get(pid)
             usdt_process = self.usdt.processes.get(pid) if self.usdt else None
             if process is None and usdt_process is None:
                 return              # reported already (exit event and waitpid)
-            self._poll_coverage()
             for stream in self._streams():
                 stream.drain()
             self._poll_coverage()
@@ -769,22 +770,28 @@ class TraceSession:
             process = self.processes.get(pid) or self.exited.get(pid)
             return process.image if process is not None else None
 
-        def arm(pid: int) -> bool:
+        def arm(pid: int, parent: int) -> bool:
             if pid in self.traced_pids():
                 return True
             armed = self.trace_process(pid, required=False)
             if armed:
-                self.report(f"tracing new process {pid} ({process_comm(pid)})")
+                self.report(f"tracing new process {pid} ({process_comm(pid)}), "
+                            f"forked by {parent}")
             return armed
 
         self.coverage = SessionCoverage(
             selection, options.spec, arm, image_of, self.report,
             records=options.topics and not options.metrics_only,
             start_ns=self._start_ns)
+        self.coverage.start()
 
-    def _poll_coverage(self) -> None:
+    def _poll_coverage(self, sync: bool = False) -> None:
+        """Take the records backfilled and copied; with `sync`, read what
+        the kernel reported up to now first."""
         if self.coverage is None:
             return
+        if sync:
+            self.coverage.sync()
         for record in self.coverage.poll():
             self.reorder.push(record)
 
@@ -863,10 +870,12 @@ class TraceSession:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        if self.coverage is not None:
+            self.coverage.stop()
         self._disarm_all()
         for stream in self._streams():
             stream.drain()
-        self._poll_coverage()
+        self._poll_coverage(sync=True)
         self.reorder.flush_all()
         if self.snapshots is not None:    # captures of the last moments
             for path in self.snapshots.poll(timeout_ms=0):
