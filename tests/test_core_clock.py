@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from core_helpers import run as run_program
+from helpers.core import run as run_program
 
 # Converting rdtsc through a linear fit may land a few ns outside the
 # bracket (measured here: at most ~35 ns); 1 us would mean a broken fit.

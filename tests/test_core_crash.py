@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from core_helpers import run
+from helpers.core import run
 
 DUMP_LINE = re.compile(
     r"^(?P<where>\S+): \[(?P<sec>\d+)\.(?P<ns>\d{9}) (?P<tid>\d+)\] "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracer_helpers import (
+from helpers.tracer import (
     RECORDS,
     Victim,
     Workload,

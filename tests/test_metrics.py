@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tracer_helpers import BackgroundSession, Workload, wait_for
+from helpers.tracer import BackgroundSession, Workload, wait_for
 
 from recorder_tracer.metrics.aggregates import MetricsReader, group, metrics_options
 from recorder_tracer.metrics.table import bars

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tracer_helpers import (
+from helpers.tracer import (
     RECORDS,
     Victim,
     Workload,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tracer_helpers import BackgroundSession, Workload, wait_for
+from helpers.tracer import BackgroundSession, Workload, wait_for
 
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.session.loop import TraceOptions

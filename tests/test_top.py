@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tracer_helpers import Workload, wait_for
+from helpers.tracer import Workload, wait_for
 
 pytestmark = pytest.mark.bpf
 

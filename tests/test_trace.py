@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tracer_helpers import (
+from helpers.tracer import (
     TIME_SCALE,
     BackgroundSession,
     Workload,
