@@ -178,7 +178,8 @@ def entry_record(entry: RawEntry, image: ProcessImage, pid: int, comm: str,
                  topics: dict[int, str]) -> Record:
     """A Record of `entry`, its format, location and strings read from the
     process (or its files once it has gone)."""
-    args = decode_args(entry.nargs, entry.arg_types, entry.args, image.string)
+    args = decode_args(entry.nargs, entry.arg_types, entry.args,
+                       lambda address: image.string(address, cache=False))
     fmt = image.string(entry.format)
     message = (format_message(fmt, args) if fmt is not None
                else f"<unreadable format {entry.format:#x}>")

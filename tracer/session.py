@@ -116,6 +116,9 @@ class ArmedProcess:
     site_topics: dict[int, str | None] = field(default_factory=dict)
     runtime_armed: dict[str, Topic] = field(default_factory=dict)
     memory: int | None = None   # /proc/PID/mem of the image we armed
+    # Topic ids its registry did not have when looked up: not rebuilt per
+    # record (a process can write any id into its entries).
+    unknown_topics: set[int] = field(default_factory=set)
 
     def topic_at(self, probe_address: int) -> str | None:
         """The topic whose probe fired at `probe_address` (a runtime address):
@@ -582,13 +585,16 @@ class TraceSession:
         topic_name = process.topic_at(raw.probe_address)
         if topic_name is None:
             topic = process.topics.get(entry.topic_id)
-            if topic is None and procs.process_exists(pid):
+            if (topic is None and entry.topic_id not in process.unknown_topics
+                    and procs.process_exists(pid)):
                 try:
                     process.image = ProcessImage.of(pid)
                     process.topics.update({t.id: t for t in process.image.topics()})
                 except OSError:
                     pass
                 topic = process.topics.get(entry.topic_id)
+                if topic is None:
+                    process.unknown_topics.add(entry.topic_id)
             topic_name = topic.name if topic else f"topic{entry.topic_id}"
         strings = iter(raw.strings)
 
@@ -596,7 +602,7 @@ class TraceSession:
             """The next string BPF captured, else read from the process."""
             captured = next(strings, None)
             if captured is None:
-                return process.image.string(address)
+                return process.image.string(address, cache=False)
             if captured.length > 0:
                 return bytes(captured.text)[: captured.length - 1].decode(
                     "utf-8", "replace")

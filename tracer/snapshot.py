@@ -56,6 +56,8 @@ from recorder_tracer.rings import (
     last_entries,
     read_process_entries,
 )
+from recorder_tracer.safe_open import read_untrusted
+from recorder_tracer.safe_write import private_dir, write_new_file
 from recorder_tracer.snapshot_file import (
     DEFAULT_DIRECTORY,
     SNAPSHOT_KIND,
@@ -73,6 +75,7 @@ ENTRY_STATUS_NAMES = {0x1: "unreadable", 0x2: "torn"}
 COUNTER_NAMES = ("fatal", "unknown", "captured", "lost", "messages_lost")
 EXEC_RETRIES_S = (0.0, 0.01, 0.05, 0.2, 1.0, 3.0)   # until the core is mapped
 RESCAN_INTERVAL_S = 2.0
+MAX_REMEMBERED_BYTES = 16 << 20     # one process's maps and topics
 EXIT_MEMORY = 4096          # exits remembered for captures still to come
 FAULT_SIGNALS = {4, 5, 7, 8, 11, 31}    # ILL TRAP BUS FPE SEGV SYS: si_addr
 
@@ -252,21 +255,21 @@ class SnapshotWatcher:
         """Keep what formats `known`'s records beside the snapshots, for a
         controller that starts after this one died."""
         try:
-            with open(f"/proc/{known.pid}/maps") as maps:
-                text = maps.read()
-            self._memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (self._memory_dir / f"{known.pid}.json").write_text(json.dumps({
+            with open(f"/proc/{known.pid}/maps", "rb") as maps:
+                text = maps.read().decode("utf-8", "surrogateescape")
+            private_dir(self.options.directory)     # refused if not ours
+            write_new_file(self._memory_dir, f"{known.pid}.json", json.dumps({
                 "pid": known.pid, "exe": known.exe, "registry": known.registry,
                 "topics": known.topics, "share_dir": known.share_dir,
-                "maps": text}))
-        except OSError:
+                "maps": text}, ensure_ascii=True).encode(), sync=False)
+        except (OSError, TracerError):
             pass        # a snapshot of it would only lack formats
 
     def _load_remembered(self) -> dict[int, KnownProcess]:
         remembered = {}
         for path in self._memory_dir.glob("*.json"):
             try:
-                value = json.loads(path.read_text())
+                value = json.loads(read_untrusted(path, MAX_REMEMBERED_BYTES))
                 image = ProcessImage.offline(value["pid"], parse_maps(value["maps"]))
                 remembered[value["pid"]] = KnownProcess(
                     value["pid"], image, value["registry"], value["exe"],
@@ -418,10 +421,13 @@ class SnapshotWatcher:
     def _write(self, name: str, snapshot: dict[str, Any], pid: int) -> Path | None:
         try:
             path = write_snapshot(self.options.directory, name, snapshot)
-        except OSError as error:
+        except (OSError, TracerError, ValueError) as error:
+            # Counted whatever the cause: a directory someone else owns, a
+            # full disk, a value JSON cannot hold.
             self.counts.failed += 1
+            reason = getattr(error, "strerror", None) or error
             self.report(f"recorder: cannot write snapshot of pid {pid} in "
-                        f"{self.options.directory}: {error.strerror or error} "
+                        f"{self.options.directory}: {reason} "
                         f"({self.counts.failed} not written)")
             return None
         self.counts.written += 1
