@@ -10,12 +10,12 @@ from pathlib import Path
 
 from core_helpers import run
 from hostile_helpers import as_nobody, public_dir
-from tracer_helpers import TIME_SCALE
+from timing import scaled
 
 
 def test_crash_dump_bounds_widths_and_never_mallocs(progs: Path) -> None:
     # core_hostile interposes malloc: it exits 97 if the dump mallocs.
-    result = run(progs / "core_hostile", "crash", timeout=30 * TIME_SCALE)
+    result = run(progs / "core_hostile", "crash", timeout=scaled(30))
     assert "malloc in handler" not in result.stderr
     assert result.returncode == -signal.SIGSEGV, result.stderr[-500:]
     lines = [line.split(" wide: ", 1)[1] for line in result.stderr.splitlines()
@@ -36,8 +36,8 @@ def test_nested_bounded_repetitions_are_refused_quickly(progs: Path) -> None:
     pattern = "((a{1,200}){1,200}){1,200}"
     result = run(progs / "core_spec", pattern,
                  env={"RECORDER_TRACES": pattern, "RECORDER_DUMP": pattern},
-                 timeout=30 * TIME_SCALE)
-    assert time.monotonic() - started < 5 * TIME_SCALE
+                 timeout=scaled(30))
+    assert time.monotonic() - started < scaled(5)
     assert result.returncode == 0
     assert "invalid topic pattern" in result.stderr
     assert "invalid RECORDER_DUMP pattern" in result.stderr
@@ -46,11 +46,11 @@ def test_nested_bounded_repetitions_are_refused_quickly(progs: Path) -> None:
 
 def test_alternation_cannot_escape_whole_name_anchoring(progs: Path) -> None:
     # Wrapped as ^(net)|(x)$ this matched every name starting with "net".
-    result = run(progs / "core_spec", "net)|(x)", timeout=30 * TIME_SCALE)
+    result = run(progs / "core_spec", "net)|(x)", timeout=scaled(30))
     values = dict(line.split() for line in result.stdout.splitlines())
     assert values["net_send"] == "0" and values["net_recv"] == "0"
     # Alternatives still match whole names, longest first.
-    result = run(progs / "core_spec", "net|net_send", timeout=30 * TIME_SCALE)
+    result = run(progs / "core_spec", "net|net_send", timeout=scaled(30))
     values = dict(line.split() for line in result.stdout.splitlines())
     assert values["net_send"] == "1" and values["net_recv"] == "0"
 
@@ -69,7 +69,7 @@ def test_share_path_past_path_max_is_refused_not_truncated(
     assert len(str(planted)) == 4095 - 1
     planted.write_text("keep me")
     result = run(progs / "core_spec", env={"RECORDER_SHARE": str(directory)},
-                 timeout=30 * TIME_SCALE)
+                 timeout=scaled(30))
     assert result.returncode == 0
     assert "directory name too long" in result.stderr
     assert planted.read_text() == "keep me"
@@ -86,7 +86,7 @@ def test_setuid_program_ignores_recorder_variables(progs: Path) -> None:
         target = public / "nobody"
         result = as_nobody(str(program), env={
             "RECORDER_SHARE": str(target), "RECORDER_TRACES": "net_send",
-            "PATH": "/usr/bin:/bin"}, timeout=30 * TIME_SCALE)
+            "PATH": "/usr/bin:/bin"}, timeout=scaled(30))
         assert result.returncode == 0, result.stderr
         assert "net_send 0" in result.stdout
         assert list(target.iterdir()) == []

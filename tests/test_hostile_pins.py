@@ -12,7 +12,7 @@ import pytest
 from hostile_helpers import as_nobody, public_dir
 
 from recorder_tracer.errors import TracerError
-from recorder_tracer.pins import PinDir
+from recorder_tracer.kernel.pins import PinDir
 
 
 @pytest.fixture
