@@ -31,6 +31,7 @@ _SPEC = re.compile(
     re.DOTALL,
 )
 _CONVERSIONS = frozenset("diouxXcspfFeEgGaA")
+FIELD_MAX = 128     # widths and precisions, as the C core's dump
 _INT_BITS = {"hh": 8, "h": 16, "": 32}  # any other modifier reads 64 bits
 
 
@@ -71,7 +72,7 @@ def format_message(fmt: str, args: Sequence[Arg]) -> str:
             if width < 0:
                 flags, width = flags + "-", -width
         elif width_text:
-            width = int(width_text)
+            width = int(width_text[:6])     # cut below: no 4300-digit int()
         precision: int | None = None
         if precision_text == "*":
             precision = _star(args, next_arg)
@@ -79,7 +80,12 @@ def format_message(fmt: str, args: Sequence[Arg]) -> str:
             if precision < 0:
                 precision = None
         elif precision_text is not None:
-            precision = int(precision_text or "0")
+            precision = int(precision_text[:6] or "0")
+        # A traced process chooses these: %2147483647d took 4.3 GB. The C
+        # dump cuts them to the same bound (probes/src/format.c).
+        width = min(width, FIELD_MAX)
+        if precision is not None:
+            precision = min(precision, FIELD_MAX)
         conversion = match["conversion"]
         if conversion == "%":
             out.append("%")
@@ -377,9 +383,28 @@ def format_record(record: Record, time_mode: TimeMode = TimeMode.RELATIVE,
     message = record.message.removesuffix("\n").replace("\n", "\\n")
     return _columns(time_mode, [
         format_time(record.ts, time_mode, origin_ns, wall_offset_ns),
-        str(record.pid), str(record.tid), record.comm,
-        shorten(record.topic, topic_width), where, message,
+        str(record.pid), str(record.tid), escape_controls(record.comm),
+        escape_controls(shorten(record.topic, topic_width)),
+        escape_controls(where), escape_controls(message),
     ], topic_width)
+
+
+# C0 and C1 controls and DEL, but tab: every text a traced process chose
+# (its formats, strings, name, topics) reaches a terminal through here, and
+# ESC or \r there would rewrite what the user sees.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    r"""`text` with control characters shown as \xNN (\n for a newline).
+
+    >>> escape_controls("red \x1b[31m\rover")
+    'red \\x1b[31m\\x0dover'
+    """
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(lambda match: "\\n" if match.group() == "\n"
+                         else f"\\x{ord(match.group()):02x}", text)
 
 
 def _columns(time_mode: TimeMode, values: Iterable[str],
