@@ -74,10 +74,7 @@ class ElfFile:
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
-        try:
-            self.file_size = os.fstat(file.fileno()).st_size
-        except (OSError, AttributeError, ValueError):
-            self.file_size = MAX_READ       # an in-memory file in tests
+        self.file_size = file.seek(0, os.SEEK_END)
         try:
             self._parse()
         except (struct.error, ValueError, OverflowError, MemoryError) as error:
