@@ -485,7 +485,13 @@ class TraceSession:
         exit to poll(), which drains its records before reporting it."""
         from recorder_tracer.target.procs import ProcEventKind
         if event.kind is ProcEventKind.EXEC:
-            self._on_exec(event.pid)
+            try:
+                self._on_exec(event.pid)
+            except Exception as error:
+                # Raised here it would end the follower thread, and with it
+                # following, silently: say so and go on with the next event.
+                self.report(f"recorder: cannot trace new process {event.pid}: "
+                            f"{error}")
         elif event.kind is ProcEventKind.EXIT:
             if event.pid in self.traced_pids():
                 self._exits.put((event.pid, _describe_exit_event(event),
@@ -774,35 +780,54 @@ class TraceSession:
         return streams
 
     def close(self) -> None:
-        """Detach everything, drain the streams, emit what is left."""
+        """Detach everything, drain the streams, emit what is left. Every
+        step runs even if one before it raised (links and pins must not
+        outlive a failed drain); the first error is raised at the end."""
+        failures: list[Exception] = []
+
+        def step(action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as error:
+                failures.append(error)
+
         if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        self._disarm_all()
+            watcher, self._watcher = self._watcher, None
+            step(watcher.stop)
+        step(self._disarm_all)
         for stream in self._streams():
-            stream.drain()
-        self.reorder.flush_all()
+            step(stream.drain)
+        step(self.reorder.flush_all)
         if self.snapshots is not None:    # captures of the last moments
-            for path in self.snapshots.poll(timeout_ms=0):
-                self.report(f"snapshot written: {path}")
+            step(self._report_last_snapshots)
         for process in self.exited.values():
-            process.image.close()
+            step(process.image.close)
         # The totals need the maps: keep them, then free every kernel object.
+        step(self._keep_totals)
+        self._release(step)
+        if failures:
+            raise failures[0]
+
+    def _report_last_snapshots(self) -> None:
+        assert self.snapshots is not None
+        for path in self.snapshots.poll(timeout_ms=0):
+            self.report(f"snapshot written: {path}")
+
+    def _keep_totals(self) -> None:
         self._final_summaries = self._sum_streams()
         self._final_stats = self.site_stats()
-        self._release()
 
-    def _release(self) -> None:
-        if self.snapshots is not None:
-            self.snapshots.close()
-        if self.stream is not None:
-            self.stream.close()
-        if self.harvester is not None:
-            self.harvester.close()
+    def _release(self, step: Callable[[Callable[[], object]], None]) -> None:
+        for part in (self.snapshots, self.stream, self.harvester):
+            if part is not None:
+                step(part.close)
         if self.pins is not None:
-            self.pins.clear()       # a clean end: nothing outlives us
+            step(self.pins.clear)   # a clean end: nothing outlives us
         if self.usdt is not None:
-            self.usdt.release()
+            step(self.usdt.release)
+        step(self._record_totals)
+
+    def _record_totals(self) -> None:
         for cpu in self.summaries():
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)

@@ -1,0 +1,69 @@
+"""The session's own failures are loud and never skip cleanup: an arm that
+raises in the follower's thread, a step of close() that raises."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from timing import scaled
+from tracer_helpers import BackgroundSession, Workload, wait_for
+
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions
+
+
+def test_failed_arm_in_follower_is_reported_and_following_goes_on(
+        progs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    background = BackgroundSession(TraceOptions(comms=["workload_ticks"],
+                                                spec=TopicSpec.parse("tock")))
+    session = background.session
+    real = session.trace_process
+    failed: list[int] = []
+
+    def fail_once(pid: int, required: bool = True) -> bool:
+        # Injected: the first process to exec fails to arm (as a crafted
+        # process would make an unforeseen error do).
+        if not failed:
+            failed.append(pid)
+            raise RuntimeError("injected arm failure")
+        return real(pid, required)
+
+    monkeypatch.setattr(session, "trace_process", fail_once)
+    first = Workload(progs)
+    second = None
+    try:
+        wait_for(lambda: any("injected arm failure" in line
+                             for line in background.reports))
+        assert failed == [first.pid]
+        second = Workload(progs)
+        wait_for(lambda: second.pid in session.processes, timeout=scaled(10))
+        second.record("tock", 3)
+        records = background.stop()
+        assert [r.args for r in records if r.pid == second.pid] == [[0], [1], [2]]
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_close_clears_pins_even_when_a_step_raises(
+        progs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pin_dir = f"/sys/fs/bpf/recorder-hostile-{os.getpid()}"
+    workload = Workload(progs)
+    try:
+        background = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                                    spec=TopicSpec.parse("tock"),
+                                                    pin_dir=pin_dir))
+        assert Path(pin_dir).is_dir()
+
+        def broken_drain() -> None:
+            raise RuntimeError("injected drain failure")
+
+        monkeypatch.setattr(background.session.stream, "drain", broken_drain)
+        with pytest.raises(RuntimeError, match="injected drain failure"):
+            background.stop()
+        assert not Path(pin_dir).exists()
+    finally:
+        workload.close()
