@@ -38,7 +38,8 @@ def test_failed_arm_in_follower_is_reported_and_following_goes_on(
                              for line in background.reports))
         assert failed == [first.pid]
         second = Workload(progs)
-        wait_for(lambda: second.pid in session.processes, timeout=scaled(10))
+        wait_for(lambda: "tock" in getattr(session.processes.get(second.pid),
+                                           "armed_topics", ()), timeout=scaled(10))
         second.record("tock", 3)
         records = background.stop()
         assert [r.args for r in records if r.pid == second.pid] == [[0], [1], [2]]
@@ -67,3 +68,26 @@ def test_close_clears_pins_even_when_a_step_raises(
         assert not Path(pin_dir).exists()
     finally:
         workload.close()
+
+
+@pytest.mark.bpf
+def test_short_trace_ending_leaves_a_longer_ones_runtime_topic_armed() -> None:
+    from test_dynamic import PythonWorkload
+
+    from recorder_tracer.target.dynamic import read_armed
+    from recorder_tracer.target.memory import ProcessImage
+
+    with PythonWorkload() as workload:
+        workload.record("py_tick", 1)
+        long = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                              spec=TopicSpec.parse("py_tick")))
+        short = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                               spec=TopicSpec.parse("py_tick")))
+        topic = next(t for t in ProcessImage.of(workload.pid).topics()
+                     if t.name == "py_tick")
+        short.stop()
+        assert read_armed(workload.pid, topic) is True
+        workload.record("py_tick", 5)
+        records = long.stop()
+        assert [r.args[0] for r in records] == list(range(5))
+        assert read_armed(workload.pid, topic) is False
