@@ -91,3 +91,33 @@ def test_short_trace_ending_leaves_a_longer_ones_runtime_topic_armed() -> None:
         records = long.stop()
         assert [r.args[0] for r in records] == list(range(5))
         assert read_armed(workload.pid, topic) is False
+
+
+def test_snapshot_of_a_reused_pid_takes_nothing_from_the_new_process(
+        progs: Path) -> None:
+    # A controller restarted after a crash builds the snapshot of a process
+    # it remembers (an offline image); that pid now names another process
+    # (workload_ticks), whose maps must not resolve the old one's formats.
+    from recorder_tracer.postmortem.snapshot import KnownProcess, build_snapshot
+    from recorder_tracer.target.memory import ProcessImage, read_maps
+    from recorder_tracer.target.procs import start_time
+    from recorder_tracer.target.rings import RawEntry
+
+    workload = Workload(progs)
+    try:
+        executable = next(m for m in read_maps(workload.pid)
+                          if m.path.endswith("/workload_ticks"))
+        entry = RawEntry(1, 1, workload.pid, 0, 0, 0, 0, 0, executable.start, 0,
+                         (0,) * 12)
+
+        def message(started: int | None) -> str:
+            known = KnownProcess(workload.pid, ProcessImage.offline(workload.pid, []),
+                                 0, "/old/exe", {}, None, started)
+            snapshot = build_snapshot(workload.pid, "old", known, [entry],
+                                      source="test", records_wanted=1, time_ns=1)
+            return snapshot["records"][0]["message"]
+
+        assert message(start_time(workload.pid)).startswith("\x7fELF")  # same
+        assert message(start_time(workload.pid) - 1).startswith("<unreadable format")
+    finally:
+        workload.close()

@@ -105,6 +105,7 @@ class KnownProcess:
     exe: str
     topics: dict[int, str]
     share_dir: str | None = None
+    started: int | None = None  # procs.start_time: is the pid still it?
 
 
 @dataclass
@@ -240,7 +241,7 @@ class SnapshotWatcher:
         if old is not None:
             old.image.close()
         self.known[pid] = KnownProcess(pid, image, registry, exe, topics,
-                                       share_dir_of(pid))
+                                       share_dir_of(pid), procs.start_time(pid))
         if self.pins is not None:
             self._remember(self.known[pid])
         return True
@@ -261,7 +262,8 @@ class SnapshotWatcher:
             write_new_file(self._memory_dir, f"{known.pid}.json", json.dumps({
                 "pid": known.pid, "exe": known.exe, "registry": known.registry,
                 "topics": known.topics, "share_dir": known.share_dir,
-                "maps": text}, ensure_ascii=True).encode(), sync=False)
+                "started": known.started, "maps": text},
+                ensure_ascii=True).encode(), sync=False)
         except (OSError, TracerError):
             pass        # a snapshot of it would only lack formats
 
@@ -274,7 +276,7 @@ class SnapshotWatcher:
                 remembered[value["pid"]] = KnownProcess(
                     value["pid"], image, value["registry"], value["exe"],
                     {int(k): v for k, v in value["topics"].items()},
-                    value["share_dir"])
+                    value["share_dir"], value.get("started"))
             except (OSError, ValueError, KeyError, TypeError):
                 pass
             path.unlink(missing_ok=True)
@@ -475,8 +477,13 @@ def build_snapshot(pid: int, comm: str, known: KnownProcess | None,
     """The snapshot object of `entries` (already the last N, in order)."""
     image = known.image if known is not None else ProcessImage(pid)
     topics = dict(known.topics) if known is not None else {}
-    with contextlib.suppress(OSError):  # still readable: fresher names
-        mappings = read_maps(pid)       # (a zombie has none: keep ours)
+    # Still readable: fresher names (a zombie has none: keep ours). Only
+    # if the pid is still that process: after a controller restart it may
+    # be another's by now, whose maps would give wrong names.
+    same = (known is None or known.started is None
+            or procs.start_time(pid) == known.started)
+    with contextlib.suppress(OSError):
+        mappings = read_maps(pid) if same else []
         if mappings:
             image.mappings = mappings
             topics.update({topic.id: topic.name for topic in image.topics()})
