@@ -74,6 +74,7 @@ __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "describe_status
 
 HARVEST_ENTRY_UNREADABLE = 0x1      # kernel/bpf/harvest.h
 LIVENESS_INTERVAL_S = 0.5           # check that traced processes live this often
+EXITED_KEPT = 512   # exited processes remembered, oldest dropped first
 
 Sink = Callable[[Record], None]
 Reporter = Callable[[str], None]
@@ -568,6 +569,11 @@ class TraceSession:
                 process.image.close()   # its address space is gone
             if self.usdt is not None:
                 self.usdt.disarm(pid)
+            # Exited processes are kept to decode their late records (and
+            # the daemon's grace period): the oldest go past a bound, or
+            # `trace --all` grows with every process that ever ran.
+            while len(self.exited) > EXITED_KEPT:
+                self.forget(next(iter(self.exited)))
 
     # -- records --------------------------------------------------------------
 
