@@ -174,7 +174,8 @@ def test_full_snapshot_directory_is_reported_and_counted(
         progs: Path, tmp_path: Path) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                    str(mount)],
                    check=True)
     reports: list[str] = []
     watcher = SnapshotWatcher(SnapshotOptions(str(mount), records=N), reports.append)

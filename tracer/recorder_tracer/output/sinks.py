@@ -63,5 +63,5 @@ def open_sink(output: TextIO, as_json: bool = False,
         return _OwningSink(open_writer("chrome", stream), stream)
     if as_json:
         return open_writer("jsonl", output, flush=True)
-    from recorder_tracer.decode.render import TextPrinter
+    from recorder_tracer.output.text import TextPrinter
     return TextPrinter(output)

@@ -19,6 +19,7 @@ from typing import Any
 
 from recorder_tracer.decode.entry import RawEntry, image_record
 from recorder_tracer.errors import TracerError
+from recorder_tracer.output.safe_write import private_dir, write_new_file
 from recorder_tracer.postmortem.snapshot_file import (
     DEFAULT_DIRECTORY,
     SNAPSHOT_KIND,
@@ -30,6 +31,9 @@ from recorder_tracer.postmortem.snapshot_file import (
 from recorder_tracer.target import procs
 from recorder_tracer.target.memory import ProcessImage, parse_maps, read_maps
 from recorder_tracer.target.rings import read_process_entries
+from recorder_tracer.target.safe_open import read_untrusted
+
+MAX_REMEMBERED_BYTES = 16 << 20     # one process's maps and topics
 
 
 @dataclass
@@ -55,20 +59,22 @@ class KnownProcess:
     exe: str
     topics: dict[int, str]
     share_dir: str | None = None
+    started: int | None = None  # procs.start_time: is the pid still it?
 
 
 def remember(directory: Path, known: KnownProcess) -> None:
     """Keep what formats `known`'s records in `directory` (beside the
     snapshots), for a controller that starts after this one died."""
     try:
-        with open(f"/proc/{known.pid}/maps") as maps:
-            text = maps.read()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (directory / f"{known.pid}.json").write_text(json.dumps({
+        with open(f"/proc/{known.pid}/maps", "rb") as maps:
+            text = maps.read().decode("utf-8", "surrogateescape")
+        os.close(private_dir(directory.parent))     # refused if not ours
+        write_new_file(directory, f"{known.pid}.json", json.dumps({
             "pid": known.pid, "exe": known.exe, "registry": known.registry,
             "topics": known.topics, "share_dir": known.share_dir,
-            "maps": text}))
-    except OSError:
+            "started": known.started, "maps": text},
+            ensure_ascii=True).encode(), sync=False)
+    except (OSError, TracerError):
         pass        # a snapshot of it would only lack formats
 
 def load_remembered(directory: Path) -> dict[int, KnownProcess]:
@@ -76,12 +82,12 @@ def load_remembered(directory: Path) -> dict[int, KnownProcess]:
     remembered = {}
     for path in directory.glob("*.json"):
         try:
-            value = json.loads(path.read_text())
+            value = json.loads(read_untrusted(path, MAX_REMEMBERED_BYTES))
             image = ProcessImage.offline(value["pid"], parse_maps(value["maps"]))
             remembered[value["pid"]] = KnownProcess(
                 value["pid"], image, value["registry"], value["exe"],
                 {int(k): v for k, v in value["topics"].items()},
-                value["share_dir"])
+                value["share_dir"], value.get("started"))
         except (OSError, ValueError, KeyError, TypeError):
             pass
         path.unlink(missing_ok=True)
@@ -95,8 +101,13 @@ def build_snapshot(pid: int, comm: str, known: KnownProcess | None,
     """The snapshot object of `entries` (already the last N, in order)."""
     image = known.image if known is not None else ProcessImage(pid)
     topics = dict(known.topics) if known is not None else {}
-    with contextlib.suppress(OSError):  # still readable: fresher names
-        mappings = read_maps(pid)       # (a zombie has none: keep ours)
+    # Still readable: fresher names (a zombie has none: keep ours). Only
+    # if the pid is still that process: after a controller restart it may
+    # be another's by now, whose maps would give wrong names.
+    same = (known is None or known.started is None
+            or procs.start_time(pid) == known.started)
+    with contextlib.suppress(OSError):
+        mappings = read_maps(pid) if same else []
         if mappings:
             image.mappings = mappings
             topics.update({topic.id: topic.name for topic in image.topics()})

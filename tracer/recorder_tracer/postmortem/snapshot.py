@@ -216,7 +216,7 @@ class SnapshotWatcher:
         if old is not None:
             old.image.close()
         self.known[pid] = KnownProcess(pid, image, registry, exe, topics,
-                                       share_dir_of(pid))
+                                       share_dir_of(pid), procs.start_time(pid))
         if self.pins is not None:
             remember(self._memory_dir, self.known[pid])
         return True
@@ -366,10 +366,13 @@ class SnapshotWatcher:
     def _write(self, name: str, snapshot: dict[str, Any], pid: int) -> Path | None:
         try:
             path = write_snapshot(self.options.directory, name, snapshot)
-        except OSError as error:
+        except (OSError, TracerError, ValueError) as error:
+            # Counted whatever the cause: a directory someone else owns, a
+            # full disk, a value JSON cannot hold.
             self.counts.failed += 1
+            reason = getattr(error, "strerror", None) or error
             self.report(f"recorder: cannot write snapshot of pid {pid} in "
-                        f"{self.options.directory}: {error.strerror or error} "
+                        f"{self.options.directory}: {reason} "
                         f"({self.counts.failed} not written)")
             return None
         self.counts.written += 1

@@ -24,6 +24,9 @@ class ArmedProcess:
     site_topics: dict[int, str | None] = field(default_factory=dict)
     runtime_armed: dict[str, Topic] = field(default_factory=dict)
     memory: int | None = None   # /proc/PID/mem of the image we armed
+    # Topic ids its registry did not have when looked up: not rebuilt per
+    # record (a process can write any id into its entries).
+    unknown_topics: set[int] = field(default_factory=set)
 
     def topic_at(self, probe_address: int) -> str | None:
         """The topic whose probe fired at `probe_address` (a runtime address):

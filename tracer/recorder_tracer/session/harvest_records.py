@@ -64,13 +64,16 @@ def _topic_name(process: ArmedProcess, raw: Any) -> str:
         return name
     topic_id = raw.entry.topic_id
     topic = process.topics.get(topic_id)
-    if topic is None and procs.process_exists(process.pid):
+    if (topic is None and topic_id not in process.unknown_topics
+            and procs.process_exists(process.pid)):
         try:
             process.image = ProcessImage.of(process.pid)
             process.topics.update({t.id: t for t in process.image.topics()})
         except OSError:
             pass
         topic = process.topics.get(topic_id)
+        if topic is None:
+            process.unknown_topics.add(topic_id)
     return topic.name if topic else f"topic{topic_id}"
 
 

@@ -299,22 +299,40 @@ class TraceSession(SessionResults):
         return [stream for source in self.sources for stream in source.streams]
 
     def close(self) -> None:
-        """Detach everything, drain the streams, emit what is left."""
-        self.tracker.stop()
-        self._disarm_all()
+        """Detach everything, drain the streams, emit what is left. Every
+        step runs even if one before it raised (links and pins must not
+        outlive a failed drain); the first error is raised at the end."""
+        failures: list[Exception] = []
+
+        def step(action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as error:
+                failures.append(error)
+
+        step(self.tracker.stop)
+        step(self._disarm_all)
         for stream in self._streams():
-            stream.drain()
-        self.reorder.flush_all()
-        self._report_snapshots()    # captures of the last moments
+            step(stream.drain)
+        step(self.reorder.flush_all)
+        step(self._report_snapshots)    # captures of the last moments
         if self.recorder is not None:
-            self.recorder.close_images()
+            step(self.recorder.close_images)
         # The totals need the maps: keep them, then free every kernel object.
+        step(self._keep_totals)
+        if self.snapshots is not None:
+            step(self.snapshots.close)
+        for source in self.sources:
+            step(source.release)
+        self._record_totals()
+        if failures:
+            raise failures[0]
+
+    def _keep_totals(self) -> None:
         self._final_summaries = self._sum_streams()
         self._final_stats = self.site_stats()
-        if self.snapshots is not None:
-            self.snapshots.close()
-        for source in self.sources:
-            source.release()
+
+    def _record_totals(self) -> None:
         for cpu in self.summaries():
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)

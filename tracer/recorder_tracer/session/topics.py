@@ -33,6 +33,10 @@ from recorder_tracer.target.dynamic import (
 )
 from recorder_tracer.target.memory import ProcessImage, load_bias, read_maps
 
+# Exited processes kept to decode their late records (and for the daemon's
+# grace period); past this, the oldest are forgotten.
+EXITED_KEPT = 512
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -290,6 +294,8 @@ class RecorderTopics:
         self.disarm(pid)
         if process is not None:
             process.image.close()   # its address space is gone
+        for oldest in list(self.exited)[:-EXITED_KEPT]:   # or --all grows
+            self.forget(oldest)
 
     def take_over(self) -> None:
         """Once armed: drop a previous controller's pinned links."""

@@ -108,7 +108,13 @@ class ProcessTracker:
         """In the follower's thread: arm a new process at once; leave an
         exit to the loop, which drains its records before reporting it."""
         if event.kind is procs.ProcEventKind.EXEC:
-            self._on_exec(event.pid)
+            try:
+                self._on_exec(event.pid)
+            except Exception as error:
+                # Raised here it would end the follower thread, and with it
+                # following, silently: say so and go on with the next event.
+                self.report(f"recorder: cannot trace new process {event.pid}: "
+                            f"{error}")
         elif event.kind is procs.ProcEventKind.EXIT:
             if event.pid in self.traced():
                 self._exits.put((event.pid, event.describe(), event.timestamp))

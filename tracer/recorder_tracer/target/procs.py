@@ -51,6 +51,22 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat's
+    field 22), None if it is gone: a pid and its start time name one
+    process, even after the pid is reused.
+
+    >>> start_time(os.getpid()) == start_time(os.getpid()) is not None
+    True
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # After the command (in parentheses, any bytes): fields 3 onward.
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_comm(pid: int) -> str:
     """Return the command name of process `pid` (its /proc/PID/comm).
 
