@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROGS = REPO / "build" / "progs"
 sys.path.insert(0, str(REPO / "tests"))
 
-from tracer_helpers import BackgroundSession, Workload  # noqa: E402
+from helpers.tracer import BackgroundSession, Workload  # noqa: E402
 
 from recorder_tracer.decode.spec import TopicSpec  # noqa: E402
 from recorder_tracer.session.loop import TraceOptions  # noqa: E402

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.tracer import BackgroundSession
 from timing import scaled
-from tracer_helpers import BackgroundSession
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.spec import TopicSpec

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.tracer import BackgroundSession, wait_for
 from timing import scaled
-from tracer_helpers import BackgroundSession, wait_for
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.spec import TopicSpec
@@ -59,7 +59,7 @@ def test_topics_made_during_the_trace_by_a_program_that_exits_at_once(
     session = BackgroundSession(TraceOptions(
         command=[sys.executable, str(WORKLOADS / "py_late_spans.py"), str(go)],
         spec=TopicSpec.parse("late_.*")))
-    pid = session.session._child
+    pid = session.session.tracker.child
     assert pid is not None
     wait_for(lambda: registry_known(session, pid), timeout=scaled(30))
     go.touch()
@@ -77,7 +77,7 @@ def test_topics_made_during_the_trace_are_armed_from_their_first_record(
         command=[sys.executable, str(WORKLOADS / "py_late_spans.py"), str(go),
                  str(stop)],
         spec=TopicSpec.parse("late_.*")))
-    pid = session.session._child
+    pid = session.session.tracker.child
     assert pid is not None
     wait_for(lambda: registry_known(session, pid), timeout=scaled(30))
     go.touch()

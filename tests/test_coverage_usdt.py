@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.tracer import BackgroundSession, wait_for
 from timing import scaled
-from tracer_helpers import BackgroundSession, wait_for
 
-from recorder_tracer.kernel.usdt import UsdtSelector
 from recorder_tracer.session.loop import TraceOptions
+from recorder_tracer.session.usdt import UsdtSelector
 
 pytestmark = pytest.mark.bpf
 

@@ -19,18 +19,17 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel import btf
 from recorder_tracer.kernel.btf import member_offset
-from recorder_tracer.kernel.harvest import (
-    BPF_DIR,
-    PROBES_INCLUDE,
+from recorder_tracer.kernel.loader import (
+    load_program,
     possible_cpus,
-    require_bpf,
     struct_format,
+    unload,
 )
 from recorder_tracer.selftrace import SESSION
-from recorder_tracer.target.rings import RawEntry
 
 FORK, EXEC, BEGIN, TOPIC, ENTRY, END = range(1, 7)      # coverage.h
 WATCH_PENDING, WATCH_ARMED, WATCH_NO_CORE = 0, 1, 2     # coverage.h
@@ -139,30 +138,32 @@ class Coverage:
 
     def __init__(self, selection: Selection, handler: Handler,
                  ring_pages: int = 2048) -> None:
-        bcc = require_bpf()
         self.selection = selection
         self.handler = handler
+        self.bpf: Any = None
         if len(selection.cgroups) > MAX_CGROUPS:
             raise TracerError(f"at most {MAX_CGROUPS} --cgroup")
-        cgroup_fds = [cgroup_fd(path) for path in selection.cgroups]
-        cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
-                  f"-DCOVERAGE_RING_PAGES={ring_pages}",
+        cflags = [f"-DCOVERAGE_RING_PAGES={ring_pages}",
                   f"-DCOVERAGE_CPUS={min(possible_cpus(), 64)}",
                   f"-DCOVERAGE_CGROUPS={MAX_CGROUPS}",
                   *kernel_offsets()]
         if exit_tracepoint():
             cflags.append("-DCOVERAGE_EXIT_TRACEPOINT")
+        cgroup_fds = [cgroup_fd(path) for path in selection.cgroups]
         try:
-            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "coverage.c").encode(),
-                               cflags=cflags)
-            more = self.bpf.load_func(b"walk_more", bcc.BPF.RAW_TRACEPOINT)
-            scan = self.bpf.load_func(b"scan_more", bcc.BPF.RAW_TRACEPOINT)
+            self.bpf = load_program("coverage.c", cflags, "coverage")
+            import bcc
             programs = self.bpf[b"walk_programs"]
-            programs[ctypes.c_int(0)] = ctypes.c_int(more.fd)
-            programs[ctypes.c_int(1)] = ctypes.c_int(scan.fd)
+            for index, name in enumerate((b"walk_more", b"scan_more")):
+                function = self.bpf.load_func(name, bcc.BPF.RAW_TRACEPOINT)
+                programs[ctypes.c_int(index)] = ctypes.c_int(function.fd)
         except Exception as error:
             for fd in cgroup_fds:
                 os.close(fd)
+            if self.bpf is not None:
+                unload(self.bpf)
+            if isinstance(error, TracerError):
+                raise
             raise TracerError(
                 f"cannot load the BPF coverage program: {error}") from None
         self._formats = {
@@ -284,7 +285,7 @@ class Coverage:
 
     def close(self) -> None:
         if self.bpf is not None:
-            self.bpf.cleanup()
+            unload(self.bpf)
             self.bpf = None
 
 

@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from recorder_tracer.abi import MAX_SHARDS
+from recorder_tracer.decode.entry import entry_record
 from recorder_tracer.decode.record import Record
-from recorder_tracer.decode.render import format_message
 from recorder_tracer.kernel.coverage import (
     WATCH_ARMED,
     WATCH_NO_CORE,
@@ -39,13 +40,7 @@ from recorder_tracer.kernel.coverage import (
 )
 from recorder_tracer.selftrace import PROCS
 from recorder_tracer.target.memory import ProcessImage, load_segments
-from recorder_tracer.target.rings import (
-    MAX_SHARDS,
-    RawEntry,
-    decode_args,
-    shard_window,
-    topic_shards,
-)
+from recorder_tracer.target.rings import shard_window, topic_shards
 
 if TYPE_CHECKING:
     from recorder_tracer.decode.spec import TopicSpec
@@ -259,10 +254,11 @@ class SessionCoverage:
                 continue
             if not self.delivered.first(copy.pid, entry, entry.shard):
                 continue
-            self.ready.put(_record(
-                entry, copy.pid, copy.comm, name,
-                copied.format or None, copied.where or None,
-                _captured_strings(copied.strings, image)))
+            texts = {entry.format: copied.format or None,
+                     entry.where: copied.where or None}
+            self.ready.put(entry_record(
+                entry, pid=copy.pid, comm=copy.comm, topic=name,
+                text=texts.get, string=_captured_strings(copied.strings, image)))
             self.copied += 1
 
     # -- backfill and images ---------------------------------------------------
@@ -283,10 +279,10 @@ class SessionCoverage:
                     if entry.timestamp < since or not self.delivered.first(
                             process.pid, entry, slot):
                         continue
-                    self.ready.put(_record(
-                        entry, process.pid, process.comm, topic.name,
-                        image.string(entry.format), image.string(entry.where),
-                        image.string))
+                    self.ready.put(entry_record(
+                        entry, pid=process.pid, comm=process.comm,
+                        topic=topic.name, text=image.string,
+                        string=lambda address: image.string(address, cached=False)))
                     self.backfilled += 1
 
     def _copy_image(self, copy: Copy) -> ProcessImage | None:
@@ -320,15 +316,5 @@ def _captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | No
         length, text = next(captured, (0, b""))
         if length > 0:
             return bytes(text)[:length - 1].decode("utf-8", "replace")
-        return image.string(address) if image else None
+        return image.string(address, cached=False) if image else None
     return string
-
-
-def _record(entry: RawEntry, pid: int, comm: str, topic: str, fmt: str | None,
-            where: str | None, string: Callable[[int], str | None]) -> Record:
-    args = decode_args(entry.nargs, entry.arg_types, entry.args, string)
-    message = (format_message(fmt, args) if fmt is not None
-               else f"<unreadable format {entry.format:#x}>")
-    return Record(ts=entry.timestamp, pid=pid, tid=entry.tid, comm=comm,
-                  topic=topic, where=where or "?", message=message, args=args,
-                  cpu=entry.cpu)

@@ -25,13 +25,13 @@ from recorder_tracer.target import notes
 from recorder_tracer.target.procs import ProcessGone, process_comm
 
 if TYPE_CHECKING:
-    from recorder_tracer.kernel.usdt import ProbeSite, TracedProcess, UsdtTracer
+    from recorder_tracer.session.usdt import ProbeSite, TracedProcess, UsdtSource
 
 
 class WideSites:
-    """The system-wide attachments of one UsdtTracer."""
+    """The system-wide attachments of one UsdtSource (`tracer`)."""
 
-    def __init__(self, tracer: UsdtTracer, comms: list[str],
+    def __init__(self, tracer: UsdtSource, comms: list[str],
                  all_processes: bool) -> None:
         self.tracer = tracer
         self.attachments: list[arm.Attachment] = []
@@ -46,7 +46,7 @@ class WideSites:
             key = table.Key()
             key.comm = comm.encode()[:15]
             table[key] = ctypes.c_uint8(1)
-        for selector in tracer.options.selectors:
+        for selector in tracer.selectors:
             if selector.path is not None:
                 self.attach_file(selector.path)
 
@@ -58,14 +58,14 @@ class WideSites:
     def attach_file(self, path: str) -> list[ProbeSite]:
         """Attach every selected probe of the file at `path`, for every
         process (once per file); returns its selected sites."""
-        from recorder_tracer.kernel.usdt import ProbeSite
+        from recorder_tracer.session.usdt import ProbeSite
         try:
             stat = os.stat(path)
             probes = notes.probes_in_file(path)
         except (OSError, notes.NotesError):
             return []
         sites = [ProbeSite.of(probe, path, selector)
-                 for selector in self.tracer.options.selectors
+                 for selector in self.tracer.selectors
                  if selector.path is None
                  or os.path.samefile(selector.path, path)
                  for probe in probes if selector.matches(probe)]
@@ -85,7 +85,7 @@ class WideSites:
     def learn(self, pid: int) -> TracedProcess | None:
         """Note the sites of a process the selection names, attaching the
         files it maps that have selected probes; None if it has none."""
-        from recorder_tracer.kernel.usdt import TracedProcess
+        from recorder_tracer.session.usdt import TracedProcess
         if pid in self.tracer.processes:
             return self.tracer.processes[pid]
         try:
