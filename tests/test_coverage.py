@@ -17,6 +17,7 @@ from timing import scaled
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.output.jsonl import record_json
 from recorder_tracer.session.loop import TraceOptions
 
 pytestmark = pytest.mark.bpf
@@ -128,8 +129,11 @@ def test_workers_in_a_private_mount_and_pid_namespace_are_traced(
         server.close()
     workers = [line for line in lines if line.startswith("worker")]
     assert_every_worker_record(records, len(workers))
-    mine = {record.pid for record in records if record.comm == "prefork_server"}
-    assert all(pid > 3 for pid in mine)         # host pids, not 2, 3, 4
+    mine = [record for record in records if record.comm == "prefork_server"]
+    assert all(record.pid > 4 for record in mine)   # host pids, not 2, 3, 4
+    # JSON adds the pid the worker has in its own namespace (2, 3, 4).
+    in_namespace = {record_json(record).get("ns_pid") for record in mine}
+    assert in_namespace & {2, 3, 4} and in_namespace <= {2, 3, 4, None}
 
 
 def test_no_children_traces_the_pid_alone(progs) -> None:

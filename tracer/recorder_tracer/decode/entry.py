@@ -97,7 +97,7 @@ def decode_args(nargs: int, arg_types: int, values: Iterable[int],
 
 def entry_record(entry: Any, *, pid: int, comm: str, topic: str,
                  text: TextReader, string: TextReader,
-                 cpu: int | None = None) -> Record:
+                 cpu: int | None = None, ns_pid: int | None = None) -> Record:
     """The Record of `entry`: its format and location read through
     `text(address)` (constants, cached), its %s arguments through
     `string(address)` (uncached: buffers are reused; the live stream first
@@ -110,7 +110,7 @@ def entry_record(entry: Any, *, pid: int, comm: str, topic: str,
     return Record(ts=entry.timestamp, pid=pid, tid=entry.tid, comm=comm,
                   topic=topic, where=text(entry.where) or "?", message=message,
                   args=args, cpu=entry.cpu if cpu is None else cpu,
-                  flags=entry.flags)
+                  flags=entry.flags, ns_pid=ns_pid)
 
 
 def image_record(entry: Any, image: Any, *, pid: int, comm: str,

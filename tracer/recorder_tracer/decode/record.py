@@ -35,3 +35,6 @@ class Record:
     # The entry's flags (abi.ENTRY_SPAN_BEGIN, ENTRY_SPAN_END...): what
     # tells a span's begin from its end; 0 for a USDT hit.
     flags: int = 0
+    # The process's pid in its own PID namespace (a container's), when
+    # not `pid` (always the host's); `tid` is the writer's own view.
+    ns_pid: int | None = None

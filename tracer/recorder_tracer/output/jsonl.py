@@ -27,6 +27,7 @@ def record_json(record: Record) -> dict[str, Any]:
         "where": record.where,
         "message": record.message,
         "args": [json_value(arg) for arg in record.args],
+        **({"ns_pid": record.ns_pid} if record.ns_pid is not None else {}),
     }
 
 

@@ -27,6 +27,7 @@ class ArmedProcess:
     # Topic ids its registry did not have when looked up: not rebuilt per
     # record (a process can write any id into its entries).
     unknown_topics: set[int] = field(default_factory=set)
+    ns_pid: int | None = None   # its pid in its own PID namespace, if another
 
     def topic_at(self, probe_address: int) -> str | None:
         """The topic whose probe fired at `probe_address` (a runtime address):

@@ -282,7 +282,8 @@ class SessionCoverage:
                     self.ready.put(entry_record(
                         entry, pid=process.pid, comm=process.comm,
                         topic=topic.name, text=image.string,
-                        string=lambda address: image.string(address, cached=False)))
+                        string=lambda address: image.string(address, cached=False),
+                        ns_pid=getattr(process, "ns_pid", None)))
                     self.backfilled += 1
 
     def _copy_image(self, copy: Copy) -> ProcessImage | None:

@@ -54,7 +54,8 @@ def harvest_record(processes: dict[int, ArmedProcess],
 
     return entry_record(entry, pid=pid, comm=raw.comm.decode(errors="replace"),
                         topic=_topic_name(process, raw),
-                        text=process.image.string, string=string, cpu=cpu)
+                        text=process.image.string, string=string, cpu=cpu,
+                        ns_pid=process.ns_pid)
 
 
 def _topic_name(process: ArmedProcess, raw: Any) -> str:

@@ -134,7 +134,7 @@ class RecorderTopics:
             return None
         process = ArmedProcess(pid, process_comm(pid), image,
                                {topic.id: topic for topic in image.topics()},
-                               [], set())
+                               [], set(), ns_pid=procs.namespace_pid(pid))
         self.seen_topics.update(probe.name for probe in probes)
         # Known before its first record can arrive (another thread polls).
         self.processes[pid] = process

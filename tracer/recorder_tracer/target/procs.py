@@ -83,6 +83,20 @@ def process_comm(pid: int) -> str:
         raise ProcessGone(pid) from None
 
 
+def namespace_pid(pid: int) -> int | None:
+    """`pid`'s pid in its own PID namespace when that is not ours (a
+    container's), else None (also for a process gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as file:
+            for line in file:
+                if line.startswith("NSpid:"):
+                    pids = line.split()[1:]
+                    return int(pids[-1]) if len(pids) > 1 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def cgroup2_root() -> str:
     """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
     /sys/fs/cgroup/unified on a hybrid host)."""

@@ -476,11 +476,14 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     struct coverage_watch fresh = {};
     fresh.registry = watch ? watch->registry : 0;
     fresh.since = bpf_ktime_get_ns();
-    fresh.state = WATCH_PENDING;
+    /* A fork of a process without a core has none either (until it
+     * execs, or imports one: the rescan finds that). */
+    fresh.state = watch && watch->state == WATCH_NO_CORE ? WATCH_NO_CORE
+                                                         : WATCH_PENDING;
     fresh.parent = parent;
     watched.update(&child_tgid, &fresh);
     count(COVERAGE_COUNT_FORKS, 1);
-    if (!fresh.registry && !watch)
+    if (!fresh.registry && (!watch || fresh.state == WATCH_NO_CORE))
         return 0;           /* no core to arm: its exec will tell */
     struct coverage_fork *out = events.ringbuf_reserve(sizeof(*out));
     if (!out) {
