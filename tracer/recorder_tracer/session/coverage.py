@@ -86,12 +86,12 @@ class SessionCoverage:
     """The session's side of coverage: arms what the kernel reports, and
     turns backfills and copies into records.
 
-    `arm(pid, parent)` arms a forked process (topics and USDT; False if it
-    has none); `image_of(pid)` finds a known process's image.
-    Records go to `deliver`, from the thread that calls poll()."""
+    `arm(pid, parent)` arms a forked (or, parent None, exec'd) process
+    (topics and USDT; False if it has none); `image_of(pid)` finds a known
+    process's image. Records wait in `ready` for the session's poll()."""
 
     def __init__(self, selection: Selection, spec: TopicSpec,
-                 arm: Callable[[int, int], bool], image_of: Callable[[int], Any],
+                 arm: Callable[[int, int | None], bool], image_of: Callable[[int], Any],
                  report: Callable[[str], None], records: bool = True,
                  start_ns: int = 0) -> None:
         self.spec = spec
@@ -232,6 +232,9 @@ class SessionCoverage:
     def on_exec(self, pid: int, time_ns: int, comm: str, filename: str,
                 start_code: int) -> None:
         self._execs[pid] = (filename, start_code)
+        # Named by the selection, or a followed process's new program: armed
+        # here at once (the proc connector's event comes later).
+        self._arm(pid, None)
 
     def on_copy(self, copy: Copy) -> None:
         self.pending.pop(copy.pid, None)

@@ -227,13 +227,15 @@ class TraceSession(SessionResults):
             process = self.processes.get(pid) or self.exited.get(pid)
             return process.image if process is not None else None
 
-        def arm(pid: int, parent: int) -> bool:
-            if pid in self.traced_pids():
-                return True
-            armed = self.trace_process(pid, required=False)
+        def arm(pid: int, parent: int | None) -> bool:
+            with self._lock:
+                if pid in self.traced_pids():
+                    return True
+                armed = self.trace_process(pid, required=False)
             if armed:
-                self.report(f"tracing new process {pid} ({process_comm(pid)}), "
-                            f"forked by {parent}")
+                forked = f", forked by {parent}" if parent else ""
+                self.report(f"tracing new process {pid} ({process_comm(pid)})"
+                            f"{forked}")
             return armed
 
         self.coverage = SessionCoverage(
