@@ -81,11 +81,17 @@ size_t recorder_ring_writable(recorder_ring_p ring)
     return (size_t)used < ring->size ? ring->size - (size_t)used : 0;
 }
 
-/* The oldest index still intact when writers have reserved up to `writer`
- * (a writer may be rewriting the slot of writer - size at this moment). */
+/* The oldest index still intact when writers have reserved indices below
+ * `writer`: index i shares its slot with i + size, so those below
+ * writer - size are overwritten or being overwritten. */
 static ringidx_t oldest_intact(recorder_ring_p ring, ringidx_t writer)
 {
-    return writer - ring->size + 1;
+    return writer - ring->size;
+}
+
+static int overwritten(recorder_ring_p ring, ringidx_t writer, ringidx_t from)
+{
+    return (intptr_t)(writer - from) > (intptr_t)ring->size;
 }
 
 static void skip_to(recorder_ring_p ring, ringidx_t *reader, ringidx_t from,
@@ -98,7 +104,7 @@ static void skip_to(recorder_ring_p ring, ringidx_t *reader, ringidx_t from,
 void *recorder_ring_peek(recorder_ring_p ring)
 {
     ringidx_t reader = LOAD(ring->reader), writer = LOAD(ring->writer);
-    if (writer - reader >= ring->size) {
+    if (overwritten(ring, writer, reader)) {
         skip_to(ring, &ring->reader, reader, oldest_intact(ring, writer));
         reader = LOAD(ring->reader);
     }
@@ -116,7 +122,7 @@ size_t recorder_ring_read(recorder_ring_p ring, void *data, size_t count,
     for (;;) {
         ringidx_t from = LOAD(*reader);
         ringidx_t writer = LOAD(ring->writer);
-        if (writer - from >= ring->size && writer - from < (ringidx_t)-1 / 2
+        if (overwritten(ring, writer, from)
             && !(overflow && overflow(ring, from, oldest_intact(ring, writer)))) {
             skip_to(ring, reader, from, oldest_intact(ring, writer));
             continue;
@@ -132,7 +138,7 @@ size_t recorder_ring_read(recorder_ring_p ring, void *data, size_t count,
             taken = ring->size;
         copy_items(ring, from, data, taken, 0);
         /* A writer that lapped us while we copied may have torn the copy. */
-        if (LOAD(ring->writer) - from > ring->size)
+        if (overwritten(ring, LOAD(ring->writer), from))
             continue;
         if (recorder_ring_compare_exchange(*reader, from, from + taken))
             return taken;

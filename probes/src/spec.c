@@ -156,8 +156,7 @@ static int parse_item(char *text, struct spec_item *item)
             item->channels = strdup(equal + 1);
         } else if (errno || end == equal + 1 || *end) {
             recorder_error("recorder: invalid value '%s' for '%s' in trace "
-                           "spec (expected an integer or channel names)",
-                           equal + 1, text);
+                           "spec (expected an integer)", equal + 1, text);
             return RECORDER_TRACE_INVALID_VALUE;
         }
     }
