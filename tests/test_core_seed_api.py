@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from core_helpers import run
-from tracer_helpers import TIME_SCALE
+from timing import scaled
 
 DUMP_LINE = re.compile(r"^(\S+): \[(\d+\.\d{9}) (\d+)\] (\w+): (.*)$")
 
@@ -111,7 +111,7 @@ def test_record_fast_reuses_the_previous_timestamp(progs: Path) -> None:
 def test_recorder_tick_measures_time_in_recorder_hz(progs: Path) -> None:
     out = dict(line.split() for line in seed_api(progs, "tick").stdout.splitlines())
     assert out["hz"] == "1000000000"
-    assert 23000 <= float(out["elapsed_us"]) < 23000 + 500000 * TIME_SCALE
+    assert 23000 <= float(out["elapsed_us"]) < 23000 + scaled(500000)
 
 
 def test_dump_on_signal_dumps_and_the_program_goes_on(progs: Path) -> None:
@@ -173,6 +173,6 @@ def test_typed_ring_block_functions_decide_partial_reads_and_writes(
 
 
 def test_concurrent_ring_writers_never_garble_messages(progs: Path) -> None:
-    result = run(progs / "seed_ring", "threads", "4", "23000", timeout=120 * TIME_SCALE)
+    result = run(progs / "seed_ring", "threads", "4", "23000", timeout=scaled(120))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == "read all written enough garbled 0 overflow 0\n"
