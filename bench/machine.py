@@ -45,8 +45,9 @@ def cpu_label() -> str:
     vendor = VENDORS.get(fields.get("vendor_id", ""),
                          fields.get("vendor_id", "unknown"))
     model = fields.get("model name", "unknown CPU")
-    return (f"{vendor} {model} (family {fields.get('cpu family', '?')} "
-            f"model {fields.get('model', '?')})")
+    named = model if model.lower().startswith(vendor.lower()) else f"{vendor} {model}"
+    return (f"{named}, family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}")
 
 
 def tagged(lines: list[str], label: str | None = None) -> list[str]:
