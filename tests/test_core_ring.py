@@ -98,6 +98,8 @@ def test_threads_hammering_one_topic_lose_and_tear_nothing(progs: Path) -> None:
     }
 
 
+# Also in the VM guest: rseq restarts are the kernel's.
+@pytest.mark.guest
 @pytest.mark.parametrize("env", [{}, {"RECORDER_NO_RSEQ": "1"}],
                          ids=["rseq head", "locked fetch-add"])
 def test_preempted_writers_of_one_cpu_lose_and_duplicate_nothing(
