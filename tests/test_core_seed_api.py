@@ -122,6 +122,14 @@ def test_dump_on_signal_dumps_and_the_program_goes_on(progs: Path) -> None:
     assert "received signal 10 (USR1), dumping" in result.stderr
 
 
+def test_background_dump_prints_each_new_record_once_in_order(progs: Path) -> None:
+    result = seed_api(progs, "background",
+                      env={"RECORDER_TWEAKS": "recorder_dump_sleep=1"})
+    assert result.stdout == "stopped\n"
+    messages = [line[3] for line in dump_lines(result.stderr, "bg")]
+    assert messages == [f"bg {i}" for i in range(23)]
+
+
 def test_version_macros_name_the_seed_api_level(progs: Path) -> None:
     assert seed_api(progs, "version").stdout == "version 1.0.8\nat least 1.0.5: yes\n"
 

@@ -7,7 +7,8 @@
  * RECORDER, RECORDER_DEFINE, RECORDER_DECLARE, RECORD, record, RECORD_FAST,
  * record_fast, RECORDER_TRACE, RECORDER_TWEAK_DEFINE, RECORDER_TWEAK,
  * recorder_trace_set, recorder_dump, recorder_dump_for, recorder_sort,
- * recorder_dump_on_signal, recorder_dump_on_common_signals, the configure
+ * recorder_dump_on_signal, recorder_dump_on_common_signals,
+ * recorder_background_dump, the configure
  * hooks (recorder_configure_output, _show, _format, _type), recorder_tick,
  * RECORDER_HZ, the RECORDER_VERSION macros, recorder_ring.h, and the
  * environment variables RECORDER_TRACES, RECORDER_TWEAKS, RECORDER_DUMP.
@@ -286,6 +287,15 @@ unsigned recorder_dump_for(const char *pattern);
  * by it. The calling thread gets an alternate signal stack, so that its
  * stack overflows dump too. */
 void recorder_dump_on_common_signals(unsigned add, unsigned remove);
+
+/* The seed's background dump: a thread that prints, every
+ * RECORDER_TWEAK(recorder_dump_sleep) ms (100), the records written since
+ * its last pass into the topics `pattern` matches (NULL or "all": every
+ * topic), in time order, through the configured format and show. Stopping
+ * prints what was recorded before the call, then reports how many records
+ * were overwritten before it could show them. One at a time. */
+void recorder_background_dump(const char *pattern);
+void recorder_background_dump_stop(void);
 
 /* Dump on signal `signal_number` (< 32) as recorder_dump_on_common_signals
  * does for its list: a fatal one still kills the process after the dump,

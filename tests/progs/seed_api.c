@@ -11,6 +11,8 @@
  *   tick     recorder_tick() and RECORDER_HZ measure a 23 ms sleep
  *   signal   recorder_dump_on_signal(SIGUSR1): dumps, the program goes on
  *   version  RECORDER_CURRENT_VERSION and the RECORDER_VERSION macros
+ *   background  recorder_background_dump prints new records of `bg` as
+ *            they come, each once; nothing after recorder_background_dump_stop
  */
 #include "recorder.h"
 
@@ -25,6 +27,7 @@ RECORDER(alpha, 32, "First topic for sorting");
 RECORDER(beta, 32, "Second topic for sorting");
 RECORDER(loops, 64, "Loops the tweak asks for");
 RECORDER(MOVE, 64, "Fast records");
+RECORDER(bg, 64, "Records the background dump prints");
 RECORDER_TWEAK_DEFINE(loop_count, 3, "How many loops to record");
 
 typedef struct example { int x; int y; int z; } example_t;
@@ -162,6 +165,21 @@ static int signal_mode(void)
     return 0;
 }
 
+static int background_mode(void)
+{
+    struct timespec pause = { 0, 2 * 1000 * 1000 };
+    recorder_background_dump("bg");
+    for (int i = 0; i < 23; i++) {
+        record(bg, "bg %d", i);
+        if (i % 5 == 0)
+            nanosleep(&pause, NULL);    /* some passes see a few records */
+    }
+    recorder_background_dump_stop();
+    record(bg, "after the stop");
+    printf("stopped\n");
+    return 0;
+}
+
 static int version_mode(void)
 {
     printf("version %u.%u.%u\n",
@@ -179,7 +197,7 @@ int main(int argc, char **argv)
         { "format", format_mode }, { "sort", sort_mode },
         { "tweak", tweak_mode }, { "fast", fast_mode },
         { "tick", tick_mode }, { "signal", signal_mode },
-        { "version", version_mode },
+        { "version", version_mode }, { "background", background_mode },
     };
     for (size_t i = 0; argc > 1 && i < sizeof(modes) / sizeof(*modes); i++)
         if (strcmp(argv[1], modes[i].name) == 0)
