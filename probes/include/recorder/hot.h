@@ -165,26 +165,21 @@ _Static_assert(__builtin_offsetof(struct recorder_entry, topic_id)
 #define RECORDER_META_NARGS(n)  ((__u64)(n) << 48)
 #define RECORDER_META_FLAGS(f)  ((__u64)(f) << 56)
 
-/* A ring larger than L2 streams through L3: its next lines are fetched
- * for writing 16 records (~250 ns) ahead, so the stores do not wait for
- * them (9 MiB ring: ~19 -> ~17 ns per RECORD on the Intel Xeon, where
- * smaller rings pay nothing, behind one predictable branch). PREFETCHW
- * is a NOP on CPUs without it. */
+/* A ring larger than L2 streams through L3: the (up to 3) lines of the
+ * entry 16 records (~250 ns) ahead are fetched now, so the stores do not
+ * wait for them (9 MiB ring: ~18.5 -> ~16 ns per RECORD on the Intel Xeon;
+ * smaller rings pay nothing, behind one predictable branch). Plain
+ * prefetcht0 measured as good as prefetchw, which not every x86-64 has. */
 #define RECORDER_PREFETCH_MASK 8191
 #define RECORDER_PREFETCH_AHEAD 16
 RECORDER_INLINE void recorder_prefetch_ahead(const struct recorder_shard *shard,
                                              __u64 index)
 {
-#if defined(__x86_64__) || defined(__i386__)
     const char *ahead = (const char *)
         &shard->entries[(index + RECORDER_PREFETCH_AHEAD) & shard->mask];
-    __asm__("prefetchw %0" : : "m"(*ahead));
-    __asm__("prefetchw %0" : : "m"(*(ahead + 64)));
-    __asm__("prefetchw %0" : : "m"(*(ahead + 128)));
-#else
-    (void)shard;
-    (void)index;
-#endif
+    __builtin_prefetch(ahead, 1, 3);
+    __builtin_prefetch(ahead + 64, 1, 3);
+    __builtin_prefetch(ahead + 128, 1, 3);
 }
 
 /* Reserves and stamps the next slot of this CPU's shard. `meta` holds the
@@ -198,9 +193,10 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
         topic->shards[cpu % RECORDER_MAX_SHARDS];
     if (__builtin_expect(shard == NULL, 0))
         shard = recorder_shard_create(topic, cpu);
-    /* The clock just before the fetch-add: rdtsc then overlaps the
-     * previous record's stores and the fetch-add instead of waiting
-     * behind them (~1.5 ns per RECORD here, ~2.8 ns with 12 arguments). */
+    /* The clock just before the head increment: rdtsc then overlaps the
+     * previous record's stores instead of waiting behind them (AMD: ~1.5
+     * ns per RECORD, ~2.8 ns with 12 arguments; reading it after the
+     * argument stores measured 3 ns worse on the Intel Xeon). */
     __u64 now = fast ? 0 : recorder_now();
     __u64 index;
 #ifdef RECORDER_RSEQ_INCREMENT
