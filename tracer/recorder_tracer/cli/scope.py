@@ -13,12 +13,13 @@ from recorder_tracer.errors import TracerError
 
 SCOPE_EPILOG = """\b
 Examples:
-  RECORDER_TRACES='wave=x_value,y_value' ./app &   # name args 0, 1 of `wave`
   recorder scope -p 1234                  # every named value, live
   recorder scope -p 1234 'x.*'            # the channels x.* only
   recorder scope -p 1234 --once           # one screen, then exit
   recorder scope -p 1234 --duration 5 --png wave.png   # and a picture
   recorder scope -p 1234 --json           # the samples as JSON lines
+  (1234 started as: RECORDER_TRACES='wave=x_value,y_value' ./app,
+   which names args[0] and args[1] of topic wave x_value and y_value)
 """
 
 
