@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from core_helpers import run
 from timing import scaled
 
@@ -128,6 +129,22 @@ def test_background_dump_prints_each_new_record_once_in_order(progs: Path) -> No
     assert result.stdout == "stopped\n"
     messages = [line[3] for line in dump_lines(result.stderr, "bg")]
     assert messages == [f"bg {i}" for i in range(23)]
+
+
+def test_timing_block_records_rates_totals_and_durations(progs: Path) -> None:
+    result = seed_api(progs, "timing")
+    pattern = re.compile(r"moved ([\d.]+) units/s, total (\d+), ([\d.]+) loops/s, "
+                         r"avg duration ([\d.]+) us")
+    found = [pattern.fullmatch(line[3]) for line in dump_lines(result.stderr, "timing")]
+    assert found and all(found), result.stderr
+    totals = [int(match[2]) for match in found if match]
+    # 23 loops of 2 units, >= 1 ms each (>= 23 ms), a record per 5 ms at most.
+    assert totals == sorted(totals) and all(t % 2 == 0 and t <= 46 for t in totals)
+    assert len(totals) >= 2
+    for match in found:
+        assert match and float(match[3]) > 0
+        assert float(match[4]) >= 1000            # each loop sleeps 1 ms
+        assert float(match[1]) == pytest.approx(2 * float(match[3]), rel=1e-3)
 
 
 def test_version_macros_name_the_seed_api_level(progs: Path) -> None:

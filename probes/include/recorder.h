@@ -8,7 +8,7 @@
  * record_fast, RECORDER_TRACE, RECORDER_TWEAK_DEFINE, RECORDER_TWEAK,
  * recorder_trace_set, recorder_dump, recorder_dump_for, recorder_sort,
  * recorder_dump_on_signal, recorder_dump_on_common_signals,
- * recorder_background_dump, the configure
+ * recorder_background_dump, RECORD_TIMING_BEGIN/END, the configure
  * hooks (recorder_configure_output, _show, _format, _type), recorder_tick,
  * RECORDER_HZ, the RECORDER_VERSION macros, recorder_ring.h, and the
  * environment variables RECORDER_TRACES, RECORDER_TWEAKS, RECORDER_DUMP.
@@ -310,6 +310,71 @@ void recorder_dump_on_signal(int signal_number);
 #ifndef recorder_tick
 uintptr_t recorder_tick(void);
 #endif
+
+/* The seed's timing blocks: a code block's rate and duration, recorded
+ * into `Recorder` at most once per interval of RECORDER_TRACE(Recorder) ms
+ * (100 when that is 0 or less):
+ *
+ *   RECORD_TIMING_BEGIN(net);
+ *   n = send_packet();
+ *   RECORD_TIMING_END(net, "send", "bytes", n);
+ *   -> net: send 1234.00 bytes/s, total 5678, 10.00 loops/s,
+ *           avg duration 12.34 us
+ *
+ * The counters are per call site and shared by threads (atomic adds); the
+ * thread that finds the interval over records and restarts them. */
+#define RECORD_TIMING_BEGIN(Recorder)                                       \
+    do {                                                                    \
+        static uintptr_t recorder_t_last_, recorder_t_total_,               \
+            recorder_t_value_, recorder_t_time_, recorder_t_loops_;         \
+        uintptr_t recorder_t_start_ = recorder_tick()
+
+#define RECORD_TIMING_END(Recorder, Operation, Name, Value)                 \
+        uintptr_t recorder_t_end_ = recorder_tick();                        \
+        uintptr_t recorder_t_v_ = (uintptr_t)(Value);                       \
+        __atomic_fetch_add(&recorder_t_total_, recorder_t_v_,               \
+                           __ATOMIC_RELAXED);                               \
+        __atomic_fetch_add(&recorder_t_value_, recorder_t_v_,               \
+                           __ATOMIC_RELAXED);                               \
+        __atomic_fetch_add(&recorder_t_time_,                               \
+                           recorder_t_end_ - recorder_t_start_,             \
+                           __ATOMIC_RELAXED);                               \
+        __atomic_fetch_add(&recorder_t_loops_, 1, __ATOMIC_RELAXED);        \
+        uintptr_t recorder_t_ms_ = RECORDER_TRACE(Recorder) > 0             \
+            ? (uintptr_t)RECORDER_TRACE(Recorder) : 100;                    \
+        uintptr_t recorder_t_known_ =                                       \
+            __atomic_load_n(&recorder_t_last_, __ATOMIC_RELAXED);           \
+        if (recorder_t_known_ == 0)                                         \
+            __atomic_compare_exchange_n(&recorder_t_last_,                  \
+                                        &recorder_t_known_,                 \
+                                        recorder_t_start_, 0,               \
+                                        __ATOMIC_RELAXED,                   \
+                                        __ATOMIC_RELAXED);                  \
+        else if (recorder_t_end_ - recorder_t_known_                        \
+                     >= recorder_t_ms_ * (RECORDER_HZ / 1000)               \
+                 && __atomic_compare_exchange_n(&recorder_t_last_,          \
+                                                &recorder_t_known_,         \
+                                                recorder_t_end_, 0,         \
+                                                __ATOMIC_RELAXED,           \
+                                                __ATOMIC_RELAXED)) {        \
+            double recorder_t_per_s_ = (double)RECORDER_HZ                  \
+                / (double)(recorder_t_end_ - recorder_t_known_);            \
+            uintptr_t recorder_t_n_ = __atomic_exchange_n(                  \
+                &recorder_t_loops_, 0, __ATOMIC_RELAXED);                   \
+            uintptr_t recorder_t_d_ = __atomic_exchange_n(                  \
+                &recorder_t_time_, 0, __ATOMIC_RELAXED);                    \
+            uintptr_t recorder_t_sum_ = __atomic_exchange_n(                \
+                &recorder_t_value_, 0, __ATOMIC_RELAXED);                   \
+            record(Recorder, Operation " %.2f " Name "/s, total %lu, "      \
+                   "%.2f loops/s, avg duration %.2f us",                    \
+                   recorder_t_sum_ * recorder_t_per_s_,                     \
+                   (unsigned long)__atomic_load_n(&recorder_t_total_,       \
+                                                  __ATOMIC_RELAXED),        \
+                   recorder_t_n_ * recorder_t_per_s_,                       \
+                   recorder_t_n_ ? (double)recorder_t_d_ * 1e6              \
+                       / RECORDER_HZ / recorder_t_n_ : 0.0);                \
+        }                                                                   \
+    } while (0)
 
 /* ------------------------------------------------------------------------ */
 /* How dumps and traces are shown (the seed's configure hooks)              */

@@ -11,6 +11,7 @@
  *   tick     recorder_tick() and RECORDER_HZ measure a 23 ms sleep
  *   signal   recorder_dump_on_signal(SIGUSR1): dumps, the program goes on
  *   version  RECORDER_CURRENT_VERSION and the RECORDER_VERSION macros
+ *   timing   RECORD_TIMING_BEGIN/END around 23 loops of 2 units, 1 ms each
  *   background  recorder_background_dump prints new records of `bg` as
  *            they come, each once; nothing after recorder_background_dump_stop
  */
@@ -28,6 +29,7 @@ RECORDER(beta, 32, "Second topic for sorting");
 RECORDER(loops, 64, "Loops the tweak asks for");
 RECORDER(MOVE, 64, "Fast records");
 RECORDER(bg, 64, "Records the background dump prints");
+RECORDER(timing, 64, "Rates of a timed block");
 RECORDER_TWEAK_DEFINE(loop_count, 3, "How many loops to record");
 
 typedef struct example { int x; int y; int z; } example_t;
@@ -180,6 +182,19 @@ static int background_mode(void)
     return 0;
 }
 
+static int timing_mode(void)
+{
+    struct timespec pause = { 0, 1000 * 1000 };
+    RECORDER_TRACE(timing) = 5;         /* a record every 5 ms at most */
+    for (int i = 0; i < 23; i++) {
+        RECORD_TIMING_BEGIN(timing);
+        nanosleep(&pause, NULL);
+        RECORD_TIMING_END(timing, "moved", "units", 2);
+    }
+    RECORDER_TRACE(timing) = 0;
+    return 0;
+}
+
 static int version_mode(void)
 {
     printf("version %u.%u.%u\n",
@@ -198,6 +213,7 @@ int main(int argc, char **argv)
         { "tweak", tweak_mode }, { "fast", fast_mode },
         { "tick", tick_mode }, { "signal", signal_mode },
         { "version", version_mode }, { "background", background_mode },
+        { "timing", timing_mode },
     };
     for (size_t i = 0; argc > 1 && i < sizeof(modes) / sizeof(*modes); i++)
         if (strcmp(argv[1], modes[i].name) == 0)
