@@ -94,7 +94,8 @@ install: lib
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 $(BUILD)/librecorder.so $(BUILD)/librecorder.a \
 	    $(DESTDIR)$(PREFIX)/lib
-	install -m 644 probes/include/recorder.h $(DESTDIR)$(PREFIX)/include
+	install -m 644 probes/include/*.h \
+	    $(DESTDIR)$(PREFIX)/include
 	install -m 644 probes/include/recorder/*.h \
 	    $(DESTDIR)$(PREFIX)/include/recorder
 	sed -e 's|@PREFIX@|$(PREFIX)|g' probes/recorder.pc.in \

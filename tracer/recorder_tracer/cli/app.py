@@ -14,6 +14,7 @@ import click
 from recorder_tracer.cli.metrics import daemon, metrics, top
 from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
 from recorder_tracer.cli.probes import probes
+from recorder_tracer.cli.scope import scope
 from recorder_tracer.cli.trace import trace
 from recorder_tracer.errors import TracerError
 
@@ -44,5 +45,5 @@ def main() -> None:
 
 
 for _command in (probes, trace, metrics, top, daemon, snapshot, snapshots, show,
-                 dump):
+                 dump, scope):
     main.add_command(_command)
