@@ -15,15 +15,10 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from recorder_tracer.decode.entry import RawEntry, decode_args
 from recorder_tracer.errors import TracerError
 from recorder_tracer.target.memory import ProcessImage
-from recorder_tracer.target.rings import (
-    SHARD_HEADER,
-    RawEntry,
-    decode_args,
-    shard_window,
-    topic_shards,
-)
+from recorder_tracer.target.rings import SHARD_HEADER, shard_window, topic_shards
 
 REGISTRY_CHANNELS_OFFSET = 40       # offsetof(struct recorder_registry, channels)
 _CHANNELS = struct.Struct("<IIQQ")  # topic_id, count, names, next
