@@ -18,7 +18,13 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.arm import forget_bcc_program, register_bcc_program
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
-PROBES_INCLUDE = Path(__file__).resolve().parents[3] / "probes" / "include"
+# The probe contract's headers (recorder/entry.h, registry.h) that the BPF
+# programs include: a wheel carries a copy next to bpf/ (setup.py copies
+# probes/include/recorder at build time); a checkout has the originals.
+INSTALLED_INCLUDE = Path(__file__).resolve().parent / "include"
+CHECKOUT_INCLUDE = Path(__file__).resolve().parents[3] / "probes" / "include"
+PROBES_INCLUDE = (INSTALLED_INCLUDE if (INSTALLED_INCLUDE / "recorder").is_dir()
+                  else CHECKOUT_INCLUDE)
 COUNTER_NAMES = ("hits", "streamed", "stream_failed", "flight", "stats_full")
 SHARED_PROBE = "recorder_dynamic"   # the probe run-time topics share (probes/)
 # The probe's arguments since the registers carry copies of the entry's words
@@ -35,10 +41,24 @@ def require_bpf() -> Any:
         import bcc
     except ImportError:
         raise TracerError(
-            "bcc is not available: run `sudo vagrant/provision.sh` "
-            "(installs Debian's python3-bpfcc)"
+            "bcc is not available to this Python: install Debian's python3-bpfcc "
+            "and run recorder with /usr/bin/python3 (or a venv of it made with "
+            "--system-site-packages); pyenv and uv Pythons do not see it"
         ) from None
     return bcc
+
+
+def require_contract_headers() -> Path:
+    """The directory holding recorder/entry.h, or a TracerError saying why not.
+
+    A BPF program compiled without it would fail deep in clang (or worse):
+    say which install is broken instead.
+    """
+    for header in ("entry.h", "registry.h"):
+        if not (PROBES_INCLUDE / "recorder" / header).is_file():
+            raise TracerError(f"probe contract header recorder/{header} missing in "
+                              f"{PROBES_INCLUDE}: reinstall recorder")
+    return PROBES_INCLUDE
 
 
 def possible_cpus() -> int:
@@ -186,8 +206,7 @@ class Harvester:
         pin_dir: str | None = None,
     ) -> None:
         bcc = require_bpf()
-        if not (PROBES_INCLUDE / "recorder" / "entry.h").exists():
-            raise TracerError(f"probe contract header missing in {PROBES_INCLUDE}")
+        require_contract_headers()
         if string_max <= 0 or string_max % 8:
             raise TracerError("string size must be a positive multiple of 8")
         self.cpus = possible_cpus()
@@ -219,8 +238,9 @@ class Harvester:
             headers = Path(f"/lib/modules/{os.uname().release}/build")
             if not headers.exists():
                 raise TracerError(
-                    f"kernel headers missing ({headers}): run "
-                    "`sudo vagrant/provision.sh`"
+                    f"kernel headers missing ({headers}): install Debian's "
+                    "linux-headers-$(uname -r) (or, in a checkout, run "
+                    "`sudo vagrant/provision.sh`)"
                 ) from None
             raise TracerError(f"cannot load the BPF harvest program: {error}") from None
         # The record layout as compiled, from bcc's table description.

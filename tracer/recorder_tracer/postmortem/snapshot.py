@@ -40,9 +40,9 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.btf import member_offset
 from recorder_tracer.kernel.harvest import (
     BPF_DIR,
-    PROBES_INCLUDE,
     possible_cpus,
     require_bpf,
+    require_contract_headers,
     struct_format,
 )
 from recorder_tracer.kernel.pins import PinDir
@@ -175,7 +175,7 @@ class SnapshotWatcher:
             self.pins = PinDir(Path(self.options.pin_dir) / "snapshot")
             previous = sorted(self.pins.path.glob(f"{TP_PREFIX}*"))
             self._remembered = self._load_remembered()
-        cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
+        cflags = [f"-I{require_contract_headers()}", f"-I{BPF_DIR}",
                   f"-DSNAPSHOT_RECORDS={self.options.records}",
                   f"-DSNAPSHOT_RING_PAGES={self.options.ring_pages}",
                   f"-DSNAPSHOT_CPUS={min(possible_cpus(), 64)}",
