@@ -19,11 +19,12 @@ fi
 #    extension recorder._core, Prometheus for the daemon's test (started by
 #    the test on free loopback ports; a service it runs is left alone), promtool
 #    (in the prometheus package) for the exposition check, tmux for `recorder
-#    top`'s test.
+#    top`'s test, capsh (libcap2-bin) to run the daemon with its unit's
+#    capabilities.
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
           liblttng-ust-dev lttng-tools binutils clang python3-dev python3-venv
-          prometheus tmux)
+          prometheus tmux libcap2-bin)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
