@@ -480,6 +480,9 @@ def test_recorder_probes_and_trace_show_a_python_program() -> None:
                                 text=True, timeout=scaled(60), check=True).stdout
         assert re.search(rf"^{workload.pid} +_core\.cpython", probes, re.MULTILINE)
         assert "recorder:recorder_dynamic" in probes
+        # Its run-time topic is listed too: "rt" for sites, unarmed (SEM 0).
+        assert re.search(rf"^{workload.pid} +\S+ +recorder:py_cli +rt +0 ", probes,
+                         re.MULTILINE), probes
         topic = next(t for t in ProcessImage.of(workload.pid).topics()
                      if t.name == "py_cli")
         with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:
