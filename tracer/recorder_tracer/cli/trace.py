@@ -141,7 +141,8 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         if isinstance(sink, TextPrinter):
             sink.fit_topics(session.topic_names())
         try:
-            click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end.", err=True)
+            click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end. "
+                       f"{_anchor()}", err=True)
             session.run(start=False)
         finally:
             summaries = session.summaries()
@@ -153,6 +154,15 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)
     check_spec_matched(session)
+
+
+def _anchor() -> str:
+    """Where record times (CLOCK_MONOTONIC) stand against the wall clock."""
+    import time
+    monotonic = time.clock_gettime(time.CLOCK_MONOTONIC)
+    wall = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
+    return (f"(monotonic {monotonic:.6f} s = {stamp}.{int(wall % 1 * 1e6):06d}Z)")
 
 
 def _what(session: Any) -> str:

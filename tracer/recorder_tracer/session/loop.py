@@ -614,7 +614,8 @@ class TraceSession:
                    else f"<unreadable format {entry.format:#x}>")
         return Record(ts=entry.timestamp, pid=pid, tid=entry.tid,
                       comm=raw.comm.decode(errors="replace"), topic=topic_name,
-                      where=where, message=message, args=args, cpu=cpu)
+                      where=where, message=message, args=args, cpu=cpu,
+                      flags=entry.flags)
 
     # -- running --------------------------------------------------------------
 

@@ -185,4 +185,4 @@ def entry_record(entry: RawEntry, image: ProcessImage, pid: int, comm: str,
     return Record(ts=entry.timestamp, pid=pid, tid=entry.tid, comm=comm,
                   topic=topics.get(entry.topic_id, f"topic{entry.topic_id}"),
                   where=image.string(entry.where) or "?", message=message,
-                  args=args, cpu=entry.cpu)
+                  args=args, cpu=entry.cpu, flags=entry.flags)
