@@ -165,6 +165,7 @@ Examples:
                                           # setup from a file (flags override it)
   recorder daemon --comm server --listen 0.0.0.0:9476 'net.*' 'sent@1'
                                           # processes named server, topics net.*
+  recorder daemon --all --by comm         # series per topic and comm, not pid
   curl -s localhost:9476/metrics          # what Prometheus scrapes
 """
 
@@ -179,6 +180,9 @@ Examples:
               help="Seconds an exited process stays exported (default 30).")
 @click.option("--max-series", type=click.IntRange(min=1),
               help="Label sets exported at most (default 2000).")
+@click.option("--by", type=click.Choice(["pid", "comm", "topic"]),
+              help="Label sets: topic, comm, pid (pid, the default); topic, "
+                   "comm (comm: summed over the processes of a name); topic.")
 @click.option("--snapshot-dir",
               help="Write crash snapshots here (default $RECORDER_SNAPSHOT_DIR, "
                    f"else {DEFAULT_SNAPSHOT_DIR}).")
@@ -194,13 +198,14 @@ Examples:
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,
-           max_series: int | None, snapshot_dir: str | None,
+           max_series: int | None, by: str | None, snapshot_dir: str | None,
            snapshot_records: int | None, no_snapshots: bool, pin_dir: str | None,
            spec: tuple[str, ...]) -> None:
     """Keep arming processes and aggregating their topics in the kernel
     (metrics only: no record is copied), and serve the figures on
     http://HOST:PORT/metrics in the Prometheus exposition format:
-    recorder_records_total{topic,comm,pid}, histograms of the aggregated
+    recorder_records_total{topic,comm,pid} (--by chooses the labels),
+    recorder_build_info, histograms of the aggregated
     argument, span durations and intervals between records, and the
     tracer's own counters. Meanwhile, a process with a recorder core that
     dies by a fatal signal leaves a crash snapshot (see `recorder
@@ -214,7 +219,7 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     require_root("daemon")
     config = DaemonConfig.load(config_path) if config_path else DaemonConfig()
     config = config.merged(pid=pids, comm=comms, all=all_processes, spec=spec,
-                           listen=listen, grace=grace, max_series=max_series,
+                           listen=listen, grace=grace, max_series=max_series, by=by,
                            snapshot_dir=snapshot_dir,
                            snapshot_records=snapshot_records)
     if pin_dir is not None:
