@@ -24,6 +24,7 @@ from rich.live import Live
 
 from recorder_tracer.metrics.aggregates import MetricsReader, TopicMetrics
 from recorder_tracer.metrics.table import SORT_KEYS, metrics_table
+from recorder_tracer.metrics.table import console as table_console
 
 COLUMNS = list(SORT_KEYS)               # rate first: the default
 KEYS = {"\x1b[C": "right", "\x1b[D": "left", "\x1b[A": "up", "\x1b[B": "down",
@@ -110,7 +111,7 @@ def run_top(session: Any, interval: float = 1.0) -> None:
     view = TopView()
     console = Console()
     if not console.is_terminal:
-        print_snapshots(session, reader, view, console, interval)
+        print_snapshots(session, reader, view, table_console(), interval)
         return
     fd = sys.stdin.fileno()
     rows = reader.read()
