@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from core_helpers import run as run_program
+from helpers.core import run as run_program
 
 # Also in the VM guest: the clock calibrates against the kernel and the
 # (virtual) TSC.

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from core_helpers import run
+from helpers.core import run
 from timing import scaled
 
 # Also in the VM guest: signal delivery and the alternate stack are the kernel's.

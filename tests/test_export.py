@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from recorder_tracer.abi import ENTRY_SPAN_BEGIN as SPAN_BEGIN
+from recorder_tracer.abi import ENTRY_SPAN_END as SPAN_END
 from recorder_tracer.decode import record as record_module
-from recorder_tracer.decode.record import SPAN_BEGIN, SPAN_END, Record
+from recorder_tracer.decode.record import Record
 from recorder_tracer.output import writer as export
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.jsonl import JsonLinesWriter
-from recorder_tracer.output.writer import open_writer
+from recorder_tracer.output.sinks import open_writer
 
 
 @dataclass

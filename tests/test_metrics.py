@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.tracer import BackgroundSession, Workload, wait_for
 from timing import scaled
-from tracer_helpers import BackgroundSession, Workload, wait_for
 
 from recorder_tracer.metrics.aggregates import MetricsReader, group, metrics_options
 from recorder_tracer.metrics.table import bars

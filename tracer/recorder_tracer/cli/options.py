@@ -79,7 +79,8 @@ def check_spec_matched(session: Any) -> None:
         return
     spec = session.options.spec
     wanted = [item for item in spec.items if item.value > 0]
-    names = sorted(session.seen_topics)
+    topics = getattr(session, "recorder", None)     # the recorder-topic source
+    names = sorted(topics.seen_topics) if topics is not None else []
     unmatched = [item.text for item in wanted
                  if not any(item.matches(name) for name in names)]
     if unmatched:

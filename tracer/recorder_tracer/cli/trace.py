@@ -114,7 +114,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         raise click.UsageError(f"--duration {duration} is not a number of seconds")
     selectors: list[Any] = []
     if usdt:
-        from recorder_tracer.kernel.usdt import UsdtSelector
+        from recorder_tracer.session.usdt import UsdtSelector
         selectors = [UsdtSelector.parse(text) for text in usdt]
     options = TraceOptions(
         pids=list(pids), comms=list(comms), all_processes=all_processes,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recorder_tracer.abi import ENTRY_SPAN_END
 from recorder_tracer.target.notes import RECORDER_PROVIDER
 
 Arg = int | float | str | None
-SPAN_BEGIN = 0x2    # RECORDER_ENTRY_SPAN_BEGIN (probes/include/recorder/entry.h)
-SPAN_END = 0x4      # RECORDER_ENTRY_SPAN_END: args[0] is the duration in ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,8 +16,7 @@ class Record:
 
     `ts` is in ns of CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns and of
     the proc connector). An argument is None where it could not be read
-    (a string BPF could not fetch). `flags` are the entry's RECORDER_ENTRY_*
-    bits (SPAN_BEGIN, SPAN_END).
+    (a string BPF could not fetch).
 
     >>> Record(ts=1_500, pid=7, tid=8, comm="app", topic="net", where="a.c:3",
     ...        message="sent 4", args=[4], cpu=0).provider
@@ -35,16 +33,19 @@ class Record:
     args: list[Arg] = field(default_factory=list)
     cpu: int = 0
     provider: str = RECORDER_PROVIDER
+    # The entry's flags (abi.ENTRY_SPAN_BEGIN, ENTRY_SPAN_END...): what
+    # tells a span's begin from its end; 0 for a USDT hit.
     flags: int = 0
 
     @property
     def span_duration_ns(self) -> int | None:
         """A span end's duration (args[0], ns); None for any other record.
 
-        >>> Record(1, 1, 1, "a", "t", "?", "end", [250], flags=SPAN_END
+        >>> Record(1, 1, 1, "a", "t", "?", "end", [250], flags=ENTRY_SPAN_END
         ...        ).span_duration_ns
         250
         """
-        if self.flags & SPAN_END and self.args and isinstance(self.args[0], int):
+        if (self.flags & ENTRY_SPAN_END and self.args
+                and isinstance(self.args[0], int)):
             return self.args[0]
         return None

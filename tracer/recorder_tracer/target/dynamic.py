@@ -15,7 +15,8 @@ import os
 import struct
 from collections.abc import Iterable
 
-from recorder_tracer.target.memory import TOPIC_ARMED_OFFSET, Topic
+from recorder_tracer.abi import TOPIC_ARMED_OFFSET
+from recorder_tracer.target.memory import Topic
 
 DYNAMIC_PROBE = "recorder_dynamic"
 

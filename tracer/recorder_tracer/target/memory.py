@@ -13,16 +13,14 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
 from recorder_tracer.target.elf import ElfFile, ElfFormatError, Segment
 
-REGISTRY_MAGIC = 0x3152444352434552
 _REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
                                             # topics, topic_count, shard_count,
                                             # tweaks
 _TOPIC = struct.Struct("<qII QQQQ")         # trace, id, size, name,
                                             # description, armed, next
-TOPIC_ARMED_OFFSET = 32
-MAX_TOPICS = 4096
 STRING_MAX = 256
 
 
@@ -192,17 +190,21 @@ class ProcessImage:
                                          f"r{writable}{executable}p", segment.offset,
                                          path))
 
-    def string(self, address: int, limit: int = STRING_MAX) -> str | None:
-        """The NUL-terminated string at `address` (cached), None if unreadable."""
-        if address in self._strings:
+    def string(self, address: int, limit: int = STRING_MAX,
+               cached: bool = True) -> str | None:
+        """The NUL-terminated string at `address`, None if unreadable.
+
+        Formats and source locations are constants: they are cached. A %s
+        argument may point to a buffer the process reuses: its readers pass
+        `cached=False` (decode/entry.py)."""
+        if cached and address in self._strings:
             return self._strings[address]
         data = self.read(address, limit) if address else None
         text = None
         if data is not None:
             text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
-        # Formats and source locations are constants: cache them. Anything
-        # else could change, but only formats and locations come here.
-        self._strings[address] = text
+        if cached:
+            self._strings[address] = text
         return text
 
     def find_registry(self) -> int | None:

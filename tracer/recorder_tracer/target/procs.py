@@ -84,6 +84,46 @@ def describe_exit(status: int) -> tuple[int | None, int | None, bool]:
     return os.WEXITSTATUS(status), None, False
 
 
+def describe_ending(code: int | None, killer: int | None, core: bool) -> str:
+    """The one wording of how a process ended, everywhere it is shown
+    (trace's "process 42 (app) exited: exit code 3", snapshot files).
+
+    >>> describe_ending(3, None, False), describe_ending(None, 11, True)
+    ('exit code 3', 'killed by SIGSEGV (core dumped)')
+    """
+    if killer is None:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(killer).name
+    except ValueError:
+        name = f"signal {killer}"
+    return f"killed by {name}{' (core dumped)' if core else ''}"
+
+
+def describe_status(status: int) -> str:
+    """How a process ended, from its wait status.
+
+    >>> describe_status(3 << 8), describe_status(0x80 | 11)
+    ('exit code 3', 'killed by SIGSEGV (core dumped)')
+    """
+    return describe_ending(*describe_exit(status))
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def all_pids() -> list[int]:
+    """Every process running now."""
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
 class ProcEventKind(Enum):
     """What happened to a process."""
 
@@ -118,20 +158,13 @@ class ProcEvent:
         >>> ProcEvent(ProcEventKind.EXIT, 42, 0, signal=9).describe()
         'killed by SIGKILL'
         >>> ProcEvent(ProcEventKind.EXIT, 42, 0, exit_code=3).describe()
-        'exited with code 3'
+        'exit code 3'
         """
         if self.kind is ProcEventKind.EXEC:
             return f"exec {self.comm or '?'}"
         if self.kind is ProcEventKind.OVERRUN:
             return f"{self.lost} process events lost"
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            core = " (core dumped)" if self.core_dumped else ""
-            return f"killed by {name}{core}"
-        return f"exited with code {self.exit_code}"
+        return describe_ending(self.exit_code, self.signal, self.core_dumped)
 
 
 EventSink = Callable[[ProcEvent], None]

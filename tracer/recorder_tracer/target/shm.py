@@ -18,19 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorder_tracer.abi import (
+    SHARE_BLOCK_MAGIC,
+    SHARE_HEADER,
+    SHARE_MAGIC,
+    SHARE_MAPS,
+    SHARE_SHARD,
+    SHARE_TOPIC,
+)
+from recorder_tracer.decode.entry import image_record
 from recorder_tracer.decode.record import Record
 from recorder_tracer.errors import TracerError
 from recorder_tracer.target.memory import ProcessImage, parse_maps
-from recorder_tracer.target.rings import entry_record, last_entries, shard_window
+from recorder_tracer.target.rings import last_entries, shard_window
 
-SHARE_MAGIC = 0x3148535243455200
-BLOCK_MAGIC = 0x4B4C4252
+BLOCK_MAGIC = SHARE_BLOCK_MAGIC
 BLOCK = struct.Struct("<IIQQ")              # magic, kind, bytes, payload_bytes
 BLOCK_HEADER_SIZE = 64
 FILE_HEADER = struct.Struct("<QIIIIQQ16s256s")
 TOPIC = struct.Struct("<IIQ128s256s")
 SHARD_FIELDS = struct.Struct("<QIIII")      # head, mask, keep, topic_id, cpu
-KIND_HEADER, KIND_TOPIC, KIND_SHARD, KIND_MAPS = 1, 2, 3, 4
+KIND_HEADER, KIND_TOPIC, KIND_SHARD, KIND_MAPS = (SHARE_HEADER, SHARE_TOPIC,
+                                                  SHARE_SHARD, SHARE_MAPS)
 SUFFIX = ".recorder"
 
 
@@ -99,8 +108,8 @@ def share_records(share: ShareFile, records: int) -> list[Record]:
     image = (ProcessImage(share.pid, mappings) if is_live(share)
              else ProcessImage.offline(share.pid, mappings))
     try:
-        return [entry_record(entry, image, share.pid, share.comm, share.topics)
-                for entry in entries]
+        return [image_record(entry, image, pid=share.pid, comm=share.comm,
+                             topics=share.topics) for entry in entries]
     finally:
         image.close()
 
