@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.tracer import Workload
 from timing import scaled
-from tracer_helpers import Workload
 
 from recorder_tracer import __version__
 

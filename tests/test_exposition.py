@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.tracer import Workload, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from test_daemon import fetch, free_port, query, stop
 from timing import scaled
-from tracer_helpers import Workload, wait_for
 
 from recorder_tracer import __version__
 from recorder_tracer.kernel.harvest import HIST_BUCKETS, SiteStats

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.tracer import RECORDS, Victim
 from timing import scaled
-from tracer_helpers import RECORDS, Victim
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -114,7 +114,7 @@ def test_sdist_holds_the_tests_and_what_they_build(dist: Dist) -> None:
     with tarfile.open(dist.sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for needed in ("LICENSE", "Makefile", "README.md", "docs/cli.md",
-                   "tests/conftest.py", "tests/tracer_helpers.py", "tests/timing.py",
+                   "tests/conftest.py", "tests/helpers/tracer.py", "tests/timing.py",
                    "tests/progs/smoke.c", "probes/src", "probes/PROBES.md",
                    "vagrant/provision.sh", "packaging/recorder-daemon.service",
                    "pyapi/recorder/_core.c", "demo/recorder_demo.c"):

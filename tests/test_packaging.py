@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.tracer import Workload, wait_for
 from test_daemon import fetch, free_port, stop
 from timing import scaled
-from tracer_helpers import Workload, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "packaging" / "recorder-daemon.service"
