@@ -359,8 +359,9 @@ def test_cli_as_a_user_says_it_needs_root(workloads) -> None:
     result = subprocess.run([*nobody, *RECORDER, "trace", "-p", str(workload.pid)],
                             capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "recorder: must run as root (BPF and uprobes need it)")
+    assert result.stderr == ("recorder: `recorder trace` must run as root (BPF, "
+                             "uprobes and other processes' memory need it): "
+                             "use sudo\n")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from recorder_tracer import __version__
 from recorder_tracer.cli.metrics import daemon, metrics, top
 from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
 from recorder_tracer.cli.probes import probes
@@ -39,7 +40,10 @@ Examples:
 """
 
 
-@click.group(cls=RecorderGroup, epilog=MAIN_EPILOG)
+@click.group(cls=RecorderGroup, epilog=MAIN_EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="recorder",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """recorder: a flight-recorder tracer for recorder topics and USDT probes."""
 
