@@ -24,6 +24,9 @@ import pytest
 from helpers.tracer import RECORDS, Victim
 from timing import scaled
 
+# Packaging, not the kernel: the host runs these, the VM guest does not.
+pytestmark = pytest.mark.host
+
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_PYTHON = "/usr/bin/python3"
 # What a copy of a checkout without git leaves out (the VM's rsynced tree).

@@ -16,6 +16,9 @@ from helpers.tracer import Workload, wait_for
 from test_daemon import fetch, free_port, stop
 from timing import scaled
 
+# Packaging, not the kernel: the host runs these, the VM guest does not.
+pytestmark = pytest.mark.host
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "packaging" / "recorder-daemon.service"
 MAX_EXPOSURE = 5.5
