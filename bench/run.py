@@ -169,7 +169,10 @@ def main(argv: list[str]) -> int:
     status = metrics_bench.main([]) or status
     print()
     import snapshot_bench
-    return snapshot_bench.main([]) or status
+    status = snapshot_bench.main([]) or status
+    print()
+    import coverage_bench
+    return coverage_bench.main(["--rounds", "1"]) or status
 
 
 if __name__ == "__main__":

@@ -218,3 +218,24 @@ def test_a_missing_cgroup_is_one_line_and_nonzero() -> None:
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "recorder: --cgroup recorder-no-such-cgroup: No such file or directory"]
+
+
+def test_metrics_follow_forked_workers(progs) -> None:
+    """`recorder metrics -p SERVER` counts its forked workers' hits (the
+    kernel aggregates live hits only: what a worker made before it was
+    armed is not counted, so at most every record)."""
+    from recorder_tracer.metrics.aggregates import metrics_options
+    server = PreforkServer(server_argv(progs))
+    try:
+        session = BackgroundSession(metrics_options(pids=[server.pid],
+                                                    specs=["work"]))
+        lines = server.serve()
+        session.stop()
+    finally:
+        server.close()
+    workers = {int(line.split()[1]) for line in lines if line.startswith("worker")}
+    per_pid = collections.Counter()
+    for key, count in session.session.topic_counts().items():
+        per_pid[key.pid] += count
+    assert set(per_pid) == workers
+    assert all(0 < count <= RECORDS for count in per_pid.values())

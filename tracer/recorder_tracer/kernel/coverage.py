@@ -137,7 +137,7 @@ class Coverage:
     """One loaded coverage program."""
 
     def __init__(self, selection: Selection, handler: Handler,
-                 ring_pages: int = 2048) -> None:
+                 ring_pages: int = 2048, copies: bool = True) -> None:
         self.selection = selection
         self.handler = handler
         self.bpf: Any = None
@@ -186,6 +186,7 @@ class Coverage:
         value.children = int(selection.children)
         value.cgroups = len(cgroup_fds)
         value.comms = len(selection.comms)
+        value.copies = int(copies)
         config[ctypes.c_int(0)] = value
         self._copies: dict[int, Copy] = {}
         self.bpf[b"events"].open_ring_buffer(self._on_message)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 PENDING_HOLD_NS = 2_000_000_000    # hold output back this long at most for
                                    # a process not armed nor copied yet
 WINDOW = 1 << 16                   # sequences kept per shard for dedup
+EXECS_KEPT = 4096                  # exec'd processes' files kept for copies
 READ_TIMEOUT_MS = 20               # the reading thread's wait, and so the
                                    # longest a sync() waits for it
 
@@ -100,7 +101,7 @@ class SessionCoverage:
         self._image_of = image_of
         self.report = report
         self.records = records      # False: metrics only, no backfill
-        self.kernel = Coverage(selection, self)
+        self.kernel = Coverage(selection, self, copies=records)
         self.delivered = Delivered()
         self.ready: queue.SimpleQueue[Record] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -172,10 +173,13 @@ class SessionCoverage:
         """Records stamped from here on wait: a process not yet armed nor
         copied may still bring older ones."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        for pid, since in list(self.pending.items()):
+        pending = dict(self.pending)    # the coverage thread adds to it
+        for pid, since in pending.items():
             if now - since > PENDING_HOLD_NS:
-                del self.pending[pid]
-        return min(self.pending.values()) - 1 if self.pending else None
+                self.pending.pop(pid, None)
+        waiting = [since for since in pending.values()
+                   if now - since <= PENDING_HOLD_NS]
+        return min(waiting) - 1 if waiting else None
 
     def start(self) -> None:
         """Read the kernel's reports in a thread of our own: a fork is armed
@@ -232,6 +236,8 @@ class SessionCoverage:
     def on_exec(self, pid: int, time_ns: int, comm: str, filename: str,
                 start_code: int) -> None:
         self._execs[pid] = (filename, start_code)
+        while len(self._execs) > EXECS_KEPT:      # --all: every exec
+            self._execs.pop(next(iter(self._execs)))
         # Named by the selection, or a followed process's new program: armed
         # here at once (the proc connector's event comes later).
         self._arm(pid, None)
@@ -245,6 +251,15 @@ class SessionCoverage:
             return
         live = self._image_of(copy.pid)
         image = live or self._copy_image(copy)
+        try:
+            self._deliver_copy(copy, image)
+        finally:
+            if live is None:
+                # Never armed: nothing of it can come live, so nothing to
+                # tell apart any more (--all would grow with every job).
+                self.delivered.forget(copy.pid)
+
+    def _deliver_copy(self, copy: Copy, image: ProcessImage | None) -> None:
         for copied in copy.entries:
             entry = copied.entry
             if image is not None:
@@ -259,9 +274,14 @@ class SessionCoverage:
                 continue
             texts = {entry.format: copied.format or None,
                      entry.where: copied.where or None}
+
+            def text(address: int, texts: dict[int, str | None] = texts) -> str | None:
+                found = texts.get(address)
+                return found if found is not None or image is None \
+                    else image.string(address)
             self.ready.put(entry_record(
-                entry, pid=copy.pid, comm=copy.comm, topic=name,
-                text=texts.get, string=_captured_strings(copied.strings, image)))
+                entry, pid=copy.pid, comm=copy.comm, topic=name, text=text,
+                string=_captured_strings(copied.strings, image)))
             self.copied += 1
 
     # -- backfill and images ---------------------------------------------------

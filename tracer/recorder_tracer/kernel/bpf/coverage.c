@@ -68,6 +68,8 @@ struct coverage_config {
     __u32 children;     /* follow the children of followed processes */
     __u32 cgroups;      /* cgroups set in `cgroups` */
     __u32 comms;        /* names set in `comms` */
+    __u32 copies;       /* copy at the end (0: metrics only, just forget) */
+    __u32 pad;
 };
 struct comm_key {
     char comm[16];
@@ -405,9 +407,10 @@ static __always_inline int process_ending(void *ctx)
         return 0;
     struct coverage_watch copy = *watch;
     watched.delete(&tgid);
-    if (copy.state == WATCH_NO_CORE)
-        return 0;
     __u32 zero = 0;
+    struct coverage_config *conf = config.lookup(&zero);
+    if (copy.state == WATCH_NO_CORE || !conf || !conf->copies)
+        return 0;
     struct walk *walk = walks.lookup(&zero);
     if (!walk)
         return 0;
