@@ -20,11 +20,13 @@ fi
 #    the test on free loopback ports; a service it runs is left alone), promtool
 #    (in the prometheus package) for the exposition check, tmux for `recorder
 #    top`'s test, capsh (libcap2-bin) to run the daemon with its unit's
-#    capabilities.
+#    capabilities, PostgreSQL 15 and pgbench for the foreign-USDT coverage
+#    test (it runs a private cluster of its own on a free loopback port; the
+#    package's own cluster service is left as Debian sets it up).
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
           liblttng-ust-dev lttng-tools binutils clang python3-dev python3-venv
-          prometheus tmux libcap2-bin)
+          prometheus tmux libcap2-bin postgresql-15)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
