@@ -168,6 +168,15 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)
+            coverage = session.coverage
+            if coverage is not None and (coverage.backfilled or coverage.copied
+                                         or coverage.overwritten):
+                # Delivered first this way; their live twins, if any, were
+                # dropped (the CPU lines count what the stream received).
+                click.echo(f"from processes' own rings: {coverage.backfilled} "
+                           f"records read when armed, {coverage.copied} copied "
+                           f"at their end; {coverage.overwritten} overwritten "
+                           "before the copy", err=True)
     check_spec_matched(session)
 
 
