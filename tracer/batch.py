@@ -80,6 +80,7 @@ class BatchHarvester:
         if string_max <= 0 or string_max % 8:
             raise TracerError("string size must be a positive multiple of 8")
         self.slots = shard_slots()
+        self.tick_ns = tick_ns
         self.exit_tracepoint = exit_traced_before_exit_mm()
         cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
                   f"-DBATCH_CPUS={self.slots}", f"-DBATCH_STRING_MAX={string_max}"]
@@ -133,6 +134,15 @@ class BatchHarvester:
         self._targets[ctypes.c_uint32(pid)] = target
         self.armed[pid] = {topic.id for topic in topics}
         return True
+
+    def arm_registry(self, pid: int, registry: int) -> None:
+        """Harvest, from their first record, the topics of `pid` whose
+        names are armed (`arm_names`), found by BPF from `registry`: for a
+        process whose core has not registered its topics yet."""
+        target = self._targets.Leaf()
+        target.registry = registry
+        self._targets[ctypes.c_uint32(pid)] = target
+        self.armed[pid] = set()
 
     def _set_cursor(self, pid: int, image: ProcessImage, topic: Topic,
                     from_start: bool) -> None:

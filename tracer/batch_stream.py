@@ -29,16 +29,18 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder_tracer.batch import BatchHarvester
+from recorder_tracer.memory import Topic
 from recorder_tracer.stream import CpuSummary, _create_ring, _power_of_two_at_least
 
 RING_HEADER = 8
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
-MSG_CHUNK, MSG_STRING = 1, 2        # enum batch_kind in tracer/bpf/batch.h
+MSG_CHUNK, MSG_STRING, MSG_TOPIC = 1, 2, 3   # enum batch_kind, tracer/bpf/batch.h
 _U64 = struct.Struct("<Q")
 _HEAD = struct.Struct("<II")        # kind, pid
 
 RecordHandler = Callable[[int, Any], None]
+TopicHandler = Callable[[int, Topic], None]
 
 
 class CapturedString:
@@ -123,9 +125,13 @@ class BatchStream:
     """The batch program's stream, delivering one record per entry."""
 
     def __init__(self, harvester: BatchHarvester, on_record: RecordHandler,
-                 pages_per_cpu: int = 1024) -> None:
+                 pages_per_cpu: int = 1024,
+                 on_topic: TopicHandler | None = None) -> None:
         self.harvester = harvester
         self.on_record = on_record
+        self.on_topic = on_topic
+        self._topic = struct.Struct("<IIIIQ")   # kind pid id size address
+        self._topic_name = harvester.bpf[b"layout_topic"].Leaf.name.offset
         self.received: dict[int, int] = {}
         self.strings_received = 0
         self._chunk = harvester.chunk_type
@@ -170,6 +176,11 @@ class BatchStream:
                     fresh.append((ring.cpu, message))
                 elif kind == MSG_STRING:
                     self._keep_string(message)
+                elif kind == MSG_TOPIC and self.on_topic is not None:
+                    _k, pid, topic_id, size, address = self._topic.unpack_from(message, 0)
+                    name = bytes(message[self._topic_name:]).split(b"\0", 1)[0]
+                    self.on_topic(pid, Topic(topic_id, name.decode(errors="replace"),
+                                             size, 0, "", address))
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
         for cpu, message in fresh:

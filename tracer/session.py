@@ -59,6 +59,8 @@ from recorder_tracer.stream import CpuSummary, Stream
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from recorder_tracer.batch import BatchHarvester
+    from recorder_tracer.batch_stream import BatchStream
     from recorder_tracer.pins import PinDir, PinnedLink
     from recorder_tracer.procs import ProcEvent
     from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
@@ -100,6 +102,16 @@ class TraceOptions:
     # A bpffs directory (tracer/pins.py): pin the flight ring and the links,
     # so they outlive this controller; take over a previous one's. None: no.
     pin_dir: str | None = None
+    # Trap at every record (uprobes, tracer/harvest.py) instead of the batch
+    # harvest of the in-process rings (tracer/batch.py): each record reaches
+    # us at once, at ~0.5 us a record to the traced process.
+    latency: bool = False
+
+    @property
+    def batch(self) -> bool:
+        """Stream recorder topics through the batch harvest."""
+        return (self.topics and not self.metrics_only and not self.latency
+                and self.pin_dir is None)
 
 
 @dataclass
@@ -176,7 +188,8 @@ class TraceSession:
         self._final_summaries: list[CpuSummary] | None = None
         self._final_stats: dict[SiteKey, SiteStats] | None = None
         self.harvester: Harvester | None = None
-        self.stream: Stream | None = None
+        self.stream: Stream | BatchStream | None = None
+        self.batch: BatchHarvester | None = None
         self.pins: PinDir | None = None
         self._previous_links: list[PinnedLink] = []
         self._pinned: set[Path] = set()
@@ -184,7 +197,14 @@ class TraceSession:
             from recorder_tracer.pins import PinDir
             self.pins = PinDir(options.pin_dir)
             self._previous_links = self.pins.links()
-        if options.topics:
+        if options.batch:
+            from recorder_tracer.batch import BatchHarvester
+            from recorder_tracer.batch_stream import BatchStream
+            self.batch = BatchHarvester()
+            self.stream = BatchStream(self.batch, self._on_record,
+                                      pages_per_cpu=options.pages_per_cpu,
+                                      on_topic=self._on_topic)
+        elif options.topics:
             try:
                 self.harvester = Harvester(
                     stream=not options.metrics_only,
@@ -197,7 +217,7 @@ class TraceSession:
                                       f"{self.pins.path} with another "
                                       "--flight-entries?)") from None
                 raise
-        if options.topics and not options.metrics_only:
+        if self.harvester is not None and not options.metrics_only:
             self.stream = Stream(self.harvester, self._on_record,
                                  pages_per_cpu=options.pages_per_cpu)
         self.snapshots: SnapshotWatcher | None = None
@@ -250,6 +270,9 @@ class TraceSession:
         return process
 
     def _attach(self, process: ArmedProcess, probes: list[Any]) -> None:
+        if self.batch is not None:
+            self._arm_batch(process)
+            return
         assert self.harvester is not None, "arming topics needs the harvester"
         seen = {(a.path, a.file_offset) for a in process.attachments}
         for probe in probes:
@@ -282,6 +305,23 @@ class TraceSession:
                     return
                 raise TracerError(str(error)) from None
         self._arm_runtime_topics(process)
+
+    def _arm_batch(self, process: ArmedProcess) -> None:
+        """Harvest the process's armed topics from its rings (tracer/batch.py);
+        a -c command from its first record."""
+        from recorder_tracer.batch_arm import arm_image
+        assert self.batch is not None
+        try:
+            topics = arm_image(self.batch, process.pid, process.image,
+                               self.options.spec, from_start=process.pid == self._child)
+        except OSError:
+            return
+        if topics is None:
+            return
+        process.topics.update({topic.id: topic for topic in topics})
+        armed = {topic.name for topic in topics if self.options.spec.armed(topic.name)}
+        process.armed_topics.update(armed)
+        self.seen_topics.update(topic.name for topic in topics)
 
     def _arm_runtime_topics(self, process: ArmedProcess) -> None:
         """Set the armed flag of the process's run-time topics that the spec
@@ -368,15 +408,51 @@ class TraceSession:
         # The image stays readable: records still in the stream are decoded
         # after the detach; close() and _end_process close it after draining.
         process.runtime_armed.clear()
+        if self.batch is not None:
+            self.batch.disarm(pid)
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
         if self.pins is not None:
             self.pins.drop_pid(pid)
 
+    def _start_command_batch(self, command: list[str]) -> int:
+        """Start `command` stopped at its exec, arm it for the batch
+        harvest (from its first record), then let it run."""
+        from recorder_tracer.batch_arm import arm_at_exec, start_stopped
+        assert self.batch is not None
+        batch = self.batch
+
+        def arm(pid: int, executable: str) -> None:
+            self._child = pid
+            try:        # its executable is mapped: formats readable after exit
+                image = ProcessImage.of(pid)
+            except OSError:
+                image = ProcessImage(pid)
+            process = ArmedProcess(pid, os.path.basename(executable)[:15],
+                                   image, {}, [], set())
+            self.processes[pid] = process
+            if arm_at_exec(batch, pid, executable, self.options.spec):
+                process.armed_topics.update(
+                    name for name in self._names_in(executable)
+                    if self.options.spec.armed(name))
+
+        return start_stopped(command, self.options.command_stderr, arm)
+
+    def _names_in(self, executable: str) -> set[str]:
+        try:
+            names = {probe.name for probe in notes.probes_in_file(executable)
+                     if probe.provider == "recorder"}
+        except (OSError, notes.NotesError):
+            return set()
+        self.seen_topics.update(names)
+        return names
+
     def start_command(self, command: list[str]) -> int:
         """Fork `command`, arm its executable's probes before it runs, then
         let it exec: it is traced from its first record."""
+        if self.batch is not None:
+            return self._start_command_batch(command)
         path = shutil.which(command[0])
         if path is None:
             raise TracerError(f"command not found: {command[0]}")
@@ -556,6 +632,14 @@ class TraceSession:
                 self.usdt.disarm(pid)
 
     # -- records --------------------------------------------------------------
+
+    def _on_topic(self, pid: int, topic: Topic) -> None:
+        """BPF armed a topic registered after `pid` was armed."""
+        process = self.processes.get(pid) or self.exited.get(pid)
+        if process is not None:
+            process.topics.setdefault(topic.id, topic)
+            process.armed_topics.add(topic.name)
+        self.seen_topics.add(topic.name)
 
     def _on_record(self, cpu: int, raw: Any) -> None:
         self.reorder.push(self.decode(cpu, raw))
@@ -756,7 +840,7 @@ class TraceSession:
         """The -c command's wait status once it has ended."""
         return self._child_status
 
-    def _streams(self) -> list[Stream]:
+    def _streams(self) -> list[Any]:
         streams = [self.stream] if self.stream is not None else []
         if self.usdt is not None:
             streams.append(self.usdt.stream)
@@ -767,6 +851,10 @@ class TraceSession:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        if self.batch is not None:
+            # A thread that runs is harvested at the next CPU clock tick
+            # (one that sleeps was, when it left its CPU).
+            time.sleep(3 * self.batch.tick_ns / 1e9)
         self._disarm_all()
         for stream in self._streams():
             stream.drain()
@@ -788,6 +876,8 @@ class TraceSession:
             self.stream.close()
         if self.harvester is not None:
             self.harvester.close()
+        if self.batch is not None:
+            self.batch.close()
         if self.pins is not None:
             self.pins.clear()       # a clean end: nothing outlives us
         if self.usdt is not None:

@@ -68,6 +68,7 @@ BPF_ARRAY_OF_MAPS(stream_rings, "stream_template", BATCH_CPUS);
 BPF_ARRAY(stream_config, __u64, 1);
 BPF_ARRAY(layout_chunk, struct batch_chunk, 1);
 BPF_ARRAY(layout_string, struct batch_string, 1);
+BPF_ARRAY(layout_topic, struct batch_topic, 1);
 
 /* A walk over the shards of a process's armed topics, kept per CPU across
  * tail calls. Programs that walk do not nest on one CPU: sched_switch runs
@@ -400,6 +401,24 @@ static __always_inline int walk_steps(struct walk *walk)
 
 #define BATCH_DISCOVER 16        /* topics looked at per harvest */
 
+/* Tells the controller the name of a topic armed here. */
+static __always_inline void announce(__u32 tgid, __u64 address, __u32 id,
+                                     __u32 size, struct batch_name *name)
+{
+    __u32 cpu = bpf_get_smp_processor_id();
+    void *ring = stream_rings.lookup(&cpu);
+    struct batch_topic *out = ring ? bpf_ringbuf_reserve(ring, sizeof(*out), 0) : 0;
+    if (!out)
+        return;
+    out->kind = BATCH_MSG_TOPIC;
+    out->pid = tgid;
+    out->topic_id = id;
+    out->size = size;
+    out->address = address;
+    __builtin_memcpy(out->name, name->name, sizeof(out->name));
+    bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
+}
+
 /* Arms the topics registered since the process was armed (id >= base)
  * whose names the spec arms: a library loaded later, a Python topic. They
  * are harvested from their first record. Runs only when the registry's
@@ -443,6 +462,7 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
                 if (cursors.insert(&key, blank) == 0) {
                     target->ids[used & (BATCH_TOPICS - 1)] = found.id;
                     __sync_fetch_and_add(&target->topics, 1);
+                    announce(tgid, topic, found.id, found.size, &name);
                 }
             }
         }

@@ -27,6 +27,7 @@
 enum batch_kind {
     BATCH_MSG_CHUNK = 1,
     BATCH_MSG_STRING = 2,
+    BATCH_MSG_TOPIC = 3,
 };
 
 struct batch_chunk {
@@ -56,6 +57,17 @@ struct batch_string {
 };
 
 #define BATCH_NAME_MAX     64       /* bytes of a topic name compared */
+
+/* A topic BPF armed by itself (registered after the process was armed):
+ * its name, for a process that may be gone before the controller reads it. */
+struct batch_topic {
+    __u32 kind;                 /* BATCH_MSG_TOPIC */
+    __u32 pid;
+    __u32 topic_id;
+    __u32 size;                 /* entries kept per shard */
+    __u64 address;              /* struct recorder_topic in the process */
+    char name[BATCH_NAME_MAX];
+};
 
 /* targets: tgid -> what to harvest there. Written by the controller when
  * it arms the process; afterwards only BPF adds topics (discovery). */
