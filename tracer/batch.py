@@ -16,6 +16,7 @@ process no trap per record.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import struct
 from dataclasses import dataclass
@@ -87,7 +88,8 @@ class BatchHarvester:
         if self.exit_tracepoint:
             cflags.append("-DBATCH_EXIT_TRACEPOINT")
         try:
-            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "batch.c").encode(), cflags=cflags)
+            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "batch.c").encode(),
+                               cflags=cflags)
             raw_more = self.bpf.load_func(b"walk_raw_more", bcc.BPF.RAW_TRACEPOINT)
             perf_more = self.bpf.load_func(b"walk_perf_more", bcc.BPF.PERF_EVENT)
             self.bpf[b"walk_raw"][ctypes.c_int(0)] = ctypes.c_int(raw_more.fd)
@@ -172,17 +174,31 @@ class BatchHarvester:
             current = table[ctypes.c_int(0)].value
             table[ctypes.c_int(0)] = ctypes.c_uint32(current + 1)
 
-    def disarm(self, pid: int) -> None:
-        """Stop harvesting `pid`; its loss counts are kept (`losses`)."""
-        try:
+    def disarm(self, pid: int) -> dict[int, Any]:
+        """Stop harvesting `pid`; returns its cursors as BPF left them, by
+        topic id (loss counts are kept: `losses`)."""
+        with contextlib.suppress(KeyError):
             del self._targets[ctypes.c_uint32(pid)]
-        except KeyError:
-            pass
+        left = {}
         for key, cursor in list(self._cursors.items()):
             if key.tgid == pid:
+                left[key.topic_id] = cursor
                 self._final[(pid, key.topic_id)] = _loss(cursor)
                 del self._cursors[key]
         self.armed.pop(pid, None)
+        return left
+
+    def add_loss(self, pid: int, topic_id: int, overwritten: int) -> None:
+        """Count indices the controller found overwritten at disarm."""
+        seen = self._final.get((pid, topic_id), TopicLoss(0, 0, 0))
+        self._final[(pid, topic_id)] = TopicLoss(
+            seen.streamed, seen.overwritten + overwritten, seen.refused)
+
+    def add_streamed(self, pid: int, topic_id: int, count: int) -> None:
+        """Count entries the controller copied itself at disarm."""
+        seen = self._final.get((pid, topic_id), TopicLoss(0, 0, 0))
+        self._final[(pid, topic_id)] = TopicLoss(
+            seen.streamed + count, seen.overwritten, seen.refused)
 
     # -- figures ---------------------------------------------------------------
 

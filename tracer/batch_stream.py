@@ -18,9 +18,9 @@ entries received. After a drain, received + lost = produced, per CPU; per
 from __future__ import annotations
 
 import contextlib
-import os
 import ctypes
 import mmap
+import os
 import select
 import struct
 import threading
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder_tracer.batch import BatchHarvester
-from recorder_tracer.memory import Topic
+from recorder_tracer.memory import ProcessImage, Topic
 from recorder_tracer.stream import CpuSummary, _create_ring, _power_of_two_at_least
 
 RING_HEADER = 8
@@ -134,6 +134,10 @@ class BatchStream:
         self._topic_name = harvester.bpf[b"layout_topic"].Leaf.name.offset
         self.received: dict[int, int] = {}
         self.strings_received = 0
+        # Copied by us from a process's rings when it was disarmed alive
+        # (a stream too full to take them before): per shard slot (CPU).
+        self.flushed: dict[int, int] = {}
+        self.flush_lost: dict[int, int] = {}
         self._chunk = harvester.chunk_type
         self._string = harvester.string_type
         fields = dict((name, kind) for name, kind, *_ in self._chunk._fields_)
@@ -177,10 +181,7 @@ class BatchStream:
                 elif kind == MSG_STRING:
                     self._keep_string(message)
                 elif kind == MSG_TOPIC and self.on_topic is not None:
-                    _k, pid, topic_id, size, address = self._topic.unpack_from(message, 0)
-                    name = bytes(message[self._topic_name:]).split(b"\0", 1)[0]
-                    self.on_topic(pid, Topic(topic_id, name.decode(errors="replace"),
-                                             size, 0, "", address))
+                    self._announce(message)
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
         for cpu, message in fresh:
@@ -192,6 +193,13 @@ class BatchStream:
             self._strings.clear()
         return delivered
 
+    def _announce(self, message: memoryview) -> None:
+        assert self.on_topic is not None
+        _kind, pid, topic_id, size, address = self._topic.unpack_from(message, 0)
+        name = bytes(message[self._topic_name:]).split(b"\0", 1)[0]
+        self.on_topic(pid, Topic(topic_id, name.decode(errors="replace"), size, 0,
+                                 "", address))
+
     def _keep_string(self, message: memoryview) -> None:
         _kind, pid, topic, shard, index, arg, length = self._string_head.unpack_from(
             message, 0)
@@ -202,7 +210,8 @@ class BatchStream:
 
     def _has_strings(self, message: memoryview) -> bool:
         count = self._header.unpack_from(message, 0)[3]
-        entry_type, offset, size = self._entry_type, self._entries_offset, self._entry_size
+        entry_type, size = self._entry_type, self._entry_size
+        offset = self._entries_offset
         types_at = entry_type.arg_types.offset
         for i in range(count):
             (types,) = struct.unpack_from("<I", message, offset + i * size + types_at)
@@ -214,7 +223,8 @@ class BatchStream:
         _kind, pid, topic, count, skip, shard, _r, first, comm = (
             self._header.unpack_from(message, 0))
         comm = comm.split(b"\0", 1)[0]
-        entry_type, offset, size = self._entry_type, self._entries_offset, self._entry_size
+        entry_type, size = self._entry_type, self._entry_size
+        offset = self._entries_offset
         for i in range(skip, count):
             entry = entry_type.from_buffer_copy(message, offset + i * size)
             strings: list[CapturedString | None] = []
@@ -226,6 +236,44 @@ class BatchStream:
             self.received[cpu] += 1
             self.on_record(cpu, BatchRecord(pid, comm, entry, strings))
         return count - skip
+
+    def finish(self, pid: int, image: ProcessImage | None) -> None:
+        """Disarm `pid`, then copy what BPF had not harvested yet from its
+        rings (`image`, while it lives): a stream that was full kept it
+        there. Delivered like the rest, counted on its shard's CPU."""
+        left = self.harvester.disarm(pid)
+        if image is None or not left:
+            return
+        entry_type, size = self._entry_type, self._entry_size
+        for topic_id, cursor in left.items():
+            for slot in range(self.harvester.slots):
+                shard = _read_u64(image, cursor.topic + 48 + 8 * slot)
+                if not shard:
+                    continue
+                header = image.read(shard, 12)
+                if not header or len(header) < 12:
+                    continue
+                head, mask = struct.unpack("<QI", header)
+                capacity = mask + 1
+                index = cursor.next[slot]
+                lost = 0
+                if head > index + capacity:
+                    lost += head - capacity - index
+                    index = head - capacity
+                copied = 0
+                while index < head:
+                    data = image.read(shard + 64 + (index & mask) * size, size)
+                    entry = entry_type.from_buffer_copy(data) if data else None
+                    if entry is None or entry.sequence != index + 1:
+                        lost += 1
+                    else:
+                        copied += 1
+                        self.on_record(slot, BatchRecord(pid, b"", entry, []))
+                    index += 1
+                self.flushed[slot] = self.flushed.get(slot, 0) + copied
+                self.flush_lost[slot] = self.flush_lost.get(slot, 0) + lost
+                self.harvester.add_streamed(pid, topic_id, copied)
+                self.harvester.add_loss(pid, topic_id, lost)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver what arrived within `timeout_ms`."""
@@ -247,9 +295,11 @@ class BatchStream:
         """Per-CPU produced, received and lost; call after drain()."""
         result = []
         for cpu, counts in enumerate(self.harvester.counters()):
-            produced = counts["streamed"] + counts["lost"]
-            result.append(CpuSummary(cpu, produced, self.received.get(cpu, 0),
-                                     counts["lost"]))
+            flushed, flush_lost = self.flushed.get(cpu, 0), self.flush_lost.get(cpu, 0)
+            lost = counts["lost"] + flush_lost
+            produced = counts["streamed"] + flushed + lost
+            result.append(CpuSummary(cpu, produced,
+                                     self.received.get(cpu, 0) + flushed, lost))
         return result
 
     def close(self) -> None:
@@ -261,3 +311,8 @@ class BatchStream:
             ring.close()
         self._rings.clear()
         self._epoll.close()
+
+
+def _read_u64(image: ProcessImage, address: int) -> int:
+    data = image.read(address, 8)
+    return struct.unpack("<Q", data)[0] if data and len(data) == 8 else 0

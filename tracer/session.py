@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from recorder_tracer import arm, notes, procs
+from recorder_tracer.batch_stream import BatchStream
 from recorder_tracer.dynamic import (
     DYNAMIC_PROBE,
     open_memory,
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from recorder_tracer.batch import BatchHarvester
-    from recorder_tracer.batch_stream import BatchStream
     from recorder_tracer.pins import PinDir, PinnedLink
     from recorder_tracer.procs import ProcEvent
     from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
@@ -199,7 +199,6 @@ class TraceSession:
             self._previous_links = self.pins.links()
         if options.batch:
             from recorder_tracer.batch import BatchHarvester
-            from recorder_tracer.batch_stream import BatchStream
             self.batch = BatchHarvester()
             self.stream = BatchStream(self.batch, self._on_record,
                                       pages_per_cpu=options.pages_per_cpu,
@@ -382,7 +381,10 @@ class TraceSession:
             self._arm_after_exec()
             for process in list(self.processes.values()):
                 try:
-                    process.image.mappings = read_maps(process.pid)
+                    maps = read_maps(process.pid)
+                    if not maps:    # a zombie's are empty: keep what it had
+                        continue
+                    process.image.mappings = maps
                     probes = [probe for probe in notes.probes_in_process(process.pid)
                               if probe.provider == "recorder"]
                 except (OSError, notes.ProcessGone):
@@ -408,8 +410,10 @@ class TraceSession:
         # The image stays readable: records still in the stream are decoded
         # after the detach; close() and _end_process close it after draining.
         process.runtime_armed.clear()
-        if self.batch is not None:
-            self.batch.disarm(pid)
+        if isinstance(self.stream, BatchStream):
+            # Alive: what the stream had no room for is still in its rings.
+            alive = process_alive(pid) and pid not in self._exec_pending
+            self.stream.finish(pid, process.image if alive else None)
         for attachment in process.attachments:
             arm.detach(attachment)
         process.attachments.clear()
