@@ -60,7 +60,7 @@ from recorder_tracer.stream import CpuSummary, Stream
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from recorder_tracer.batch import BatchHarvester
+    from recorder_tracer.batch import BatchHarvester, TopicLoss
     from recorder_tracer.pins import PinDir, PinnedLink
     from recorder_tracer.procs import ProcEvent
     from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
@@ -186,6 +186,7 @@ class TraceSession:
         self.seen_topics: set[str] = set()
         self._exec_pending: set[int] = set()
         self._final_summaries: list[CpuSummary] | None = None
+        self._final_losses: dict[tuple[int, str], TopicLoss] | None = None
         self._final_stats: dict[SiteKey, SiteStats] | None = None
         self.harvester: Harvester | None = None
         self.stream: Stream | BatchStream | None = None
@@ -871,6 +872,7 @@ class TraceSession:
         # The totals need the maps: keep them, then free every kernel object.
         self._final_summaries = self._sum_streams()
         self._final_stats = self.site_stats()
+        self._final_losses = self.topic_losses()
         self._release()
 
     def _release(self) -> None:
@@ -939,6 +941,21 @@ class TraceSession:
         if self._final_summaries is not None:
             return self._final_summaries
         return self._sum_streams()
+
+    def topic_losses(self) -> dict[tuple[int, str], TopicLoss]:
+        """Batch mode: per (pid, topic), what became of the records made
+        since armed (streamed, overwritten before a harvest, refused);
+        final after close()."""
+        if self._final_losses is not None:
+            return self._final_losses
+        if self.batch is None:
+            return {}
+        found = {}
+        for (pid, topic_id), loss in self.batch.losses().items():
+            process = self.processes.get(pid) or self.exited.get(pid)
+            topic = process.topics.get(topic_id) if process else None
+            found[(pid, topic.name if topic else f"topic{topic_id}")] = loss
+        return found
 
     def _sum_streams(self) -> list[CpuSummary]:
         totals: dict[int, CpuSummary] = {}
