@@ -201,8 +201,11 @@ class TraceSession:
         if options.batch:
             from recorder_tracer.batch import BatchHarvester
             self.batch = BatchHarvester()
+            # A quarter of the trap's ring holds as many records (chunks
+            # carry entries, not harvest records), and the processes' own
+            # rings hold what a full stream leaves there.
             self.stream = BatchStream(self.batch, self._on_record,
-                                      pages_per_cpu=options.pages_per_cpu,
+                                      pages_per_cpu=max(1, options.pages_per_cpu // 4),
                                       on_topic=self._on_topic)
         elif options.topics:
             try:
