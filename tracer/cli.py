@@ -140,6 +140,13 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     with the last one. On exit (Ctrl-C, SIGTERM, --duration, the end of -c),
     print per CPU the records received and lost.
 
+    Records come in batches from the processes' own rings (a thread's are
+    copied when it leaves its CPU, every 4 ms while it runs, at its exit
+    or fatal signal): the traced program pays no trap per record. Records
+    overwritten in a ring before they were copied are counted lost, per
+    process and topic. --latency attaches to every record instead (each
+    arrives at once, at ~0.5 us a record to the program).
+
     With --usdt, trace those USDT probes as well and print their arguments
     (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
     string it points to when it points to text. Without SPEC, --usdt traces
@@ -150,6 +157,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     signal (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS, KILL) leaves a snapshot of
     its last records in --snapshot-dir (see `recorder snapshots`), armed or
     not."""
+    from recorder_tracer.export import Summary
     from recorder_tracer.render import TextPrinter
     from recorder_tracer.session import TraceOptions, TraceSession, stop_on_signals
     from recorder_tracer.sinks import open_sink
@@ -197,11 +205,21 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
             click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end.", err=True)
             session.run(start=False)
         finally:
-            summaries = session.summaries()
+            losses = session.topic_losses()
+            summaries = Summary(session.summaries(), [
+                {"pid": pid, "topic": topic, "produced": loss.produced,
+                 "streamed": loss.streamed, "overwritten": loss.overwritten,
+                 "refused": loss.refused}
+                for (pid, topic), loss in sorted(losses.items())] if losses else None)
             sink.close(summaries)
             for cpu in summaries:
                 click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} "
                            f"lost ({cpu.produced} produced)", err=True)
+            for (pid, topic), loss in sorted(losses.items()):
+                if loss.lost:
+                    click.echo(f"pid {pid} {topic}: {loss.lost} of {loss.produced} "
+                               "lost (overwritten in its ring before a harvest, "
+                               "or refused at its end)", err=True)
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)

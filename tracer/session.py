@@ -508,7 +508,10 @@ class TraceSession:
     def _refresh_image(self, process: ArmedProcess) -> None:
         """After exec: cache the maps and topics (and arm shared libraries)."""
         try:
-            process.image = ProcessImage.of(process.pid)
+            image = ProcessImage.of(process.pid)
+            if not image.mappings:  # a zombie already: keep what we had
+                return
+            process.image = image
             process.topics = {topic.id: topic for topic in process.image.topics()}
             process.comm = process_comm(process.pid)
             probes = [probe for probe in notes.probes_in_process(process.pid)
