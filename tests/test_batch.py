@@ -195,3 +195,28 @@ def test_batch_orders_records_by_time_across_processes(workloads) -> None:
         [(first.pid, i) for i in range(5)] + [(second.pid, i) for i in range(5)]
         + [(first.pid, i) for i in range(5)])
     assert [r.ts for r in records] == sorted(r.ts for r in records)
+
+
+def test_batch_delivers_a_python_topic_made_after_arming_from_its_first_record(
+        ) -> None:
+    from test_dynamic import PythonWorkload
+
+    with PythonWorkload() as workload:
+        records: list[Record] = []
+        session = batch_session(records, pids=[workload.pid],
+                                spec=TopicSpec.parse("py_batch"))
+        # Made, and recorded into, before the controller knows its name:
+        # BPF arms it by name once the rescan publishes it, and harvests
+        # from its first record.
+        workload.record("py_batch", 13)
+        deadline_polls = int(200 * TIME_SCALE)
+        for _ in range(deadline_polls):
+            session.poll(timeout_ms=20)
+            if len(records) == 13:
+                break
+        workload.record("py_batch", 4)
+        session.close()
+    assert [r.args[0] for r in records] == [*range(13), *range(4)]
+    assert all(r.args[1] == "py_batch" for r in records)
+    assert records[0].where.endswith("py_ticks.py:22")
+    assert session.topic_losses()[(workload.pid, "py_batch")].produced == 17
