@@ -427,25 +427,26 @@ class TraceSession:
     def _start_command_batch(self, command: list[str]) -> int:
         """Start `command` stopped at its exec, arm it for the batch
         harvest (from its first record), then let it run."""
-        from recorder_tracer.batch_arm import arm_at_exec, start_stopped
+        from recorder_tracer.batch_arm import start_stopped
+        return start_stopped(command, self.options.command_stderr,
+                             self._arm_stopped_command)
+
+    def _arm_stopped_command(self, pid: int, executable: str) -> None:
+        """Arm a command stopped at its exec for the batch harvest."""
+        from recorder_tracer.batch_arm import arm_at_exec
         assert self.batch is not None
-        batch = self.batch
-
-        def arm(pid: int, executable: str) -> None:
-            self._child = pid
-            try:        # its executable is mapped: formats readable after exit
-                image = ProcessImage.of(pid)
-            except OSError:
-                image = ProcessImage(pid)
-            process = ArmedProcess(pid, os.path.basename(executable)[:15],
-                                   image, {}, [], set())
-            self.processes[pid] = process
-            if arm_at_exec(batch, pid, executable, self.options.spec):
-                process.armed_topics.update(
-                    name for name in self._names_in(executable)
-                    if self.options.spec.armed(name))
-
-        return start_stopped(command, self.options.command_stderr, arm)
+        self._child = pid
+        try:        # its executable is mapped: formats readable after exit
+            image = ProcessImage.of(pid)
+        except OSError:
+            image = ProcessImage(pid)
+        process = ArmedProcess(pid, os.path.basename(executable)[:15],
+                               image, {}, [], set())
+        self.processes[pid] = process
+        if arm_at_exec(self.batch, pid, executable, self.options.spec):
+            process.armed_topics.update(
+                name for name in self._names_in(executable)
+                if self.options.spec.armed(name))
 
     def _names_in(self, executable: str) -> set[str]:
         try:
@@ -755,7 +756,10 @@ class TraceSession:
         # USDT sites need the executable mapped: the USDT tracer stops the
         # command at its exec; its recorder topics are armed there too.
         def arm_topics(pid: int) -> None:
-            if self.options.topics:
+            if self.batch is not None:
+                path = shutil.which(command[0]) or command[0]
+                self._arm_stopped_command(pid, os.path.realpath(path))
+            elif self.options.topics:
                 self.arm(pid, required=False)
         self._child = self.usdt.start_command(command, on_stopped=arm_topics)
 
