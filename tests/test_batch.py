@@ -15,11 +15,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tracer_helpers import TIME_SCALE, Workload
+from helpers.tracer import PythonWorkload, Workload
+from timing import scaled
 
-from recorder_tracer.record import Record
-from recorder_tracer.session import TraceOptions, TraceSession
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions, TraceSession
+
+pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture
@@ -40,7 +43,8 @@ def workloads(progs: Path):
 
 def batch_session(records: list[Record], **options) -> TraceSession:
     session = TraceSession(TraceOptions(**options), records.append)
-    assert session.batch is not None, "the batch harvest is the default"
+    assert session.recorder is not None and hasattr(session.recorder, "batch"), (
+        "the batch harvest is the default")
     session.start()
     return session
 
@@ -115,7 +119,7 @@ def test_batch_harvests_a_process_at_its_exit(workloads) -> None:
     # so the harvest at its exit is the one that finds the records.
     workload.process.stdin.write("flood 613\nexit\n")
     workload.process.stdin.flush()
-    assert workload.process.wait(timeout=30 * TIME_SCALE) == 0
+    assert workload.process.wait(timeout=scaled(30)) == 0
     session.close()
     assert [r.args[0] for r in records] == list(range(613))
     assert session.topic_losses()[(workload.pid, "flood")].produced == 613
@@ -145,7 +149,7 @@ def test_batch_harvests_a_process_that_faults(progs: Path) -> None:
     assert victim.stdout.readline().strip() == "recorded"
     victim.stdin.write("segv\n")
     victim.stdin.flush()
-    assert victim.wait(timeout=30 * TIME_SCALE) == -11
+    assert victim.wait(timeout=scaled(30)) == -11
     session.close()
     loss = session.topic_losses()[(pid, "victim")]
     assert loss.produced == 3001
@@ -199,8 +203,6 @@ def test_batch_orders_records_by_time_across_processes(workloads) -> None:
 
 def test_batch_delivers_a_python_topic_made_after_arming_from_its_first_record(
         ) -> None:
-    from test_dynamic import PythonWorkload
-
     with PythonWorkload() as workload:
         records: list[Record] = []
         session = batch_session(records, pids=[workload.pid],
@@ -209,7 +211,7 @@ def test_batch_delivers_a_python_topic_made_after_arming_from_its_first_record(
         # BPF arms it by name once the rescan publishes it, and harvests
         # from its first record.
         workload.record("py_batch", 13)
-        deadline_polls = int(200 * TIME_SCALE)
+        deadline_polls = int(scaled(4) / 0.02)
         for _ in range(deadline_polls):
             session.poll(timeout_ms=20)
             if len(records) == 13:

@@ -8,109 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-BLOCK = struct.Struct("<IIQQ40x")  # magic, kind, bytes, payload_bytes
-HEADER = struct.Struct("<QIIIIQQ16s256s")
-TOPIC = struct.Struct("<IIQ128s256s")
-SHARD = struct.Struct("<QIIII40x")  # head, mask, keep, topic_id, cpu
-ENTRY = struct.Struct("<QQIIIHBBQQ12q")
-
-FILE_MAGIC = 0x3148535243455200
-BLOCK_MAGIC = 0x4B4C4252
-HEADER_KIND, TOPIC_KIND, SHARD_KIND, MAPS_KIND = 1, 2, 3, 4
-
-
-@dataclass
-class Shard:
-    head: int
-    mask: int
-    keep: int
-    topic_id: int
-    cpu: int
-    entries: list[tuple[int, ...]] = field(default_factory=list)  # oldest first
-
-
-@dataclass
-class ShareFile:
-    pid: int
-    entry_size: int
-    command: str
-    executable: str
-    topics: dict[str, int]  # name -> id
-    descriptions: dict[str, str]  # name -> description
-    shards: list[Shard]
-    maps: str
-
-
-def cstring(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode()
-
-
-def blocks(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(kind, payload offset, payload bytes) of every block, in file order."""
-    offset = 0
-    while offset < len(data):
-        magic, kind, size, payload = BLOCK.unpack_from(data, offset)
-        assert magic == BLOCK_MAGIC, f"bad block magic at {offset}"
-        assert size > 0 and size % 4096 == 0
-        yield kind, offset + BLOCK.size, payload
-        offset += size
-    assert offset == len(data)
-
-
-def parse(path: Path) -> ShareFile:
-    data = path.read_bytes()
-    parsed = ShareFile(0, 0, "", "", {}, {}, [], "")
-    for index, (kind, at, payload) in enumerate(blocks(data)):
-        if kind == HEADER_KIND:
-            assert index == 0
-            (
-                magic,
-                version,
-                entry_size,
-                pid,
-                page_size,
-                _created,
-                _registry,
-                command,
-                executable,
-            ) = HEADER.unpack_from(data, at)
-            assert (magic, version, page_size) == (FILE_MAGIC, 1, 4096)
-            parsed.pid, parsed.entry_size = pid, entry_size
-            parsed.command, parsed.executable = cstring(command), cstring(executable)
-        elif kind == TOPIC_KIND:
-            topic_id, _size, _address, name, description = TOPIC.unpack_from(data, at)
-            parsed.topics[cstring(name)] = topic_id
-            parsed.descriptions[cstring(name)] = cstring(description)
-        elif kind == MAPS_KIND:
-            parsed.maps = data[at : at + payload].decode()
-        elif kind == SHARD_KIND:
-            shard = Shard(*SHARD.unpack_from(data, at))
-            first = max(0, shard.head - shard.keep)
-            for index_in_shard in range(first, shard.head):
-                slot = at + SHARD.size + (index_in_shard & shard.mask) * ENTRY.size
-                entry = ENTRY.unpack_from(data, slot)
-                assert entry[1] == index_in_shard + 1, "sequence != index + 1"
-                shard.entries.append(entry)
-            parsed.shards.append(shard)
-    return parsed
-
-
-def shard_of(share: ShareFile, topic: str) -> Shard:
-    (shard,) = [s for s in share.shards if s.topic_id == share.topics[topic]]
-    return shard
-
-
-def arguments(shard: Shard, count: int) -> list[tuple[int, ...]]:
-    """The first `count` arguments of each kept entry."""
-    return [tuple(entry[10 : 10 + count]) for entry in shard.entries]
+from helpers.share import (
+    arguments,
+    parse,
+    shard_of,
+)
+from timing import scaled
 
 
 def start(
@@ -139,7 +47,7 @@ def running(progs: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     yield process
     if process.poll() is None:
         process.kill()
-    process.wait(timeout=10)
+    process.wait(timeout=scaled(10))
 
 
 def expected_parent_args() -> list[tuple[int, ...]]:
@@ -188,7 +96,7 @@ def test_share_file_replaces_a_planted_symlink(progs: Path, tmp_path: Path) -> N
     assert process.stdout is not None
     line = process.stdout.readline()
     share = parse(tmp_path / f"core_share.{process.pid}.recorder")
-    process.communicate(timeout=10)
+    process.communicate(timeout=scaled(10))
     assert line == f"ready {process.pid}\n"
     assert share.pid == process.pid
     assert victim.read_text() == "precious"
@@ -213,7 +121,7 @@ def test_share_file_keeps_last_records_after_sigkill(
     running: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     running.send_signal(signal.SIGKILL)
-    assert running.wait(timeout=10) == -signal.SIGKILL
+    assert running.wait(timeout=scaled(10)) == -signal.SIGKILL
     share = parse(tmp_path / f"core_share.{running.pid}.recorder")
     shard = shard_of(share, "shared")
     assert arguments(shard, 3) == expected_parent_args()
@@ -225,14 +133,14 @@ def test_normal_exit_removes_share_file(
     running: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     path = tmp_path / f"core_share.{running.pid}.recorder"
-    running.communicate(timeout=10)
+    running.communicate(timeout=scaled(10))
     assert running.returncode == 0
     assert not path.exists()
 
 
 def test_share_keep_leaves_file_after_exit(progs: Path, tmp_path: Path) -> None:
     process, _ = start(progs, tmp_path, "61", keep=True)
-    process.communicate(timeout=10)
+    process.communicate(timeout=scaled(10))
     assert process.returncode == 0
     share = parse(tmp_path / f"core_share.{process.pid}.recorder")
     assert arguments(shard_of(share, "shared"), 3) == expected_parent_args()
@@ -240,7 +148,7 @@ def test_share_keep_leaves_file_after_exit(progs: Path, tmp_path: Path) -> None:
 
 def test_forked_child_gets_its_own_share_file(progs: Path, tmp_path: Path) -> None:
     process, line = start(progs, tmp_path, "fork", "30", "5", keep=True)
-    process.communicate(timeout=10)
+    process.communicate(timeout=scaled(10))
     _, parent_pid, _, child_pid = line.split()
     assert int(parent_pid) == process.pid
     parent = parse(tmp_path / f"core_share.{parent_pid}.recorder")
@@ -265,7 +173,7 @@ def test_unwritable_share_directory_is_reported_and_recording_goes_on(
     progs: Path, tmp_path: Path
 ) -> None:
     process, line = start(progs, tmp_path / "missing", "61")
-    _, stderr = process.communicate(timeout=10)
+    _, stderr = process.communicate(timeout=scaled(10))
     assert line == f"ready {process.pid}\n"
     assert process.returncode == 0
     assert stderr == (

@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.tracer import PythonWorkload
 
 import recorder
-from recorder_tracer.dynamic import read_armed, runtime_topics
-from recorder_tracer.memory import ProcessImage
-
-WORKLOAD = Path(__file__).parent / "workloads" / "py_ticks.py"
+from recorder_tracer.target.dynamic import read_armed, runtime_topics
+from recorder_tracer.target.memory import ProcessImage
 
 
 def test_topic_of_the_same_name_is_the_same_ring(capfd) -> None:
@@ -26,35 +25,6 @@ def test_topic_of_the_same_name_is_the_same_ring(capfd) -> None:
              if "dynamic_same:" in line and "value" in line]
     assert [line.rsplit(" ", 1)[1] for line in lines] == [str(i) for i in range(7, 23)]
     assert "test_dynamic.py:" in lines[0]
-
-
-class PythonWorkload:
-    """tests/workloads/py_ticks.py, driven line by line."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(WORKLOAD)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        self.pid = int(self.process.stdout.readline().split()[1])
-
-    def record(self, topic: str, count: int) -> None:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{topic} {count}\n")
-        self.process.stdin.flush()
-        assert self.process.stdout.readline().strip() == "done"
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-        self.process.wait(timeout=10)
-
-    def __enter__(self) -> PythonWorkload:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @pytest.fixture
@@ -75,10 +45,10 @@ def test_registry_lists_python_topics_as_runtime_topics(workload) -> None:
 
 @pytest.mark.bpf
 def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
-    from tracer_helpers import BackgroundSession
+    from helpers.tracer import BackgroundSession
 
-    from recorder_tracer.session import TraceOptions
-    from recorder_tracer.spec import TopicSpec
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.loop import TraceOptions
 
     workload.record("py_tick", 1)      # both topics exist before arming
     workload.record("py_tock", 1)
@@ -104,10 +74,10 @@ def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
 
 @pytest.mark.bpf
 def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> None:
-    from tracer_helpers import BackgroundSession, wait_for
+    from helpers.tracer import BackgroundSession, wait_for
 
-    from recorder_tracer.session import TraceOptions
-    from recorder_tracer.spec import TopicSpec
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.loop import TraceOptions
 
     session = BackgroundSession(TraceOptions(pids=[workload.pid], latency=True,
                                              spec=TopicSpec.parse("py_late")))
@@ -121,10 +91,10 @@ def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> Non
 
 @pytest.mark.bpf
 def test_a_process_that_execs_is_armed_again_in_its_new_program() -> None:
-    from tracer_helpers import BackgroundSession, wait_for
+    from helpers.tracer import BackgroundSession, wait_for
 
-    from recorder_tracer.session import TraceOptions
-    from recorder_tracer.spec import TopicSpec
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.loop import TraceOptions
 
     script = Path(__file__).parent / "workloads" / "py_reexec.py"
     process = subprocess.Popen([sys.executable, str(script), "0"],

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from tracer_helpers import BackgroundSession, Workload, wait_for
+from helpers.tracer import BackgroundSession, Workload, wait_for
+from timing import scaled
 
-from recorder_tracer.metrics import MetricsReader, group, metrics_options
-from recorder_tracer.metrics_table import bars
+from recorder_tracer.metrics.aggregates import MetricsReader, group, metrics_options
+from recorder_tracer.metrics.table import bars
 
 pytestmark = pytest.mark.bpf
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
@@ -111,11 +112,12 @@ def test_interval_histogram_matches_a_known_period(workloads) -> None:
     intervals = stats.intervals
     # 23 records, 22 intervals of 3 ms and a little more (sleep overshoot,
     # more on a busy machine): mostly [2^21, 2^22) ns = [2.1 ms, 4.2 ms),
-    # the rest in the next bucket. A record that changed CPU starts that
-    # CPU's chain afresh (intervals are per CPU), so allow a few less.
+    # the rest in later buckets (how many depends on the machine's load),
+    # none below: a sleep never ends early. A record that changed CPU starts
+    # that CPU's chain afresh (intervals are per CPU), so allow a few less.
     assert 18 <= sum(intervals) <= 22
+    assert sum(intervals[:22]) == 0
     assert intervals[22] > 0.5 * sum(intervals)
-    assert intervals[22] + intervals[23] >= 0.9 * sum(intervals)
     # Their exact total (the Prometheus histogram's _sum): a 3 ms mean, or a
     # little more.
     assert 3_000_000 <= stats.interval_sum / sum(intervals) < 6_000_000
@@ -156,7 +158,7 @@ def test_metrics_command_prints_json_of_a_command(progs: Path) -> None:
     result = subprocess.run(
         [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--json",
          "wait_.*"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60)
+        timeout=scaled(60))
     assert result.returncode == 0, result.stderr
     rows = {row["topic"]: row for row in json.loads(result.stdout.splitlines()[-1])}
     assert rows["wait_loop"]["count"] == 23
@@ -168,7 +170,7 @@ def test_metrics_table_shows_counts_and_bars(progs: Path) -> None:
     result = subprocess.run(
         [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--by", "topic",
          "wait_loop"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+        timeout=scaled(60), env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if "wait_loop" in line)
     assert " 23 " in line and "0..32 ▁▁▂▄█▇" in line
@@ -180,7 +182,7 @@ def test_metrics_table_shows_counts_and_bars(progs: Path) -> None:
 ])
 def test_bad_metrics_input_is_one_line(args: list[str], message: str) -> None:
     result = subprocess.run([*RECORDER, "metrics", *args], capture_output=True,
-                            text=True, timeout=30)
+                            text=True, timeout=scaled(30))
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -191,7 +193,7 @@ def test_series_writes_each_value_in_time_order(progs: Path, tmp_path: Path) -> 
     result = subprocess.run(
         [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--series",
          "wait_loop:0", "--csv", str(csv_path), "--png", str(png_path)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 0, result.stderr
     rows = [line.split(",") for line in csv_path.read_text().splitlines()]
     assert rows[0] == ["time_s", "pid", "value"]

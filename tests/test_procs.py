@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
-from recorder_tracer.procs import (
+from recorder_tracer.target.procs import (
     ProcessFollower,
     ProcessGone,
     ProcEvent,
@@ -25,7 +26,7 @@ from recorder_tracer.procs import (
     process_exists,
 )
 
-TIMEOUT = 10.0
+TIMEOUT = scaled(10)
 
 
 def events_of(follower: ProcessFollower, pid: int) -> list[ProcEvent]:
@@ -66,7 +67,7 @@ def test_child_exec_and_exit_code_are_reported(progs: Path) -> None:
     assert (exit_event.exit_code, exit_event.signal, exit_event.core_dumped) == (
         7, None, False)
     assert exit_event.parent_pid == os.getpid()
-    assert exit_event.describe() == "exited with code 7"
+    assert exit_event.describe() == "exit code 7"
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert exec_event.timestamp <= exit_event.timestamp <= now
 
@@ -203,6 +204,6 @@ def test_overrun_counts_lost_events_and_following_goes_on() -> None:
 
 
 def test_docstring_examples_hold() -> None:
-    from recorder_tracer import procs
+    from recorder_tracer.target import procs
 
     assert doctest.testmod(procs).failed == 0

@@ -19,18 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import scaled
 
-from recorder_tracer import notes
-from recorder_tracer.errors import TracerError
-from recorder_tracer.memory import load_bias, read_maps
-from recorder_tracer.usdt import (
-    COUNTER_NAMES,
-    USDT_SITE_UNKNOWN,
-    UsdtOptions,
-    UsdtSelector,
-    UsdtTracer,
-)
-from recorder_tracer.usdt_args import (
+from recorder_tracer.decode.usdt_args import (
     MAX_ARGS,
     PT_REGS_OFFSETS,
     ArgFormat,
@@ -41,6 +32,13 @@ from recorder_tracer.usdt_args import (
     parse_arguments,
     symbol_resolver,
 )
+from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel.usdt import COUNTER_NAMES, USDT_SITE_UNKNOWN
+from recorder_tracer.session.loop import TraceSession
+from recorder_tracer.session.options import TraceOptions
+from recorder_tracer.session.usdt import UsdtSelector
+from recorder_tracer.target import notes
+from recorder_tracer.target.memory import load_bias, read_maps
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"
@@ -110,7 +108,8 @@ def test_symbols_resolve_to_readelf_addresses() -> None:
 
 
 def test_python_constants_match_the_bpf_header() -> None:
-    header = (Path(__file__).resolve().parent.parent / "tracer" / "bpf"
+    header = (Path(__file__).resolve().parent.parent / "tracer" / "recorder_tracer"
+              / "kernel" / "bpf"
               / "usdt.h").read_text()
     defines = dict(re.findall(r"#define (USDT_\w+) (\w+)", header))
     enums = {name: int(value) for name, value in
@@ -192,7 +191,7 @@ def test_bad_selector_is_an_error(text: str) -> None:
 def test_bad_usdt_selector_is_one_line_error() -> None:
     result = subprocess.run([*RECORDER, "trace", "-p", "1", "tick", "--usdt",
                              "python"], capture_output=True, text=True,
-                            timeout=30)
+                            timeout=scaled(30))
 
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == ("recorder: --usdt python: expected "
@@ -226,7 +225,7 @@ class PythonTarget:
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=scaled(10))
 
 
 class Tracing:
@@ -245,7 +244,7 @@ class Tracing:
         """Stop (Ctrl-C) or wait for the end: (records, summary, stderr)."""
         if interrupt:
             self.process.send_signal(signal.SIGINT)
-        out, err = self.process.communicate(timeout=20)
+        out, err = self.process.communicate(timeout=scaled(20))
         assert self.process.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines()]
         assert lines[-1]["type"] == "summary"
@@ -255,7 +254,8 @@ class Tracing:
 def semaphores(pid: int) -> dict[str, int]:
     """The semaphore values of process `pid`'s python probes."""
     result = subprocess.run([*RECORDER, "probes", "--json", str(pid)],
-                            capture_output=True, text=True, timeout=30, check=True)
+                            capture_output=True, text=True, timeout=scaled(30),
+                            check=True)
     return {row["probe"]: row["semaphore_value"]
             for row in json.loads(result.stdout) if row["provider"] == "python"}
 
@@ -371,28 +371,29 @@ def test_command_is_traced_from_its_first_probe() -> None:
 
 @pytest.mark.bpf
 def test_site_address_is_load_bias_plus_note_address(progs: Path) -> None:
-    from tracer_helpers import Workload
+    from helpers.tracer import Workload
 
     path = str(progs / "workload_ticks")   # a PIE: its load bias is not 0
     workload = Workload(progs)
     records: list[Any] = []
     try:
-        tracer = UsdtTracer(UsdtOptions(
-            [UsdtSelector.parse(f"{path}:recorder:tick:x")], pids=[workload.pid]),
-            records.append)
-        tracer.start()
-        process = tracer.processes[workload.pid]
+        session = TraceSession(TraceOptions(
+            pids=[workload.pid], topics=False,
+            usdt=[UsdtSelector.parse(f"{path}:recorder:tick:x")]), records.append)
+        session.start()
+        assert session.usdt is not None
+        process = session.usdt.processes[workload.pid]
         addresses = set(process.by_address)
         bias = load_bias(read_maps(workload.pid), path)
         workload.record("tick", 23)
-        tracer.close()
+        session.close()
     finally:
         workload.close()
 
     probe = next(p for p in notes.probes_in_file(path) if p.name == "tick")
     assert bias is not None and bias != 0
     assert addresses == {bias + probe.address}
-    assert tracer.unknown_sites == 0
+    assert session.unknown_sites == 0
     # arg0 is the address of the entry just written: 23 distinct ring slots;
     # arg1 a copy of its args[0] (bpftrace-style tools see 6 arguments).
     assert [(r.provider, r.topic, len(r.args)) for r in records] == \
@@ -410,7 +411,7 @@ def test_probe_the_process_lacks_is_one_line_error() -> None:
     try:
         result = subprocess.run([*RECORDER, "trace", "--usdt", "python:nosuch",
                                  "-p", str(target.pid)], capture_output=True,
-                                text=True, timeout=30)
+                                text=True, timeout=scaled(30))
     finally:
         target.close()
 
@@ -439,7 +440,7 @@ class PostgresCluster:
 
     def run(self, program: str, *args: str) -> str:
         return subprocess.run([str(self.bin / program), *args], check=True,
-                              capture_output=True, text=True, timeout=30,
+                              capture_output=True, text=True, timeout=scaled(30),
                               user=self.user.pw_uid, group=self.user.pw_gid,
                               cwd=self.base).stdout
 
@@ -531,7 +532,7 @@ def test_topics_and_usdt_probes_of_a_command_merge_in_time_order(
 
 @pytest.mark.bpf
 def test_topics_and_usdt_probes_of_a_running_process(progs: Path) -> None:
-    from tracer_helpers import Workload
+    from helpers.tracer import Workload
 
     path = str(progs / "workload_ticks")
     workload = Workload(progs)
@@ -558,7 +559,7 @@ def test_topics_and_usdt_probes_of_a_running_process(progs: Path) -> None:
 
 @pytest.mark.bpf
 def test_usdt_follows_processes_by_name(progs: Path) -> None:
-    from tracer_helpers import Workload
+    from helpers.tracer import Workload
 
     path = str(progs / "workload_ticks")
     tracing = Tracing("--comm", "workload_ticks", "--usdt",
@@ -584,7 +585,7 @@ def _wait_for_armed(pid: int, probe: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = subprocess.run([*RECORDER, "probes", "--json", str(pid)],
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=scaled(30))
         rows = json.loads(result.stdout or "[]")
         if any(row["probe"] == probe and row["semaphore_value"] for row in rows):
             return

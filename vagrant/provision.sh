@@ -76,13 +76,19 @@ else
 fi
 
 # 2b. bpffs at /sys/fs/bpf: the controller pins its flight ring and links
-#     there (tracer/pins.py) so they outlive it. systemd mounts it at boot;
-#     a container or a minimal VM may not.
+#     there (tracer/recorder_tracer/kernel/pins.py) so they outlive it.
+#     systemd mounts it at boot; a container or a minimal VM may not.
+#     Root's only (0700, as systemd mounts it): bpffs defaults to 1777, where
+#     any user could create the pin directory first, or pin objects.
 if grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
     say "bpffs mounted at /sys/fs/bpf"
 else
-    mount -t bpf bpf /sys/fs/bpf
+    mount -t bpf -o mode=0700 bpf /sys/fs/bpf
     say "mounted bpffs at /sys/fs/bpf"
+fi
+if [ "$(stat -c %a /sys/fs/bpf)" != 700 ]; then
+    chmod 0700 /sys/fs/bpf
+    say "bpffs at /sys/fs/bpf made root's only (was world-writable)"
 fi
 
 # 3. The virtualenv: Python 3.11 (bcc's Python binding is built for it),
@@ -108,10 +114,10 @@ if [ ! -e "$site/bcc" ]; then
     ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
     say "linked Debian's bcc into $site"
 fi
-# The editable install compiles recorder._core from pyapi/_core.c and the
-# core's sources: any of them newer than the stamp builds it again.
+# The editable install compiles recorder._core from pyapi/recorder/_core.c and
+# the core's sources: any of them newer than the stamp builds it again.
 newer=""
-for source in "$repo/pyproject.toml" "$repo/setup.py" "$repo"/pyapi/*.c \
+for source in "$repo/pyproject.toml" "$repo/setup.py" "$repo"/pyapi/recorder/*.c \
               "$repo"/probes/src/*.[ch] "$repo"/probes/include/*.h \
               "$repo"/probes/include/recorder/*.h; do
     if [ "$source" -nt "$venv/.provisioned" ]; then
