@@ -44,7 +44,7 @@ class Consumer:
     """A BatchStream read in a thread, counting what it delivers."""
 
     def __init__(self, harvester: Any, pages: int) -> None:
-        from recorder_tracer.batch_stream import BatchStream
+        from recorder_tracer.kernel.batch_stream import BatchStream
         self.count = 0
         self.stream = BatchStream(harvester, self._on_record, pages_per_cpu=pages)
         self._stop = threading.Event()
@@ -83,7 +83,7 @@ def program_stats(harvester: Any) -> dict[str, tuple[int, int]]:
 
 
 def arm_topic(harvester: Any, target: Target, topic: str) -> None:
-    from recorder_tracer.memory import ProcessImage
+    from recorder_tracer.target.memory import ProcessImage
     image = ProcessImage.of(target.pid)
     wanted = [t for t in image.topics() if t.name == topic]
     assert harvester.arm(target.pid, image, wanted), "no registry"
@@ -91,7 +91,7 @@ def arm_topic(harvester: Any, target: Target, topic: str) -> None:
 
 def flat_out(target: Target, arguments: argparse.Namespace) -> dict[str, list[float]]:
     """ns per record of each case, per round."""
-    from recorder_tracer.batch import BatchHarvester
+    from recorder_tracer.kernel.batch import BatchHarvester
     harvester = BatchHarvester()
     consumer = Consumer(harvester, 256)
     bpftrace = (None if arguments.no_bpftrace
@@ -129,7 +129,7 @@ def flat_out(target: Target, arguments: argparse.Namespace) -> dict[str, list[fl
 
 
 def _topic_id(target: Target, topic: str) -> int:
-    from recorder_tracer.memory import ProcessImage
+    from recorder_tracer.target.memory import ProcessImage
     return next(t.id for t in ProcessImage.of(target.pid).topics() if t.name == topic)
 
 
@@ -137,7 +137,7 @@ def harvested_cost(target: Target, rate: int,
                    ms: int) -> tuple[float, int, int, int, int]:
     """(ns of BPF per harvested record, streamed, lost, harvests, switches
     that harvested nothing) with the program paced at `rate`."""
-    from recorder_tracer.batch import BatchHarvester
+    from recorder_tracer.kernel.batch import BatchHarvester
     previous = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")
     harvester = BatchHarvester()
@@ -170,7 +170,7 @@ def harvested_cost(target: Target, rate: int,
 def untraced_switch_cost(seconds: float = 1.0) -> tuple[float, int]:
     """(mean ns, runs) of the sched_switch program while nothing is armed:
     what every context switch on the machine pays while a trace runs."""
-    from recorder_tracer.batch import BatchHarvester
+    from recorder_tracer.kernel.batch import BatchHarvester
     previous = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")
     harvester = BatchHarvester()
@@ -190,8 +190,8 @@ def delivery(rate: int, seconds: float, pages: int) -> str:
     """The stream's account with bench/rate_load.c paced at `rate`."""
     import subprocess
 
-    from recorder_tracer.batch import BatchHarvester
-    from recorder_tracer.memory import ProcessImage
+    from recorder_tracer.kernel.batch import BatchHarvester
+    from recorder_tracer.target.memory import ProcessImage
     program = programs.Program("rate_load", (f"-I{programs.PROBES / 'include'}",),
                                (str(programs.core_library(programs.PROBES)),))
     path = programs.build(program)
@@ -223,7 +223,7 @@ def delivery(rate: int, seconds: float, pages: int) -> str:
 
 def two_threads(path: Path, ms: int) -> str:
     """Two threads on both CPUs as fast as they can on the batch topic."""
-    from recorder_tracer.batch import BatchHarvester
+    from recorder_tracer.kernel.batch import BatchHarvester
     target = Target(path, 0)
     harvester = BatchHarvester()
     consumer = Consumer(harvester, 1024)
