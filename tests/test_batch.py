@@ -222,3 +222,29 @@ def test_batch_delivers_a_python_topic_made_after_arming_from_its_first_record(
     assert all(r.args[1] == "py_batch" for r in records)
     assert records[0].where.endswith("py_ticks.py:22")
     assert session.topic_losses()[(workload.pid, "py_batch")].produced == 17
+
+
+def test_capture_file_renders_every_record_later(progs: Path, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    capture = tmp_path / "burst.cap"
+    recorder = [sys.executable, "-m", "recorder_tracer.cli"]
+    traced = subprocess.run(
+        [*recorder, "trace", "--no-snapshots", "-w", str(capture), "-c",
+         f"{progs / 'workload_burst'} 23", "burst"],
+        capture_output=True, text=True, timeout=scaled(120))
+    assert traced.returncode == 0, traced.stderr
+    assert "23 received, 0 lost" in traced.stderr
+    shown = subprocess.run([*recorder, "show", str(capture), "--json"],
+                           capture_output=True, text=True, timeout=scaled(60))
+    assert shown.returncode == 0, shown.stderr
+    records = [json.loads(line) for line in shown.stdout.splitlines()]
+    records = [r for r in records if r["type"] == "record"]
+    assert [r["message"] for r in records] == [f"burst {i} of 23" for i in range(23)]
+    assert all(r["where"].endswith("workload_burst.c:17") for r in records)
+    refused = subprocess.run([*recorder, "trace", "-w", str(capture), "--json",
+                              "-p", "1"], capture_output=True, text=True,
+                             timeout=scaled(60))
+    assert refused.returncode != 0
+    assert "-w takes recorder topics in batches only" in refused.stderr

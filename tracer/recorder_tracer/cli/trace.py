@@ -65,6 +65,10 @@ Examples:
               show_default=True, help="Records a crash snapshot keeps.")
 @click.option("--no-snapshots", is_flag=True,
               help="Do not capture crash snapshots while tracing.")
+@click.option("-w", "--write", "capture", type=click.Path(dir_okay=False),
+              help="Write a compact binary capture instead of printing records "
+                   "(`recorder show FILE` renders it): keeps up with millions "
+                   "of records a second.")
 @click.option("--latency", is_flag=True,
               help="Trap at every record (uprobes): each record arrives at "
                    "once, at ~0.5 us a record to the traced process, instead "
@@ -75,8 +79,8 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           command: str | None, duration: float | None, as_json: bool,
           chrome: str | None, output: TextIO, usdt: tuple[str, ...],
           flight_entries: int, ring_pages: int, snapshot_dir: str,
-          snapshot_records: int, no_snapshots: bool, latency: bool,
-          spec: tuple[str, ...]) -> None:
+          snapshot_records: int, no_snapshots: bool, capture: str | None,
+          latency: bool, spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
     they come, in timestamp order across processes and CPUs. A traced
@@ -110,6 +114,9 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
 
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
+    if capture and (as_json or chrome or usdt or latency):
+        raise click.UsageError("-w takes recorder topics in batches only: not with "
+                               "--json, --chrome, --usdt or --latency")
     if ring_pages & (ring_pages - 1):
         raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
     require_targets(pids, comms, all_processes, command)
@@ -127,7 +134,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         flight_entries=flight_entries, pages_per_cpu=ring_pages,
         snapshots=None if no_snapshots else SnapshotOptions(snapshot_dir,
                                                             snapshot_records),
-        latency=latency,
+        latency=latency, capture=capture,
     )
 
     def report(message: str) -> None:

@@ -39,11 +39,20 @@ from recorder_tracer.target.memory import ProcessImage, Topic
 RING_HEADER = 8
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
-MSG_CHUNK, MSG_STRING, MSG_TOPIC = 1, 2, 3   # enum batch_kind, tracer/bpf/batch.h
+MSG_CHUNK, MSG_STRING, MSG_TOPIC = 1, 2, 3   # enum batch_kind, kernel/bpf/batch.h
 _U64 = struct.Struct("<Q")
 _HEAD = struct.Struct("<II")        # kind, pid
 
+# The messages' heads (tracer/recorder_tracer/kernel/bpf/batch.h), checked
+# against the compiled layout when a stream opens; a capture file's reader
+# (output/capture.py) decodes with them without loading BPF.
+CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")  # kind pid topic count skip shard
+                                            # reserved first comm
+STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
+ENTRY_SIZE = 144
+
 RecordHandler = Callable[[int, Any], None]
+MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
 
 
@@ -130,9 +139,13 @@ class BatchStream:
 
     def __init__(self, harvester: BatchHarvester, on_record: RecordHandler,
                  pages_per_cpu: int = 1024,
-                 on_topic: TopicHandler | None = None) -> None:
+                 on_topic: TopicHandler | None = None,
+                 on_message: MessageHandler | None = None) -> None:
         self.harvester = harvester
         self.on_record = on_record
+        # Raw mode (a capture file): every message as BPF wrote it, with
+        # its kind; nothing decoded here.
+        self.on_message = on_message
         self.on_topic = on_topic
         self._topic = struct.Struct("<IIIIQ")   # kind pid id size address
         self._topic_name = harvester.bpf[b"layout_topic"].Leaf.name.offset
@@ -148,11 +161,12 @@ class BatchStream:
         self._entry_type = fields["entries"]._type_
         self._entries_offset = self._chunk.entries.offset
         self._entry_size = ctypes.sizeof(self._entry_type)
-        self._header = struct.Struct(
-            "<IIIHHIIQ16s")     # kind pid topic count skip shard reserved first comm
+        self._header = CHUNK_HEAD
         assert self._header.size == self._entries_offset
-        self._string_head = struct.Struct("<IIIIQIi")   # ... index arg length
+        assert self._entry_size == ENTRY_SIZE
+        self._string_head = STRING_HEAD
         self._string_text = self._string.text.offset
+        assert self._string_text == STRING_HEAD.size
         self._strings: dict[tuple[int, int, int, int], dict[int, CapturedString]] = {}
         self._held: list[tuple[int, memoryview]] = []     # chunks awaiting strings
         self._reading = threading.RLock()
@@ -177,6 +191,8 @@ class BatchStream:
         delivered = 0
         held, self._held = self._held, []
         fresh: list[tuple[int, memoryview]] = []
+        if self.on_message is not None:
+            return self._read_raw()
         for ring in self._rings:
             for message in ring.take():
                 kind = _HEAD.unpack_from(message, 0)[0]
@@ -203,6 +219,19 @@ class BatchStream:
         name = bytes(message[self._topic_name:]).split(b"\0", 1)[0]
         self.on_topic(pid, Topic(topic_id, name.decode(errors="replace"), size, 0,
                                  "", address))
+
+    def _read_raw(self) -> int:
+        assert self.on_message is not None
+        delivered = 0
+        for ring in self._rings:
+            for message in ring.take():
+                kind = _HEAD.unpack_from(message, 0)[0]
+                if kind == MSG_CHUNK:
+                    count, skip = CHUNK_HEAD.unpack_from(message, 0)[3:5]
+                    self.received[ring.cpu] += count - skip
+                    delivered += count - skip
+                self.on_message(ring.cpu, kind, message)
+        return delivered
 
     def _keep_string(self, message: memoryview) -> None:
         _kind, pid, topic, shard, index, arg, length = self._string_head.unpack_from(
@@ -267,17 +296,29 @@ class BatchStream:
                 copied = 0
                 while index < head:
                     data = image.read(shard + 64 + (index & mask) * size, size)
-                    entry = entry_type.from_buffer_copy(data) if data else None
+                    entry = (entry_type.from_buffer_copy(data)
+                             if data and len(data) == size else None)
                     if entry is None or entry.sequence != index + 1:
                         lost += 1
                     else:
                         copied += 1
-                        self.on_record(slot, BatchRecord(pid, b"", entry, []))
+                        self._deliver_flushed(slot, pid, topic_id, index, data)
                     index += 1
                 self.flushed[slot] = self.flushed.get(slot, 0) + copied
                 self.flush_lost[slot] = self.flush_lost.get(slot, 0) + lost
                 self.harvester.add_streamed(pid, topic_id, copied)
                 self.harvester.add_loss(pid, topic_id, lost)
+
+    def _deliver_flushed(self, slot: int, pid: int, topic_id: int, index: int,
+                         data: bytes) -> None:
+        """One entry copied by us at disarm: as a record, or as a chunk of
+        one in raw mode."""
+        if self.on_message is not None:
+            head = CHUNK_HEAD.pack(MSG_CHUNK, pid, topic_id, 1, 0, slot, 0, index, b"")
+            self.on_message(slot, MSG_CHUNK, memoryview(head + data))
+            return
+        entry = self._entry_type.from_buffer_copy(data)
+        self.on_record(slot, BatchRecord(pid, b"", entry, []))
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver what arrived within `timeout_ms`."""

@@ -26,6 +26,7 @@ from recorder_tracer.decode.usdt_args import symbol_resolver
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.batch import BatchHarvester, TopicLoss
 from recorder_tracer.kernel.batch_stream import BatchStream
+from recorder_tracer.output.capture import CaptureWriter
 from recorder_tracer.selftrace import SESSION
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
@@ -102,9 +103,13 @@ class BatchTopics:
         # A quarter of the trap's ring holds as many records (chunks carry
         # entries, not harvest records), and the processes' own rings hold
         # what a full stream leaves there.
-        self.stream = BatchStream(self.batch, self._on_record,
-                                  pages_per_cpu=max(1, options.pages_per_cpu // 4),
-                                  on_topic=self._on_topic)
+        self.capture: CaptureWriter | None = None
+        if options.capture is not None:     # raw messages to a file, no decoding
+            self.capture = CaptureWriter(options.capture, self._text)
+        self.stream = BatchStream(
+            self.batch, self._on_record,
+            pages_per_cpu=max(1, options.pages_per_cpu // 4), on_topic=self._on_topic,
+            on_message=self.capture.message if self.capture is not None else None)
         self.streams: list[Any] = [self.stream]
         self._final_losses: dict[tuple[int, str], TopicLoss] | None = None
 
@@ -176,10 +181,14 @@ class BatchTopics:
             return
         if topics is None:
             return
+        fresh = {topic.id for topic in topics} - set(process.topics)
         process.topics.update({topic.id: topic for topic in topics})
         process.armed_topics.update(t.name for t in topics
                                     if self.options.spec.armed(t.name))
         self.seen_topics.update(topic.name for topic in topics)
+        if self.capture is not None and fresh:
+            self.capture.process(process.pid, process.comm,
+                                 {i: t.name for i, t in process.topics.items()})
 
     _started_pid: int | None = None     # the -c command: from its first record
 
@@ -272,6 +281,12 @@ class BatchTopics:
             process.armed_topics.add(topic.name)
         self.seen_topics.add(topic.name)
 
+    def _text(self, pid: int, address: int) -> str | None:
+        """For a capture: the text at `address` in `pid` (a format or a
+        location), read while we still can."""
+        process = self.processes.get(pid) or self.exited.get(pid)
+        return process.image.string(address) if process is not None else None
+
     def _on_record(self, cpu: int, raw: Any) -> None:
         self.emit(self.decode(cpu, raw))
 
@@ -298,3 +313,5 @@ class BatchTopics:
         self._final_losses = self.topic_losses()
         self.stream.close()
         self.batch.close()
+        if self.capture is not None:
+            self.capture.close()

@@ -43,6 +43,9 @@ class TraceOptions:
     # harvest of the in-process rings (kernel/batch.py): each record reaches
     # us at once, at ~0.5 us a record to the traced process.
     latency: bool = False
+    # Batch mode: write the stream's messages to this file, undecoded
+    # (output/capture.py; `recorder show` renders it). None: decode live.
+    capture: str | None = None
 
     @property
     def batch(self) -> bool:

@@ -35,7 +35,7 @@
  *   cursors       (tgid, topic) -> next index per  written by the controller
  *                 shard, locks, loss counts        at arm time; read by it
  *   counters      per-CPU BATCH_COUNT_*            controller: loss check
- *   stream_rings  one BPF ring buffer per CPU      tracer/batch.py
+ *   stream_rings  one BPF ring buffer per CPU      kernel/batch_stream.py
  *   stream_config [0]: bytes pending before a wakeup   the controller
  *   walks, walk_raw, walk_perf: a walk's state across tail calls
  *   layout_*      never written: carry the message layouts to Python
