@@ -89,7 +89,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     print per CPU the records received and lost.
 
     Records come in batches from the processes' own rings (a thread's are
-    copied when it leaves its CPU, every 4 ms while it runs, at its exit
+    copied when it leaves its CPU, every 1 ms while it runs, at its exit
     or fatal signal): the traced program pays no trap per record. Records
     overwritten in a ring before they were copied are counted lost, per
     process and topic. --latency attaches to every record instead (each

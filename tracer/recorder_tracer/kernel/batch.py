@@ -35,7 +35,7 @@ from recorder_tracer.target.memory import ProcessImage, Topic
 
 TOPICS_MAX = 32                 # BATCH_TOPICS in kernel/bpf/batch.h
 NAME_MAX = 64                   # BATCH_NAME_MAX
-TICK_NS = 4_000_000             # the CPU clock tick that harvests busy threads
+TICK_NS = 1_000_000             # the CPU clock tick that harvests busy threads
 _REGISTRY = struct.Struct("<QIIQII")     # magic, version, entry size, topics,
                                          # topic_count, shard_count
 _TOPIC_SHARDS = 48              # offsetof(struct recorder_topic, shards)
