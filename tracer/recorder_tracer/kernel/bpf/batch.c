@@ -573,7 +573,11 @@ static __always_inline int harvest_raw(struct bpf_raw_tracepoint_args *ctx,
         walk->active = 0;
         return 0;
     }
-    walk_on_raw(ctx, walk);
+    /* The walk itself lives only in the continuations: compiled and
+     * verified twice instead of once per entry point. */
+    walk->calls = 1;
+    walk_raw.call(ctx, 0);
+    walk_end(walk);             /* only if the call failed */
     return 0;
 }
 
@@ -616,7 +620,9 @@ int batch_tick(struct bpf_perf_event_data *ctx)
         walk->active = 0;
         return 0;
     }
-    walk_on_perf(ctx, walk);
+    walk->calls = 1;
+    walk_perf.call(ctx, 0);
+    walk_end(walk);             /* only if the call failed */
     return 0;
 }
 
