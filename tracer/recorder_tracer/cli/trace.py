@@ -73,8 +73,8 @@ Examples:
               help="Do not capture crash snapshots while tracing.")
 @click.option("-w", "--write", "capture", type=click.Path(dir_okay=False),
               help="Write a compact binary capture instead of printing records "
-                   "(`recorder show FILE` renders it): keeps up with millions "
-                   "of records a second.")
+                   "(`recorder show FILE` renders it): nothing is decoded while "
+                   "tracing.")
 @click.option("--latency", is_flag=True,
               help="Trap at every record (uprobes): each record arrives at "
                    "once, at ~0.5 us a record to the traced process, instead "
