@@ -354,6 +354,11 @@ Examples:
   recorder daemon --comm server --listen 0.0.0.0:9476 'net.*' 'sent@1'
                                           # processes named server, topics net.*
   curl -s localhost:9476/metrics          # what Prometheus scrapes
+  recorder daemon --all --forward vsock://2:7070 --trace 'net.*' \\
+      --console kmsg --console /var/log/agent.log
+                                          # a guest: records, metrics, snapshots
+                                          # and console lines to the host's
+                                          # `recorder collect`
 """
 
 
@@ -379,11 +384,30 @@ Examples:
                    "snapshot program outlive the daemon, for the next one to "
                    "take over (default $RECORDER_PIN_DIR, else "
                    "/sys/fs/bpf/recorder; '' for none).")
+@click.option("--forward", metavar="URL",
+              help="Send records, metrics, snapshots and console lines to a "
+                   "`recorder collect` at URL: vsock://CID:PORT, "
+                   "tcp://HOST:PORT, unix:PATH or a character device.")
+@click.option("--trace", "trace_spec", multiple=True, metavar="SPEC",
+              help="With --forward: stream the records of these topics "
+                   "(repeatable; the spec syntax of `recorder trace`).")
+@click.option("--console", "console", multiple=True, metavar="PATH|kmsg",
+              help="With --forward: follow this file or FIFO, or the kernel "
+                   "log (kmsg), line by line (repeatable).")
+@click.option("--backlog", "backlog_mb", type=click.FloatRange(min=0.0625),
+              default=32, show_default=True,
+              help="With --forward: MiB kept while the collector is away "
+                   "(the oldest go first, counted).")
+@click.option("--forward-interval", type=click.FloatRange(min=0.01),
+              default=1.0, show_default=True,
+              help="With --forward: seconds between metrics and snapshot sends.")
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,
            max_series: int | None, snapshot_dir: str | None,
            snapshot_records: int | None, no_snapshots: bool, pin_dir: str | None,
+           forward: str | None, trace_spec: tuple[str, ...],
+           console: tuple[str, ...], backlog_mb: float, forward_interval: float,
            spec: tuple[str, ...]) -> None:
     """Keep arming processes and aggregating their topics in the kernel
     (metrics only: no record is copied), and serve the figures on
@@ -412,12 +436,27 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
 
+    if (trace_spec or console) and not forward:
+        raise click.UsageError("--trace and --console go with --forward")
     with stop_on_signals() as stopping:
         server = Daemon(config, report, stopping)
         server.start()
-        click.echo(f"Serving metrics on http://{config.listen}/metrics... "
-                   "Hit Ctrl-C to end.", err=True)
-        server.run()
+        channel = None
+        try:
+            if forward:
+                from recorder_tracer.channel.guest import ForwardOptions, GuestChannel
+                channel = GuestChannel(server, ForwardOptions(
+                    forward, list(trace_spec), list(console),
+                    int(backlog_mb * (1 << 20)), forward_interval), report)
+                channel.start()
+            click.echo(f"Serving metrics on http://{config.listen}/metrics"
+                       f"{f', forwarding to {forward}' if forward else ''}... "
+                       "Hit Ctrl-C to end.", err=True)
+            server.run()
+        finally:
+            if channel is not None:
+                channel.close()
+            server.close()
 
 
 # -- post-mortem: snapshots and shared-memory rings (issue 6) ---------------
@@ -558,6 +597,14 @@ def dump(shm: bool, target: str | None, share_dir: str | None, records: int,
     for record in shares.share_records(share, records):
         sink.write(record)
     sink.close([])
+
+
+def _add_channel_commands() -> None:
+    from recorder_tracer.channel.command import collect
+    main.add_command(collect)
+
+
+_add_channel_commands()
 
 
 if __name__ == "__main__":
