@@ -226,7 +226,9 @@ class GuestLink:
             f"{round(state.clock.offset_at(time.monotonic_ns()))} ns "
             f"+- {state.clock.uncertainty_ns()} ns")
         if first > store.last_seq + 1:
+            # Gone from the guest's backlog before we wrote them: said once.
             self._gap(store.last_seq + 1, first - 1)
+            store.last_seq, store.last_n = first - 1, None
         self._write_guest(state, hello)
         return label
 

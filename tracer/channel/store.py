@@ -49,7 +49,7 @@ def safe_name(text: str, fallback: str = "guest") -> str:
     >>> safe_name("web-1"), safe_name("../../etc")
     ('web-1', 'etc-7baf5cb6')
     >>> safe_name(".."), safe_name("a/b")
-    ('guest-9d891e73', 'a_b-3dd6b9c7')
+    ('guest-9d891e73', 'a_b-3ec69c85')
     """
     cleaned = UNSAFE.sub("_", text)[:MAX_NAME].lstrip("._") or fallback
     if cleaned != text:
