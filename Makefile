@@ -53,7 +53,7 @@ setup: $(SETUP_STAMP)
 
 # The editable install builds the extension recorder._core from the core's
 # sources: a change to them (or to the extension) installs again.
-$(SETUP_STAMP): vagrant/provision.sh pyproject.toml setup.py pyapi/_core.c \
+$(SETUP_STAMP): vagrant/provision.sh pyproject.toml setup.py pyapi/recorder/_core.c \
                 $(CORE_SOURCES) $(CORE_HEADERS)
 	bash vagrant/provision.sh
 
@@ -66,7 +66,7 @@ vm-test: setup
 	bash vagrant/vm-test.sh
 
 demo: setup all
-	$(PYTHON) -m recorder_tracer.demo
+	$(PYTHON) -m recorder_tracer.cli.demo
 
 bench: setup all
 	$(PYTHON) bench/run.py

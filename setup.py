@@ -16,7 +16,7 @@ setup(
     ext_modules=[
         Extension(
             "recorder._core",
-            sources=["pyapi/_core.c", *sorted(glob("probes/src/*.c"))],
+            sources=["pyapi/recorder/_core.c", *sorted(glob("probes/src/*.c"))],
             include_dirs=["probes/include", "probes/src"],
             depends=sorted(glob("probes/include/**/*.h", recursive=True)
                            + glob("probes/src/*.h")),

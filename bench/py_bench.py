@@ -111,8 +111,8 @@ class Tracing:
     """A TraceSession on the worker's armed topic, polled in a thread."""
 
     def __init__(self, pid: int) -> None:
-        from recorder_tracer.session import TraceOptions, TraceSession
-        from recorder_tracer.spec import TopicSpec
+        from recorder_tracer.decode.spec import TopicSpec
+        from recorder_tracer.session.loop import TraceOptions, TraceSession
         self.received = 0
         self.session = TraceSession(
             TraceOptions(pids=[pid], spec=TopicSpec.parse(ARMED_TOPIC)),
@@ -130,8 +130,8 @@ class Tracing:
             pass
 
     def armed(self, pid: int) -> bool:
-        from recorder_tracer.dynamic import read_armed
-        from recorder_tracer.memory import ProcessImage
+        from recorder_tracer.target.dynamic import read_armed
+        from recorder_tracer.target.memory import ProcessImage
         topics = [t for t in ProcessImage.of(pid).topics() if t.name == ARMED_TOPIC]
         return bool(topics) and bool(read_armed(pid, topics[0]))
 

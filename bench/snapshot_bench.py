@@ -33,7 +33,7 @@ RECORDS = 256
 
 def one_victim(watcher: object, records: int) -> tuple[float, float]:
     """(fault-to-file ms, BPF copy us) of one victim."""
-    from recorder_tracer.snapshot_file import read_snapshot
+    from recorder_tracer.postmortem.snapshot_file import read_snapshot
     process = subprocess.Popen([str(VICTIM), "victim", "10000"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     assert process.stdin is not None and process.stdout is not None
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("Snapshot benchmark skipped: needs root.")
         return 0
-    from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
+    from recorder_tracer.postmortem.snapshot import SnapshotOptions, SnapshotWatcher
     with tempfile.TemporaryDirectory(prefix="recorder-bench-snaps-") as directory:
         watcher = SnapshotWatcher(SnapshotOptions(directory, records=RECORDS))
         watcher.start()

@@ -64,7 +64,7 @@ class Target:
             raise RuntimeError(f"tracer_bench did not start: {ready}")
         self.pid = int(ready[1])
         self.made: dict[str, int] = defaultdict(int)    # records per topic
-        from recorder_tracer import notes
+        from recorder_tracer.target import notes
         self.sites: dict[str, list[Any]] = defaultdict(list)
         for probe in notes.probes_in_file(self.path):
             if probe.provider == "recorder":
@@ -136,8 +136,8 @@ class Tracers:
     def load(cls) -> Tracers:
         import bcc
 
-        from recorder_tracer.arm import register_bcc_program
-        from recorder_tracer.harvest import Harvester
+        from recorder_tracer.kernel.arm import register_bcc_program
+        from recorder_tracer.kernel.harvest import Harvester
         empty = bcc.BPF(text=b"int empty(void *ctx) { return 0; }")
         return cls(
             empty_fd=register_bcc_program(
@@ -160,7 +160,7 @@ class CountingConsumer:
     """A Stream that only counts, polled in a thread while cases run."""
 
     def __init__(self, harvester: Any, pages_per_cpu: int) -> None:
-        from recorder_tracer.stream import Stream
+        from recorder_tracer.kernel.stream import Stream
         self.count = 0
         self.stream = Stream(harvester, on_batch=self._on_batch,
                              pages_per_cpu=pages_per_cpu)
@@ -187,7 +187,7 @@ class CountingConsumer:
 def attach_all(target: Target, program_fd: int, topic: str,
                perf_events: bool = False) -> list[Any]:
     """Attach to every site of `topic`; `perf_events`: as bcc does."""
-    from recorder_tracer import arm
+    from recorder_tracer.kernel import arm
     forced = {arm.NO_UPROBE_MULTI: "1"} if perf_events else {}
     with mock.patch.dict(os.environ, forced):
         return [arm.attach_uprobe(program_fd, target.path, site.file_offset,
@@ -199,7 +199,7 @@ def measure_process(path: Path, shift: int, arguments: argparse.Namespace,
                     results: CostResults, load: Load) -> None:
     """One process: its no-tracer cost, then every case in rounds. The
     tracers are loaded afresh, so their counts are this process's."""
-    from recorder_tracer import arm
+    from recorder_tracer.kernel import arm
     tracers = Tracers.load()
     target = Target(path, arguments.cpu)
     attachments: list[Any] = []
@@ -223,7 +223,7 @@ def measure_process(path: Path, shift: int, arguments: argparse.Namespace,
             bpftraces = {name: Bpftrace(target, topic_of[name], program)
                          for name, program in BPFTRACE.items()}
         attachments += attach_all(target, tracers.empty_fd, topic_of["empty"])
-        note = f"tracer/arm.py attached through: {attachments[0].method.value}"
+        note = f"kernel/arm.py attached through: {attachments[0].method.value}"
         if note not in results.checks:
             results.checks.append(note)
         attachments += attach_all(target, tracers.empty_fd, topic_of[PERF_EMPTY],
@@ -283,7 +283,7 @@ def sample_round(target: Target, topic_of: dict[str, str], cases: list[str],
 
 def render_perf_reference(results: CostResults) -> list[str]:
     """The empty program attached as bcc attaches it, and our cases against
-    it (the table's empty program is attached by tracer/arm.py, as ours)."""
+    it (the table's empty program is attached by kernel/arm.py, as ours)."""
     values = results.ns.get(PERF_EMPTY)
     if not values:
         return []
@@ -301,7 +301,7 @@ def check_harvest(results: CostResults, tracers: Tracers, target: Target,
                   topic_of: dict[str, str], made: dict[str, int],
                   stream_summary: list[Any]) -> None:
     """The harvest programs' own counts against the records made."""
-    from recorder_tracer.memory import read_maps
+    from recorder_tracer.target.memory import read_maps
     base = min(m.start - m.offset for m in read_maps(target.pid)
                if m.path == str(Path(target.path).resolve()))
     for name in ("metrics", "flight", "stream", STRING_CASE.name):

@@ -90,7 +90,7 @@ class Consumer:
 def run(target: Any, harvester: Any, label: str, command: str,
         consumer_kind: str, pages_per_cpu: int = 256) -> StreamRun:
     """Run `command` in the target while a Stream consumes; drain; account."""
-    from recorder_tracer.stream import Stream
+    from recorder_tracer.kernel.stream import Stream
     consumer = Consumer(consumer_kind, harvester)
     before = {cpu.cpu: cpu for cpu in harvester.counters()}
     stream = Stream(harvester, pages_per_cpu=pages_per_cpu, **consumer.handlers())
@@ -131,8 +131,8 @@ def run(target: Any, harvester: Any, label: str, command: str,
 def measure(target: Any, milliseconds: int, paced_rate: int,
             pages_per_cpu: int) -> list[StreamRun]:
     """The stream runs, in the order the report shows them."""
-    from recorder_tracer import arm
-    from recorder_tracer.harvest import Harvester
+    from recorder_tracer.kernel import arm
+    from recorder_tracer.kernel.harvest import Harvester
     harvester = Harvester(stream=True, flight=True, metrics=True)
     attachments = [
         arm.attach_uprobe(harvester.program_fd, target.path, site.file_offset,

@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tracer_helpers import TIME_SCALE, wait_for
+from timing import scaled
+from tracer_helpers import wait_for
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 
@@ -50,20 +51,20 @@ class CollectorProcess:
             return next((line for line in self.lines if regex.search(line)), None)
 
         try:
-            return wait_for(found, timeout * TIME_SCALE)
+            return wait_for(found, scaled(timeout))
         except AssertionError:
             raise AssertionError(f"no line matching {pattern!r} in "
                                  f"{self.lines}") from None
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.wait(timeout=10 * TIME_SCALE)
+        self.process.wait(timeout=scaled(10))
 
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20 * TIME_SCALE)
+                self.process.wait(timeout=scaled(20))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -1,4 +1,4 @@
-"""tracer/arm.py: uprobe_multi links, the perf-event fallback, semaphores.
+"""kernel/arm.py: uprobe_multi links, the perf-event fallback, semaphores.
 
 A counting bcc program stands in for the harvest: every hit adds one, so
 counts are exact and say which processes trapped.
@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import scaled
 from tracer_helpers import Workload, require_uprobe_multi_links, semaphore_value
 
-from recorder_tracer import arm, link, notes
+from recorder_tracer.kernel import arm, link
+from recorder_tracer.target import notes
 
 pytestmark = pytest.mark.bpf
 
@@ -213,7 +215,7 @@ def test_a_process_that_is_gone(counter, progs, monkeypatch, forced) -> None:
         monkeypatch.setenv(arm.NO_UPROBE_MULTI, "1")
     gone = subprocess.Popen([str(progs / "workload_ticks")], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL)
-    gone.wait(timeout=10)       # reaped: no such process any more
+    gone.wait(timeout=scaled(10))       # reaped: no such process any more
     path, probes = ticks(progs)
     with pytest.raises(arm.ArmError, match=f"^process {gone.pid} is gone$"):
         arm.attach_uprobe(counter.fd, path, probes[0].file_offset, gone.pid,

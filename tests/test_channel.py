@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 from channel_helpers import CollectorProcess, count_lines, read_lines, stream_dirs
-from tracer_helpers import TIME_SCALE, wait_for
+from timing import scaled
+from tracer_helpers import wait_for
 
 from recorder_tracer.channel import backlog, batch, clock, lines, store, transport, wire
 from recorder_tracer.channel.forwarder import Forwarder
 from recorder_tracer.channel.wire import FrameError, Kind
-from recorder_tracer.record import Record
+from recorder_tracer.decode.record import Record
 
 RECORDS = 23
 
@@ -109,7 +110,7 @@ def deliver(forwarder: Forwarder, timeout: float = 30) -> None:
     """Wait until the collector acknowledged everything sent so far."""
     forwarder.flush()
     wait_for(lambda: forwarder.backlog.acked >= forwarder.backlog.next_seq - 1,
-             timeout * TIME_SCALE)
+             scaled(timeout))
 
 
 def test_records_over_tcp_and_unix_arrive_once_with_host_times(
@@ -159,7 +160,7 @@ def test_garbled_and_oversized_frames_close_only_their_connection(
                  "hostname")):
             with socket.create_connection((host, int(port))) as raw:
                 raw.sendall(data)
-                raw.settimeout(10 * TIME_SCALE)
+                raw.settimeout(scaled(10))
                 assert raw.recv(100) == b""     # the collector hung up
             line = collector.wait_line(message)
             assert line.startswith("collect: ") and line.endswith(
@@ -289,7 +290,7 @@ def test_chrome_merge_puts_each_guest_in_its_own_process_group(
 
     from channel_helpers import RECORDER
     result = run([*RECORDER, "collect", "--out", str(out), "--chrome", str(chrome)],
-                 capture_output=True, text=True, timeout=60 * TIME_SCALE)
+                 capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 0, result.stderr
     trace = json.loads(chrome.read_text())
     events = trace["traceEvents"]
@@ -308,9 +309,9 @@ def test_collect_without_listen_or_chrome_is_a_usage_error(tmp_path: Path) -> No
 
     from channel_helpers import RECORDER
     result = run([*RECORDER, "collect", "--out", str(tmp_path)],
-                 capture_output=True, text=True, timeout=60)
+                 capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 2 and "--listen" in result.stderr
     result = run([*RECORDER, "collect", "--out", str(tmp_path), "--listen",
-                  "vsock://x:1"], capture_output=True, text=True, timeout=60)
+                  "vsock://x:1"], capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 1
     assert result.stderr.startswith("recorder: channel URL 'vsock://x:1'")

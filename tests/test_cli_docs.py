@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from recorder_tracer import clidocs
+from recorder_tracer.cli import docs as clidocs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
 def test_cli_reference_matches_the_live_help() -> None:
     assert DOCS.read_text() == clidocs.render(), (
-        "docs/cli.md is stale: python -m recorder_tracer.clidocs > docs/cli.md")
+        "docs/cli.md is stale: python -m recorder_tracer.cli.docs > docs/cli.md")
 
 
 def test_every_command_help_ends_with_examples() -> None:

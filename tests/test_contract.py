@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES_MD = REPO / "probes" / "PROBES.md"
@@ -194,7 +195,7 @@ def test_documented_bpftrace_one_liner_works(progs: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert result.returncode == 0, result.stderr
     printed = [line for line in result.stdout.splitlines() if "args[0]=" in line]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from core_helpers import run
+from timing import scaled
 
 DUMP_LINE = re.compile(
     r"^(?P<where>\S+): \[(?P<sec>\d+)\.(?P<ns>\d{9}) (?P<tid>\d+)\] "
@@ -128,7 +129,7 @@ def test_recorder_dump_dumps_matching_topics_at_exit(progs: Path) -> None:
 
 def test_a_previous_handler_gets_the_real_fault_after_the_dump(progs) -> None:
     result = subprocess.run([str(progs / "core_chain")], capture_output=True,
-                            text=True, timeout=30)
+                            text=True, timeout=scaled(30))
     assert result.returncode == 42
     assert result.stdout == "own handler: signal 11 code 1 address 0x17\n"
     assert result.stderr.count("chain: before the fault") == 23

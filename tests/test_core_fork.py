@@ -23,6 +23,7 @@ from test_core_share import (
     blocks,
     parse,
 )
+from timing import scaled
 
 FORKS = 50
 
@@ -42,7 +43,7 @@ def test_children_forked_while_a_thread_holds_the_locks_all_finish(
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert result.stdout == f"forks {FORKS} ok {FORKS} hung 0\n", result.stderr
     assert result.returncode == 0
@@ -126,7 +127,7 @@ def test_child_that_cannot_copy_its_rings_leaves_the_parent_file_alone(
     with open(small_tmpfs / "filler", "wb") as filler:
         os.posix_fallocate(filler.fileno(), 0, free - needed)
 
-    stdout, stderr = process.communicate("fork\n", timeout=30)
+    stdout, stderr = process.communicate("fork\n", timeout=scaled(30))
     assert process.returncode == 0, stderr
     _, child_pid, _, status = stdout.split()
     # The child kept the parent's record and its own 500 in its CPU 1 shard.

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 INCLUDE = REPO / "probes" / "include"
@@ -44,7 +45,7 @@ def formatted(progs: Path) -> tuple[list[str], str]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=30,
+        timeout=scaled(30),
     )
     assert result.returncode == 0, result.stderr
     dangling = result.stdout.split()[1]
@@ -86,7 +87,7 @@ def compile_c(
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
 
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"
@@ -70,7 +71,7 @@ def test_pkg_config_builds_a_program_against_the_installed_core(
         [str(program)],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=scaled(30),
         env={"LD_LIBRARY_PATH": str(prefix / "lib")},
     )
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 # A probe is a RECORD site: a topic that a program never records into has a
 # semaphore but no note (core_spec only records `traced`, core_share never
@@ -102,7 +103,7 @@ def bpftrace(program: str, command: str) -> tuple[dict[str, int], str]:
         ["bpftrace", "-f", "json", "-e", program, "-c", command],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert result.returncode == 0, result.stderr
     maps: dict[str, int] = {}
@@ -152,6 +153,7 @@ def test_bpftrace_counts_every_record_and_reads_arguments(progs: Path) -> None:
 
 def test_unattached_probe_semaphores_stay_zero(progs: Path) -> None:
     result = subprocess.run(
-        [str(progs / "core_usdt"), "23"], capture_output=True, text=True, timeout=30
+        [str(progs / "core_usdt"), "23"], capture_output=True, text=True,
+        timeout=scaled(30),
     )
     assert result.stdout == "probed armed 0 quiet armed 0\n"

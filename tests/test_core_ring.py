@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from core_helpers import run as run_program
+from timing import scaled
 
 DUMP_LINE = re.compile(
     r"^(?P<where>\S+): \[(?P<sec>\d+)\.(?P<ns>\d{9}) (?P<tid>\d+)\] "
@@ -20,7 +21,7 @@ DUMP_LINE = re.compile(
 
 
 def run(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_program(program, *args, timeout=60)
+    return run_program(program, *args, timeout=scaled(60))
 
 
 def dump_messages(stderr: str, topic: str) -> list[str]:

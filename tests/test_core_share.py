@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 BLOCK = struct.Struct("<IIQQ40x")  # magic, kind, bytes, payload_bytes
 HEADER = struct.Struct("<QIIIIQQ16s256s")
@@ -139,7 +140,7 @@ def running(progs: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     yield process
     if process.poll() is None:
         process.kill()
-    process.wait(timeout=10)
+    process.wait(timeout=scaled(10))
 
 
 def expected_parent_args() -> list[tuple[int, ...]]:
@@ -188,7 +189,7 @@ def test_share_file_replaces_a_planted_symlink(progs: Path, tmp_path: Path) -> N
     assert process.stdout is not None
     line = process.stdout.readline()
     share = parse(tmp_path / f"core_share.{process.pid}.recorder")
-    process.communicate(timeout=10)
+    process.communicate(timeout=scaled(10))
     assert line == f"ready {process.pid}\n"
     assert share.pid == process.pid
     assert victim.read_text() == "precious"
@@ -213,7 +214,7 @@ def test_share_file_keeps_last_records_after_sigkill(
     running: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     running.send_signal(signal.SIGKILL)
-    assert running.wait(timeout=10) == -signal.SIGKILL
+    assert running.wait(timeout=scaled(10)) == -signal.SIGKILL
     share = parse(tmp_path / f"core_share.{running.pid}.recorder")
     shard = shard_of(share, "shared")
     assert arguments(shard, 3) == expected_parent_args()
@@ -225,14 +226,14 @@ def test_normal_exit_removes_share_file(
     running: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     path = tmp_path / f"core_share.{running.pid}.recorder"
-    running.communicate(timeout=10)
+    running.communicate(timeout=scaled(10))
     assert running.returncode == 0
     assert not path.exists()
 
 
 def test_share_keep_leaves_file_after_exit(progs: Path, tmp_path: Path) -> None:
     process, _ = start(progs, tmp_path, "61", keep=True)
-    process.communicate(timeout=10)
+    process.communicate(timeout=scaled(10))
     assert process.returncode == 0
     share = parse(tmp_path / f"core_share.{process.pid}.recorder")
     assert arguments(shard_of(share, "shared"), 3) == expected_parent_args()
@@ -240,7 +241,7 @@ def test_share_keep_leaves_file_after_exit(progs: Path, tmp_path: Path) -> None:
 
 def test_forked_child_gets_its_own_share_file(progs: Path, tmp_path: Path) -> None:
     process, line = start(progs, tmp_path, "fork", "30", "5", keep=True)
-    process.communicate(timeout=10)
+    process.communicate(timeout=scaled(10))
     _, parent_pid, _, child_pid = line.split()
     assert int(parent_pid) == process.pid
     parent = parse(tmp_path / f"core_share.{parent_pid}.recorder")
@@ -265,7 +266,7 @@ def test_unwritable_share_directory_is_reported_and_recording_goes_on(
     progs: Path, tmp_path: Path
 ) -> None:
     process, line = start(progs, tmp_path / "missing", "61")
-    _, stderr = process.communicate(timeout=10)
+    _, stderr = process.communicate(timeout=scaled(10))
     assert line == f"ready {process.pid}\n"
     assert process.returncode == 0
     assert stderr == (

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import scaled
 from tracer_helpers import (
     RECORDS,
     Victim,
@@ -25,9 +26,9 @@ from tracer_helpers import (
     wait_for,
 )
 
-from recorder_tracer.daemon import DaemonConfig
 from recorder_tracer.errors import TracerError
-from recorder_tracer.snapshot_file import read_snapshot
+from recorder_tracer.postmortem.snapshot_file import read_snapshot
+from recorder_tracer.session.daemon import DaemonConfig
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 
@@ -40,7 +41,7 @@ def free_port() -> int:
 
 def fetch(url: str) -> str | None:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=scaled(2)) as response:
             return response.read().decode()
     except OSError:
         return None
@@ -50,7 +51,7 @@ def stop(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=scaled(15))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -82,7 +83,7 @@ def test_prometheus_scrapes_the_daemon_and_queries_totals(progs: Path,
                               stderr=subprocess.PIPE, text=True)
     server = None
     try:
-        wait_for(lambda: fetch(f"http://127.0.0.1:{daemon_port}/metrics"), 30)
+        wait_for(lambda: fetch(f"http://127.0.0.1:{daemon_port}/metrics"), scaled(30))
         first.record("tick", 23)
         first.record("tock", 7)
         second.record("tick", 29)
@@ -102,7 +103,7 @@ def test_prometheus_scrapes_the_daemon_and_queries_totals(progs: Path,
              f"--web.listen-address=127.0.0.1:{prometheus_port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         totals = wait_for(lambda: query(
-            prometheus_port, "sum by (topic) (recorder_records_total)"), 60)
+            prometheus_port, "sum by (topic) (recorder_records_total)"), scaled(60))
         assert totals == {"tick": 52.0, "tock": 7.0}
         per_pid = query(prometheus_port,
                         f'recorder_records_total{{pid="{second.pid}"}}')
@@ -140,7 +141,7 @@ def test_flags_override_the_config_file() -> None:
 
 def test_daemon_without_processes_is_one_line_error() -> None:
     result = subprocess.run([*RECORDER, "daemon"], capture_output=True, text=True,
-                            timeout=30)
+                            timeout=scaled(30))
     assert result.returncode == 1
     assert result.stderr.startswith("recorder: choose processes")
     assert "Traceback" not in result.stderr
@@ -148,10 +149,11 @@ def test_daemon_without_processes_is_one_line_error() -> None:
 
 @pytest.mark.bpf
 def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
-    from recorder_tracer.daemon import Daemon
+    from recorder_tracer.session.daemon import Daemon
     workload = Workload(progs)
     daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}",
-                                 comm=["workload_ticks"], spec=["tick"], grace=0.5))
+                                 comm=["workload_ticks"], spec=["tick"],
+                                 grace=scaled(1.0)))
     daemon.start()
     try:
         wait_for(lambda: "tick" in getattr(
@@ -165,7 +167,7 @@ def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
                 for row in daemon.snapshot().rows}
         assert rows[(pid, "tick")] == 23        # still exported, in grace
         assert daemon.expire() == []
-        time.sleep(0.6)
+        time.sleep(scaled(1.0) + 0.1)
         assert daemon.expire() == [pid]
         assert all(row.pid != pid for row in daemon.snapshot().rows)
     finally:
@@ -174,7 +176,7 @@ def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
 
 @pytest.mark.bpf
 def test_label_sets_over_the_cap_are_dropped_busiest_kept(progs: Path) -> None:
-    from recorder_tracer.daemon import Daemon
+    from recorder_tracer.session.daemon import Daemon
     workload = Workload(progs)
     daemon = Daemon(DaemonConfig(listen=f"127.0.0.1:{free_port()}", pid=[workload.pid],
                                  spec=["tick", "tock"], max_series=1))
@@ -207,17 +209,17 @@ def test_daemon_killed_and_restarted_takes_over_links_and_counts(
     first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     second = None
     try:
-        wait_for(lambda: fetch(url), 30)
+        wait_for(lambda: fetch(url), scaled(30))
         workload.record("tick", 23)
         assert f"{metric} 23.0" in (fetch(url) or "")
         first.kill()
-        first.wait(timeout=10)
+        first.wait(timeout=scaled(10))
         assert any(Path(pin_dir).glob("link:*"))
         assert semaphore_value(workload.pid, str(progs / "workload_ticks"),
                                "tick") == 1
         workload.record("tick", 29)        # no daemon runs
         second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: f"{metric} 52.0" in (fetch(url) or ""), 30)
+        wait_for(lambda: f"{metric} 52.0" in (fetch(url) or ""), scaled(30))
         workload.record("tick", 4)
         assert f"{metric} 56.0" in (fetch(url) or "")
     finally:
@@ -240,9 +242,9 @@ def test_second_daemon_on_the_same_pin_dir_is_refused(progs: Path) -> None:
     first = subprocess.Popen([*argv, "--listen", f"127.0.0.1:{port}"],
                              stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), 30)
+        wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), scaled(30))
         result = subprocess.run([*argv, "--listen", f"127.0.0.1:{free_port()}"],
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=scaled(60))
         assert result.returncode == 1
         assert result.stderr.startswith(
             f"recorder: another daemon (pid {first.pid}) uses {pin_dir}")
@@ -270,12 +272,12 @@ def test_crash_while_the_daemon_is_dead_is_written_by_the_next_daemon(
     first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     second = None
     try:
-        wait_for(lambda: fetch(url), 30)
+        wait_for(lambda: fetch(url), scaled(30))
         first.kill()
-        first.wait(timeout=10)
+        first.wait(timeout=scaled(10))
         victim.record()
         victim.send("segv")
-        assert victim.process.wait(timeout=10) == -signal.SIGSEGV
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
         assert not list(directory.glob("*.json"))      # nobody wrote it yet
         second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         files = wait_for(

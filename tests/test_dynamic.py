@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 import recorder
-from recorder_tracer.dynamic import read_armed, runtime_topics
-from recorder_tracer.memory import ProcessImage
+from recorder_tracer.target.dynamic import read_armed, runtime_topics
+from recorder_tracer.target.memory import ProcessImage
 
 WORKLOAD = Path(__file__).parent / "workloads" / "py_ticks.py"
 
@@ -48,7 +49,7 @@ class PythonWorkload:
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=scaled(10))
 
     def __enter__(self) -> PythonWorkload:
         return self
@@ -77,8 +78,8 @@ def test_registry_lists_python_topics_as_runtime_topics(workload) -> None:
 def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
     from tracer_helpers import BackgroundSession
 
-    from recorder_tracer.session import TraceOptions
-    from recorder_tracer.spec import TopicSpec
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.loop import TraceOptions
 
     workload.record("py_tick", 1)      # both topics exist before arming
     workload.record("py_tock", 1)
@@ -105,8 +106,8 @@ def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
 def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> None:
     from tracer_helpers import BackgroundSession, wait_for
 
-    from recorder_tracer.session import TraceOptions
-    from recorder_tracer.spec import TopicSpec
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.loop import TraceOptions
 
     session = BackgroundSession(TraceOptions(pids=[workload.pid],
                                              spec=TopicSpec.parse("py_late")))
@@ -122,8 +123,8 @@ def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> Non
 def test_a_process_that_execs_is_armed_again_in_its_new_program() -> None:
     from tracer_helpers import BackgroundSession, wait_for
 
-    from recorder_tracer.session import TraceOptions
-    from recorder_tracer.spec import TopicSpec
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.loop import TraceOptions
 
     script = Path(__file__).parent / "workloads" / "py_reexec.py"
     process = subprocess.Popen([sys.executable, str(script), "0"],

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from recorder_tracer import export
-from recorder_tracer import record as record_module
-from recorder_tracer.export import open_writer
-from recorder_tracer.export.chrome import ChromeTraceWriter
-from recorder_tracer.export.jsonl import JsonLinesWriter
-from recorder_tracer.record import Record
+from recorder_tracer.decode import record as record_module
+from recorder_tracer.decode.record import Record
+from recorder_tracer.output import writer as export
+from recorder_tracer.output.chrome import ChromeTraceWriter
+from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.output.writer import open_writer
 
 
 @dataclass

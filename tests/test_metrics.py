@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 from tracer_helpers import BackgroundSession, Workload, wait_for
 
-from recorder_tracer.metrics import MetricsReader, group, metrics_options
-from recorder_tracer.metrics_table import bars
+from recorder_tracer.metrics.aggregates import MetricsReader, group, metrics_options
+from recorder_tracer.metrics.table import bars
 
 pytestmark = pytest.mark.bpf
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
@@ -156,7 +157,7 @@ def test_metrics_command_prints_json_of_a_command(progs: Path) -> None:
     result = subprocess.run(
         [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--json",
          "wait_.*"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60)
+        timeout=scaled(60))
     assert result.returncode == 0, result.stderr
     rows = {row["topic"]: row for row in json.loads(result.stdout.splitlines()[-1])}
     assert rows["wait_loop"]["count"] == 23
@@ -168,7 +169,7 @@ def test_metrics_table_shows_counts_and_bars(progs: Path) -> None:
     result = subprocess.run(
         [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--by", "topic",
          "wait_loop"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+        timeout=scaled(60), env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if "wait_loop" in line)
     assert " 23 " in line and "0..32 ▁▁▂▄█▇" in line
@@ -180,7 +181,7 @@ def test_metrics_table_shows_counts_and_bars(progs: Path) -> None:
 ])
 def test_bad_metrics_input_is_one_line(args: list[str], message: str) -> None:
     result = subprocess.run([*RECORDER, "metrics", *args], capture_output=True,
-                            text=True, timeout=30)
+                            text=True, timeout=scaled(30))
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -191,7 +192,7 @@ def test_series_writes_each_value_in_time_order(progs: Path, tmp_path: Path) -> 
     result = subprocess.run(
         [*RECORDER, "metrics", "-c", str(progs / "tracer_wait"), "--series",
          "wait_loop:0", "--csv", str(csv_path), "--png", str(png_path)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 0, result.stderr
     rows = [line.split(",") for line in csv_path.read_text().splitlines()]
     assert rows[0] == ["time_s", "pid", "value"]

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import scaled
 
-from recorder_tracer import elf, notes
-from recorder_tracer.notes import NotElfError, ProcessGone, UsdtProbe
+from recorder_tracer.target import elf, notes
+from recorder_tracer.target.notes import NotElfError, ProcessGone, UsdtProbe
 
 BUILD = Path(__file__).resolve().parent.parent / "build"
 LIBRECORDER = BUILD / "librecorder.so"
@@ -75,7 +76,7 @@ def finish(process: subprocess.Popen[str]) -> int:
     """Close its stdin (it exits) and its stdout; return its status."""
     assert process.stdin is not None and process.stdout is not None
     process.stdin.close()
-    status = process.wait(timeout=10)
+    status = process.wait(timeout=scaled(10))
     process.stdout.close()
     return status
 

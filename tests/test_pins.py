@@ -1,5 +1,5 @@
 """Tracer death: pinned links and flight ring outlive a SIGKILLed controller
-(tracer/pins.py), and the next controller takes them over."""
+(tracer/recorder_tracer/kernel/pins.py), and the next controller takes them over."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 from tracer_helpers import (
     RECORDS,
     Victim,
@@ -19,12 +20,12 @@ from tracer_helpers import (
     semaphore_value,
 )
 
+from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.errors import TracerError
-from recorder_tracer.pins import PinDir
-from recorder_tracer.session import TraceOptions, TraceSession
-from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher
-from recorder_tracer.snapshot_file import read_snapshot
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.kernel.pins import PinDir
+from recorder_tracer.postmortem.snapshot import SnapshotOptions, SnapshotWatcher
+from recorder_tracer.postmortem.snapshot_file import read_snapshot
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 CONTROLLER = Path(__file__).parent / "workloads" / "pinned_controller.py"
 
@@ -55,7 +56,7 @@ def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
         assert controller.stdout.readline().strip() == "armed"
         workload.record("tick", 23)
         controller.kill()
-        assert controller.wait(timeout=10) == -9
+        assert controller.wait(timeout=scaled(10)) == -9
         # No controller: the pinned links keep the topics armed...
         assert semaphore_value(workload.pid, exe, "tock") == 1
         pinned = PinDir(pin_dir).links()
@@ -105,10 +106,10 @@ def test_crash_while_no_controller_runs_is_snapshotted_by_the_next(
         assert controller.stdout is not None
         assert controller.stdout.readline().strip() == "armed"
         controller.kill()
-        assert controller.wait(timeout=10) == -9
+        assert controller.wait(timeout=scaled(10)) == -9
         victim.record()
         victim.send("segv")
-        assert victim.process.wait(timeout=10) == -signal.SIGSEGV
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
         assert not list(directory.glob("*.snapshot.json"))  # nobody wrote it
         watcher = SnapshotWatcher(SnapshotOptions(str(directory), records=23,
                                                   pin_dir=pin_dir))

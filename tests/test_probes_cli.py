@@ -13,9 +13,10 @@ from typing import Any
 
 import click
 import pytest
+from timing import scaled
 
 from recorder_tracer.cli import main
-from recorder_tracer.harvest import PROBE_ARGUMENTS
+from recorder_tracer.kernel.harvest import PROBE_ARGUMENTS
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"
@@ -41,7 +42,7 @@ requires_python = pytest.mark.skipif(not Path(PYTHON).exists(),
 def recorder(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the recorder CLI; its output as text."""
     return subprocess.run([*RECORDER, *args], capture_output=True, text=True,
-                          timeout=30)
+                          timeout=scaled(30))
 
 
 def probes_json(*targets: str) -> list[dict[str, Any]]:
@@ -73,7 +74,7 @@ class Ready:
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=scaled(10))
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_semaphore_shows_how_many_tracers_armed_a_topic(workload: Ready) -> None
         armed = semaphores()
     finally:
         tracer.send_signal(2)
-        tracer.communicate(timeout=20)
+        tracer.communicate(timeout=scaled(20))
 
     assert armed == {"flood": 0, "recorder_core": 0, "recorder_signals": 0,
                      "tick": 1, "tock": 0}

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
-from recorder_tracer.procs import (
+from recorder_tracer.target.procs import (
     ProcessFollower,
     ProcessGone,
     ProcEvent,
@@ -25,7 +26,7 @@ from recorder_tracer.procs import (
     process_exists,
 )
 
-TIMEOUT = 10.0
+TIMEOUT = scaled(10)
 
 
 def events_of(follower: ProcessFollower, pid: int) -> list[ProcEvent]:
@@ -203,6 +204,6 @@ def test_overrun_counts_lost_events_and_following_goes_on() -> None:
 
 
 def test_docstring_examples_hold() -> None:
-    from recorder_tracer import procs
+    from recorder_tracer.target import procs
 
     assert doctest.testmod(procs).failed == 0

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 from test_core_share import ShareFile, parse, shard_of
 from test_dynamic import PythonWorkload
+from timing import scaled
 
 import recorder
-from recorder_tracer.memory import ProcessImage
+from recorder_tracer.target.memory import ProcessImage
 
 WORKLOAD = Path(__file__).parent / "workloads" / "py_api.py"
 sys.path.insert(0, str(WORKLOAD.parent))
@@ -47,7 +48,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=60, env=clean_env(**env))
+                          text=True, timeout=scaled(60), env=clean_env(**env))
 
 
 class SharedWorkload:
@@ -69,7 +70,7 @@ class SharedWorkload:
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=scaled(10))
 
 
 @pytest.fixture
@@ -265,7 +266,7 @@ def test_multiprocessing_workers_record(tmp_path: Path) -> None:
     script = tmp_path / "mp.py"
     script.write_text(MULTIPROCESSING)
     run = subprocess.run([sys.executable, str(script)], capture_output=True,
-                         text=True, timeout=120, env=clean_env())
+                         text=True, timeout=scaled(120), env=clean_env())
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["fork", "True", "spawn", "True",
                                   "forkserver", "True"]
@@ -394,7 +395,7 @@ faulthandler._sigsegv()
 @pytest.mark.parametrize("faulthandler_enabled", ["none", "before", "after"])
 def test_a_fatal_signal_dumps_and_still_kills(faulthandler_enabled: str) -> None:
     run = subprocess.run([sys.executable, "-c", CRASH, faulthandler_enabled],
-                         capture_output=True, text=True, timeout=60,
+                         capture_output=True, text=True, timeout=scaled(60),
                          env=clean_env())
     assert run.returncode == -signal.SIGSEGV
     assert "recorder: received signal 11 (SEGV), dumping" in run.stderr
@@ -426,7 +427,7 @@ class Interrupted:
     def interrupt(self) -> tuple[str, str]:
         """Ctrl-C, as a user stops it; (stdout, stderr)."""
         self.process.send_signal(signal.SIGINT)
-        return self.process.communicate(timeout=30)
+        return self.process.communicate(timeout=scaled(30))
 
     def __enter__(self) -> Interrupted:
         return self
@@ -441,7 +442,7 @@ class Interrupted:
 def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
     from tracer_helpers import wait_for
 
-    from recorder_tracer.dynamic import open_memory, set_armed
+    from recorder_tracer.target.dynamic import open_memory, set_armed
 
     with PythonWorkload() as workload:
         workload.record("py_armed", 1)
@@ -453,10 +454,11 @@ def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
         os.close(memory)
         with Interrupted(["bpftrace", "-p", str(workload.pid),
                           str(BPFTRACE_PROGRAM), "3"]) as bpftrace:
-            wait_for(lambda: uprobes_of(bpftrace.process.pid) >= 1, timeout=60)
+            wait_for(lambda: uprobes_of(bpftrace.process.pid) >= 1, timeout=scaled(60))
             workload.record("py_unarmed", 2)
             workload.record("py_armed", 3)
-            output, errors = bpftrace.process.communicate(timeout=30)  # exits at 3
+            # bpftrace exits at 3 records
+            output, errors = bpftrace.process.communicate(timeout=scaled(30))
     records = [line.split(" ", 1)[1] for line in output.splitlines()
                if line.startswith("record ")]
     half = [double_bits(i / 2) & (2**64 - 1) for i in range(3)]
@@ -469,19 +471,19 @@ def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
 def test_recorder_probes_and_trace_show_a_python_program() -> None:
     from tracer_helpers import wait_for
 
-    from recorder_tracer.dynamic import read_armed
+    from recorder_tracer.target.dynamic import read_armed
 
     cli = str(Path(sys.executable).parent / "recorder")
     with PythonWorkload() as workload:
         workload.record("py_cli", 1)
         probes = subprocess.run([cli, "probes", str(workload.pid)], capture_output=True,
-                                text=True, timeout=60, check=True).stdout
+                                text=True, timeout=scaled(60), check=True).stdout
         assert re.search(rf"^{workload.pid} +_core\.cpython", probes, re.MULTILINE)
         assert "recorder:recorder_dynamic" in probes
         topic = next(t for t in ProcessImage.of(workload.pid).topics()
                      if t.name == "py_cli")
         with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:
-            wait_for(lambda: read_armed(workload.pid, topic), timeout=60)
+            wait_for(lambda: read_armed(workload.pid, topic), timeout=scaled(60))
             workload.record("py_cli", 3)
             output, errors = trace.interrupt()
     rows = [line.split() for line in output.splitlines() if " py_cli " in line]

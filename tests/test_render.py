@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from recorder_tracer.record import Record
-from recorder_tracer.render import (
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.render import (
     TOPIC_WIDTH_MAX,
     TextPrinter,
     TimeMode,
@@ -231,6 +231,6 @@ def test_printer_prints_the_header_once_and_times_from_the_first_record() -> Non
 
 
 def test_docstring_examples_hold() -> None:
-    from recorder_tracer import render
+    from recorder_tracer.decode import render
 
     assert doctest.testmod(render).failed == 0

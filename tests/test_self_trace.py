@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from timing import scaled
 from tracer_helpers import BackgroundSession, Workload, wait_for
 
-from recorder_tracer.session import TraceOptions
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions
 
 pytestmark = pytest.mark.bpf
 
@@ -25,11 +26,11 @@ def test_a_tracer_traces_another_tracers_own_topics(progs: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert controller.stderr is not None
-        wait_for(lambda: "Tracing" in controller.stderr.readline(), timeout=30)
+        wait_for(lambda: "Tracing" in controller.stderr.readline(), timeout=scaled(30))
         observer = BackgroundSession(TraceOptions(
             pids=[controller.pid], spec=TopicSpec.parse("tracer_.*")))
         controller.send_signal(signal.SIGINT)
-        assert controller.wait(timeout=30) == 0
+        assert controller.wait(timeout=scaled(30)) == 0
         records = observer.stop()
     finally:
         if controller.poll() is None:

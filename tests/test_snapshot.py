@@ -1,4 +1,4 @@
-"""Crash snapshots: real victims, real signals, real BPF (tracer/snapshot.py).
+"""Crash snapshots: real victims, real signals, real BPF (postmortem/snapshot.py).
 
 A victim records 10,000 entries into topic `victim` while two other
 processes flood the same CPUs, then dies; its snapshot must hold exactly its
@@ -18,13 +18,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from timing import scaled
 from tracer_helpers import RECORDS, BackgroundSession, Victim
 
 from recorder_tracer.cli import main
-from recorder_tracer.session import TraceOptions
-from recorder_tracer.snapshot import SnapshotOptions, SnapshotWatcher, take_snapshot
-from recorder_tracer.snapshot_file import read_snapshot
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.postmortem.snapshot import (
+    SnapshotOptions,
+    SnapshotWatcher,
+    take_snapshot,
+)
+from recorder_tracer.postmortem.snapshot_file import read_snapshot
+from recorder_tracer.session.loop import TraceOptions
 
 N = 256
 
@@ -58,7 +63,7 @@ def wait_for_file(watcher: SnapshotWatcher, pid: int, since: float,
     """Poll until the snapshot of `pid` is written (with its exit status);
     returns it and the seconds from `since` to its first write."""
     first = None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while time.monotonic() < deadline:
         for path in watcher.poll(timeout_ms=20):
             if f".{pid}." in path.name:
@@ -84,7 +89,7 @@ def victim_messages(snapshot: dict) -> list[str]:
 
 
 def wait_known(watcher: SnapshotWatcher, pid: int) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while pid not in watcher.known:
         assert time.monotonic() < deadline, f"{pid} never registered"
         watcher.poll(timeout_ms=20)
@@ -107,9 +112,9 @@ def test_crash_snapshot_holds_exactly_the_last_records(
         victim.send(how)
     expected_signal = {"segv": signal.SIGSEGV, "abort": signal.SIGABRT,
                        "kill": signal.SIGKILL}[how]
-    assert victim.process.wait(timeout=10) == -expected_signal
+    assert victim.process.wait(timeout=scaled(10)) == -expected_signal
     snapshot, seconds = wait_for_file(watcher, victim.pid, since)
-    assert seconds < 1.0
+    assert seconds < scaled(1.0)
     assert victim_messages(snapshot) == [f"victim {i}"
                                          for i in range(RECORDS - N, RECORDS)]
     assert len(snapshot["records"]) == N
@@ -132,7 +137,7 @@ def test_core_handlers_hand_back_and_the_snapshot_follows(
     wait_known(watcher, victim.pid)
     victim.record()
     victim.send("segv")
-    assert victim.process.wait(timeout=10) == -signal.SIGSEGV
+    assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
     snapshot, _ = wait_for_file(watcher, victim.pid, time.monotonic())
     messages = victim_messages(snapshot)
     assert messages[-1] == f"victim {RECORDS - 1}"
@@ -154,8 +159,8 @@ def test_armed_victim_snapshot_holds_the_same_records(
         assert background.session.processes[victim.pid].armed_topics == {"victim"}
         victim.record()
         victim.send("segv")
-        assert victim.process.wait(timeout=10) == -signal.SIGSEGV
-        deadline = time.monotonic() + 5
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
+        deadline = time.monotonic() + scaled(5)
         while not list(directory.glob(f"*.{victim.pid}.*")):
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -190,8 +195,8 @@ def test_full_snapshot_directory_is_reported_and_counted(
             wait_known(watcher, victim.pid)
             victim.record()
             victim.send("segv")
-            assert victim.process.wait(timeout=10) == -signal.SIGSEGV
-            deadline = time.monotonic() + 5
+            assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
+            deadline = time.monotonic() + scaled(5)
             while not any(f"pid {victim.pid} " in line for line in reports):
                 assert time.monotonic() < deadline
                 watcher.poll(timeout_ms=20)
@@ -207,7 +212,7 @@ def test_full_snapshot_directory_is_reported_and_counted(
         wait_known(watcher, victim.pid)
         victim.record()
         victim.send("abort")
-        victim.process.wait(timeout=10)
+        victim.process.wait(timeout=scaled(10))
         snapshot, _ = wait_for_file(watcher, victim.pid, time.monotonic(),
                                     exit_status=False)
         assert len(snapshot["records"]) == N
@@ -225,7 +230,7 @@ def test_normal_exit_of_a_threaded_process_is_no_crash(
     wait_known(watcher, victim.pid)
     victim.record()
     victim.send("exit")
-    assert victim.process.wait(timeout=10) == 3
+    assert victim.process.wait(timeout=scaled(10)) == 3
     assert_no_snapshot_of(watcher, victim.pid)
 
 
@@ -234,7 +239,7 @@ def test_process_without_core_leaves_no_snapshot(watcher: SnapshotWatcher) -> No
     process = subprocess.Popen(["sleep", "30"])
     time.sleep(0.1)
     process.send_signal(signal.SIGSEGV)
-    assert process.wait(timeout=5) == -signal.SIGSEGV
+    assert process.wait(timeout=scaled(5)) == -signal.SIGSEGV
     assert_no_snapshot_of(watcher, process.pid)
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from tracer_helpers import Workload
 
-from recorder_tracer import arm, harvest, notes
-from recorder_tracer.harvest import Harvester
-from recorder_tracer.stream import Stream
+from recorder_tracer.kernel import arm, harvest
+from recorder_tracer.kernel.harvest import Harvester
+from recorder_tracer.kernel.stream import Stream
+from recorder_tracer.target import notes
 
 FLOOD = 100_003     # primes: a match is no accident
 FITS = 9_001        # records that fit one CPU's ring of 1024 pages

@@ -9,13 +9,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from timing import scaled
 from tracer_helpers import Workload, wait_for
 
 pytestmark = pytest.mark.bpf
 
 
 def tmux(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10)
+    return subprocess.run(["tmux", *args], capture_output=True, text=True,
+                          timeout=scaled(10))
 
 
 def screen(name: str) -> str:
@@ -34,7 +36,7 @@ def test_top_shows_rows_sorts_with_arrows_and_quits_with_q(progs: Path) -> None:
     assert tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "40",
                 command).returncode == 0
     try:
-        wait_for(lambda: "sorted by rate" in screen(name), 30)
+        wait_for(lambda: "sorted by rate" in screen(name), scaled(30))
         workload.record("tick", 23)
         workload.record("tock", 7)
 
@@ -61,7 +63,7 @@ def test_top_shows_rows_sorts_with_arrows_and_quits_with_q(progs: Path) -> None:
         assert lines == ["tock", "tick"]
 
         tmux("send-keys", "-t", name, "q")
-        wait_for(lambda: tmux("has-session", "-t", name).returncode != 0, 15)
+        wait_for(lambda: tmux("has-session", "-t", name).returncode != 0, scaled(15))
     finally:
         tmux("kill-session", "-t", name)
         workload.close()

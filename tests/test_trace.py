@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+from timing import scaled
 from tracer_helpers import (
-    TIME_SCALE,
     BackgroundSession,
     Workload,
     semaphore_value,
     wait_for,
 )
 
-from recorder_tracer.record import Record
-from recorder_tracer.session import TraceOptions, TraceSession
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 pytestmark = pytest.mark.bpf
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
@@ -135,10 +135,10 @@ def test_bpftrace_beside_us_counts_the_same(workloads, progs: Path) -> None:
          f'usdt:{progs / "workload_ticks"}:recorder:tick {{ @ticks = count(); }}'],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # bpftrace says "Attaching" before it attaches: wait for its uprobe.
-    wait_for(lambda: bpftrace.pid in perf_attached_pids(), timeout=30)
+    wait_for(lambda: bpftrace.pid in perf_attached_pids(), timeout=scaled(30))
     workload.record("tick", 23)
     bpftrace.send_signal(signal.SIGINT)
-    output, _ = bpftrace.communicate(timeout=30)
+    output, _ = bpftrace.communicate(timeout=scaled(30))
     records = session.stop()
     assert "@ticks: 23" in output
     assert len([r for r in records if r.topic == "tick"]) == 23
@@ -152,7 +152,7 @@ def test_cli_json_lines_carry_every_field(workloads) -> None:
     assert trace.stderr is not None
     wait_for(lambda: "Tracing" in trace.stderr.readline())
     workload.record("tick", 23)
-    output, errors = trace.communicate(timeout=30)
+    output, errors = trace.communicate(timeout=scaled(30))
     assert trace.returncode == 0, errors
     lines = [json.loads(line) for line in output.splitlines()]
     records = [line for line in lines if line.get("type", "record") == "record"]
@@ -173,7 +173,7 @@ def test_cli_chrome_file_has_one_track_per_thread(workloads, tmp_path) -> None:
     wait_for(lambda: "Tracing" in trace.stderr.readline())
     workload.record("tick", 23)
     workload.record("tock", 7)
-    trace.communicate(timeout=30)
+    trace.communicate(timeout=scaled(30))
     events = json.loads(chrome.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     instants = [e for e in events if e.get("ph") == "i"]
@@ -204,7 +204,7 @@ def test_cli_bad_input_is_one_line_and_nonzero(arguments, message,
                                                plain_process) -> None:
     arguments = [str(plain_process) if a == "PLAIN" else a for a in arguments]
     result = subprocess.run([*RECORDER, "trace", *arguments], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=scaled(60))
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines()
              if line.startswith("recorder:")]
@@ -234,14 +234,14 @@ def test_cli_stops_cleanly_on_sigint_under_a_flood(workloads) -> None:
         time.sleep(1.0)
         trace.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
-        _, errors = trace.communicate(timeout=20 * TIME_SCALE)
+        _, errors = trace.communicate(timeout=scaled(20))
         stopped_in = time.monotonic() - interrupted
     finally:
         trace.kill()
         workload.process.kill()
 
     assert trace.returncode == 0, errors
-    assert stopped_in < 5 * TIME_SCALE, errors
+    assert stopped_in < scaled(5), errors
     assert "Traceback" not in errors
     counts = summary_counts(errors)
     assert len(counts) == os.cpu_count()
@@ -275,9 +275,9 @@ def test_exited_process_is_reported_and_its_records_decoded_from_files(
     assert workload.process.stdin is not None
     workload.process.stdin.write("tick 23\nexit\n")
     workload.process.stdin.flush()
-    assert workload.process.wait(timeout=10) == 0
+    assert workload.process.wait(timeout=scaled(10)) == 0
     # Nothing was read before the exit: formats come from the files now.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while session.poll(timeout_ms=20):
         assert time.monotonic() < deadline, "the session did not end"
     session.close()
@@ -301,7 +301,7 @@ def test_cli_reports_a_process_exiting_mid_trace(workloads) -> None:
     workload.process.stdin.write("tick 23\nexit\n")
     workload.process.stdin.flush()
     # Its only process gone, the trace ends by itself.
-    output, errors = trace.communicate(timeout=30)
+    output, errors = trace.communicate(timeout=scaled(30))
 
     assert trace.returncode == 0, errors
     lines = [json.loads(line) for line in output.splitlines()]
@@ -332,7 +332,7 @@ def test_entry_ending_at_a_never_touched_page_is_read(workloads) -> None:
     assert [r.message for r in records] == [f"tock {i}" for i in range(64)]
 
 
-@pytest.mark.parametrize("name", ["session", "reorder"])
+@pytest.mark.parametrize("name", ["session.loop", "decode.reorder"])
 def test_docstring_examples_hold(name: str) -> None:
     import doctest
     import importlib
@@ -343,7 +343,7 @@ def test_docstring_examples_hold(name: str) -> None:
 
 def test_cli_flight_and_ring_sizes_are_checked() -> None:
     result = subprocess.run([*RECORDER, "trace", "-p", "1", "--ring-pages", "3"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 2
     assert "--ring-pages 3 is not a power of two" in result.stderr
 
@@ -355,7 +355,7 @@ def test_cli_as_a_user_says_it_needs_root(workloads) -> None:
                       capture_output=True).returncode != 0:
         pytest.skip("this Python cannot run as nobody here")
     result = subprocess.run([*nobody, *RECORDER, "trace", "-p", str(workload.pid)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "recorder: must run as root (BPF and uprobes need it)")
@@ -372,7 +372,7 @@ def test_cli_as_a_user_says_it_needs_root(workloads) -> None:
 )
 def test_cli_bad_usage_is_reported_before_anything_runs(arguments, message) -> None:
     result = subprocess.run([*RECORDER, "trace", *arguments], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=scaled(60))
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -381,7 +381,7 @@ def test_cli_bad_usage_is_reported_before_anything_runs(arguments, message) -> N
 def test_cli_chrome_file_that_cannot_be_written_is_one_line(plain_process) -> None:
     result = subprocess.run([*RECORDER, "trace", "-p", str(plain_process),
                              "--chrome", "/nonexistent/dir/x"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "recorder: cannot write /nonexistent/dir/x: No such file or directory")
@@ -392,7 +392,7 @@ def test_command_that_is_a_script_runs_and_is_reported(tmp_path) -> None:
     script.write_text("#!/bin/sh\nexit 7\n")
     script.chmod(0o755)
     result = subprocess.run([*RECORDER, "trace", "-c", str(script)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 0, result.stderr
     assert "exited: exit code 7" in result.stderr
 

@@ -19,18 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import scaled
 
-from recorder_tracer import notes
-from recorder_tracer.errors import TracerError
-from recorder_tracer.memory import load_bias, read_maps
-from recorder_tracer.usdt import (
-    COUNTER_NAMES,
-    USDT_SITE_UNKNOWN,
-    UsdtOptions,
-    UsdtSelector,
-    UsdtTracer,
-)
-from recorder_tracer.usdt_args import (
+from recorder_tracer.decode.usdt_args import (
     MAX_ARGS,
     PT_REGS_OFFSETS,
     ArgFormat,
@@ -41,6 +32,16 @@ from recorder_tracer.usdt_args import (
     parse_arguments,
     symbol_resolver,
 )
+from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel.usdt import (
+    COUNTER_NAMES,
+    USDT_SITE_UNKNOWN,
+    UsdtOptions,
+    UsdtSelector,
+    UsdtTracer,
+)
+from recorder_tracer.target import notes
+from recorder_tracer.target.memory import load_bias, read_maps
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"
@@ -110,7 +111,8 @@ def test_symbols_resolve_to_readelf_addresses() -> None:
 
 
 def test_python_constants_match_the_bpf_header() -> None:
-    header = (Path(__file__).resolve().parent.parent / "tracer" / "bpf"
+    header = (Path(__file__).resolve().parent.parent / "tracer" / "recorder_tracer"
+              / "kernel" / "bpf"
               / "usdt.h").read_text()
     defines = dict(re.findall(r"#define (USDT_\w+) (\w+)", header))
     enums = {name: int(value) for name, value in
@@ -192,7 +194,7 @@ def test_bad_selector_is_an_error(text: str) -> None:
 def test_bad_usdt_selector_is_one_line_error() -> None:
     result = subprocess.run([*RECORDER, "trace", "-p", "1", "tick", "--usdt",
                              "python"], capture_output=True, text=True,
-                            timeout=30)
+                            timeout=scaled(30))
 
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == ("recorder: --usdt python: expected "
@@ -226,7 +228,7 @@ class PythonTarget:
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=scaled(10))
 
 
 class Tracing:
@@ -245,7 +247,7 @@ class Tracing:
         """Stop (Ctrl-C) or wait for the end: (records, summary, stderr)."""
         if interrupt:
             self.process.send_signal(signal.SIGINT)
-        out, err = self.process.communicate(timeout=20)
+        out, err = self.process.communicate(timeout=scaled(20))
         assert self.process.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines()]
         assert lines[-1]["type"] == "summary"
@@ -255,7 +257,8 @@ class Tracing:
 def semaphores(pid: int) -> dict[str, int]:
     """The semaphore values of process `pid`'s python probes."""
     result = subprocess.run([*RECORDER, "probes", "--json", str(pid)],
-                            capture_output=True, text=True, timeout=30, check=True)
+                            capture_output=True, text=True, timeout=scaled(30),
+                            check=True)
     return {row["probe"]: row["semaphore_value"]
             for row in json.loads(result.stdout) if row["provider"] == "python"}
 
@@ -410,7 +413,7 @@ def test_probe_the_process_lacks_is_one_line_error() -> None:
     try:
         result = subprocess.run([*RECORDER, "trace", "--usdt", "python:nosuch",
                                  "-p", str(target.pid)], capture_output=True,
-                                text=True, timeout=30)
+                                text=True, timeout=scaled(30))
     finally:
         target.close()
 
@@ -439,7 +442,7 @@ class PostgresCluster:
 
     def run(self, program: str, *args: str) -> str:
         return subprocess.run([str(self.bin / program), *args], check=True,
-                              capture_output=True, text=True, timeout=30,
+                              capture_output=True, text=True, timeout=scaled(30),
                               user=self.user.pw_uid, group=self.user.pw_gid,
                               cwd=self.base).stdout
 
@@ -584,7 +587,7 @@ def _wait_for_armed(pid: int, probe: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = subprocess.run([*RECORDER, "probes", "--json", str(pid)],
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=scaled(30))
         rows = json.loads(result.stdout or "[]")
         if any(row["probe"] == probe and row["semaphore_value"] for row in rows):
             return

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from timing import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 VAGRANT = REPO / "vagrant"
@@ -29,7 +30,8 @@ def recipe_copy(tmp_path: Path) -> Path:
 
 def build_box(repo: Path, option: str) -> str:
     result = subprocess.run(["bash", str(repo / "vagrant" / "build-box.sh"), option],
-                            capture_output=True, text=True, check=True, timeout=60)
+                            capture_output=True, text=True, check=True,
+                            timeout=scaled(60))
     return result.stdout
 
 
@@ -75,7 +77,7 @@ def test_box_key_changes_with_its_recipe_only(tmp_path: Path) -> None:
 
 def test_build_box_rejects_an_unknown_option() -> None:
     result = subprocess.run(["bash", str(VAGRANT / "build-box.sh"), "--bogus"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 2
     assert result.stderr.strip() == "build-box: unknown option --bogus"
 
@@ -95,6 +97,6 @@ def test_vagrantfile_validates(tmp_path: Path, provider: str, driver: str,
            "VAGRANT_HOME": str(tmp_path / "home"),
            "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot")}
     result = subprocess.run(["vagrant", "validate", *flags], cwd=VAGRANT, env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=scaled(120))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -10,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recorder_tracer.record import Record
-from recorder_tracer.session import TraceOptions, TraceSession
+from timing import scaled
 
-# How many times slower than native this machine runs: time bounds in tests
-# are multiplied by it. 1 here; `make vm-test` sets it for its emulated guest.
-TIME_SCALE = float(os.environ.get("RECORDER_TEST_TIME_SCALE", "1"))
+from recorder_tracer.decode.record import Record
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 
 class Workload:
@@ -48,7 +45,7 @@ class Workload:
             assert self.process.stdin is not None
             self.process.stdin.write("exit\n")
             self.process.stdin.flush()
-        return self.process.wait(timeout=10)
+        return self.process.wait(timeout=scaled(10))
 
 
 RECORDS = 10_000     # what a Victim records
@@ -98,14 +95,15 @@ class BackgroundSession:
     def stop(self) -> list[Record]:
         """Stop polling, detach, drain; returns every record in order."""
         self._stopping.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=scaled(10))
         self.session.close()
         return self.records
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll `condition` until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_for(condition: Callable[[], Any], timeout: float | None = None) -> Any:
+    """Poll `condition` until truthy; fail after `timeout` seconds (default
+    scaled(10))."""
+    deadline = time.monotonic() + (scaled(10) if timeout is None else timeout)
     while time.monotonic() < deadline:
         value = condition()
         if value:
@@ -116,8 +114,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 def semaphore_value(pid: int, path: str, topic: str) -> int:
     """The current value of topic's USDT semaphore in process `pid`."""
-    from recorder_tracer import notes
-    from recorder_tracer.memory import read_maps
+    from recorder_tracer.target import notes
+    from recorder_tracer.target.memory import read_maps
 
     probe = next(p for p in notes.probes_in_file(path)
                  if p.provider == "recorder" and p.name == topic)
@@ -133,6 +131,6 @@ def require_uprobe_multi_links(why: str = "") -> None:
     VM's 6.1): the perf-event fallback attaches, but cannot be pinned."""
     import pytest
 
-    from recorder_tracer.link import uprobe_multi_supported
+    from recorder_tracer.kernel.link import uprobe_multi_supported
     if not uprobe_multi_supported():
         pytest.skip(f"no uprobe_multi links here{why}")

@@ -76,8 +76,8 @@ else
 fi
 
 # 2b. bpffs at /sys/fs/bpf: the controller pins its flight ring and links
-#     there (tracer/pins.py) so they outlive it. systemd mounts it at boot;
-#     a container or a minimal VM may not.
+#     there (tracer/recorder_tracer/kernel/pins.py) so they outlive it.
+#     systemd mounts it at boot; a container or a minimal VM may not.
 if grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
     say "bpffs mounted at /sys/fs/bpf"
 else
@@ -108,10 +108,10 @@ if [ ! -e "$site/bcc" ]; then
     ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
     say "linked Debian's bcc into $site"
 fi
-# The editable install compiles recorder._core from pyapi/_core.c and the
-# core's sources: any of them newer than the stamp builds it again.
+# The editable install compiles recorder._core from pyapi/recorder/_core.c and
+# the core's sources: any of them newer than the stamp builds it again.
 newer=""
-for source in "$repo/pyproject.toml" "$repo/setup.py" "$repo"/pyapi/*.c \
+for source in "$repo/pyproject.toml" "$repo/setup.py" "$repo"/pyapi/recorder/*.c \
               "$repo"/probes/src/*.[ch] "$repo"/probes/include/*.h \
               "$repo"/probes/include/recorder/*.h; do
     if [ "$source" -nt "$venv/.provisioned" ]; then

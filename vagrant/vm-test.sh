@@ -110,7 +110,7 @@ EOF
     took "make setup all (guest)"
     if [ "$guest_rc" -eq 0 ]; then
         begin "sudo make test in the guest"
-        vagrant ssh -c "cd /vagrant && sudo env CI=true PYTEST_ADDOPTS=-rsfE \
+        vagrant ssh -c "cd /vagrant && sudo env CI=true PYTEST_ADDOPTS='-rsfE --durations=60' \
             RECORDER_TEST_TIME_SCALE=$RECORDER_VM_TIME_SCALE make test" \
             >>"$guest_log" 2>&1 || guest_rc=$?
         took "make test (guest)"

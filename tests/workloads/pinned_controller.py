@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from recorder_tracer.session import TraceOptions, TraceSession
-from recorder_tracer.snapshot import SnapshotOptions
-from recorder_tracer.spec import TopicSpec
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.postmortem.snapshot import SnapshotOptions
+from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 
 def main(pin_dir: str, pid: str, spec: str, snapshot_dir: str | None = None) -> None:

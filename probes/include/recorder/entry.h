@@ -1,6 +1,7 @@
 /* recorder/entry.h - the probe contract: one entry layout for every reader.
  *
- * The in-process rings, the kernel rings (every BPF program under tracer/bpf includes it),
+ * The in-process rings, the kernel rings (every BPF program under
+ * tracer/recorder_tracer/kernel/bpf includes it),
  * snapshot files and the shared-memory export all hold this exact layout, so
  * a record is copied, never re-marshalled. probes/PROBES.md documents each
  * field; tests/test_contract.py checks that document against this header.

@@ -1,0 +1,241 @@
+"""The guest's end of the channel: batch items, keep them, send them.
+
+Producers (the trace session's sink, console followers, the metrics and
+snapshot pollers) hand items to a Forwarder from any thread. Records and
+console lines are batched (up to BATCH items or FLUSH_S seconds) into
+frames in the Backlog; one thread keeps a connection to the collector:
+
+    guest                                   collector
+    HELLO {hostname, boot_id, stream, version, first_seq, next_seq}  ->
+                                         <- WELCOME {resume, probes}
+    PROBE_REPLY x probes (the first clock estimate, before any bulk data)
+    data frames from `resume` on           <- ACK {seq} as they are written
+                                           <- PROBE {id} now and then
+
+A lost connection is retried with backoff; the next one resumes where the
+collector says it stopped, so nothing is sent twice to one collector run
+and nothing within the backlog is lost to a collector's death.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from recorder_tracer.channel import batch
+from recorder_tracer.channel.backlog import DEFAULT_LIMIT, Backlog
+from recorder_tracer.channel.transport import Connection, Endpoint, connect
+from recorder_tracer.channel.wire import (
+    PROTOCOL_VERSION,
+    Closed,
+    FrameError,
+    Kind,
+    control,
+    field,
+    parse_control,
+    read_frame,
+)
+from recorder_tracer.decode.record import Record
+
+BATCH = 4096
+FLUSH_S = 0.05
+SEND_CHUNK = 1 << 20
+HANDSHAKE_TIMEOUT_S = 10.0
+STATS_INTERVAL_S = 1.0
+MAX_PROBES = 64
+
+Reporter = Callable[[str], None]
+
+
+def identity() -> dict[str, str]:
+    """Who this guest is: hostname and boot id (a fresh boot, a new id)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            boot_id = file.read().strip()
+    except OSError:
+        boot_id = "unknown"
+    return {"hostname": socket.gethostname(), "boot_id": boot_id}
+
+
+class Forwarder:
+    """Batches, backlog and the connection to one collector."""
+
+    def __init__(self, url: str | Endpoint, backlog_bytes: int = DEFAULT_LIMIT,
+                 report: Reporter = lambda message: None,
+                 hello: dict[str, Any] | None = None) -> None:
+        from recorder_tracer.channel.transport import parse_url
+        self.endpoint = url if isinstance(url, Endpoint) else parse_url(url)
+        self.backlog = Backlog(backlog_bytes)
+        self.report = report
+        self.hello = {**identity(), **(hello or {}),
+                      "stream": uuid.uuid4().hex[:16], "version": PROTOCOL_VERSION}
+        self.connected = threading.Event()
+        self.connections = 0
+        self._records: list[Record] = []
+        self._lines: list[batch.ConsoleLine] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._connection: Connection | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- producers (any thread) -------------------------------------------
+
+    def add_record(self, record: Record) -> None:
+        with self._lock:
+            self._records.append(record)
+            if len(self._records) < BATCH:
+                return
+            records, self._records = self._records, []
+        self.backlog.add(Kind.RECORDS, batch.encode_records(records), len(records))
+
+    def add_console(self, source: str, text: str, ts: int | None = None) -> None:
+        line = batch.ConsoleLine(time.monotonic_ns() if ts is None else ts,
+                                 source, text)
+        with self._lock:
+            self._lines.append(line)
+            if len(self._lines) < BATCH:
+                return
+            lines, self._lines = self._lines, []
+        self.backlog.add(Kind.CONSOLE, batch.encode_console(lines), len(lines))
+
+    def add_metrics(self, exposition: bytes) -> None:
+        self.backlog.add(Kind.METRICS,
+                         batch.encode_metrics(time.monotonic_ns(), exposition))
+
+    def add_snapshot(self, name: str, content: bytes) -> None:
+        self.backlog.add(Kind.SNAPSHOT,
+                         batch.encode_snapshot(time.monotonic_ns(), name, content))
+
+    def flush(self) -> None:
+        """Frame what is batched now (records first: lines may quote them)."""
+        with self._lock:
+            records, self._records = self._records, []
+            lines, self._lines = self._lines, []
+        if records:
+            self.backlog.add(Kind.RECORDS, batch.encode_records(records),
+                             len(records))
+        if lines:
+            self.backlog.add(Kind.CONSOLE, batch.encode_console(lines), len(lines))
+
+    # -- the connection ---------------------------------------------------
+
+    def start(self) -> None:
+        for target in (self._run, self._flush_loop):
+            thread = threading.Thread(target=target, daemon=True,
+                                      name=f"forward-{target.__name__}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self.flush()
+
+    def _run(self) -> None:
+        delay = 0.1
+        down_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                connection = connect(self.endpoint)
+            except OSError as error:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    self.report(f"forward: cannot reach {self.endpoint}: "
+                                f"{error.strerror or error}; retrying")
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            try:
+                self._session(connection)
+            except (OSError, FrameError, Closed) as error:
+                if not self._stop.is_set():
+                    why = str(error) or "closed by the collector"
+                    self.report(f"forward: connection to {self.endpoint} lost: {why}")
+            finally:
+                self.connected.clear()
+                self._connection = None
+                connection.close()
+            down_since = time.monotonic()
+            self._stop.wait(delay)
+
+    def _session(self, connection: Connection) -> None:
+        self._connection = connection
+        connection.set_timeout(HANDSHAKE_TIMEOUT_S)
+        connection.send(control(Kind.HELLO, {
+            **self.hello, "first_seq": self.backlog.first_seq,
+            "next_seq": self.backlog.next_seq,
+            "dropped": self.backlog.dropped.as_json()}))
+        kind, _, payload = read_frame(connection.reader)
+        if kind is not Kind.WELCOME:
+            raise FrameError(f"expected WELCOME, got {kind.name}")
+        welcome = parse_control(kind, payload)
+        resume = field(welcome, "resume", int)
+        self.backlog.ack(resume - 1)
+        for _ in range(min(field(welcome, "probes", int), MAX_PROBES)):
+            kind, _, payload = read_frame(connection.reader)
+            self._answer(connection, kind, payload)
+        connection.set_timeout(None)
+        self.connections += 1
+        self.connected.set()
+        self.report(f"forward: connected to {self.endpoint}, from item {resume}")
+        reader = threading.Thread(target=self._read_loop, args=(connection,),
+                                  daemon=True, name="forward-reader")
+        reader.start()
+        cursor = max(resume, self.backlog.first_seq)
+        next_stats = 0.0
+        while not self._stop.is_set() and not connection.closed.is_set():
+            cursor, data = self.backlog.frames_from(cursor, SEND_CHUNK, timeout=0.2)
+            if data:
+                connection.send(data)
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + STATS_INTERVAL_S
+                connection.send(control(Kind.STATS, self.stats()))
+        reader.join(timeout=1)
+
+    def _read_loop(self, connection: Connection) -> None:
+        try:
+            while True:
+                kind, _, payload = read_frame(connection.reader)
+                self._answer(connection, kind, payload)
+        except (OSError, FrameError, Closed, ValueError):
+            pass
+        finally:
+            connection.closed.set()
+            self.backlog.wake()
+
+    def _answer(self, connection: Connection, kind: Kind, payload: bytes) -> None:
+        now = time.monotonic_ns()
+        if kind is Kind.PROBE:
+            probe = parse_control(kind, payload)
+            connection.send(control(Kind.PROBE_REPLY, {
+                "id": field(probe, "id", int), "guest_ns": now}))
+        elif kind is Kind.ACK:
+            self.backlog.ack(field(parse_control(kind, payload), "seq", int))
+        else:
+            raise FrameError(f"unexpected {kind.name} from the collector")
+
+    def stats(self) -> dict[str, Any]:
+        """What the collector is told: drops, the backlog's fill."""
+        return {"dropped": self.backlog.dropped.as_json(),
+                "backlog_bytes": self.backlog.held_bytes(),
+                "next_seq": self.backlog.next_seq}
+
+    def close(self, drain_s: float = 2.0) -> None:
+        """Frame the last batches, try to deliver them, stop."""
+        self.flush()
+        deadline = time.monotonic() + drain_s
+        while (self.connected.is_set() and time.monotonic() < deadline
+               and self.backlog.acked < self.backlog.next_seq - 1):
+            time.sleep(0.02)
+        self._stop.set()
+        self.backlog.wake()
+        connection = self._connection
+        if connection is not None:
+            connection.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+

@@ -1,0 +1,5 @@
+"""`python -m recorder_tracer.cli`: the `recorder` command."""
+
+from recorder_tracer.cli.app import main
+
+main()

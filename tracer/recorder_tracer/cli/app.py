@@ -1,0 +1,49 @@
+"""The `recorder` command line: thin click commands over the library.
+
+Each command parses, calls one library function, renders. A TracerError
+becomes one line on stderr and exit status 1; bad usage exits 2 (click).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from recorder_tracer.channel.command import collect
+from recorder_tracer.cli.metrics import daemon, metrics, top
+from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
+from recorder_tracer.cli.probes import probes
+from recorder_tracer.cli.trace import trace
+from recorder_tracer.errors import TracerError
+
+
+class RecorderGroup(click.Group):
+    """Turns TracerError into `recorder: <message>` and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TracerError as error:
+            click.echo(f"recorder: {error}", err=True)
+            sys.exit(1)
+
+
+MAIN_EPILOG = """\b
+Examples:
+  sudo recorder probes                    # processes with a recorder core
+  sudo recorder trace -p 1234 'net.*'     # stream topics net.* of 1234
+  sudo recorder trace -c ./app --json     # run ./app, records as JSON lines
+  sudo recorder trace --help              # every option of a command
+"""
+
+
+@click.group(cls=RecorderGroup, epilog=MAIN_EPILOG)
+def main() -> None:
+    """recorder: a flight-recorder tracer for recorder topics and USDT probes."""
+
+
+for _command in (probes, trace, metrics, top, daemon, collect, snapshot, snapshots,
+                 show, dump):
+    main.add_command(_command)

@@ -1,0 +1,155 @@
+"""`recorder trace`: stream records of recorder topics and USDT probes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TextIO
+
+import click
+
+from recorder_tracer.cli.options import parse_command, require_targets, target_options
+from recorder_tracer.postmortem.snapshot_file import (
+    DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR,
+)
+
+TRACE_EPILOG = """\b
+Examples:
+  recorder trace -p 1234                  # every topic of process 1234
+  recorder trace -p 1234 'net.*'          # topics matching net.* (regex)
+  recorder trace --all 'all:/debug'       # all processes, all but `debug`
+  recorder trace --comm server tick       # processes named server, now and later
+  recorder trace -c './app --fast'        # start ./app, trace from its first record
+  recorder trace -p 1234 --json -o t.json # JSON lines
+  recorder trace -p 1234 --chrome t.trace # Chrome trace (open in Perfetto)
+  recorder trace -p 1234 --duration 5     # stop after 5 seconds
+  recorder trace -p 1234 --usdt python:line \\
+      --usdt python:function__entry       # Python calls: file, function, line
+                                          # (3.11 fires function__entry only
+                                          # while python:line is armed)
+  recorder trace -p 1234 --usdt postgres:postgresql:query__start:s
+                                          # SQL text (`:s`: arg0 is a string)
+  recorder trace -c 'python3.11 app.py' --usdt 'python:gc__*'
+                                          # start a command, trace its GC
+  recorder trace -p 1234 all --usdt 'python:gc__*'
+                                          # every topic and the GC, merged
+  recorder trace --comm python3.11 --usdt python:gc__start
+                                          # GC starts of every python3.11
+"""
+
+
+@click.command(epilog=TRACE_EPILOG)
+@target_options("Trace")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option("--chrome", type=click.Path(dir_okay=False),
+              help="Write a Chrome trace-event file (Perfetto opens it).")
+@click.option("-o", "--output", type=click.File("w", lazy=False), default="-",
+              help="Write records here instead of stdout.")
+@click.option("--usdt", "usdt", multiple=True,
+              metavar="[PATH:]PROVIDER:PROBE[:FMT]",
+              help="Trace this USDT probe too (repeatable; shell patterns "
+                   "allowed); recorder topics then only if SPEC names some. "
+                   "FMT has one letter per argument: s string, d signed, "
+                   "u unsigned, x hex.")
+@click.option("--flight-entries", type=click.IntRange(1, 1 << 20), default=1024,
+              show_default=True,
+              help="Records the kernel flight ring keeps per CPU.")
+@click.option("--ring-pages", type=click.IntRange(1, 1 << 16), default=1024,
+              show_default=True,
+              help="Pages of the per-CPU stream ring (a power of two).")
+@click.option("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, show_default=True,
+              envvar="RECORDER_SNAPSHOT_DIR", show_envvar=True,
+              help="Write crash snapshots here.")
+@click.option("--snapshot-records", type=click.IntRange(1, 1 << 16), default=256,
+              show_default=True, help="Records a crash snapshot keeps.")
+@click.option("--no-snapshots", is_flag=True,
+              help="Do not capture crash snapshots while tracing.")
+@click.argument("spec", nargs=-1)
+def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
+          command: str | None, duration: float | None, as_json: bool,
+          chrome: str | None, output: TextIO, usdt: tuple[str, ...],
+          flight_entries: int, ring_pages: int, snapshot_dir: str,
+          snapshot_records: int, no_snapshots: bool, spec: tuple[str, ...]) -> None:
+    """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
+    items separated by ':' or spaces; none means all) and print records as
+    they come, in timestamp order across processes and CPUs. A traced
+    process that exits is reported on stderr; with only -p, the trace ends
+    with the last one. On exit (Ctrl-C, SIGTERM, --duration, the end of -c),
+    print per CPU the records received and lost.
+
+    With --usdt, trace those USDT probes as well and print their arguments
+    (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
+    string it points to when it points to text. Without SPEC, --usdt traces
+    only its probes; with one (`all` for every topic), both, merged in
+    timestamp order.
+
+    While it runs, a process with a recorder core that dies by a fatal
+    signal (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS, KILL) leaves a snapshot of
+    its last records in --snapshot-dir (see `recorder snapshots`), armed or
+    not."""
+    from recorder_tracer.decode.render import TextPrinter
+    from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.output.sinks import open_sink
+    from recorder_tracer.postmortem.snapshot import SnapshotOptions
+    from recorder_tracer.session.loop import TraceOptions, TraceSession, stop_on_signals
+
+    if as_json and chrome:
+        raise click.UsageError("--json and --chrome are exclusive")
+    if ring_pages & (ring_pages - 1):
+        raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
+    require_targets(pids, comms, all_processes, command)
+    argv = parse_command(command)
+    if duration is not None and not math.isfinite(duration):
+        raise click.UsageError(f"--duration {duration} is not a number of seconds")
+    selectors: list[Any] = []
+    if usdt:
+        from recorder_tracer.kernel.usdt import UsdtSelector
+        selectors = [UsdtSelector.parse(text) for text in usdt]
+    options = TraceOptions(
+        pids=list(pids), comms=list(comms), all_processes=all_processes,
+        command=argv, spec=TopicSpec.parse(*spec), duration=duration,
+        usdt=selectors, topics=bool(spec) or not usdt,
+        flight_entries=flight_entries, pages_per_cpu=ring_pages,
+        snapshots=None if no_snapshots else SnapshotOptions(snapshot_dir,
+                                                            snapshot_records),
+    )
+
+    def report(message: str) -> None:
+        click.echo(f"recorder: {message}", err=True)
+
+    # From here on, SIGINT and SIGTERM only ask the session to stop: it
+    # then detaches, drains and prints the summary, even mid-start.
+    with stop_on_signals() as stopping:
+        sink = open_sink(output, as_json=as_json, chrome=chrome)
+        session = TraceSession(options, sink.write, report, stopping=stopping)
+        try:
+            session.start()
+        except BaseException:
+            session.close()     # detach what was armed; the error is the output
+            raise
+        if isinstance(sink, TextPrinter):
+            sink.fit_topics(session.topic_names())
+        try:
+            click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end.", err=True)
+            session.run(start=False)
+        finally:
+            summaries = session.summaries()
+            sink.close(summaries)
+            for cpu in summaries:
+                click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} "
+                           f"lost ({cpu.produced} produced)", err=True)
+            if session.unknown_sites:
+                click.echo(f"{session.unknown_sites} hits came before their site "
+                           "was known: their arguments are lost", err=True)
+
+
+def _what(session: Any) -> str:
+    """What the banner says is traced."""
+    parts = []
+    if session.options.topics:
+        parts.append("recorder topics")
+    if session.usdt is not None:
+        parts.append(f"{session.usdt.site_count} USDT probe sites in "
+                     f"{len(session.usdt.processes)} processes")
+    return " and ".join(parts)

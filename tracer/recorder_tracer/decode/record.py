@@ -1,0 +1,34 @@
+"""A decoded record: what a writer, a renderer or an exporter receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recorder_tracer.target.notes import RECORDER_PROVIDER
+
+Arg = int | float | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record, decoded: its arguments are values, its message formatted.
+
+    `ts` is in ns of CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns and of
+    the proc connector). An argument is None where it could not be read
+    (a string BPF could not fetch).
+
+    >>> Record(ts=1_500, pid=7, tid=8, comm="app", topic="net", where="a.c:3",
+    ...        message="sent 4", args=[4], cpu=0).provider
+    'recorder'
+    """
+
+    ts: int
+    pid: int
+    tid: int
+    comm: str
+    topic: str
+    where: str
+    message: str
+    args: list[Arg] = field(default_factory=list)
+    cpu: int = 0
+    provider: str = RECORDER_PROVIDER

@@ -1,0 +1,84 @@
+"""Chrome trace-event JSON, which Perfetto and chrome://tracing open.
+
+Each record is a thread-scoped instant event ("ph": "i", "s": "t") on its
+thread's track, named after its topic, with `ts` in microseconds. Each
+process and thread is named once by a metadata event ("ph": "M") when it
+first appears, and again if its name changes. The file is one JSON object,
+written as records arrive; `close` ends the event array and puts the per-CPU
+summary under "otherData", so the file is valid JSON only once closed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from recorder_tracer.decode.record import Record
+from recorder_tracer.output.writer import CpuCounts, Writer, json_value, summary_json
+
+
+def instant_event(record: Record) -> dict[str, Any]:
+    """The trace event of one record."""
+    return {
+        "name": record.topic,
+        "cat": record.provider,
+        "ph": "i",
+        "s": "t",
+        "ts": record.ts / 1000,
+        "pid": record.pid,
+        "tid": record.tid,
+        "args": {
+            "message": record.message,
+            "where": record.where,
+            "args": [json_value(arg) for arg in record.args],
+        },
+    }
+
+
+def name_event(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
+    """A metadata event naming a process ("process_name") or a thread."""
+    return {"name": kind, "ph": "M", "pid": pid, "tid": tid,
+            "args": {"name": name}}
+
+
+class ChromeTraceWriter(Writer):
+    """Write records as Chrome trace events, one per line, as they come."""
+
+    def __init__(self, stream: TextIO, flush: bool | None = None) -> None:
+        super().__init__(stream, flush)
+        self._started = False
+        self._process_names: dict[int, str] = {}
+        self._thread_names: dict[int, str] = {}
+
+    def write(self, record: Record) -> None:
+        """Write one record (and the names of its process and thread if new)."""
+        events = []
+        if (record.pid not in self._process_names
+                or (record.tid == record.pid
+                    and self._process_names[record.pid] != record.comm)):
+            self._process_names[record.pid] = record.comm
+            events.append(name_event("process_name", record.pid, record.pid,
+                                     record.comm))
+        if self._thread_names.get(record.tid) != record.comm:
+            self._thread_names[record.tid] = record.comm
+            events.append(name_event("thread_name", record.pid, record.tid,
+                                     record.comm))
+        events.append(instant_event(record))
+        self._emit("".join(self._separator() + _dumps(e) for e in events))
+        self.count += 1
+
+    def _separator(self) -> str:
+        if self._started:
+            return ",\n"
+        self._started = True
+        return '{"traceEvents": [\n'
+
+    def _finish(self, summary: list[CpuCounts]) -> None:
+        head = ("\n" if self._started else '{"traceEvents": [')
+        other = {"records": self.count, **summary_json(summary)}
+        self._emit(f'{head}],\n"displayTimeUnit": "ns",\n'
+                   f'"otherData": {_dumps(other)}}}\n')
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)

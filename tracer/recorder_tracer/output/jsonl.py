@@ -1,0 +1,53 @@
+"""JSON lines: one object per record, then one summary object.
+
+    {"type": "record", "ts": 1200, "pid": 7, "tid": 7, "comm": "app", ...}
+    {"type": "summary", "cpus": [{"cpu": 0, "received": 1, "lost": 0}], ...}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from recorder_tracer.decode.record import Record
+from recorder_tracer.output.writer import CpuCounts, Writer, json_value, summary_json
+
+
+def record_json(record: Record) -> dict[str, Any]:
+    """The JSON object of one record (ts in ns, CLOCK_MONOTONIC)."""
+    return {
+        "type": "record",
+        "ts": record.ts,
+        "pid": record.pid,
+        "tid": record.tid,
+        "comm": record.comm,
+        "cpu": record.cpu,
+        "provider": record.provider,
+        "topic": record.topic,
+        "where": record.where,
+        "message": record.message,
+        "args": [json_value(arg) for arg in record.args],
+    }
+
+
+class JsonLinesWriter(Writer):
+    """Write each record as one JSON line; `close` adds the summary line.
+
+    Each line is flushed by default: `recorder trace --json | jq` streams.
+    """
+
+    flush_each_default = True
+
+    def write(self, record: Record) -> None:
+        """Write one record as a line."""
+        self._emit(_dumps(record_json(record)) + "\n")
+        self.count += 1
+
+    def _finish(self, summary: list[CpuCounts]) -> None:
+        self._emit(_dumps({"type": "summary", "records": self.count,
+                           **summary_json(summary)}) + "\n")
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False,
+                      separators=(", ", ": "))

@@ -1,0 +1,559 @@
+"""Crash snapshots: the last records of a process that dies by a signal.
+
+`SnapshotWatcher` loads kernel/bpf/snapshot.c, which runs at every signal
+delivery and, for a fatal one, copies the victim's last N in-process
+records into a ring buffer from the victim's own context (see that file).
+The watcher tells BPF where each process's registry is (a scan at start,
+then each EXEC from the proc connector, retried while the dynamic loader
+maps the core, and a rescan every few seconds for cores loaded later), and
+turns each capture into a snapshot file (postmortem/snapshot_file.py): records
+merged by time, the last N kept, formatted from the process's memory or,
+once it has gone, its files. The exit status is added when the proc
+connector reports it.
+
+    watcher = SnapshotWatcher(SnapshotOptions("/tmp/snaps", records=256))
+    watcher.start()
+    while running:
+        watcher.poll(timeout_ms=100)     # returns the files written
+    watcher.close()
+
+`take_snapshot(pid)` makes the same file for a live process, on demand,
+without a signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import queue
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel.btf import member_offset
+from recorder_tracer.kernel.harvest import (
+    BPF_DIR,
+    PROBES_INCLUDE,
+    possible_cpus,
+    require_bpf,
+    struct_format,
+)
+from recorder_tracer.kernel.pins import PinDir
+from recorder_tracer.postmortem.snapshot_file import (
+    DEFAULT_DIRECTORY,
+    SNAPSHOT_KIND,
+    SNAPSHOT_VERSION,
+    file_name,
+    record_json,
+    signal_name,
+    write_snapshot,
+)
+from recorder_tracer.selftrace import SESSION
+from recorder_tracer.target import notes, procs
+from recorder_tracer.target.memory import ProcessImage, parse_maps, read_maps
+from recorder_tracer.target.rings import (
+    ENTRY,
+    RawEntry,
+    entry_record,
+    last_entries,
+    read_process_entries,
+)
+
+SNAPSHOT_FAULT, SNAPSHOT_ENTRY, SNAPSHOT_END = 1, 2, 3   # kernel/bpf/snapshot.h
+SNAPSHOT_GROUP_EXIT = 0x1
+TP_PREFIX = "tp:"           # pins of the raw tracepoint links
+ENTRY_STATUS_NAMES = {0x1: "unreadable", 0x2: "torn"}
+COUNTER_NAMES = ("fatal", "unknown", "captured", "lost", "messages_lost")
+EXEC_RETRIES_S = (0.0, 0.01, 0.05, 0.2, 1.0, 3.0)   # until the core is mapped
+RESCAN_INTERVAL_S = 2.0
+EXIT_MEMORY = 4096          # exits remembered for captures still to come
+FAULT_SIGNALS = {4, 5, 7, 8, 11, 31}    # ILL TRAP BUS FPE SEGV SYS: si_addr
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class SnapshotOptions:
+    """Where snapshots go and how many records they keep."""
+
+    directory: str = DEFAULT_DIRECTORY
+    records: int = 256
+    ring_pages: int = 2048      # the capture ring buffer, in pages
+    # A bpffs directory (kernel/pins.py): the capture program's links and
+    # maps outlive the controller, so a process that dies while none runs
+    # is captured all the same; the next controller writes its file.
+    pin_dir: str | None = None
+
+
+@dataclass
+class KnownProcess:
+    """A process whose registry BPF knows, and how to read it later."""
+
+    pid: int
+    image: ProcessImage
+    registry: int
+    exe: str
+    topics: dict[int, str]
+    share_dir: str | None = None
+
+
+@dataclass
+class Capture:
+    """One capture in progress: the FAULT message, then entries."""
+
+    pid: int
+    tid: int
+    signal: int
+    code: int
+    flags: int
+    address: int
+    time_ns: int
+    comm: str
+    entries: list[RawEntry] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Written:
+    """A snapshot file written, kept to add the exit status."""
+
+    path: Path
+    snapshot: dict[str, Any]
+
+
+@dataclass
+class WatcherCounts:
+    """What the watcher did: files written, and those it could not write."""
+
+    written: int = 0
+    failed: int = 0
+    incomplete: int = 0     # captures whose entries the ring refused
+
+
+class SnapshotWatcher:
+    """Capture fatal signals of every process with a recorder core."""
+
+    def __init__(self, options: SnapshotOptions | None = None,
+                 report: Reporter = lambda message: None) -> None:
+        self.options = options or SnapshotOptions()
+        if self.options.records <= 0:
+            raise TracerError("snapshot records must be positive")
+        self.report = report
+        self.counts = WatcherCounts()
+        self.known: dict[int, KnownProcess] = {}
+        self._captures: dict[int, Capture] = {}
+        self._written: dict[int, Written] = {}
+        self._exits: dict[int, dict[str, Any]] = {}
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[int, int] = {}      # pid -> next retry index
+        self._retry_at: dict[int, float] = {}
+        self._next_rescan = 0.0
+        self._new_files: list[Path] = []
+        self._follower: Any = None
+        self.bpf: Any = None
+        self.pins: PinDir | None = None
+        # Processes a previous controller knew (pinned mode): to format
+        # what it captured while no controller ran.
+        self._remembered: dict[int, KnownProcess] = {}
+
+    # -- setting up -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Load and attach the capture program, follow processes, and tell
+        BPF about every process that maps a recorder core now."""
+        bcc = require_bpf()
+        previous: list[Path] = []
+        if self.options.pin_dir is not None:
+            PinDir(self.options.pin_dir)
+            self.pins = PinDir(Path(self.options.pin_dir) / "snapshot")
+            previous = sorted(self.pins.path.glob(f"{TP_PREFIX}*"))
+            self._remembered = self._load_remembered()
+        cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
+                  f"-DSNAPSHOT_RECORDS={self.options.records}",
+                  f"-DSNAPSHOT_RING_PAGES={self.options.ring_pages}",
+                  f"-DSNAPSHOT_CPUS={min(possible_cpus(), 64)}",
+                  *kernel_offsets()]
+        if self.pins is not None:
+            cflags.append(f'-DSNAPSHOT_PIN_DIR="{self.pins.path}"')
+        try:
+            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "snapshot.c").encode(),
+                               cflags=cflags)
+            more = self.bpf.load_func(b"walk_more", bcc.BPF.RAW_TRACEPOINT)
+            self.bpf[b"walk_programs"][ctypes.c_int(0)] = ctypes.c_int(more.fd)
+        except Exception as error:
+            raise TracerError(
+                f"cannot load the BPF snapshot program: {error}") from None
+        self._formats = {
+            kind: "<" + struct_format(self.bpf[name].Leaf)
+            for kind, name in ((SNAPSHOT_FAULT, b"layout_fault"),
+                               (SNAPSHOT_ENTRY, b"layout_entry"),
+                               (SNAPSHOT_END, b"layout_end"))}
+        assert struct.calcsize(self._formats[SNAPSHOT_ENTRY]) == 24 + ENTRY.size
+        if self.pins is not None:
+            # Ours attached: the previous controller's links can go (both
+            # programs share `captured`, so nothing was captured twice).
+            for path in previous:
+                path.unlink(missing_ok=True)
+            for tracepoint, fd in self.bpf.raw_tracepoint_fds.items():
+                self.pins.pin_object(fd, TP_PREFIX + tracepoint.decode())
+        self.bpf[b"snapshots"].open_ring_buffer(self._on_message)
+        self._registries = self.bpf[b"registries"]
+        if self._remembered:
+            self.bpf.ring_buffer_poll(0)    # captures made while none ran
+        follower = procs.ProcessFollower(self._events.put)
+        try:
+            follower.start()
+            self._follower = follower
+        except (OSError, TimeoutError) as error:
+            self.report(f"snapshots: no process events ({error}); "
+                        f"rescanning every {RESCAN_INTERVAL_S:g} s")
+        self.rescan()
+        SESSION.record("snapshot watcher: %d processes, N=%d", len(self.known),
+                       self.options.records)
+
+    def register(self, pid: int) -> bool:
+        """Tell BPF where `pid`'s registry is; False without a core."""
+        if pid == os.getpid():
+            return False        # our own death: nobody left to write it
+        try:
+            image = ProcessImage.of(pid)
+            registry = image.find_registry()
+            if registry is None:
+                image.close()
+                return False
+            exe = os.readlink(f"/proc/{pid}/exe")
+            topics = {topic.id: topic.name for topic in image.topics()}
+        except OSError:
+            return False
+        self._registries[ctypes.c_uint32(pid)] = ctypes.c_uint64(registry)
+        old = self.known.pop(pid, None)
+        if old is not None:
+            old.image.close()
+        self.known[pid] = KnownProcess(pid, image, registry, exe, topics,
+                                       share_dir_of(pid))
+        if self.pins is not None:
+            self._remember(self.known[pid])
+        return True
+
+    # -- what a restarted controller needs (pinned mode) ----------------------
+
+    @property
+    def _memory_dir(self) -> Path:
+        return Path(self.options.directory) / ".processes"
+
+    def _remember(self, known: KnownProcess) -> None:
+        """Keep what formats `known`'s records beside the snapshots, for a
+        controller that starts after this one died."""
+        try:
+            with open(f"/proc/{known.pid}/maps") as maps:
+                text = maps.read()
+            self._memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self._memory_dir / f"{known.pid}.json").write_text(json.dumps({
+                "pid": known.pid, "exe": known.exe, "registry": known.registry,
+                "topics": known.topics, "share_dir": known.share_dir,
+                "maps": text}))
+        except OSError:
+            pass        # a snapshot of it would only lack formats
+
+    def _load_remembered(self) -> dict[int, KnownProcess]:
+        remembered = {}
+        for path in self._memory_dir.glob("*.json"):
+            try:
+                value = json.loads(path.read_text())
+                image = ProcessImage.offline(value["pid"], parse_maps(value["maps"]))
+                remembered[value["pid"]] = KnownProcess(
+                    value["pid"], image, value["registry"], value["exe"],
+                    {int(k): v for k, v in value["topics"].items()},
+                    value["share_dir"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            path.unlink(missing_ok=True)
+        return remembered
+
+    def forget(self, pid: int) -> None:
+        """Stop watching `pid` (it exited, or exec'd another program)."""
+        known = self.known.pop(pid, None)
+        if known is not None:
+            known.image.close()
+        if self.pins is not None:
+            (self._memory_dir / f"{pid}.json").unlink(missing_ok=True)
+        with contextlib.suppress(KeyError):
+            del self._registries[ctypes.c_uint32(pid)]
+
+    def rescan(self) -> None:
+        """Register the processes that map a core and are not known yet
+        (a core loaded after exec, by dlopen or a Python import)."""
+        self._next_rescan = time.monotonic() + RESCAN_INTERVAL_S
+        for pid in notes.mapped_recorder_processes():
+            if pid not in self.known:
+                self.register(pid)
+
+    # -- running --------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 100) -> list[Path]:
+        """Read captures (waiting up to `timeout_ms`), write their files,
+        handle process events; returns the files written or rewritten."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self._handle_events()
+        now = time.monotonic()
+        for pid in [pid for pid, when in self._retry_at.items() if when <= now]:
+            self._retry_registration(pid)
+        if now >= self._next_rescan:
+            self.rescan()
+        written, self._new_files = self._new_files, []
+        return written
+
+    def _handle_events(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            kind = event.kind
+            if kind is procs.ProcEventKind.EXEC:
+                self.forget(event.pid)
+                self._pending[event.pid] = 0
+                self._retry_at[event.pid] = time.monotonic()
+            elif kind is procs.ProcEventKind.EXIT:
+                self._on_exit(event)
+            elif kind is procs.ProcEventKind.OVERRUN:
+                self._next_rescan = 0.0
+
+    def _retry_registration(self, pid: int) -> None:
+        attempt = self._pending.pop(pid, 0)
+        self._retry_at.pop(pid, None)
+        if not procs.process_exists(pid) or self.register(pid):
+            return
+        if attempt + 1 < len(EXEC_RETRIES_S):
+            self._pending[pid] = attempt + 1
+            self._retry_at[pid] = time.monotonic() + EXEC_RETRIES_S[attempt + 1]
+
+    def _on_exit(self, event: Any) -> None:
+        status = {"code": event.exit_code, "signal": event.signal,
+                  "signal_name": signal_name(event.signal),
+                  "core_dumped": event.core_dumped,
+                  "description": event.describe(), "time_ns": event.timestamp}
+        self._pending.pop(event.pid, None)
+        self._retry_at.pop(event.pid, None)
+        written = self._written.pop(event.pid, None)
+        if written is not None:
+            written.snapshot["exit"] = status
+            self._write(written.path.name, written.snapshot, event.pid)
+        elif event.pid in self.known or event.pid in self._captures:
+            self._exits[event.pid] = status
+            while len(self._exits) > EXIT_MEMORY:
+                self._exits.pop(next(iter(self._exits)))
+        if event.pid not in self._captures:
+            self.forget(event.pid)
+
+    def _on_message(self, _context: Any, data: Any, size: int) -> None:
+        raw = ctypes.string_at(data, size)
+        kind = int.from_bytes(raw[:4], "little")
+        fmt = self._formats.get(kind)
+        if fmt is None:
+            return
+        values = struct.unpack_from(fmt, raw)
+        if kind == SNAPSHOT_ENTRY:
+            capture = self._captures.get(values[1])
+            if capture is None:
+                return
+            status = values[3]
+            if status:
+                name = ENTRY_STATUS_NAMES.get(status, "bad")
+                capture.skipped[name] = capture.skipped.get(name, 0) + 1
+            else:
+                capture.entries.append(RawEntry(*values[5:15], tuple(values[15:27]),
+                                                values[2]))
+        elif kind == SNAPSHOT_FAULT:
+            (_, tgid, tid, sig, code, flags, address, time_ns, _registry,
+             comm) = values
+            self._captures[tgid] = Capture(tgid, tid, sig, code, flags, address,
+                                           time_ns, _text(comm))
+        else:
+            _, tgid, topics, shards, sent, lost, end_ns = values
+            capture = self._captures.pop(tgid, None)
+            if capture is not None:
+                self._finish(capture, {"topics": topics, "shards": shards,
+                                       "copied": sent, "lost": lost,
+                                       "copy_ns": end_ns - capture.time_ns})
+
+    def _finish(self, capture: Capture, walk: dict[str, int]) -> None:
+        """Write the snapshot file of a complete capture."""
+        pid = capture.pid
+        known = self.known.get(pid) or self._remembered.pop(pid, None)
+        if known is None:       # a forked child BPF knew through its parent
+            self.register(pid)
+            known = self.known.get(pid)
+        entries = last_entries([sorted(capture.entries, key=_order)],
+                               self.options.records)
+        if walk["lost"]:
+            self.counts.incomplete += 1
+        snapshot = build_snapshot(
+            pid, capture.comm, known, entries, source="signal",
+            records_wanted=self.options.records, time_ns=capture.time_ns,
+            fault={"tid": capture.tid, "signal": capture.signal,
+                   "signal_name": signal_name(capture.signal),
+                   "code": capture.code,
+                   "address": hex(capture.address)
+                   if capture.code > 0 and capture.signal in FAULT_SIGNALS else None,
+                   "group_exit": bool(capture.flags & SNAPSHOT_GROUP_EXIT)},
+            capture={**walk, **{f"skipped_{k}": v for k, v in capture.skipped.items()}})
+        exit_status = self._exits.pop(pid, None)
+        if exit_status is not None:
+            snapshot["exit"] = exit_status
+        name = file_name(pid, capture.comm, capture.time_ns)
+        path = self._write(name, snapshot, pid)
+        if path is not None and exit_status is None:
+            self._written[pid] = Written(path, snapshot)
+        if exit_status is not None or not procs.process_exists(pid):
+            self.forget(pid)
+
+    def _write(self, name: str, snapshot: dict[str, Any], pid: int) -> Path | None:
+        try:
+            path = write_snapshot(self.options.directory, name, snapshot)
+        except OSError as error:
+            self.counts.failed += 1
+            self.report(f"recorder: cannot write snapshot of pid {pid} in "
+                        f"{self.options.directory}: {error.strerror or error} "
+                        f"({self.counts.failed} not written)")
+            return None
+        self.counts.written += 1
+        self._new_files.append(path)
+        SESSION.record("snapshot of pid %d written", pid)
+        return path
+
+    def counters(self) -> dict[str, int]:
+        """The BPF program's counters, summed over CPUs."""
+        table = self.bpf[b"counters"]
+        return {name: sum(table[ctypes.c_int(index)])
+                for index, name in enumerate(COUNTER_NAMES)}
+
+    def close(self) -> None:
+        """Detach and unload; stop following processes."""
+        if self._follower is not None:
+            with contextlib.suppress(Exception):
+                self._follower.stop()
+            self._follower = None
+        for known in self.known.values():
+            known.image.close()
+        self.known.clear()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+        if self.pins is not None:       # a clean end: nothing outlives us
+            self.pins.clear()
+            shutil.rmtree(self._memory_dir, ignore_errors=True)
+
+
+def kernel_offsets() -> list[str]:
+    """-D flags: the kernel struct members snapshot.c reads, from BTF."""
+    return [f"-D{name}={member_offset(struct_name, member)}"
+            for name, struct_name, member in (
+                ("TASK_PID_OFFSET", "task_struct", "pid"),
+                ("TASK_TGID_OFFSET", "task_struct", "tgid"),
+                ("TASK_SIGNAL_OFFSET", "task_struct", "signal"),
+                ("SIGNAL_EXIT_CODE_OFFSET", "signal_struct", "group_exit_code"))]
+
+
+def build_snapshot(pid: int, comm: str, known: KnownProcess | None,
+                   entries: list[RawEntry], *, source: str, records_wanted: int,
+                   time_ns: int, fault: dict[str, Any] | None = None,
+                   capture: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The snapshot object of `entries` (already the last N, in order)."""
+    image = known.image if known is not None else ProcessImage(pid)
+    topics = dict(known.topics) if known is not None else {}
+    with contextlib.suppress(OSError):  # still readable: fresher names
+        mappings = read_maps(pid)       # (a zombie has none: keep ours)
+        if mappings:
+            image.mappings = mappings
+            topics.update({topic.id: topic.name for topic in image.topics()})
+    records = [record_json(entry_record(entry, image, pid, comm, topics),
+                           entry.as_json()) for entry in entries]
+    wall_offset = time.time_ns() - time.monotonic_ns()
+    snapshot: dict[str, Any] = {
+        "kind": SNAPSHOT_KIND, "version": SNAPSHOT_VERSION, "source": source,
+        "pid": pid, "comm": comm, "exe": known.exe if known else _exe(pid),
+        "time_ns": time_ns,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S",
+                              time.gmtime((time_ns + wall_offset) / 1e9)) + "Z",
+        "signal": fault["signal"] if fault else None,
+        "signal_name": fault["signal_name"] if fault else None,
+        "signal_code": fault["code"] if fault else None,
+        "fault_address": fault["address"] if fault else None,
+        "fault": fault, "records_wanted": records_wanted,
+        "records": records, "capture": capture or {}, "exit": None,
+        "shm": None,
+    }
+    share_dir = known.share_dir if known else share_dir_of(pid)
+    if share_dir:
+        from recorder_tracer.target.shm import share_file_of, shm_snapshot
+        path = share_file_of(share_dir, pid)
+        if path is not None:
+            snapshot["shm"] = shm_snapshot(path, records_wanted)
+    return snapshot
+
+
+def take_snapshot(pid: int, options: SnapshotOptions) -> Path:
+    """Write a snapshot of live process `pid`, read through its memory
+    (no signal, no BPF); returns the file."""
+    try:
+        image = ProcessImage.of(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        raise TracerError(f"process {pid} does not exist") from None
+    except OSError as error:
+        raise TracerError(f"cannot read process {pid}: {error.strerror}") from None
+    try:
+        registry = image.find_registry()
+        if registry is None:
+            raise TracerError(f"process {pid} has no recorder core")
+        comm = procs.process_comm(pid)
+        known = KnownProcess(pid, image, registry, _exe(pid) or "?",
+                             {t.id: t.name for t in image.topics()}, share_dir_of(pid))
+        now = time.monotonic_ns()
+        entries = read_process_entries(image, options.records)
+        snapshot = build_snapshot(pid, comm, known, entries, source="request",
+                                  records_wanted=options.records, time_ns=now)
+        try:
+            return write_snapshot(options.directory, file_name(pid, comm, now),
+                                  snapshot)
+        except OSError as error:
+            raise TracerError(f"cannot write snapshot in {options.directory}: "
+                              f"{error.strerror or error}") from None
+    except procs.ProcessGone:
+        raise TracerError(f"process {pid} exited") from None
+    finally:
+        image.close()
+
+
+def _order(entry: RawEntry) -> tuple[int, int, int]:
+    return entry.timestamp, entry.shard, entry.sequence
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def share_dir_of(pid: int) -> str | None:
+    """RECORDER_SHARE of `pid`'s environment at its start, if set."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            for item in environ.read().split(b"\0"):
+                if item.startswith(b"RECORDER_SHARE="):
+                    return item.split(b"=", 1)[1].decode(errors="replace") or None
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,269 @@
+"""Read a traced process's memory: strings, its recorder registry, topics.
+
+Entries carry addresses (format, source location, %s arguments) that only
+mean something in the process that wrote them. While it runs we read
+/proc/PID/mem; once it has exited, an address inside a file mapping is
+still readable from the file, through the memory map we cached while it
+lived. What neither can read is reported as unreadable, never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+from recorder_tracer.target.elf import ElfFile, ElfFormatError, Segment
+
+REGISTRY_MAGIC = 0x3152444352434552
+_REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
+                                            # topics, topic_count, shard_count,
+                                            # tweaks
+_TOPIC = struct.Struct("<qII QQQQ")         # trace, id, size, name,
+                                            # description, armed, next
+TOPIC_ARMED_OFFSET = 32
+MAX_TOPICS = 4096
+STRING_MAX = 256
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    permissions: str
+    offset: int
+    path: str
+    device: int = 0
+    inode: int = 0
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic found in a process's registry."""
+
+    id: int
+    name: str
+    size: int
+    trace: int
+    description: str
+    address: int
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    """Parse /proc/PID/maps; raises FileNotFoundError if the process is gone."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return parse_maps(maps.read())
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    """Parse the text of a /proc/PID/maps (also kept in share files).
+
+    >>> parse_maps("55d0-55e0 r-xp 00001000 fe:01 42  /bin/app\\n")[0].path
+    '/bin/app'
+    """
+    mappings = []
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5:
+            continue
+        start, end = (int(value, 16) for value in parts[0].split("-"))
+        path = parts[5].strip() if len(parts) > 5 else ""
+        major, minor = (int(part, 16) for part in parts[3].split(":"))
+        mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path,
+                                os.makedev(major, minor), int(parts[4])))
+    return mappings
+
+
+def load_bias(mappings: list[Mapping], path: str) -> int | None:
+    """Return what the loader added to `path`'s link-time addresses, or None.
+
+    A probe or semaphore at link-time address A is at bias + A in the
+    process whose `mappings` are given: 0 for a non-PIE executable, the load
+    base for a PIE or shared object. The file is matched by (device, inode),
+    so any path naming it will do; None when the process does not map it.
+
+    >>> maps = read_maps(os.getpid())
+    >>> exe = os.path.realpath("/proc/self/exe")
+    >>> bias = load_bias(maps, exe)
+    >>> any(m.start <= bias + load_segments(exe)[0].address < m.end for m in maps)
+    True
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    segments = load_segments(path)
+    for mapping in mappings:   # in address order: the file's first mapping
+        if (mapping.device, mapping.inode) != (stat.st_dev, stat.st_ino):
+            continue
+        for segment in segments:
+            if segment.offset & -page == mapping.offset:
+                return mapping.start - (segment.address & -page)
+    return None
+
+
+@dataclass
+class ProcessImage:
+    """Cached view of one process's address space, usable after it exits.
+
+    Live reads go through a descriptor of /proc/PID/mem opened once, which
+    stays bound to that address space: after the process execs, exits or
+    its PID is reused, reads through it fail (and fall back to the files
+    mapped then) instead of returning another program's bytes.
+    """
+
+    pid: int
+    mappings: list[Mapping] = field(default_factory=list)
+    _strings: dict[int, str | None] = field(default_factory=dict)
+    _memory: int | None = None
+    _bound: bool = False        # _memory was opened (or failed) once
+    _registry: int | None = None    # found once: it never moves in one image
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessImage:
+        image = cls(pid)
+        image._bind()               # the memory first, then its maps
+        image.mappings = read_maps(pid)
+        return image
+
+    @classmethod
+    def offline(cls, pid: int, mappings: list[Mapping]) -> ProcessImage:
+        """An image of a process that is gone, read only from the files of
+        `mappings` (its maps, kept earlier): never from /proc/PID/mem, which
+        may be another process's by now."""
+        image = cls(pid, mappings)
+        image._bound = True
+        return image
+
+    def _bind(self) -> None:
+        self._bound = True
+        try:
+            self._memory = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._memory = None
+
+    def close(self) -> None:
+        """Stop reading the live process (files still answer)."""
+        if self._memory is not None:
+            os.close(self._memory)
+            self._memory = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """Bytes at `address`, from the live process or its mapped file."""
+        if not self._bound:
+            self._bind()
+        if self._memory is not None:
+            try:
+                data = os.pread(self._memory, size, address)
+                if data:
+                    return data
+            except (OSError, ValueError, OverflowError):
+                pass
+        return self._read_from_file(address, size)
+
+    def _read_from_file(self, address: int, size: int) -> bytes | None:
+        for mapping in self.mappings:
+            if mapping.start <= address < mapping.end and mapping.path.startswith("/"):
+                size = min(size, mapping.end - address)
+                try:
+                    with open(mapping.path, "rb") as backing:
+                        backing.seek(mapping.offset + address - mapping.start)
+                        return backing.read(size) or None
+                except OSError:
+                    return None
+        return None
+
+    def add_file(self, path: str, base: int) -> None:
+        """Map `path` at load `base` as the loader would (PT_LOAD segments):
+        lets us read a process that exited before we saw its maps."""
+        if any(mapping.path == path for mapping in self.mappings):
+            return
+        for segment in load_segments(path):
+            start = base + segment.address
+            writable = "w" if segment.writable else "-"
+            executable = "x" if segment.executable else "-"
+            self.mappings.append(Mapping(start, start + segment.file_size,
+                                         f"r{writable}{executable}p", segment.offset,
+                                         path))
+
+    def string(self, address: int, limit: int = STRING_MAX) -> str | None:
+        """The NUL-terminated string at `address` (cached), None if unreadable."""
+        if address in self._strings:
+            return self._strings[address]
+        data = self.read(address, limit) if address else None
+        text = None
+        if data is not None:
+            text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        # Formats and source locations are constants: cache them. Anything
+        # else could change, but only formats and locations come here.
+        self._strings[address] = text
+        return text
+
+    def find_registry(self) -> int | None:
+        """Address of `recorder_registry`, found by its magic in data mappings
+        (a scan of up to 4 MiB per mapping, so the answer is kept; a core
+        not loaded yet is looked for again next time)."""
+        if self._registry is not None:
+            return self._registry
+        needle = struct.pack("<Q", REGISTRY_MAGIC)
+        for mapping in self.mappings:
+            if "rw" not in mapping.permissions or not mapping.path.startswith("/"):
+                continue
+            data = self.read(mapping.start, min(mapping.end - mapping.start, 1 << 22))
+            if not data:
+                continue
+            index = data.find(needle)
+            while index >= 0:
+                if index % 8 == 0:
+                    _, version, entry_size, *_ = _REGISTRY.unpack_from(data, index)
+                    if version == 1 and entry_size == 144:
+                        self._registry = mapping.start + index
+                        return self._registry
+                index = data.find(needle, index + 1)
+        return None
+
+    def topics(self) -> list[Topic]:
+        """Every topic in the process's registry (empty without a core)."""
+        registry = self.find_registry()
+        if registry is None:
+            return []
+        header = self.read(registry, _REGISTRY.size)
+        if not header or len(header) < _REGISTRY.size:
+            return []
+        address = _REGISTRY.unpack(header)[3]
+        found: list[Topic] = []
+        while address and len(found) < MAX_TOPICS:
+            raw = self.read(address, _TOPIC.size)
+            if not raw or len(raw) < _TOPIC.size:
+                break
+            trace, topic_id, size, name, description, _armed, following = (
+                _TOPIC.unpack(raw)
+            )
+            found.append(
+                Topic(
+                    topic_id,
+                    self.string(name) or f"topic{topic_id}",
+                    size,
+                    trace,
+                    self.string(description) or "",
+                    address,
+                )
+            )
+            address = following
+        return sorted(found, key=lambda topic: topic.id)
+
+
+def load_segments(path: str) -> list[Segment]:
+    """The PT_LOAD segments of the ELF file at `path` ([] if unreadable)."""
+    try:
+        with open(path, "rb") as file:
+            return ElfFile(file).segments
+    except (OSError, ElfFormatError):
+        return []
+
