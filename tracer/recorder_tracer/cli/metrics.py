@@ -244,13 +244,17 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         server = Daemon(config, report, stopping)
         server.start()
         channel = None
-        try:
-            if forward:
-                from recorder_tracer.channel.guest import ForwardOptions, GuestChannel
+        if forward:
+            from recorder_tracer.channel.guest import ForwardOptions, GuestChannel
+            try:
                 channel = GuestChannel(server, ForwardOptions(
                     forward, list(trace_spec), list(console),
                     int(backlog_mb * (1 << 20)), forward_interval), report)
                 channel.start()
+            except BaseException:
+                server.close()
+                raise
+        try:
             click.echo(f"Serving metrics on http://{config.listen}/metrics"
                        f"{f', forwarding to {forward}' if forward else ''}... "
                        "Hit Ctrl-C to end.", err=True)
@@ -258,4 +262,3 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         finally:
             if channel is not None:
                 channel.close()
-            server.close()

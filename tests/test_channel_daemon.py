@@ -1,0 +1,229 @@
+"""`recorder daemon --forward` to a real `recorder collect`: real BPF on real
+traced programs (tests/progs), over loopback TCP and a Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from channel_helpers import RECORDER, CollectorProcess, read_lines, stream_dirs
+from timing import scaled
+from tracer_helpers import (
+    RECORDS,
+    Victim,
+    Workload,
+    require_uprobe_multi_links,
+    wait_for,
+)
+
+TICKS = 23
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class DaemonProcess:
+    """`recorder daemon ... --forward URL`, started once its banner shows."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*RECORDER, "daemon", "--listen", f"127.0.0.1:{free_port()}", *args],
+            stderr=subprocess.PIPE, text=True)
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_line("^Serving metrics on .*forwarding to ")
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str) -> str:
+        def found() -> str | None:
+            while not self.lines.empty():
+                self.seen.append(self.lines.get())
+            if self.process.poll() is not None:
+                raise AssertionError(f"the daemon ended: {self.seen}")
+            return next((line for line in self.seen if re.search(pattern, line)),
+                        None)
+        return wait_for(found, scaled(60))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=scaled(30))
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        assert self.process.stderr is not None
+        threading.Event().wait(0.2)     # the reader thread's last lines
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.process.returncode
+
+
+def records_of(out: Path) -> list[dict]:
+    return [record for folder in stream_dirs(out)
+            for record in read_lines(folder / "records.jsonl")]
+
+
+def latest_sample(folder: Path, name: str) -> float | None:
+    """The last metrics frame's value of sample `name` (exact key match on
+    the metric name and a label substring)."""
+    for line in reversed(read_lines(folder / "metrics.jsonl")):
+        for key, value in line["samples"].items():
+            if key.startswith(name.split("{")[0] + "{") and all(
+                    part in key for part in name.split("{")[1].rstrip("}").split(",")):
+                return value
+    return None
+
+
+@pytest.mark.bpf
+def test_daemon_forwards_records_metrics_snapshot_and_console_on_host_time(
+        progs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    collector = CollectorProcess(out, [f"unix:{tmp_path}/collect.sock"])
+    log = tmp_path / "agent.log"
+    log.write_text("")
+    fifo = tmp_path / "agent.fifo"
+    os.mkfifo(fifo)
+    marker = f"recorder-channel-test {uuid.uuid4().hex}"
+    workload, victim = Workload(progs), Victim(progs)
+    daemon = DaemonProcess(
+        "-p", str(workload.pid), "-p", str(victim.pid), "--pin-dir", "",
+        "--snapshot-dir", str(tmp_path / "snapshots"), "--snapshot-records", "23",
+        "--forward", f"unix:{tmp_path}/collect.sock", "--trace", "tick",
+        "--console", str(log), "--console", str(fifo), "--console", "kmsg",
+        "--forward-interval", "0.2", "tick", "victim")
+    try:
+        collector.wait_line("connected from")
+        workload.record("tick", TICKS)
+        with open(log, "a") as file:
+            file.write("agent: started\n")
+        with open(fifo, "w") as file:
+            file.write("fifo: hello\n")
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(marker + "\n")
+        victim.record()
+        victim.send("segv")
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
+        wait_for(lambda: len(records_of(out)) >= TICKS, scaled(30))
+        folder = stream_dirs(out)[0]
+        wait_for(lambda: read_lines(folder / "snapshots.jsonl"), scaled(30))
+        texts = lambda: {line["text"] for line in read_lines(  # noqa: E731
+            folder / "console.jsonl")}
+        wait_for(lambda: {"agent: started", "fifo: hello", marker} <= texts(),
+                 scaled(30))
+        metric = (f'recorder_records_total{{comm="workload_ticks",'
+                  f'pid="{workload.pid}",topic="tick"}}')
+        wait_for(lambda: latest_sample(folder, metric) == TICKS, scaled(30))
+    finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
+        assert daemon.stop() == 0, "\n".join(daemon.seen)
+        workload.close()
+        assert collector.stop() == 0
+    records = records_of(out)
+    assert [r["message"] for r in records] == [
+        f"tick {i} of tick-string half {i * 0.5:.1f}" for i in range(TICKS)]
+    assert records[3]["args"] == [3, "tick-string", 1.5]
+    guest = json.loads((folder / "guest.json").read_text())
+    assert guest["hostname"] == socket.gethostname()
+    bound = guest["clock"]["uncertainty_ns"]
+    assert all(abs(r["host_ts"] - r["ts"]) <= bound for r in records), bound
+    snapshot = json.loads((folder / read_lines(folder / "snapshots.jsonl")[-1]
+                           ["file"]).read_text())
+    assert snapshot["pid"] == victim.pid
+    assert [r["message"] for r in snapshot["records"]] == [
+        f"victim {i}" for i in range(RECORDS - 23, RECORDS)]
+    assert all("host_ts" in line for line in read_lines(folder / "console.jsonl"))
+
+
+@pytest.mark.bpf
+def test_collector_killed_9_mid_run_every_traced_record_arrives_once(
+        progs: Path, tmp_path: Path) -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    collector = CollectorProcess(out, [url])
+    workload = Workload(progs)
+    daemon = DaemonProcess("-p", str(workload.pid), "--pin-dir", "",
+                           "--no-snapshots", "--forward", url, "--trace", "tick",
+                           "tick")
+    burst, rounds = 2000, 6
+    try:
+        collector.wait_line("connected from")
+        for round_ in range(rounds):
+            workload.record("tick", burst)
+            if round_ == 2:         # records in flight, not all acknowledged
+                collector.kill()
+            if round_ == 3:         # the daemon kept round 3 in its backlog
+                collector = CollectorProcess(out, [url])
+        wait_for(lambda: len(records_of(out)) >= burst * rounds, scaled(60))
+    finally:
+        assert daemon.stop() == 0, "\n".join(daemon.seen)
+        workload.close()
+        assert collector.stop() == 0
+    records = records_of(out)
+    assert len(records) == burst * rounds
+    assert len({r["ts"] for r in records}) == burst * rounds
+    assert [r["args"][0] for r in records] == list(range(burst)) * rounds
+    assert read_lines(stream_dirs(out)[0] / "gaps.jsonl") == []
+
+
+@pytest.mark.bpf
+def test_guest_daemon_killed_9_its_pins_count_and_the_next_one_reports(
+        progs: Path, tmp_path: Path) -> None:
+    """kill -9 of the guest's daemon: what it had sent is written; the
+    records made while no daemon ran are not traced, but the pinned
+    metrics count them and the next daemon (a new stream) reports them."""
+    require_uprobe_multi_links(" (pinned links need them)")
+    out = tmp_path / "out"
+    url = f"unix:{tmp_path}/collect.sock"
+    collector = CollectorProcess(out, [url])
+    workload = Workload(progs)
+    pin_dir = f"/sys/fs/bpf/recorder-test-channel-{os.getpid()}"
+    argv = ["-p", str(workload.pid), "--pin-dir", pin_dir, "--no-snapshots",
+            "--forward", url, "--trace", "tick", "--forward-interval", "0.2",
+            "tick"]
+    metric = f'recorder_records_total{{pid="{workload.pid}",topic="tick"}}'
+    first = DaemonProcess(*argv)
+    second = None
+    try:
+        workload.record("tick", TICKS)
+        wait_for(lambda: len(records_of(out)) == TICKS, scaled(30))
+        wait_for(lambda: latest_sample(stream_dirs(out)[0], metric) == TICKS,
+                 scaled(30))
+        first.process.kill()
+        first.process.wait(timeout=scaled(10))
+        workload.record("tick", 29)             # no daemon runs
+        second = DaemonProcess(*argv)
+        wait_for(lambda: len(stream_dirs(out)) == 2, scaled(30))
+        folders = stream_dirs(out)
+        new = next(f for f in folders if not read_lines(f / "records.jsonl")
+                   or f != folders[0])
+        wait_for(lambda: any(latest_sample(f, metric) == TICKS + 29
+                             for f in stream_dirs(out)), scaled(30))
+    finally:
+        for daemon in (first, second):
+            if daemon is not None:
+                daemon.stop()
+        workload.close()
+        assert collector.stop() == 0
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    assert new.parent == folders[0].parent      # the same guest, a new stream
+    assert len(records_of(out)) == TICKS
