@@ -19,8 +19,8 @@ import json
 import math
 
 from recorder_tracer.channel.batch import (
-    INT_TAGS,
     ConsoleLine,
+    Sections,
     check_end,
     sections,
     slow_args,
@@ -93,26 +93,16 @@ def batch_lines(payload: bytes, seq: int, offset_ns: float,
     (2, 1, [7])
     """
     cut = sections(payload)
-    table, texts, values, tags = cut.table, cut.texts, cut.values, cut.tags
+    messages, arguments = _columns(cut)
+    table = cut.table
     middles: dict[tuple, str] = {}
     out = []
     append = out.append
     shift = round(offset_ns)
-    tag = value = text = 0
+    head = f'{{"seq": {seq}, "n": '
     try:
-        for n, row in enumerate(cut.rows):
-            nargs = row[8]
-            message = texts[text]
-            text += 1
-            if not nargs:
-                args = ""
-            elif tags[tag:tag + nargs] == INT_TAGS[nargs]:
-                args = ", ".join(map(str, values[value:value + nargs]))
-                value += nargs
-            else:
-                found, value, text = slow_args(cut, tag, nargs, value, text)
-                args = ", ".join(map(_arg, found))
-            tag += nargs
+        for n, (row, message, args) in enumerate(zip(
+                cut.rows, map(_escape, messages), arguments, strict=True)):
             if n <= skip_through:
                 continue
             key = row[1:8]
@@ -125,12 +115,43 @@ def batch_lines(payload: bytes, seq: int, offset_ns: float,
                     f'"topic": {_escape(table[topic])}, '
                     f'"where": {_escape(table[where])}')
             ts = row[0]
-            append(f'{{"seq": {seq}, "n": {n}, "ts": {ts}, "host_ts": {ts - shift}, '
-                   f'{middle}, "message": {_escape(message)}, "args": [{args}]}}\n')
+            append(f'{head}{n}, "ts": {ts}, "host_ts": {ts - shift}, {middle}, '
+                   f'"message": {message}, "args": [{args}]}}\n')
     except IndexError:
-        raise FrameError("a record refers past its batch's names or texts") from None
-    check_end(cut, tag, value, text)
+        raise FrameError("a record refers past its batch's name table") from None
     return "".join(out).encode(), len(cut.rows)
+
+
+def _columns(cut: Sections) -> tuple[list[str], list[str]]:
+    """Each record's message and its arguments as JSON text; checks that
+    the rows' argument counts use the tags, values and texts exactly."""
+    rows, values, texts, tags = cut.rows, cut.values, cut.texts, cut.tags
+    arguments = []
+    append = arguments.append
+    value = 0
+    if len(texts) == len(rows) and tags.count(b"q") == len(tags):
+        # Every argument an int64 (the common batch): one str() pass.
+        numbers = list(map(str, values))
+        for row in rows:
+            nargs = row[8]
+            append(", ".join(numbers[value:value + nargs]) if nargs else "")
+            value += nargs
+        check_end(cut, len(tags), value, len(texts))
+        return texts, arguments
+    messages = []
+    tag = text = 0
+    try:
+        for row in rows:
+            nargs = row[8]
+            messages.append(texts[text])
+            text += 1
+            found, value, text = slow_args(cut, tag, nargs, value, text)
+            tag += nargs
+            append(", ".join(map(_arg, found)))
+    except IndexError:
+        raise FrameError("a record batch's arguments do not add up") from None
+    check_end(cut, tag, value, text)
+    return messages, arguments
 
 
 def console_lines(lines: list[ConsoleLine], seq: int, offset_ns: float,
