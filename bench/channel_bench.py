@@ -100,6 +100,11 @@ def throughput(transport: str, count: int, work: Path, load: Load) -> float:
           f"{guest_cpu / sent * 1e9:5.0f} ns CPU/record (framing done "
           f"{sent / (produced - start):,.0f}/s), collector "
           f"{collector_cpu / sent * 1e9:5.0f} ns CPU/record")
+    # What each end could carry with a CPU to itself (this machine is
+    # shared: the end-to-end rate above is what the two got meanwhile).
+    capacity = 1e9 / max(guest_cpu / sent * 1e9, collector_cpu / sent * 1e9)
+    print(f"      CPU-bound capacity with a free CPU per end: {capacity:,.0f} "
+          "records/s")
     if lines != sent:
         print(f"  MISMATCH: {sent} sent, {lines} written")
     return rate

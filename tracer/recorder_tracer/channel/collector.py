@@ -151,6 +151,7 @@ class GuestLink:
         self.state: GuestState | None = None
         self.finished = threading.Event()
         self._probes: dict[int, int] = {}
+        self._probe_lock = threading.Lock()
         self._probe_ids = itertools.count(1)
         self._last_ack = 0.0
         self._acked = 0
@@ -233,16 +234,19 @@ class GuestLink:
         return label
 
     def _probe(self) -> None:
-        probe_id = next(self._probe_ids)
-        self._probes[probe_id] = time.monotonic_ns()
-        if len(self._probes) > 64:              # unanswered: forget the oldest
-            del self._probes[min(self._probes)]
-        self.connection.send(control(Kind.PROBE, {"id": probe_id}))
+        with self._probe_lock:
+            probe_id = next(self._probe_ids)
+            if len(self._probes) >= 64:         # unanswered: forget the oldest
+                del self._probes[min(self._probes)]
+            self._probes[probe_id] = time.monotonic_ns()
+            # Sent under the lock: the time taken is the time it leaves.
+            self.connection.send(control(Kind.PROBE, {"id": probe_id}))
 
     def _on_reply(self, payload: bytes) -> None:
         now = time.monotonic_ns()
         reply = parse_control(Kind.PROBE_REPLY, payload)
-        sent = self._probes.pop(checked(reply, "id", int), None)
+        with self._probe_lock:
+            sent = self._probes.pop(checked(reply, "id", int), None)
         if sent is None:
             return
         assert self.state is not None
@@ -256,7 +260,9 @@ class GuestLink:
 
     def _loop(self) -> None:
         assert self.state is not None
-        next_probe = time.monotonic() + PROBE_INTERVAL_S
+        threading.Thread(target=self._probe_loop, daemon=True,
+                         name=f"probes {self.connection.peer}").start()
+        next_write = time.monotonic() + PROBE_INTERVAL_S
         reader = self.connection.reader
         while True:
             kind, seq, payload = read_frame(reader)
@@ -269,11 +275,18 @@ class GuestLink:
             else:
                 raise FrameError(f"unexpected {kind.name} frame")
             now = time.monotonic()
-            if now >= next_probe:
-                next_probe = now + PROBE_INTERVAL_S
-                self._probe()
+            if now >= next_write:
+                next_write = now + PROBE_INTERVAL_S
                 self._write_guest(self.state)
             self._ack()
+
+    def _probe_loop(self) -> None:
+        """A clock probe every PROBE_INTERVAL_S, idle or busy."""
+        while not self.connection.closed.wait(PROBE_INTERVAL_S):
+            try:
+                self._probe()
+            except OSError:
+                return
 
     def _data(self, kind: Kind, seq: int, payload: bytes) -> None:
         state = self.state
