@@ -315,3 +315,84 @@ def test_collect_without_listen_or_chrome_is_a_usage_error(tmp_path: Path) -> No
                   "vsock://x:1"], capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 1
     assert result.stderr.startswith("recorder: channel URL 'vsock://x:1'")
+
+
+def test_hostile_guest_cannot_write_outside_its_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out.mkdir()
+    (out / "evil").symlink_to(outside)      # planted: a guest named `evil`
+    collector = CollectorProcess(out, ["tcp://127.0.0.1:0"])
+    host, port = collector.urls[0][len("tcp://"):].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(wire.control(Kind.HELLO, {
+                "version": 1, "hostname": "evil", "boot_id": "b", "stream": "s",
+                "first_seq": 1, "next_seq": 1}))
+            raw.settimeout(scaled(10))
+            assert raw.recv(100) == b""
+        assert "'evil' is a symlink or not a directory: refused" in (
+            collector.wait_line("connection closed"))
+        forwarders = [Forwarder(collector.urls[0], hello={"hostname": name,
+                                                          "boot_id": "../../x"})
+                      for name in ("../outside", "/etc", "..")]
+        for forwarder in forwarders:
+            forwarder.start()
+            forwarder.add_console("kmsg", "hi")
+            deliver(forwarder)
+            forwarder.close()
+    finally:
+        assert collector.stop() == 0
+    assert list(outside.iterdir()) == []
+    assert len(stream_dirs(out)) == 3
+    for folder in stream_dirs(out):
+        assert folder.resolve().is_relative_to(out.resolve())
+        assert not folder.parent.name.startswith(".")
+
+
+def test_character_device_transport_carries_the_channel(tmp_path: Path) -> None:
+    """A pty stands in for a virtio-serial port: the forwarder opens the
+    device (raw mode), and the test relays its other end to the collector's
+    Unix socket, as QEMU relays a virtio-serial port to a chardev socket."""
+    import pty
+    import threading
+    out = tmp_path / "out"
+    collector = CollectorProcess(out, [f"unix:{tmp_path}/serial.sock"])
+    master, slave = pty.openpty()
+    relay = socket.socket(socket.AF_UNIX)
+    relay.connect(str(tmp_path / "serial.sock"))
+    stop = threading.Event()
+
+    def pump(read: object, write: object) -> None:
+        while not stop.is_set():
+            try:
+                data = read()       # type: ignore[operator]
+            except OSError:
+                return
+            if not data:
+                return
+            write(data)             # type: ignore[operator]
+
+    threads = [threading.Thread(target=pump, args=(lambda: os.read(master, 65536),
+                                                   relay.sendall), daemon=True),
+               threading.Thread(target=pump, args=(lambda: relay.recv(65536),
+                                                   lambda d: os.write(master, d)),
+                                daemon=True)]
+    for thread in threads:
+        thread.start()
+    forwarder = Forwarder(os.ttyname(slave), hello={"hostname": "serial-guest"})
+    try:
+        forwarder.start()
+        for record in make_records(RECORDS):
+            forwarder.add_record(record)
+        deliver(forwarder)
+    finally:
+        forwarder.close()
+        stop.set()
+        relay.close()
+        os.close(slave)
+        os.close(master)
+        assert collector.stop() == 0
+    records = read_lines(stream_dirs(out)[0] / "records.jsonl")
+    assert [r["message"] for r in records] == [f"tick {i}" for i in range(RECORDS)]

@@ -62,7 +62,11 @@ def open_dir(parent: int, name: str) -> int:
     OSError (ELOOP, ENOTDIR) if NAME is a symlink or not a directory."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, 0o750, dir_fd=parent)
-    return os.open(name, DIR_FLAGS, dir_fd=parent)
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent)
+    except OSError as error:
+        raise OSError(error.errno, f"folder {name!r} is a symlink or not a "
+                      "directory: refused") from None
 
 
 def open_out(path: str) -> int:
