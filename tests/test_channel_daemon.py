@@ -227,3 +227,54 @@ def test_guest_daemon_killed_9_its_pins_count_and_the_next_one_reports(
         shutil.rmtree(pin_dir, ignore_errors=True)
     assert new.parent == folders[0].parent      # the same guest, a new stream
     assert len(records_of(out)) == TICKS
+
+
+@pytest.mark.bpf
+def test_guest_daemon_killed_9_with_unsent_records_is_counted_lost(
+        progs: Path, tmp_path: Path) -> None:
+    """Records framed but never sent die with a daemon killed -9; its last
+    word (the state it keeps under /run/recorder) lets the next daemon tell
+    the collector, which names the lost items in that stream's gaps.jsonl."""
+    from recorder_tracer.channel.guest import state_path
+    out = tmp_path / "out"
+    url = f"tcp://127.0.0.1:{free_port()}"
+    collector = CollectorProcess(out, [url])
+    workload = Workload(progs)
+    argv = ["-p", str(workload.pid), "--pin-dir", "", "--no-snapshots",
+            "--forward", url, "--trace", "tick", "--forward-interval", "0.2", "tick"]
+    state = state_path(url, "")
+    first = DaemonProcess(*argv)
+    second = None
+    try:
+        collector.wait_line("connected from")
+        collector.kill()                        # the host is away
+        workload.record("tick", TICKS)          # framed, kept, never sent
+
+        def produced() -> int | None:
+            try:
+                return json.loads(state.read_text())["produced"].get("records")
+            except (OSError, ValueError):
+                return None
+
+        wait_for(lambda: produced() == TICKS, scaled(30))
+        first.process.kill()
+        first.process.wait(timeout=scaled(10))
+        collector.stop()
+        collector = CollectorProcess(out, [url])
+        second = DaemonProcess(*argv)
+        wait_for(lambda: len(stream_dirs(out)) == 2, scaled(30))
+        line = collector.wait_line("ended before sending them")
+    finally:
+        for daemon in (first, second):
+            if daemon is not None:
+                daemon.stop()
+        workload.close()
+        collector.stop()
+        state.unlink(missing_ok=True)
+    assert collector.process.returncode == 0
+    lost = [gap for folder in stream_dirs(out)
+            for gap in read_lines(folder / "gaps.jsonl")]
+    assert len(lost) == 1, line
+    assert lost[0]["guest_produced"]["records"] == TICKS
+    assert lost[0]["frames"] >= 1
+    assert records_of(out) == []

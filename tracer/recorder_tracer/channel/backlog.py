@@ -74,6 +74,7 @@ class Backlog:
         self.next_seq = 1
         self.acked = 0
         self.dropped = Dropped()
+        self.produced: dict[str, int] = {}     # items framed, by kind
         self.changed = threading.Condition()
 
     def add(self, kind: Kind, payload: bytes, items: int = 1) -> int:
@@ -82,6 +83,8 @@ class Backlog:
         with self.changed:
             seq = self.next_seq
             self.next_seq += 1
+            name = kind.name.lower()
+            self.produced[name] = self.produced.get(name, 0) + items
             # Text (metrics, snapshots) shrinks well; record batches are
             # compact already and zlib would cost more than the wire saves.
             held = Held(seq, kind, items, frame(

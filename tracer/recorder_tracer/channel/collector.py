@@ -228,8 +228,10 @@ class GuestLink:
             f"+- {state.clock.uncertainty_ns()} ns")
         if first > store.last_seq + 1:
             # Gone from the guest's backlog before we wrote them: said once.
-            self._gap(store.last_seq + 1, first - 1)
-            store.last_seq, store.last_n = first - 1, None
+            self._gap(state, first - 1, "dropped by the guest's full backlog")
+        previous = hello.get("previous")
+        if isinstance(previous, dict) and previous.get("stream") != hello["stream"]:
+            self._previous_stream(hello, previous)
         self._write_guest(state, hello)
         return label
 
@@ -299,7 +301,7 @@ class GuestLink:
         if seq == store.last_seq:
             skip = store.last_n if store.last_n is not None else -1
         elif seq > store.last_seq + 1:
-            self._gap(store.last_seq + 1, seq - 1)
+            self._gap(state, seq - 1, "dropped by the guest's full backlog")
         offset = state.clock.offset_at(time.monotonic_ns())
         if kind is Kind.RECORDS:
             data, count = batch_lines(payload, seq, offset, skip)
@@ -328,16 +330,40 @@ class GuestLink:
         store.last_seq = seq
         store.last_n = None         # the whole frame is written
 
-    def _gap(self, first: int, last: int) -> None:
-        state = self.state
-        assert state is not None
+    def _gap(self, state: GuestState, last: int, cause: str,
+             extra: dict[str, Any] | None = None) -> None:
+        """Items store.last_seq+1..last will never come: say so once (the
+        line's `seq` makes the next collector run resume after them)."""
+        store = state.store
+        first = store.last_seq + 1
         state.counts["gap_frames"] += last - first + 1
-        dropped = state.stats.get("dropped", {})
-        state.store.write_json("gaps.jsonl", {
-            "first": first, "last": last, "frames": last - first + 1,
-            "guest_dropped": dropped})
-        self.collector.report(f"collect: {state.store.folder}: items {first}..{last} "
-                              "never arrived (dropped by the guest's full backlog)")
+        store.write_json("gaps.jsonl", {
+            "seq": last, "first": first, "last": last, "frames": last - first + 1,
+            "cause": cause, "guest_dropped": state.stats.get("dropped", {}),
+            **(extra or {})})
+        store.last_seq, store.last_n = last, None
+        self.collector.report(f"collect: {store.folder}: items {first}..{last} "
+                              f"never arrived ({cause})")
+
+    def _previous_stream(self, hello: dict[str, Any], previous: dict[str, Any]
+                         ) -> None:
+        """The guest's previous daemon (same boot) framed items up to
+        next_seq - 1 when it last said so: those not written were lost with
+        it (kill -9, OOM). Said once, in that stream's gaps.jsonl."""
+        stream = checked(previous, "stream", str, 255)
+        next_seq = checked(previous, "next_seq", int)
+        produced = previous.get("produced")
+        if not isinstance(produced, dict) or len(produced) > 8:
+            produced = {}
+        old = self.collector.state_for({**hello, "stream": stream})
+        if not old.store.lock.acquire(blocking=False):
+            return                  # that daemon is connected: it lives
+        try:
+            if next_seq - 1 > old.store.last_seq:
+                self._gap(old, next_seq - 1, "the guest's daemon ended before "
+                          "sending them", {"guest_produced": produced})
+        finally:
+            old.store.lock.release()
 
     def _ack(self, force: bool = False, quiet: bool = False) -> None:
         state = self.state

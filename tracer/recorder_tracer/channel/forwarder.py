@@ -19,11 +19,15 @@ and nothing within the backlog is lost to a collector's death.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from recorder_tracer.channel import batch
@@ -47,8 +51,23 @@ SEND_CHUNK = 1 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
 STATS_INTERVAL_S = 1.0
 MAX_PROBES = 64
+STATE_INTERVAL_S = 0.5
+MAX_STATE = 1 << 16
 
 Reporter = Callable[[str], None]
+
+
+def read_state(path: Path | None, boot_id: str) -> dict[str, Any] | None:
+    """A previous stream's last word (this boot only), or None."""
+    if path is None:
+        return None
+    try:
+        state = json.loads(path.read_text()[:MAX_STATE])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("boot_id") != boot_id:
+        return None
+    return {key: state.get(key) for key in ("stream", "next_seq", "produced")}
 
 
 def identity() -> dict[str, str]:
@@ -66,13 +85,21 @@ class Forwarder:
 
     def __init__(self, url: str | Endpoint, backlog_bytes: int = DEFAULT_LIMIT,
                  report: Reporter = lambda message: None,
-                 hello: dict[str, Any] | None = None) -> None:
+                 hello: dict[str, Any] | None = None,
+                 state_path: str | Path | None = None) -> None:
         from recorder_tracer.channel.transport import parse_url
         self.endpoint = url if isinstance(url, Endpoint) else parse_url(url)
         self.backlog = Backlog(backlog_bytes)
         self.report = report
         self.hello = {**identity(), **(hello or {}),
                       "stream": uuid.uuid4().hex[:16], "version": PROTOCOL_VERSION}
+        # What a previous daemon of this guest had framed when it last said
+        # so (it may have died by kill -9 with frames unsent): the collector
+        # names them as lost in that stream's gaps.jsonl.
+        self.state_path = Path(state_path) if state_path else None
+        previous = read_state(self.state_path, self.hello["boot_id"])
+        if previous is not None:
+            self.hello["previous"] = previous
         self.connected = threading.Event()
         self.connections = 0
         self._records: list[Record] = []
@@ -131,8 +158,24 @@ class Forwarder:
             self._threads.append(thread)
 
     def _flush_loop(self) -> None:
+        next_state = 0.0
         while not self._stop.wait(FLUSH_S):
             self.flush()
+            if self.state_path is not None and time.monotonic() >= next_state:
+                next_state = time.monotonic() + STATE_INTERVAL_S
+                self.write_state()
+
+    def write_state(self) -> None:
+        """Say what this stream has framed so far (atomically; best effort)."""
+        assert self.state_path is not None
+        state = {"boot_id": self.hello["boot_id"], "stream": self.hello["stream"],
+                 "next_seq": self.backlog.next_seq,
+                 "produced": dict(self.backlog.produced)}
+        temporary = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        with contextlib.suppress(OSError):
+            self.state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, self.state_path)
 
     def _run(self) -> None:
         delay = 0.1
@@ -232,6 +275,8 @@ class Forwarder:
                and self.backlog.acked < self.backlog.next_seq - 1):
             time.sleep(0.02)
         self._stop.set()
+        if self.state_path is not None:
+            self.write_state()
         self.backlog.wake()
         connection = self._connection
         if connection is not None:

@@ -16,6 +16,7 @@ All of it goes through one Forwarder (one connection, one backlog).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +29,14 @@ from recorder_tracer.channel.forwarder import Forwarder
 from recorder_tracer.errors import TracerError
 
 MAX_SNAPSHOT = 12 << 20     # bytes of a snapshot file sent (the frame's bound)
+STATE_DIR = Path("/run/recorder")
+
+
+def state_path(url: str, pin_dir: str) -> Path:
+    """Where a daemon forwarding to `url` (with `pin_dir`) says how far it
+    got, for the next one to report what it lost (tmpfs: one boot)."""
+    name = hashlib.sha1(f"{url}\0{os.path.abspath(pin_dir or '-')}".encode())
+    return STATE_DIR / f"forward-{name.hexdigest()[:16]}.json"
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,9 @@ class GuestChannel:
         self.daemon = daemon
         self.options = options
         self.report = report
-        self.forwarder = Forwarder(options.url, options.backlog_bytes, report)
+        self.forwarder = Forwarder(options.url, options.backlog_bytes, report,
+                                   state_path=state_path(options.url,
+                                                         daemon.config.pin_dir))
         self.followers: list[Any] = []
         for source in options.console:
             if source == "kmsg":

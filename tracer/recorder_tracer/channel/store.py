@@ -34,7 +34,8 @@ from typing import Any
 
 from recorder_tracer.errors import TracerError
 
-DATA_FILES = ("records.jsonl", "console.jsonl", "metrics.jsonl", "snapshots.jsonl")
+DATA_FILES = ("records.jsonl", "console.jsonl", "metrics.jsonl", "snapshots.jsonl",
+              "gaps.jsonl")
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_NAME = 64
 TAIL_CHUNK = 1 << 16
