@@ -80,8 +80,11 @@ def test_record_batches_that_lie_about_their_sizes_are_refused() -> None:
         with pytest.raises(FrameError):
             batch.decode_records(head + payload[batch.HEAD.size:])
     wrong_name = bytearray(payload)
-    first_row = payload.index(struct.pack("<I", 4242)) - 8     # the first ts
-    struct.pack_into("<H", wrong_name, first_row + 18, 999)    # comm index
+    offset = batch.HEAD.size
+    for _ in range(names):
+        offset += 2 + struct.unpack_from("<H", payload, offset)[0]
+    comm_column = offset + count * (8 + 4 + 4 + 2 + 2)     # ts pid tid cpu provider
+    struct.pack_into("<H", wrong_name, comm_column, 999)
     with pytest.raises(FrameError, match="past"):
         lines.batch_lines(bytes(wrong_name), 1, 0.0)
 

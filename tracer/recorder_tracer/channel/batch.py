@@ -1,13 +1,14 @@
 """Compact binary payloads of the channel's data frames.
 
-A RECORDS payload is one batch, in columns so that Python packs and
-unpacks it with a few calls rather than a few per record:
+A RECORDS payload is one batch, in columns, so that Python packs and
+unpacks each column with one call (array) rather than a few per record:
 
     HEAD      count u32, names u16, values u32, tags u32, text u32
     names     `names` times (len u16, utf-8): the batch's provider, comm,
               topic and source-location names
-    rows      `count` RECORD rows (ts, pid, tid, cpu, four name indexes,
-              argument count)
+    columns   `count` of each, little-endian: ts u64, pid u32, tid u32,
+              cpu u16, provider u16, comm u16, topic u16, where u16 (name
+              indexes), nargs u8
     tags      one byte per argument, in record order: q int64, Q uint64,
               d double, s string, n unreadable (None)
     values    `values` 8-byte numbers: the q, Q and d arguments in order
@@ -27,14 +28,23 @@ FrameError on anything that does not fit.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from typing import NamedTuple
 
 from recorder_tracer.channel.wire import FrameError
 from recorder_tracer.decode.record import Arg, Record
 
 HEAD = struct.Struct("<IHIII")
-RECORD = struct.Struct("<QIIHHHHHB")
+# The columns after the name table: (array typecode, what it holds).
+COLUMNS = (("Q", "ts"), ("I", "pid"), ("I", "tid"), ("H", "cpu"),
+           ("H", "provider"), ("H", "comm"), ("H", "topic"), ("H", "where"),
+           ("B", "nargs"))
+ROW_BYTES = sum(array(code).itemsize for code, _ in COLUMNS)
+MASKS = {"Q": (1 << 64) - 1, "I": 0xFFFFFFFF, "H": 0xFFFF, "B": 0xFF}
+SWAP = sys.byteorder != "little"
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
@@ -44,6 +54,10 @@ LINE = struct.Struct("<QB")
 MAX_BATCH = 65536           # records or lines in one frame
 MAX_TEXT = 65535            # bytes of a message, a console line, a name
 MAX_ARG_TEXT = 4096         # bytes of a string argument
+INT_TAGS = [b"q" * n for n in range(256)]
+
+assert ROW_BYTES == 27 and all(array(code).itemsize == size for code, size in
+                               (("Q", 8), ("I", 4), ("H", 2), ("B", 1)))
 
 
 class Decoded(NamedTuple):
@@ -68,6 +82,18 @@ def _clip(text: str, limit: int) -> bytes:
     return data
 
 
+def _column(code: str, values: list[int]) -> bytes:
+    """One column's little-endian bytes (values out of range wrap)."""
+    try:
+        column = array(code, values)
+    except OverflowError:
+        mask = MASKS[code]
+        column = array(code, [value & mask for value in values])
+    if SWAP:
+        column.byteswap()
+    return column.tobytes()
+
+
 def encode_records(records: list[Record]) -> bytes:
     """One RECORDS payload holding `records` (at most MAX_BATCH).
 
@@ -79,55 +105,51 @@ def encode_records(records: list[Record]) -> bytes:
     if len(records) > MAX_BATCH:
         raise ValueError(f"a batch holds at most {MAX_BATCH} records")
     table: dict[str, int] = {}
-    rows: list[bytes] = []
-    tags: list[bytes] = []
-    values: list[int] = []
-    texts: list[str] = []
-    pack = RECORD.pack
-    name = table.setdefault
-    simple = True       # every argument a Python int (checked in range below)
-    for record in records:
-        args = record.args
-        rows.append(pack(record.ts, record.pid & 0xFFFFFFFF, record.tid & 0xFFFFFFFF,
-                         record.cpu & 0xFFFF, name(record.provider, len(table)),
-                         name(record.comm, len(table)), name(record.topic, len(table)),
-                         name(record.where, len(table)), min(len(args), 255)))
-        texts.append(record.message)
-        if args:
-            if simple:
-                for arg in args:
-                    if type(arg) is not int:
-                        simple = False
-                        break
-            tags.append(INT_TAGS[min(len(args), 255)])
-            values.extend(args[:255])
+    names = []
+    for field in ("provider", "comm", "topic", "where"):
+        column = [getattr(record, field) for record in records]
+        for name in dict.fromkeys(column):
+            table.setdefault(name, len(table))
+        names.append(list(map(table.__getitem__, column)))
     if len(table) > 0xFFFF:
         raise ValueError("too many distinct names in one batch")
-    try:
-        numbers = struct.pack(f"<{len(values)}q", *values) if simple else None
-    except struct.error:        # an int past int64
-        numbers = None
+    arguments = [record.args for record in records]
+    nargs = list(map(len, arguments))
+    values = list(chain.from_iterable(arguments))
+    numbers = None
+    if max(nargs, default=0) < 256 and all(type(value) is int for value in values):
+        try:
+            numbers = struct.pack(f"<{len(values)}q", *values)
+            tags = INT_TAGS[1] * len(values)
+            texts = [record.message for record in records]
+        except struct.error:        # an int past int64
+            numbers = None
     if numbers is None:
-        tags, values, texts = [], [], []
+        nargs = [min(count, 255) for count in nargs]
+        parts: list[bytes] = []
+        values, texts = [], []
         for record in records:
             texts.append(record.message)
-            _encode_args(record.args[:255], tags, values, texts)
+            _encode_args(record.args[:255], parts, values, texts)
+        tags = b"".join(parts)
         numbers = struct.pack(f"<{len(values)}q", *values)
-    names = []
+    columns = [_column("Q", [record.ts for record in records]),
+               _column("I", [record.pid for record in records]),
+               _column("I", [record.tid for record in records]),
+               _column("H", [record.cpu for record in records]),
+               *(_column("H", column) for column in names),
+               _column("B", nargs)]
+    table_bytes = []
     for text in table:
         data = _clip(text, MAX_TEXT)
-        names.append(U16.pack(len(data)) + data)
+        table_bytes.append(U16.pack(len(data)) + data)
     joined = "\0".join(texts)
     if joined.count("\0") != len(texts) - 1:
         joined = "\0".join(part.replace("\0", "\ufffd") for part in texts)
     blob = joined.encode("utf-8", "replace")
-    tag_bytes = b"".join(tags)
-    return b"".join([HEAD.pack(len(records), len(table), len(values),
-                               len(tag_bytes), len(blob)),
-                     *names, *rows, tag_bytes, numbers, blob])
-
-
-INT_TAGS = [b"q" * n for n in range(256)]
+    return b"".join([HEAD.pack(len(records), len(table), len(values), len(tags),
+                               len(blob)),
+                     *table_bytes, *columns, tags, numbers, blob])
 
 
 def _encode_args(args: list[Arg], tags: list[bytes], values: list[int],
@@ -167,7 +189,15 @@ class Sections(NamedTuple):
     """A RECORDS payload cut into its checked columns."""
 
     table: list[str]
-    rows: list[tuple]
+    ts: list[int]
+    pid: list[int]
+    tid: list[int]
+    cpu: list[int]
+    provider: list[int]
+    comm: list[int]
+    topic: list[int]
+    where: list[int]
+    nargs: list[int]
     tags: bytes
     values: tuple[int, ...]
     texts: list[str]
@@ -175,7 +205,7 @@ class Sections(NamedTuple):
 
 def sections(payload: bytes) -> Sections:
     """Cut a RECORDS payload into columns, checking every count and length
-    (FrameError if any does not fit)."""
+    and every name index (FrameError if any does not fit)."""
     try:
         count, strings, nvalues, ntags, ntext = HEAD.unpack_from(payload, 0)
         if count > MAX_BATCH or ntags > 255 * count or nvalues > ntags:
@@ -187,25 +217,34 @@ def sections(payload: bytes) -> Sections:
             (size,) = U16.unpack_from(payload, offset)
             table.append(_text(payload, offset + 2, size))
             offset += 2 + size
-        end_rows = offset + count * RECORD.size
-        end_tags = end_rows + ntags
+        end_tags = offset + count * ROW_BYTES + ntags
         end_values = end_tags + 8 * nvalues
         if end_values + ntext != len(payload):
             raise FrameError("a record batch's sections do not add up to its "
                              "length")
-        rows = list(RECORD.iter_unpack(payload[offset:end_rows]))
-        tags = payload[end_rows:end_tags]
+        view = memoryview(payload)
+        columns = []
+        for code, _ in COLUMNS:
+            column = array(code)
+            column.frombytes(view[offset:offset + count * column.itemsize])
+            if SWAP:
+                column.byteswap()
+            offset += count * column.itemsize
+            columns.append(column.tolist())
+        tags = payload[offset:end_tags]
         values = struct.unpack_from(f"<{nvalues}q", payload, end_tags)
         texts = payload[end_values:].decode("utf-8", "replace").split("\0")
     except struct.error:
         raise FrameError("a record batch is truncated") from None
     if len(texts) < count:
         raise FrameError("a record batch has fewer messages than records")
-    return Sections(table, rows, tags, values, texts)
+    if count and max(max(column) for column in columns[4:8]) >= len(table):
+        raise FrameError("a record refers past its batch's name table")
+    return Sections(table, *columns, tags, values, texts)
 
 
 def check_end(cut: Sections, tag: int, value: int, text: int) -> None:
-    """After a walk over every record: each column used exactly (the rows'
+    """After a walk over every record: each column used exactly (the
     argument counts agree with the tags, values and texts)."""
     if (tag, value, text) != (len(cut.tags), len(cut.values), len(cut.texts)):
         raise FrameError("a record batch's arguments do not add up")
@@ -213,7 +252,7 @@ def check_end(cut: Sections, tag: int, value: int, text: int) -> None:
 
 def slow_args(cut: Sections, tag: int, nargs: int, value: int, text: int
               ) -> tuple[list[Arg], int, int]:
-    """The arguments of a record that are not all int64: (args, the next
+    """The arguments of one record, whatever their kinds: (args, the next
     value index, the next text index)."""
     args: list[Arg] = []
     for kind in cut.tags[tag:tag + nargs]:
@@ -240,26 +279,20 @@ def iter_records(payload: bytes) -> list[tuple]:
     """The records of a RECORDS payload as plain tuples in Decoded's order;
     checked whole before any is returned."""
     cut = sections(payload)
-    table, texts, values, tags = cut.table, cut.texts, cut.values, cut.tags
+    table, texts = cut.table, cut.texts
     out = []
-    append = out.append
     tag = value = text = 0
     try:
-        for ts, pid, tid, cpu, provider, comm, topic, where, nargs in cut.rows:
+        for ts, pid, tid, cpu, provider, comm, topic, where, nargs in zip(
+                cut.ts, cut.pid, cut.tid, cut.cpu, cut.provider, cut.comm,
+                cut.topic, cut.where, cut.nargs, strict=True):
             message = texts[text]
-            text += 1
-            if not nargs:
-                args: list[Arg] = []
-            elif tags[tag:tag + nargs] == INT_TAGS[nargs]:
-                args = list(values[value:value + nargs])
-                value += nargs
-            else:
-                args, value, text = slow_args(cut, tag, nargs, value, text)
+            args, value, text = slow_args(cut, tag, nargs, value, text + 1)
             tag += nargs
-            append((ts, pid, tid, cpu, table[provider], table[comm], table[topic],
-                    table[where], message, args))
+            out.append((ts, pid, tid, cpu, table[provider], table[comm],
+                        table[topic], table[where], message, args))
     except IndexError:
-        raise FrameError("a record refers past its batch's names or texts") from None
+        raise FrameError("a record batch's texts do not add up") from None
     check_end(cut, tag, value, text)
     return out
 

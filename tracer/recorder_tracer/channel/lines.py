@@ -100,56 +100,59 @@ def batch_lines(payload: bytes, seq: int, offset_ns: float,
     append = out.append
     shift = round(offset_ns)
     head = f'{{"seq": {seq}, "n": '
-    try:
-        for n, (row, message, args) in enumerate(zip(
-                cut.rows, map(_escape, messages), arguments, strict=True)):
-            if n <= skip_through:
-                continue
-            key = row[1:8]
-            middle = middles.get(key)
-            if middle is None:
-                pid, tid, cpu, provider, comm, topic, where = key
-                middle = middles[key] = (
-                    f'"pid": {pid}, "tid": {tid}, "comm": {_escape(table[comm])}, '
-                    f'"cpu": {cpu}, "provider": {_escape(table[provider])}, '
-                    f'"topic": {_escape(table[topic])}, '
-                    f'"where": {_escape(table[where])}')
-            ts = row[0]
-            append(f'{head}{n}, "ts": {ts}, "host_ts": {ts - shift}, {middle}, '
-                   f'"message": {message}, "args": [{args}]}}\n')
-    except IndexError:
-        raise FrameError("a record refers past its batch's name table") from None
-    return "".join(out).encode(), len(cut.rows)
+    for n, ts, key, message, args in zip(
+            range(len(cut.ts)), cut.ts,
+            zip(cut.pid, cut.tid, cut.cpu, cut.provider, cut.comm, cut.topic,
+                cut.where, strict=True),
+            map(_escape, messages), arguments, strict=True):
+        if n <= skip_through:
+            continue
+        middle = middles.get(key)
+        if middle is None:
+            pid, tid, cpu, provider, comm, topic, where = key
+            middle = middles[key] = (
+                f'"pid": {pid}, "tid": {tid}, "comm": {_escape(table[comm])}, '
+                f'"cpu": {cpu}, "provider": {_escape(table[provider])}, '
+                f'"topic": {_escape(table[topic])}, '
+                f'"where": {_escape(table[where])}')
+        append(f'{head}{n}, "ts": {ts}, "host_ts": {ts - shift}, {middle}, '
+               f'"message": {message}, "args": [{args}]}}\n')
+    return "".join(out).encode(), len(cut.ts)
 
 
 def _columns(cut: Sections) -> tuple[list[str], list[str]]:
     """Each record's message and its arguments as JSON text; checks that
-    the rows' argument counts use the tags, values and texts exactly."""
-    rows, values, texts, tags = cut.rows, cut.values, cut.texts, cut.tags
-    arguments = []
-    append = arguments.append
-    value = 0
-    if len(texts) == len(rows) and tags.count(b"q") == len(tags):
-        # Every argument an int64 (the common batch): one str() pass.
+    the argument counts use the tags, values and texts exactly."""
+    counts, values, texts, tags = cut.nargs, cut.values, cut.texts, cut.tags
+    if len(texts) == len(counts) and tags.count(b"q") == len(tags):
+        # Every argument an int64 (the common batch): C-speed passes.
+        check_end(cut, sum(counts), len(values), len(texts))
         numbers = list(map(str, values))
-        for row in rows:
-            nargs = row[8]
-            append(", ".join(numbers[value:value + nargs]) if nargs else "")
+        width = counts[0] if counts else 0
+        if counts.count(width) == len(counts):      # one argument count
+            if width == 0:
+                return texts, [""] * len(counts)
+            if width == 1:
+                return texts, numbers
+            return texts, list(map(", ".join, zip(*[iter(numbers)] * width,
+                                                  strict=True)))
+        arguments = []
+        value = 0
+        for nargs in counts:
+            arguments.append(", ".join(numbers[value:value + nargs]))
             value += nargs
-        check_end(cut, len(tags), value, len(texts))
         return texts, arguments
-    messages = []
-    tag = text = 0
+    messages: list[str] = []
+    arguments = []
+    tag = value = text = 0
     try:
-        for row in rows:
-            nargs = row[8]
+        for nargs in counts:
             messages.append(texts[text])
-            text += 1
-            found, value, text = slow_args(cut, tag, nargs, value, text)
+            found, value, text = slow_args(cut, tag, nargs, value, text + 1)
             tag += nargs
-            append(", ".join(map(_arg, found)))
+            arguments.append(", ".join(map(_arg, found)))
     except IndexError:
-        raise FrameError("a record batch's arguments do not add up") from None
+        raise FrameError("a record batch's texts do not add up") from None
     check_end(cut, tag, value, text)
     return messages, arguments
 
