@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,12 @@ class Forwarder:
             self.hello["previous"] = previous
         self.connected = threading.Event()
         self.connections = 0
-        self._records: list[Record] = []
-        self._lines: list[batch.ConsoleLine] = []
-        self._lock = threading.Lock()
+        # deque.append is atomic: a producer takes no lock per item; whoever
+        # takes a batch holds `_take` until it is in the backlog, so batches
+        # enter it in the order their items came.
+        self._records: deque[Record] = deque()
+        self._lines: deque[batch.ConsoleLine] = deque()
+        self._take = threading.Lock()
         self._stop = threading.Event()
         self._connection: Connection | None = None
         self._threads: list[threading.Thread] = []
@@ -112,22 +116,31 @@ class Forwarder:
     # -- producers (any thread) -------------------------------------------
 
     def add_record(self, record: Record) -> None:
-        with self._lock:
-            self._records.append(record)
-            if len(self._records) < BATCH:
-                return
-            records, self._records = self._records, []
-        self.backlog.add(Kind.RECORDS, batch.encode_records(records), len(records))
+        self._records.append(record)
+        if len(self._records) >= BATCH:
+            self._frame_records()
 
     def add_console(self, source: str, text: str, ts: int | None = None) -> None:
-        line = batch.ConsoleLine(time.monotonic_ns() if ts is None else ts,
-                                 source, text)
-        with self._lock:
-            self._lines.append(line)
-            if len(self._lines) < BATCH:
-                return
-            lines, self._lines = self._lines, []
-        self.backlog.add(Kind.CONSOLE, batch.encode_console(lines), len(lines))
+        self._lines.append(batch.ConsoleLine(
+            time.monotonic_ns() if ts is None else ts, source, text))
+        if len(self._lines) >= BATCH:
+            self._frame_lines()
+
+    def _frame_records(self) -> None:
+        with self._take:
+            pop = self._records.popleft
+            records = [pop() for _ in range(min(len(self._records), BATCH))]
+            if records:
+                self.backlog.add(Kind.RECORDS, batch.encode_records(records),
+                                 len(records))
+
+    def _frame_lines(self) -> None:
+        with self._take:
+            pop = self._lines.popleft
+            lines = [pop() for _ in range(min(len(self._lines), BATCH))]
+            if lines:
+                self.backlog.add(Kind.CONSOLE, batch.encode_console(lines),
+                                 len(lines))
 
     def add_metrics(self, exposition: bytes) -> None:
         self.backlog.add(Kind.METRICS,
@@ -139,14 +152,10 @@ class Forwarder:
 
     def flush(self) -> None:
         """Frame what is batched now (records first: lines may quote them)."""
-        with self._lock:
-            records, self._records = self._records, []
-            lines, self._lines = self._lines, []
-        if records:
-            self.backlog.add(Kind.RECORDS, batch.encode_records(records),
-                             len(records))
-        if lines:
-            self.backlog.add(Kind.CONSOLE, batch.encode_console(lines), len(lines))
+        while self._records:
+            self._frame_records()
+        while self._lines:
+            self._frame_lines()
 
     # -- the connection ---------------------------------------------------
 
