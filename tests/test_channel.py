@@ -399,3 +399,45 @@ def test_character_device_transport_carries_the_channel(tmp_path: Path) -> None:
         assert collector.stop() == 0
     records = read_lines(stream_dirs(out)[0] / "records.jsonl")
     assert [r["message"] for r in records] == [f"tick {i}" for i in range(RECORDS)]
+
+
+def test_clock_tracks_offset_and_drift_within_its_stated_uncertainty() -> None:
+    """A guest clock 3 ms ahead and 50 ppm fast, probed over legs of
+    random, unequal length: the fit puts guest times on the host's clock
+    within the uncertainty it states."""
+    import random
+    rng = random.Random(23)
+    estimator = clock.ClockEstimator()
+
+    def guest(host_ns: float) -> int:
+        return round(3_000_000 + host_ns * (1 + 50e-6))
+
+    host = 1_000_000_000
+    for _ in range(400):                    # one probe each 0.1 s: 40 s
+        out_leg = rng.randint(20_000, 400_000)
+        back_leg = rng.randint(20_000, 400_000)
+        estimator.add(host, guest(host + out_leg), host + out_leg + back_leg)
+        host += 100_000_000
+    summary = estimator.summary()
+    assert abs(summary["drift_ppm"] - 50) < 5, summary
+    bound = estimator.uncertainty_ns()
+    for probe_host in (host - 30_000_000_000, host - 1_000_000_000):
+        assert abs(estimator.to_host(guest(probe_host)) - probe_host) <= bound
+
+
+def test_store_cuts_a_torn_line_and_resumes_after_the_last_whole_one(
+        tmp_path: Path) -> None:
+    out_fd = store.open_out(str(tmp_path))
+    try:
+        first = store.StreamStore(out_fd, "g", "b", "s")
+        first.write("records.jsonl", b'{"seq": 4, "n": 0}\n{"seq": 4, "n": 1}\n'
+                    b'{"seq": 5, "n": 0, "ts": 12')      # killed mid-write
+        first.write("metrics.jsonl", b'{"seq": 3}\n')
+        first.close()
+        again = store.StreamStore(out_fd, "g", "b", "s")
+        assert (again.last_seq, again.last_n) == (4, 1)
+        again.close()
+    finally:
+        os.close(out_fd)
+    records = tmp_path / "g" / "b.s" / "records.jsonl"
+    assert records.read_bytes().endswith(b'{"seq": 4, "n": 1}\n')
