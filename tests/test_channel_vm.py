@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -75,3 +76,37 @@ def test_daemon_forwards_over_vsock_loopback(progs: Path, tmp_path: Path) -> Non
     snapshot = json.loads((folder / read_lines(folder / "snapshots.jsonl")[-1]
                            ["file"]).read_text())
     assert [r["message"] for r in snapshot["records"]][-1] == f"victim {RECORDS - 1}"
+
+
+@pytest.mark.vm
+@pytest.mark.bpf
+def test_daemon_forwards_to_the_host_collector(progs: Path, tmp_path: Path) -> None:
+    """The guest's half of the guest-to-host test: vm-test runs `recorder
+    collect` on the host and says where it listens (RECORDER_VM_FORWARD_URL:
+    the virtio-serial port, or tcp:// on the VM's private network); the
+    host's half (test_channel_vm_host.py) then checks what arrived."""
+    url = os.environ.get("RECORDER_VM_FORWARD_URL")
+    assert url, "vm-test must set RECORDER_VM_FORWARD_URL (the host's collector)"
+    workload, victim = Workload(progs), Victim(progs)
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    daemon = DaemonProcess(
+        "-p", str(workload.pid), "-p", str(victim.pid), "--pin-dir", "",
+        "--snapshot-dir", str(tmp_path / "snapshots"), "--snapshot-records", "23",
+        "--forward", url, "--trace", "tick", "--console", "kmsg",
+        "--forward-interval", "0.2", "tick", "victim")
+    try:
+        daemon.wait_line("forward: connected to ")
+        workload.record("tick", TICKS)
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(f"recorder-vm-channel {boot_id}\n")
+        victim.record()
+        victim.send("segv")
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
+        daemon.wait_line("snapshot written: ")
+        threading.Event().wait(scaled(3))   # a few metrics intervals go out
+    finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
+        assert daemon.stop() == 0, "\n".join(daemon.seen)
+        workload.close()
+
