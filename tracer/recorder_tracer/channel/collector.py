@@ -16,6 +16,7 @@ go on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import threading
@@ -173,11 +174,15 @@ class GuestLink:
             self.connection.close()
             state = self.state
             if state is not None:
-                self._ack(force=True, quiet=True)
-                if state.link is self:
-                    state.link = None
-                    self._write_guest(state)
-                state.store.lock.release()
+                try:
+                    self._ack(force=True, quiet=True)
+                    if state.link is self:
+                        state.link = None
+                        with contextlib.suppress(OSError):
+                            self._write_guest(state)
+                        state.store.release()
+                finally:
+                    state.store.lock.release()
             self.collector.forget(self)
             self.finished.set()
 
@@ -363,6 +368,8 @@ class GuestLink:
                 self._gap(old, next_seq - 1, "the guest's daemon ended before "
                           "sending them", {"guest_produced": produced})
         finally:
+            if old.link is None:
+                old.store.release()
             old.store.lock.release()
 
     def _ack(self, force: bool = False, quiet: bool = False) -> None:

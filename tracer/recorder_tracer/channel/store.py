@@ -87,15 +87,26 @@ class StreamStore:
         self.hostname, self.boot_id, self.stream = hostname, boot_id, stream
         self.folder = (f"{safe_name(hostname)}/"
                        f"{safe_name(boot_id, 'boot')}.{safe_name(stream, 'stream')}")
-        host_fd = open_dir(out_fd, safe_name(hostname))
-        try:
-            self.fd = open_dir(host_fd, self.folder.split("/")[1])
-        finally:
-            os.close(host_fd)
+        self._out_fd = out_fd
+        self._fd: int | None = None
         self.lock = threading.Lock()
         self._files: dict[str, int] = {}
         self._snapshot_fd: int | None = None
         self.last_seq, self.last_n = self._recover()
+        self.release()
+
+    @property
+    def fd(self) -> int:
+        """The folder's descriptor, opened (again) on demand: a stream with
+        no connection holds none (guests come and go, descriptors do not
+        pile up)."""
+        if self._fd is None:
+            host_fd = open_dir(self._out_fd, self.folder.split("/")[0])
+            try:
+                self._fd = open_dir(host_fd, self.folder.split("/")[1])
+            finally:
+                os.close(host_fd)
+        return self._fd
 
     def _open(self, name: str) -> int:
         fd = self._files.get(name)
@@ -170,15 +181,20 @@ class StreamStore:
             os.close(fd)
         os.rename(temporary, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close every descriptor (reopened when needed)."""
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
         if self._snapshot_fd is not None:
             os.close(self._snapshot_fd)
             self._snapshot_fd = None
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    close = release
 
 
 def _n(value: Any) -> int:
