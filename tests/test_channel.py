@@ -371,11 +371,11 @@ def test_character_device_transport_carries_the_channel(tmp_path: Path) -> None:
         while not stop.is_set():
             try:
                 data = read()       # type: ignore[operator]
-            except OSError:
+                if not data:
+                    return
+                write(data)         # type: ignore[operator]
+            except OSError:         # the other end closed: the test is over
                 return
-            if not data:
-                return
-            write(data)             # type: ignore[operator]
 
     threads = [threading.Thread(target=pump, args=(lambda: os.read(master, 65536),
                                                    relay.sendall), daemon=True),
