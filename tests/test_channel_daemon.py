@@ -124,7 +124,10 @@ def test_daemon_forwards_records_metrics_snapshot_and_console_on_host_time(
         assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
         wait_for(lambda: len(records_of(out)) >= TICKS, scaled(30))
         folder = stream_dirs(out)[0]
-        wait_for(lambda: read_lines(folder / "snapshots.jsonl"), scaled(30))
+        # (any process with a core that crashes is captured: pick ours)
+        ours = wait_for(lambda: [item for item in read_lines(
+            folder / "snapshots.jsonl") if f".{victim.pid}." in item["name"]],
+            scaled(30))
         texts = lambda: {line["text"] for line in read_lines(  # noqa: E731
             folder / "console.jsonl")}
         wait_for(lambda: {"agent: started", "fifo: hello", marker} <= texts(),
@@ -146,8 +149,7 @@ def test_daemon_forwards_records_metrics_snapshot_and_console_on_host_time(
     assert guest["hostname"] == socket.gethostname()
     bound = guest["clock"]["uncertainty_ns"]
     assert all(abs(r["host_ts"] - r["ts"]) <= bound for r in records), bound
-    snapshot = json.loads((folder / read_lines(folder / "snapshots.jsonl")[-1]
-                           ["file"]).read_text())
+    snapshot = json.loads((folder / ours[-1]["file"]).read_text())
     assert snapshot["pid"] == victim.pid
     assert [r["message"] for r in snapshot["records"]] == [
         f"victim {i}" for i in range(RECORDS - 23, RECORDS)]
@@ -190,43 +192,55 @@ def test_guest_daemon_killed_9_its_pins_count_and_the_next_one_reports(
         progs: Path, tmp_path: Path) -> None:
     """kill -9 of the guest's daemon: what it had sent is written; the
     records made while no daemon ran are not traced, but the pinned
-    metrics count them and the next daemon (a new stream) reports them."""
+    metrics count them, the pinned snapshot program catches a crash, and
+    the next daemon (a new stream) reports both."""
     require_uprobe_multi_links(" (pinned links need them)")
     out = tmp_path / "out"
     url = f"unix:{tmp_path}/collect.sock"
     collector = CollectorProcess(out, [url])
-    workload = Workload(progs)
+    workload, victim = Workload(progs), Victim(progs)
     pin_dir = f"/sys/fs/bpf/recorder-test-channel-{os.getpid()}"
-    argv = ["-p", str(workload.pid), "--pin-dir", pin_dir, "--no-snapshots",
-            "--forward", url, "--trace", "tick", "--forward-interval", "0.2",
+    argv = ["-p", str(workload.pid), "--pin-dir", pin_dir,
+            "--snapshot-dir", str(tmp_path / "snapshots"), "--snapshot-records",
+            "23", "--forward", url, "--trace", "tick", "--forward-interval", "0.2",
             "tick"]
     metric = f'recorder_records_total{{pid="{workload.pid}",topic="tick"}}'
-    first = DaemonProcess(*argv)
+    first = DaemonProcess(*argv, "-p", str(victim.pid))
     second = None
     try:
         workload.record("tick", TICKS)
         wait_for(lambda: len(records_of(out)) == TICKS, scaled(30))
-        wait_for(lambda: latest_sample(stream_dirs(out)[0], metric) == TICKS,
-                 scaled(30))
+        first_stream = stream_dirs(out)[0]
+        wait_for(lambda: latest_sample(first_stream, metric) == TICKS, scaled(30))
         first.process.kill()
         first.process.wait(timeout=scaled(10))
         workload.record("tick", 29)             # no daemon runs
+        victim.record()
+        victim.send("segv")                     # nor when this one dies
+        assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
         second = DaemonProcess(*argv)
         wait_for(lambda: len(stream_dirs(out)) == 2, scaled(30))
-        folders = stream_dirs(out)
-        new = next(f for f in folders if not read_lines(f / "records.jsonl")
-                   or f != folders[0])
-        wait_for(lambda: any(latest_sample(f, metric) == TICKS + 29
-                             for f in stream_dirs(out)), scaled(30))
+        second_stream = next(f for f in stream_dirs(out) if f != first_stream)
+        wait_for(lambda: latest_sample(second_stream, metric) == TICKS + 29,
+                 scaled(30))
+        # (Any process with a core that crashes is captured: pick ours.)
+        ours = wait_for(lambda: [item for item in read_lines(
+            second_stream / "snapshots.jsonl")
+            if f".{victim.pid}." in item["name"]], scaled(30))
     finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
         for daemon in (first, second):
             if daemon is not None:
                 daemon.stop()
         workload.close()
         assert collector.stop() == 0
         shutil.rmtree(pin_dir, ignore_errors=True)
-    assert new.parent == folders[0].parent      # the same guest, a new stream
+    assert second_stream.parent == first_stream.parent  # one guest, a new stream
     assert len(records_of(out)) == TICKS
+    snapshot = json.loads((second_stream / ours[-1]["file"]).read_text())
+    assert snapshot["pid"] == victim.pid
+    assert snapshot["records"][-1]["message"] == f"victim {RECORDS - 1}"
 
 
 @pytest.mark.bpf

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ class ForwardOptions:
     console: list[str] = field(default_factory=list)
     backlog_bytes: int = DEFAULT_LIMIT
     interval: float = 1.0
+    # Snapshot files older than this (time.time()) were there before this
+    # daemon: not sent. Those it writes as it starts (a crash while no
+    # daemon ran, captured by the pinned program) are newer: sent.
+    since: float = field(default_factory=time.time)
 
 
 class GuestChannel:
@@ -86,7 +91,8 @@ class GuestChannel:
         from recorder_tracer.output.prometheus import RecorderCollector
         self._registry = CollectorRegistry()
         self._registry.register(RecorderCollector(self.daemon.snapshot))
-        self._snapshots_seen = dict(self._snapshot_files())
+        self._snapshots_seen = {name: key for name, key in self._snapshot_files()
+                                if key[1] < self.options.since * 1e9}
         if self.options.trace:
             self._start_trace()
         self.forwarder.start()

@@ -240,6 +240,7 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
 
     if (trace_spec or console) and not forward:
         raise click.UsageError("--trace and --console go with --forward")
+    started = time.time()
     with stop_on_signals() as stopping:
         server = Daemon(config, report, stopping)
         server.start()
@@ -249,7 +250,8 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
             try:
                 channel = GuestChannel(server, ForwardOptions(
                     forward, list(trace_spec), list(console),
-                    int(backlog_mb * (1 << 20)), forward_interval), report)
+                    int(backlog_mb * (1 << 20)), forward_interval, started),
+                    report)
                 channel.start()
             except BaseException:
                 server.close()
