@@ -76,9 +76,13 @@ def stream_dirs(out: Path) -> list[Path]:
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines file a live collector may be
+    appending to (a line without its newline yet is not read)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    text = path.read_text()
+    complete = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.split("\n") if line]
 
 
 def count_lines(out: Path, name: str) -> int:
