@@ -170,6 +170,8 @@ class GuestLink:
         except (OSError, ValueError) as error:
             if not self.connection.closed.is_set():
                 report(f"collect: {name}: {error}; connection closed")
+        except Exception as error:      # a bug: this guest goes, the rest stay
+            report(f"collect: {name}: internal error {error!r}; connection closed")
         finally:
             self.connection.close()
             state = self.state
