@@ -478,3 +478,16 @@ def test_mutated_payloads_raise_only_frame_errors() -> None:
                 data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
         with contextlib.suppress(FrameError):
             decoders[kind](bytes(data))
+
+
+def test_daemon_config_file_sets_the_forward_options(tmp_path: Path) -> None:
+    from recorder_tracer.session.daemon import DaemonConfig
+    config = tmp_path / "daemon.toml"
+    config.write_text('all = true\nforward = "vsock://2:7070"\ntrace = ["net.*"]\n'
+                      'console = ["kmsg"]\nbacklog_mb = 8.0\n')
+    loaded = DaemonConfig.load(config)
+    assert (loaded.forward, loaded.trace, loaded.console, loaded.backlog_mb,
+            loaded.forward_interval) == ("vsock://2:7070", ["net.*"], ["kmsg"],
+                                         8.0, 1.0)
+    merged = loaded.merged(forward="unix:/run/c.sock", trace=(), backlog_mb=None)
+    assert (merged.forward, merged.trace) == ("unix:/run/c.sock", ["net.*"])

@@ -197,20 +197,19 @@ Examples:
               help="With --forward: follow this file or FIFO, or the kernel "
                    "log (kmsg), line by line (repeatable).")
 @click.option("--backlog", "backlog_mb", type=click.FloatRange(min=0.0625),
-              default=32, show_default=True,
               help="With --forward: MiB kept while the collector is away "
-                   "(the oldest go first, counted).")
+                   "(the oldest go first, counted; default 32).")
 @click.option("--forward-interval", type=click.FloatRange(min=0.01),
-              default=1.0, show_default=True,
-              help="With --forward: seconds between metrics and snapshot sends.")
+              help="With --forward: seconds between metrics and snapshot sends "
+                   "(default 1).")
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,
            max_series: int | None, snapshot_dir: str | None,
            snapshot_records: int | None, no_snapshots: bool, pin_dir: str | None,
            forward: str | None, trace_spec: tuple[str, ...],
-           console: tuple[str, ...], backlog_mb: float, forward_interval: float,
-           spec: tuple[str, ...]) -> None:
+           console: tuple[str, ...], backlog_mb: float | None,
+           forward_interval: float | None, spec: tuple[str, ...]) -> None:
     """Keep arming processes and aggregating their topics in the kernel
     (metrics only: no record is copied), and serve the figures on
     http://HOST:PORT/metrics in the Prometheus exposition format:
@@ -229,7 +228,10 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     config = config.merged(pid=pids, comm=comms, all=all_processes, spec=spec,
                            listen=listen, grace=grace, max_series=max_series,
                            snapshot_dir=snapshot_dir,
-                           snapshot_records=snapshot_records)
+                           snapshot_records=snapshot_records, forward=forward,
+                           trace=trace_spec, console=console,
+                           backlog_mb=backlog_mb,
+                           forward_interval=forward_interval)
     if pin_dir is not None:
         config = replace(config, pin_dir=pin_dir)
     if no_snapshots:
@@ -238,28 +240,32 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
 
-    if (trace_spec or console) and not forward:
+    if (config.trace or config.console) and not config.forward:
         raise click.UsageError("--trace and --console go with --forward")
+    if config.backlog_mb < 0.0625 or config.forward_interval < 0.01:
+        raise click.UsageError("backlog_mb must be >= 0.0625 and "
+                               "forward_interval >= 0.01")
     started = time.time()
     with stop_on_signals() as stopping:
         server = Daemon(config, report, stopping)
         server.start()
         channel = None
-        if forward:
+        if config.forward:
             from recorder_tracer.channel.guest import ForwardOptions, GuestChannel
             try:
                 channel = GuestChannel(server, ForwardOptions(
-                    forward, list(trace_spec), list(console),
-                    int(backlog_mb * (1 << 20)), forward_interval, started),
-                    report)
+                    config.forward, list(config.trace), list(config.console),
+                    int(config.backlog_mb * (1 << 20)), config.forward_interval,
+                    started), report)
                 channel.start()
             except BaseException:
                 server.close()
                 raise
         try:
+            forwarding = (f", forwarding to {config.forward}" if config.forward
+                          else "")
             click.echo(f"Serving metrics on http://{config.listen}/metrics"
-                       f"{f', forwarding to {forward}' if forward else ''}... "
-                       "Hit Ctrl-C to end.", err=True)
+                       f"{forwarding}... Hit Ctrl-C to end.", err=True)
             server.run()
         finally:
             if channel is not None:
