@@ -18,7 +18,7 @@ CORE_OBJECTS := $(patsubst probes/src/%.c,$(BUILD)/obj/%.o,$(CORE_SOURCES))
 TEST_PROGRAMS := $(patsubst tests/progs/%.c,$(BUILD)/progs/%,\
                    $(wildcard tests/progs/*.c))
 
-.PHONY: all lib progs setup test demo bench install clean lint vm-test
+.PHONY: all lib progs setup test fuzz soak demo bench install clean lint vm-test
 
 all: lib progs $(BUILD)/demo/recorder_demo
 
@@ -57,8 +57,23 @@ $(SETUP_STAMP): vagrant/provision.sh pyproject.toml setup.py pyapi/recorder/_cor
                 $(CORE_SOURCES) $(CORE_HEADERS)
 	bash vagrant/provision.sh
 
+# TEST_MARKERS selects by marker: the VM guest runs 'bpf or guest', the tests
+# that face the kernel; the rest behaves the same on any kernel.
+TEST_MARKERS ?=
 test: setup all
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests $(if $(TEST_MARKERS),-m '$(TEST_MARKERS)')
+
+# The hostile-input fuzzers of tests/test_hostile_fuzz.py, long (make test
+# runs them with a few dozen examples each).
+FUZZ_EXAMPLES ?= 20000
+fuzz: setup all
+	RECORDER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q \
+	    tests/test_hostile_fuzz.py
+
+# 1,000 processes exec and exit under trace --all and daemon --all: the
+# controller's fds, RSS and BPF map entries return to their baseline.
+soak: setup all
+	$(PYTHON) -m pytest -s -q tests/soak_exec_exit.py
 
 # The suite again, inside the Vagrant VM on a stock Debian kernel (TCG, offline;
 # the box is cached in /var/cache/recorder/vm). See vagrant/vm-test.sh.

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import Load, Snapshot, describe
 
-from recorder_tracer.channel.forwarder import Forwarder
+from recorder_tracer.channel.guest.forwarder import Forwarder
 from recorder_tracer.decode.record import Record
 
 TARGET = 500_000

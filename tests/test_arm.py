@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.tracer import Workload, require_uprobe_multi_links, semaphore_value
 from timing import scaled
-from tracer_helpers import Workload, require_uprobe_multi_links, semaphore_value
 
 from recorder_tracer.kernel import arm, link
 from recorder_tracer.target import notes

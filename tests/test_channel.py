@@ -17,12 +17,14 @@ import zlib
 from pathlib import Path
 
 import pytest
-from channel_helpers import CollectorProcess, count_lines, read_lines, stream_dirs
+from helpers.channel import CollectorProcess, count_lines, read_lines, stream_dirs
+from helpers.tracer import wait_for
 from timing import scaled
-from tracer_helpers import wait_for
 
-from recorder_tracer.channel import backlog, batch, clock, lines, store, transport, wire
-from recorder_tracer.channel.forwarder import Forwarder
+from recorder_tracer.channel import batch, clock, transport, wire
+from recorder_tracer.channel.guest import backlog
+from recorder_tracer.channel.guest.forwarder import Forwarder
+from recorder_tracer.channel.host import lines, store
 from recorder_tracer.channel.wire import FrameError, Kind
 from recorder_tracer.decode.record import Record
 
@@ -292,7 +294,7 @@ def test_chrome_merge_puts_each_guest_in_its_own_process_group(
     chrome = tmp_path / "all.trace"
     from subprocess import run
 
-    from channel_helpers import RECORDER
+    from helpers.channel import RECORDER
     result = run([*RECORDER, "collect", "--out", str(out), "--chrome", str(chrome)],
                  capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 0, result.stderr
@@ -311,7 +313,7 @@ def test_chrome_merge_puts_each_guest_in_its_own_process_group(
 def test_collect_without_listen_or_chrome_is_a_usage_error(tmp_path: Path) -> None:
     from subprocess import run
 
-    from channel_helpers import RECORDER
+    from helpers.channel import RECORDER
     result = run([*RECORDER, "collect", "--out", str(tmp_path)],
                  capture_output=True, text=True, timeout=scaled(60))
     assert result.returncode == 2 and "--listen" in result.stderr

@@ -5,92 +5,31 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from channel_helpers import RECORDER, CollectorProcess, read_lines, stream_dirs
-from timing import scaled
-from tracer_helpers import (
+from helpers.channel import (
+    TICKS,
+    CollectorProcess,
+    DaemonProcess,
+    free_port,
+    latest_sample,
+    read_lines,
+    records_of,
+    stream_dirs,
+)
+from helpers.tracer import (
     RECORDS,
     Victim,
     Workload,
     require_uprobe_multi_links,
     wait_for,
 )
-
-TICKS = 23
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class DaemonProcess:
-    """`recorder daemon ... --forward URL`, started once its banner shows."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [*RECORDER, "daemon", "--listen", f"127.0.0.1:{free_port()}", *args],
-            stderr=subprocess.PIPE, text=True)
-        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wait_line("^Serving metrics on .*forwarding to ")
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_line(self, pattern: str) -> str:
-        def found() -> str | None:
-            while not self.lines.empty():
-                self.seen.append(self.lines.get())
-            if self.process.poll() is not None:
-                raise AssertionError(f"the daemon ended: {self.seen}")
-            return next((line for line in self.seen if re.search(pattern, line)),
-                        None)
-        return wait_for(found, scaled(60))
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=scaled(30))
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        assert self.process.stderr is not None
-        threading.Event().wait(0.2)     # the reader thread's last lines
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return self.process.returncode
-
-
-def records_of(out: Path) -> list[dict]:
-    return [record for folder in stream_dirs(out)
-            for record in read_lines(folder / "records.jsonl")]
-
-
-def latest_sample(folder: Path, name: str) -> float | None:
-    """The last metrics frame's value of sample `name` (exact key match on
-    the metric name and a label substring)."""
-    for line in reversed(read_lines(folder / "metrics.jsonl")):
-        for key, value in line["samples"].items():
-            if key.startswith(name.split("{")[0] + "{") and all(
-                    part in key for part in name.split("{")[1].rstrip("}").split(",")):
-                return value
-    return None
+from timing import scaled
 
 
 @pytest.mark.bpf
@@ -249,7 +188,7 @@ def test_guest_daemon_killed_9_with_unsent_records_is_counted_lost(
     """Records framed but never sent die with a daemon killed -9; its last
     word (the state it keeps under /run/recorder) lets the next daemon tell
     the collector, which names the lost items in that stream's gaps.jsonl."""
-    from recorder_tracer.channel.guest import state_path
+    from recorder_tracer.channel.guest.sources import state_path
     out = tmp_path / "out"
     url = f"tcp://127.0.0.1:{free_port()}"
     collector = CollectorProcess(out, [url])

@@ -18,10 +18,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from channel_helpers import CollectorProcess, read_lines, stream_dirs
-from test_channel_daemon import TICKS, DaemonProcess, latest_sample, records_of
+from helpers.channel import (
+    TICKS,
+    CollectorProcess,
+    DaemonProcess,
+    latest_sample,
+    read_lines,
+    records_of,
+    stream_dirs,
+)
+from helpers.tracer import RECORDS, Victim, Workload, wait_for
 from timing import scaled
-from tracer_helpers import RECORDS, Victim, Workload, wait_for
 
 VMADDR_CID_LOCAL = 1
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from channel_helpers import read_lines, stream_dirs
+from helpers.channel import read_lines, stream_dirs
 
 TICKS = 23
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from timing import scaled
 
+from recorder_tracer import abi
+
 REPO = Path(__file__).resolve().parent.parent
 PROBES_MD = REPO / "probes" / "PROBES.md"
 HEADERS = REPO / "probes" / "include" / "recorder"
@@ -225,3 +227,49 @@ def test_documented_probe_registers_match_the_notes(progs: Path) -> None:
                            capture_output=True, text=True, check=True).stdout
     arguments = re.findall(r"Arguments: (.*)", notes)
     assert arguments and all(found == expected for found in arguments)
+
+
+# -- recorder_tracer/abi.py: the tracer's one copy of these numbers ----------
+
+BPF_HEADERS = REPO / "tracer" / "recorder_tracer" / "kernel" / "bpf"
+
+
+def c_constants(path: Path) -> dict[str, int]:
+    """#define NAME number and enum `NAME = number` of one header."""
+    text = path.read_text()
+    found = {name: int(value, 0) for name, value in re.findall(
+        r"^#define (\w+)\s+(0x[0-9a-fA-F]+|\d+)u?l?l?\b", text, re.MULTILINE)}
+    found.update({name: int(value, 0) for name, value in re.findall(
+        r"^\s*(\w+)\s*=\s*(0x[0-9a-fA-F]+|\d+),", text, re.MULTILINE)})
+    return found
+
+
+def header_path(name: str) -> Path:
+    return (REPO / "probes" / "include" / name if name.startswith("recorder/")
+            else BPF_HEADERS / name)
+
+
+@pytest.mark.parametrize("name", sorted(abi.HEADER_NAMES))
+def test_abi_constant_matches_its_header(name: str) -> None:
+    header, c_name = abi.HEADER_NAMES[name]
+    assert c_constants(header_path(header))[c_name] == getattr(abi, name)
+
+
+@pytest.mark.parametrize("name", sorted(abi.COUNTER_ENUMS))
+def test_abi_counter_names_follow_their_enum(name: str) -> None:
+    header, prefix = abi.COUNTER_ENUMS[name]
+    constants = c_constants(header_path(header))
+    names = getattr(abi, name)
+    assert [constants[prefix + counter.upper()] for counter in names] == \
+        list(range(len(names)))
+    assert constants[prefix + "COUNT"] == len(names)
+
+
+def test_abi_layouts_match_the_compiler(
+        compiled: dict[str, list[tuple[str, int, str]]]) -> None:
+    offsets = {struct: {field: offset for field, offset, _ in rows}
+               for struct, rows in compiled.items()}
+    assert abi.ENTRY.size == offsets["recorder_entry"]["sizeof"] == abi.ENTRY_SIZE
+    assert offsets["recorder_topic"]["armed"] == abi.TOPIC_ARMED_OFFSET
+    assert offsets["recorder_topic"]["shards"] == abi.TOPIC_SHARDS_OFFSET
+    assert abi.SHARD_HEADER.size <= offsets["recorder_shard"]["sizeof"]

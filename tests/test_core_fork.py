@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_core_share import (
+from helpers.share import (
     BLOCK,
     HEADER_KIND,
     MAPS_KIND,

@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from core_helpers import run as run_program
+from helpers.core import run as run_program
 from timing import scaled
 
 DUMP_LINE = re.compile(

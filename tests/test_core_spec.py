@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from core_helpers import run
+from helpers.core import run
 
 DEFAULTS = {
     "net_send": 0,

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from timing import scaled
-from tracer_helpers import (
+from helpers.tracer import (
     RECORDS,
     Victim,
     Workload,
@@ -25,6 +24,7 @@ from tracer_helpers import (
     semaphore_value,
     wait_for,
 )
+from timing import scaled
 
 from recorder_tracer.errors import TracerError
 from recorder_tracer.postmortem.snapshot_file import read_snapshot

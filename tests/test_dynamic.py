@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from timing import scaled
+from helpers.tracer import PythonWorkload
 
 import recorder
 from recorder_tracer.target.dynamic import read_armed, runtime_topics
 from recorder_tracer.target.memory import ProcessImage
-
-WORKLOAD = Path(__file__).parent / "workloads" / "py_ticks.py"
 
 
 def test_topic_of_the_same_name_is_the_same_ring(capfd) -> None:
@@ -27,35 +25,6 @@ def test_topic_of_the_same_name_is_the_same_ring(capfd) -> None:
              if "dynamic_same:" in line and "value" in line]
     assert [line.rsplit(" ", 1)[1] for line in lines] == [str(i) for i in range(7, 23)]
     assert "test_dynamic.py:" in lines[0]
-
-
-class PythonWorkload:
-    """tests/workloads/py_ticks.py, driven line by line."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(WORKLOAD)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        self.pid = int(self.process.stdout.readline().split()[1])
-
-    def record(self, topic: str, count: int) -> None:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{topic} {count}\n")
-        self.process.stdin.flush()
-        assert self.process.stdout.readline().strip() == "done"
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-        self.process.wait(timeout=scaled(10))
-
-    def __enter__(self) -> PythonWorkload:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @pytest.fixture
@@ -76,7 +45,7 @@ def test_registry_lists_python_topics_as_runtime_topics(workload) -> None:
 
 @pytest.mark.bpf
 def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
-    from tracer_helpers import BackgroundSession
+    from helpers.tracer import BackgroundSession
 
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.session.loop import TraceOptions
@@ -104,7 +73,7 @@ def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
 
 @pytest.mark.bpf
 def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> None:
-    from tracer_helpers import BackgroundSession, wait_for
+    from helpers.tracer import BackgroundSession, wait_for
 
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.session.loop import TraceOptions
@@ -121,7 +90,7 @@ def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> Non
 
 @pytest.mark.bpf
 def test_a_process_that_execs_is_armed_again_in_its_new_program() -> None:
-    from tracer_helpers import BackgroundSession, wait_for
+    from helpers.tracer import BackgroundSession, wait_for
 
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.session.loop import TraceOptions

@@ -17,7 +17,7 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.output import writer as export
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.jsonl import JsonLinesWriter
-from recorder_tracer.output.writer import open_writer
+from recorder_tracer.output.sinks import open_writer
 
 
 @dataclass

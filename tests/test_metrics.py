@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.tracer import BackgroundSession, Workload, wait_for
 from timing import scaled
-from tracer_helpers import BackgroundSession, Workload, wait_for
 
 from recorder_tracer.metrics.aggregates import MetricsReader, group, metrics_options
 from recorder_tracer.metrics.table import bars
@@ -112,11 +112,12 @@ def test_interval_histogram_matches_a_known_period(workloads) -> None:
     intervals = stats.intervals
     # 23 records, 22 intervals of 3 ms and a little more (sleep overshoot,
     # more on a busy machine): mostly [2^21, 2^22) ns = [2.1 ms, 4.2 ms),
-    # the rest in the next bucket. A record that changed CPU starts that
-    # CPU's chain afresh (intervals are per CPU), so allow a few less.
+    # the rest in later buckets (how many depends on the machine's load),
+    # none below: a sleep never ends early. A record that changed CPU starts
+    # that CPU's chain afresh (intervals are per CPU), so allow a few less.
     assert 18 <= sum(intervals) <= 22
+    assert sum(intervals[:22]) == 0
     assert intervals[22] > 0.5 * sum(intervals)
-    assert intervals[22] + intervals[23] >= 0.9 * sum(intervals)
     # Their exact total (the Prometheus histogram's _sum): a 3 ms mean, or a
     # little more.
     assert 3_000_000 <= stats.interval_sum / sum(intervals) < 6_000_000

@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from timing import scaled
-from tracer_helpers import (
+from helpers.tracer import (
     RECORDS,
     Victim,
     Workload,
     require_uprobe_multi_links,
     semaphore_value,
 )
+from timing import scaled
 
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.errors import TracerError

@@ -67,7 +67,7 @@ def test_child_exec_and_exit_code_are_reported(progs: Path) -> None:
     assert (exit_event.exit_code, exit_event.signal, exit_event.core_dumped) == (
         7, None, False)
     assert exit_event.parent_pid == os.getpid()
-    assert exit_event.describe() == "exited with code 7"
+    assert exit_event.describe() == "exit code 7"
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert exec_event.timestamp <= exit_event.timestamp <= now
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_core_share import ShareFile, parse, shard_of
-from test_dynamic import PythonWorkload
+from helpers.share import ShareFile, parse, shard_of
+from helpers.tracer import PythonWorkload
 from timing import scaled
 
 import recorder
@@ -440,7 +440,7 @@ class Interrupted:
 
 @pytest.mark.bpf
 def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
-    from tracer_helpers import wait_for
+    from helpers.tracer import wait_for
 
     from recorder_tracer.target.dynamic import open_memory, set_armed
 
@@ -469,7 +469,7 @@ def test_bpftrace_on_the_runtime_probe_sees_python_records() -> None:
 
 @pytest.mark.bpf
 def test_recorder_probes_and_trace_show_a_python_program() -> None:
-    from tracer_helpers import wait_for
+    from helpers.tracer import wait_for
 
     from recorder_tracer.target.dynamic import read_armed
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from recorder_tracer.decode.record import Record
-from recorder_tracer.decode.render import (
+from recorder_tracer.decode.render import format_message
+from recorder_tracer.output.text import (
     TOPIC_WIDTH_MAX,
     TextPrinter,
     TimeMode,
     format_header,
-    format_message,
     format_record,
     format_time,
 )
@@ -232,5 +232,7 @@ def test_printer_prints_the_header_once_and_times_from_the_first_record() -> Non
 
 def test_docstring_examples_hold() -> None:
     from recorder_tracer.decode import render
+    from recorder_tracer.output import text
 
     assert doctest.testmod(render).failed == 0
+    assert doctest.testmod(text).failed == 0

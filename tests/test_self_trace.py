@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.tracer import BackgroundSession, Workload, wait_for
 from timing import scaled
-from tracer_helpers import BackgroundSession, Workload, wait_for
 
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.session.loop import TraceOptions

@@ -18,16 +18,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers.tracer import RECORDS, BackgroundSession, Victim
 from timing import scaled
-from tracer_helpers import RECORDS, BackgroundSession, Victim
 
 from recorder_tracer.cli import main
 from recorder_tracer.decode.spec import TopicSpec
-from recorder_tracer.postmortem.snapshot import (
-    SnapshotOptions,
-    SnapshotWatcher,
-    take_snapshot,
-)
+from recorder_tracer.postmortem.build import take_snapshot
+from recorder_tracer.postmortem.snapshot import SnapshotOptions, SnapshotWatcher
 from recorder_tracer.postmortem.snapshot_file import read_snapshot
 from recorder_tracer.session.loop import TraceOptions
 
@@ -177,7 +174,8 @@ def test_full_snapshot_directory_is_reported_and_counted(
         progs: Path, tmp_path: Path) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                    str(mount)],
                    check=True)
     reports: list[str] = []
     watcher = SnapshotWatcher(SnapshotOptions(str(mount), records=N), reports.append)

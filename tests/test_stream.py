@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tracer_helpers import Workload
+from helpers.tracer import Workload
 
 from recorder_tracer.kernel import arm, harvest
 from recorder_tracer.kernel.harvest import Harvester

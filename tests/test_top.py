@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers.tracer import Workload, wait_for
 from timing import scaled
-from tracer_helpers import Workload, wait_for
 
 pytestmark = pytest.mark.bpf
 

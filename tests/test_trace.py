@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from timing import scaled
-from tracer_helpers import (
+from helpers.tracer import (
     BackgroundSession,
     Workload,
     semaphore_value,
     wait_for,
 )
+from timing import scaled
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.spec import TopicSpec

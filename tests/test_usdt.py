@@ -33,13 +33,10 @@ from recorder_tracer.decode.usdt_args import (
     symbol_resolver,
 )
 from recorder_tracer.errors import TracerError
-from recorder_tracer.kernel.usdt import (
-    COUNTER_NAMES,
-    USDT_SITE_UNKNOWN,
-    UsdtOptions,
-    UsdtSelector,
-    UsdtTracer,
-)
+from recorder_tracer.kernel.usdt import COUNTER_NAMES, USDT_SITE_UNKNOWN
+from recorder_tracer.session.loop import TraceSession
+from recorder_tracer.session.options import TraceOptions
+from recorder_tracer.session.usdt import UsdtSelector
 from recorder_tracer.target import notes
 from recorder_tracer.target.memory import load_bias, read_maps
 
@@ -374,28 +371,29 @@ def test_command_is_traced_from_its_first_probe() -> None:
 
 @pytest.mark.bpf
 def test_site_address_is_load_bias_plus_note_address(progs: Path) -> None:
-    from tracer_helpers import Workload
+    from helpers.tracer import Workload
 
     path = str(progs / "workload_ticks")   # a PIE: its load bias is not 0
     workload = Workload(progs)
     records: list[Any] = []
     try:
-        tracer = UsdtTracer(UsdtOptions(
-            [UsdtSelector.parse(f"{path}:recorder:tick:x")], pids=[workload.pid]),
-            records.append)
-        tracer.start()
-        process = tracer.processes[workload.pid]
+        session = TraceSession(TraceOptions(
+            pids=[workload.pid], topics=False,
+            usdt=[UsdtSelector.parse(f"{path}:recorder:tick:x")]), records.append)
+        session.start()
+        assert session.usdt is not None
+        process = session.usdt.processes[workload.pid]
         addresses = set(process.by_address)
         bias = load_bias(read_maps(workload.pid), path)
         workload.record("tick", 23)
-        tracer.close()
+        session.close()
     finally:
         workload.close()
 
     probe = next(p for p in notes.probes_in_file(path) if p.name == "tick")
     assert bias is not None and bias != 0
     assert addresses == {bias + probe.address}
-    assert tracer.unknown_sites == 0
+    assert session.unknown_sites == 0
     # arg0 is the address of the entry just written: 23 distinct ring slots;
     # arg1 a copy of its args[0] (bpftrace-style tools see 6 arguments).
     assert [(r.provider, r.topic, len(r.args)) for r in records] == \
@@ -534,7 +532,7 @@ def test_topics_and_usdt_probes_of_a_command_merge_in_time_order(
 
 @pytest.mark.bpf
 def test_topics_and_usdt_probes_of_a_running_process(progs: Path) -> None:
-    from tracer_helpers import Workload
+    from helpers.tracer import Workload
 
     path = str(progs / "workload_ticks")
     workload = Workload(progs)
@@ -561,7 +559,7 @@ def test_topics_and_usdt_probes_of_a_running_process(progs: Path) -> None:
 
 @pytest.mark.bpf
 def test_usdt_follows_processes_by_name(progs: Path) -> None:
-    from tracer_helpers import Workload
+    from helpers.tracer import Workload
 
     path = str(progs / "workload_ticks")
     tracing = Tracing("--comm", "workload_ticks", "--usdt",

@@ -78,11 +78,17 @@ fi
 # 2b. bpffs at /sys/fs/bpf: the controller pins its flight ring and links
 #     there (tracer/recorder_tracer/kernel/pins.py) so they outlive it.
 #     systemd mounts it at boot; a container or a minimal VM may not.
+#     Root's only (0700, as systemd mounts it): bpffs defaults to 1777, where
+#     any user could create the pin directory first, or pin objects.
 if grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
     say "bpffs mounted at /sys/fs/bpf"
 else
-    mount -t bpf bpf /sys/fs/bpf
+    mount -t bpf -o mode=0700 bpf /sys/fs/bpf
     say "mounted bpffs at /sys/fs/bpf"
+fi
+if [ "$(stat -c %a /sys/fs/bpf)" != 700 ]; then
+    chmod 0700 /sys/fs/bpf
+    say "bpffs at /sys/fs/bpf made root's only (was world-writable)"
 fi
 
 # 3. The virtualenv: Python 3.11 (bcc's Python binding is built for it),

@@ -93,7 +93,7 @@ static void publish(__u64 tsc, __u64 ns, __u64 mult, __u64 baseline_ticks)
 void recorder_clock_init(void)
 {
 #ifdef RECORDER_HAVE_TSC
-    if (getenv("RECORDER_NO_TSC") || !kernel_uses_tsc())
+    if (secure_getenv("RECORDER_NO_TSC") || !kernel_uses_tsc())
         return;
     __u64 tsc0, ns0, tsc1, ns1;
     measure_pair(&tsc0, &ns0);

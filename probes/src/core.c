@@ -109,8 +109,8 @@ static void initialize(void)
     /* The core's own topics first, so their records carry their ids. */
     add_topic(&recorder_recorder_core_topic);
     add_topic(&recorder_recorder_signals_topic);
-    const char *traces = getenv("RECORDER_TRACES");
-    const char *tweaks = getenv("RECORDER_TWEAKS");
+    const char *traces = secure_getenv("RECORDER_TRACES");
+    const char *tweaks = secure_getenv("RECORDER_TWEAKS");
     /* Not recorder_trace_set: it calls recorder_init, and pthread_once
      * called again from its own init routine never returns. */
     if (traces)

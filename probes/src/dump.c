@@ -26,6 +26,8 @@ static struct cursor cursors[MAX_DUMP_SHARDS];
 static atomic_flag dumping = ATOMIC_FLAG_INIT;
 static const char *dump_pattern;        /* RECORDER_DUMP, or "all" */
 static unsigned char dump_selected[RECORDER_MAX_TOPICS];   /* by topic id */
+static regex_t dump_regex;              /* RECORDER_DUMP, compiled once */
+static int dump_pattern_compiled;
 
 /* Copies entry `index` of a shard; 0 if it was overwritten meanwhile. */
 static int read_entry(const struct recorder_shard *shard, __u64 index,
@@ -77,7 +79,7 @@ static int selected(const struct recorder_topic *topic, enum selection how,
 {
     switch (how) {
     case SELECT_REGEX:
-        return regexec(regex, topic->name.text, 0, NULL, 0) == 0;
+        return recorder_name_matches(regex, topic->name.text);
     case SELECT_RECORDER_DUMP:
         return topic->id < RECORDER_MAX_TOPICS && dump_selected[topic->id];
     default:
@@ -282,36 +284,32 @@ void recorder_dump_select(const struct recorder_topic *topic)
 {
     if (topic->id >= RECORDER_MAX_TOPICS)
         return;
-    int chosen = 1;
-    regex_t regex;
-    if (dump_pattern && strcmp(dump_pattern, "all") != 0) {
-        chosen = recorder_compile_name_regex(&regex, dump_pattern) == 0;
-        if (chosen) {
-            chosen = regexec(&regex, topic->name.text, 0, NULL, 0) == 0;
-            regfree(&regex);
-        }
-    }
-    dump_selected[topic->id] = (unsigned char)chosen;
+    dump_selected[topic->id] = (unsigned char)(!dump_pattern_compiled
+        || recorder_name_matches(&dump_regex, topic->name.text));
 }
 
 void recorder_dump_at_exit_init(void)
 {
-    dump_pattern = getenv("RECORDER_DUMP");
+    dump_pattern = secure_getenv("RECORDER_DUMP");
     if (!dump_pattern || !*dump_pattern) {
         dump_pattern = "all";
         return;
     }
-    regex_t regex;
-    int status = recorder_compile_name_regex(&regex, dump_pattern);
+    if (strcmp(dump_pattern, "all") == 0) {
+        atexit(dump_at_exit);
+        return;
+    }
+    int status = recorder_compile_name_regex(&dump_regex, dump_pattern);
     if (status != 0) {
         char reason[128];
-        regerror(status, &regex, reason, sizeof(reason));
+        regerror(status, &dump_regex, reason, sizeof(reason));
         recorder_error("recorder: invalid RECORDER_DUMP pattern '%s': %s; "
                        "no dump at exit, all topics on a fatal signal",
                        dump_pattern, reason);
         dump_pattern = "all";
         return;
     }
-    regfree(&regex);
+    /* Compiled once, kept for every topic added later. */
+    dump_pattern_compiled = 1;
     atexit(dump_at_exit);
 }

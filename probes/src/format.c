@@ -59,12 +59,51 @@ static void emit(struct output *out, const char *text, size_t length)
 
 static void emitf(struct output *out, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
+/* Widths and precisions come from the traced process. glibc's vsnprintf
+ * mallocs for a field past ~1000 characters (a deadlock in a signal
+ * handler interrupting malloc) and puts %.15000f's digits on the stack
+ * (past a 64 KiB alternate stack): every number in a conversion is cut
+ * to FIELD_MAX, which a line of the dump cannot exceed anyway. */
+#define FIELD_MAX 128
+
+static void bound_fields(const char *format, char *bounded, size_t size)
+{
+    size_t n = 0;
+    int in_conversion = 0;
+    for (const char *p = format; *p && n + 4 < size;) {
+        /* A '0' not after '.' or a digit is the zero-padding flag. */
+        int zero_flag = *p == '0' && n > 0 && bounded[n - 1] != '.'
+            && (bounded[n - 1] < '0' || bounded[n - 1] > '9');
+        if (!in_conversion || zero_flag || *p < '0' || *p > '9') {
+            if (!in_conversion)
+                in_conversion = *p == '%';
+            else if (!strchr("-+ #0'.*hlLqjzt", *p))
+                in_conversion = 0;      /* the conversion letter ends it */
+            bounded[n++] = *p++;
+            continue;
+        }
+        unsigned long long value = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (value <= FIELD_MAX)
+                value = value * 10 + (unsigned)(*p - '0');
+            p++;
+        }
+        n += (size_t)snprintf(bounded + n, size - n, "%llu",
+                              value > FIELD_MAX ? FIELD_MAX : value);
+    }
+    bounded[n] = 0;
+}
+
 static void emitf(struct output *out, const char *format, ...)
 {
-    char piece[RECORDER_STRING_MAX + 64];
+    char piece[RECORDER_STRING_MAX + 64], bounded[128];
     va_list args;
     va_start(args, format);
-    int length = vsnprintf(piece, sizeof(piece), format, args);
+    bound_fields(format, bounded, sizeof(bounded));
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    int length = vsnprintf(piece, sizeof(piece), bounded, args);
+#pragma GCC diagnostic pop
     va_end(args);
     if (length > 0)
         emit(out, piece, (size_t)length < sizeof(piece)

@@ -36,6 +36,7 @@ void recorder_spec_apply_pending(struct recorder_topic *topic,
                                  struct recorder_tweak *tweak);
 /* Regex matching whole names, case-insensitively (the spec's rule). */
 int recorder_compile_name_regex(regex_t *regex, const char *pattern);
+int recorder_name_matches(const regex_t *regex, const char *name);
 int recorder_spec_apply(const char *spec, int from_environment);
 
 /* share.c: RECORDER_SHARE=DIR */

@@ -134,17 +134,24 @@ static void unlock(void)
 
 static void remove_at_exit(void)
 {
-    if (share_fd >= 0 && getenv("RECORDER_SHARE_KEEP") == NULL)
+    if (share_fd >= 0 && secure_getenv("RECORDER_SHARE_KEEP") == NULL)
         unlink(share_path);
 }
 
 static int create_file(void)
 {
-    const char *directory = getenv("RECORDER_SHARE");
+    const char *directory = secure_getenv("RECORDER_SHARE");
     char command[16] = "";
     prctl(PR_GET_NAME, command);
-    snprintf(share_path, sizeof(share_path), "%s/%s.%d.recorder", directory,
-             command, (int)getpid());
+    int length = snprintf(share_path, sizeof(share_path), "%s/%s.%d.recorder",
+                          directory, command, (int)getpid());
+    /* A name cut at PATH_MAX is another file: never unlink or create it. */
+    if (length < 0 || (size_t)length >= sizeof(share_path)) {
+        recorder_error("recorder: RECORDER_SHARE: directory name too long "
+                       "(%zu bytes)", strlen(directory));
+        share_path[0] = 0;
+        return -1;
+    }
     /* Records may hold secrets, and DIR may be shared (/tmp): only the
      * owner reads the file, and a planted symlink is removed, not followed
      * (a stale file of a process with the same pid goes the same way). */
@@ -177,9 +184,9 @@ static int create_file(void)
         .registry_address = (__u64)(uintptr_t)&recorder_registry,
     };
     memcpy(header.command, command, sizeof(header.command));
-    ssize_t length = readlink("/proc/self/exe", header.executable,
+    ssize_t exe_length = readlink("/proc/self/exe", header.executable,
                               sizeof(header.executable) - 1);
-    if (length < 0)
+    if (exe_length < 0)
         header.executable[0] = 0;
     pwrite(fd, &header, sizeof(header),
            (off_t)offset + (off_t)sizeof(struct recorder_share_block));
@@ -189,7 +196,7 @@ static int create_file(void)
 
 void recorder_share_init(void)
 {
-    const char *directory = getenv("RECORDER_SHARE");
+    const char *directory = secure_getenv("RECORDER_SHARE");
     if (!directory || !*directory)
         return;
     if (create_file() == 0)

@@ -40,22 +40,109 @@ void recorder_spec_fork_release(void)
     pthread_mutex_unlock(&items_lock);
 }
 
-/* Compiles `pattern` to match whole names, case-insensitively. */
+/* glibc's regcomp copies a bounded repetition's operand once per bound, so
+ * nested bounds multiply: ((a{1,200}){1,200}){1,200} took 19 GB and more
+ * than a minute. A pattern whose copies would exceed this is refused. */
+#define NAME_REGEX_MAX_COST 8192
+#define NAME_REGEX_MAX_DEPTH 32
+
+/* Skips a bracket expression starting at `p` ('['); returns its end. */
+static const char *skip_bracket(const char *p)
+{
+    p++;
+    if (*p == '^')
+        p++;
+    if (*p == ']')
+        p++;
+    while (*p && *p != ']') {
+        if (*p == '[' && (p[1] == ':' || p[1] == '=' || p[1] == '.')) {
+            char kind = p[1];
+            p += 2;
+            while (*p && !(p[0] == kind && p[1] == ']'))
+                p++;
+            if (*p)
+                p += 2;
+            continue;
+        }
+        p++;
+    }
+    return *p ? p + 1 : p;
+}
+
+/* How many nodes glibc would build for `pattern`, roughly; stops counting
+ * past the limit. */
+static unsigned long long regex_cost(const char *p)
+{
+    unsigned long long level[NAME_REGEX_MAX_DEPTH + 1] = { 0 };
+    unsigned long long atom = 0;        /* size of the last atom */
+    unsigned depth = 0;
+    while (*p) {
+        if (level[depth] > NAME_REGEX_MAX_COST)
+            return level[depth];
+        if (*p == '(') {
+            if (depth == NAME_REGEX_MAX_DEPTH)
+                return NAME_REGEX_MAX_COST + 1;
+            level[++depth] = 0;
+            atom = 0;
+            p++;
+        } else if (*p == ')' && depth > 0) {
+            atom = level[depth--] + 1;
+            level[depth] += atom;
+            p++;
+        } else if (*p == '{') {
+            char *end;
+            unsigned long long low = strtoull(p + 1, &end, 10), high = low;
+            if (*end == ',')
+                high = end[1] == '}' ? low + 1 : strtoull(end + 1, &end, 10);
+            while (*end && *end != '}')
+                end++;
+            p = *end ? end + 1 : end;
+            if (high < low)
+                high = low;
+            if (high > NAME_REGEX_MAX_COST)
+                return NAME_REGEX_MAX_COST + 1;
+            level[depth] += atom * high;    /* atom already counted once */
+            atom *= high + 1;
+        } else {
+            if (*p == '[')
+                p = skip_bracket(p);
+            else
+                p += p[0] == '\\' && p[1] ? 2 : 1;
+            atom = 1;
+            level[depth]++;
+        }
+    }
+    while (depth > 0) {
+        level[depth - 1] += level[depth];
+        depth--;
+    }
+    return level[0];
+}
+
+/* Compiles `pattern` to match whole names, case-insensitively. Not by
+ * wrapping it in ^(...)$: `a)|(b` would then match any name starting
+ * with a; recorder_name_matches checks the match spans the name. */
 int recorder_compile_name_regex(regex_t *regex, const char *pattern)
 {
-    size_t length = strlen(pattern);
-    char *anchored = malloc(length + 5);
-    if (!anchored)
-        return REG_ESPACE;
-    snprintf(anchored, length + 5, "^(%s)$", pattern);
-    int status = regcomp(regex, anchored, REG_EXTENDED | REG_ICASE | REG_NOSUB);
-    free(anchored);
-    return status;
+    if (regex_cost(pattern) > NAME_REGEX_MAX_COST) {
+        /* regerror on it must still work: compile something tiny. */
+        regcomp(regex, "x", REG_EXTENDED);
+        regfree(regex);
+        return REG_ESIZE;
+    }
+    return regcomp(regex, pattern, REG_EXTENDED | REG_ICASE);
+}
+
+int recorder_name_matches(const regex_t *regex, const char *name)
+{
+    regmatch_t match;
+    return regexec(regex, name, 1, &match, 0) == 0 && match.rm_so == 0
+        && (size_t)match.rm_eo == strlen(name);
 }
 
 static int item_matches(const struct spec_item *item, const char *name)
 {
-    return item->match_all || regexec(&item->regex, name, 0, NULL, 0) == 0;
+    return item->match_all || recorder_name_matches(&item->regex, name);
 }
 
 /* Applies one item; returns how many topics and tweaks it changed. */

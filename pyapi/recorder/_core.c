@@ -23,6 +23,7 @@
 #include <Python.h>
 #include <frameobject.h>
 #include <string.h>
+#include <limits.h>
 
 /* CPython 3.11: the caller's code and instruction, read from its
  * interpreter frame. The public route (PyEval_GetFrame) makes a frame
@@ -483,18 +484,20 @@ static PyObject *Recorder_new(PyTypeObject *type, PyObject *args,
 {
     static char *keywords[] = { "name", "size", "description", NULL };
     PyObject *name;
-    unsigned size = DEFAULT_SIZE;
+    /* Py_ssize_t, not "I": "I" keeps the low 32 bits (2**32+3 was 3). */
+    Py_ssize_t size = DEFAULT_SIZE;
     const char *description = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|Is:Recorder", keywords,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|ns:Recorder", keywords,
                                      &name, &size, &description))
         return NULL;
-    if (size == 0 || size > (1u << 24)) {
+    if (size <= 0 || size > (1 << 24)) {
         PyErr_Format(PyExc_ValueError,
-                     "recorder: size must be 1..%u records, not %u",
+                     "recorder: size must be 1..%u records, not %zd",
                      1u << 24, size);
         return NULL;
     }
-    struct recorder_topic *topic = create_topic(name, size, description);
+    struct recorder_topic *topic = create_topic(name, (unsigned)size,
+                                                description);
     if (!topic)
         return NULL;
     RecorderObject *self = (RecorderObject *)type->tp_alloc(type, 0);
@@ -866,9 +869,16 @@ static PyObject *module_record(PyObject *module, PyObject *const *args,
 static PyObject *module_trace_set(PyObject *module, PyObject *spec)
 {
     (void)module;
-    const char *text = PyUnicode_AsUTF8(spec);
+    Py_ssize_t length;
+    const char *text = PyUnicode_AsUTF8AndSize(spec, &length);
     if (!text)
         return NULL;
+    /* C would see the spec cut at the NUL: refuse rather than apply part. */
+    if (strlen(text) != (size_t)length) {
+        PyErr_Format(PyExc_ValueError,
+                     "recorder: trace spec %R contains a NUL", spec);
+        return NULL;
+    }
     int status = recorder_trace_set(text);
     if (status == RECORDER_TRACE_INVALID_NAME) {
         PyErr_Format(PyExc_ValueError,
@@ -925,10 +935,15 @@ static PyObject *module_topics(PyObject *module, PyObject *unused)
 static PyObject *module_dump_on_signals(PyObject *module, PyObject *args)
 {
     (void)module;
-    unsigned add = 0, remove = 0;
-    if (!PyArg_ParseTuple(args, "|II:dump_on_signals", &add, &remove))
+    Py_ssize_t add = 0, remove = 0;
+    if (!PyArg_ParseTuple(args, "|nn:dump_on_signals", &add, &remove))
         return NULL;
-    recorder_dump_on_common_signals(add, remove);
+    if (add < 0 || remove < 0 || add > UINT_MAX || remove > UINT_MAX) {
+        PyErr_SetString(PyExc_ValueError,
+                        "recorder: signal masks must be 0..2**32-1");
+        return NULL;
+    }
+    recorder_dump_on_common_signals((unsigned)add, (unsigned)remove);
     Py_RETURN_NONE;
 }
 

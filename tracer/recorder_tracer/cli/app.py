@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from recorder_tracer.channel.command import collect
+from recorder_tracer.channel.host.command import collect
 from recorder_tracer.cli.metrics import daemon, metrics, top
 from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
 from recorder_tracer.cli.probes import probes

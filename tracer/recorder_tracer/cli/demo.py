@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 from recorder_tracer.decode.record import Record
-from recorder_tracer.decode.render import format_header, format_record
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.errors import TracerError
+from recorder_tracer.output.text import format_header, format_record
 from recorder_tracer.postmortem.snapshot import SnapshotOptions
 from recorder_tracer.postmortem.snapshot_file import print_snapshot, read_snapshot
 from recorder_tracer.session.loop import TraceOptions, TraceSession

@@ -251,7 +251,10 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         server.start()
         channel = None
         if config.forward:
-            from recorder_tracer.channel.guest import ForwardOptions, GuestChannel
+            from recorder_tracer.channel.guest.sources import (
+                ForwardOptions,
+                GuestChannel,
+            )
             try:
                 channel = GuestChannel(server, ForwardOptions(
                     config.forward, list(config.trace), list(config.console),

@@ -31,7 +31,7 @@ Examples:
 def snapshot(pid: int, snapshot_dir: str, records: int) -> None:
     """Write a snapshot of live process PID's last records, read from its
     memory without stopping or signalling it; print the file's path."""
-    from recorder_tracer.postmortem.snapshot import SnapshotOptions, take_snapshot
+    from recorder_tracer.postmortem.build import SnapshotOptions, take_snapshot
     click.echo(take_snapshot(pid, SnapshotOptions(snapshot_dir, records)))
 
 
@@ -139,7 +139,7 @@ def dump(shm: bool, target: str | None, share_dir: str | None, records: int,
         return
     path = target
     if target.isdigit():
-        from recorder_tracer.postmortem.snapshot import share_dir_of
+        from recorder_tracer.postmortem.build import share_dir_of
         directory = share_dir_of(int(target)) or directory
         found = shares.share_file_of(directory, int(target)) if directory else None
         if found is None:

@@ -88,9 +88,9 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     signal (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS, KILL) leaves a snapshot of
     its last records in --snapshot-dir (see `recorder snapshots`), armed or
     not."""
-    from recorder_tracer.decode.render import TextPrinter
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.output.sinks import open_sink
+    from recorder_tracer.output.text import TextPrinter
     from recorder_tracer.postmortem.snapshot import SnapshotOptions
     from recorder_tracer.session.loop import TraceOptions, TraceSession, stop_on_signals
 
@@ -104,7 +104,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         raise click.UsageError(f"--duration {duration} is not a number of seconds")
     selectors: list[Any] = []
     if usdt:
-        from recorder_tracer.kernel.usdt import UsdtSelector
+        from recorder_tracer.session.usdt import UsdtSelector
         selectors = [UsdtSelector.parse(text) for text in usdt]
     options = TraceOptions(
         pids=list(pids), comms=list(comms), all_processes=all_processes,

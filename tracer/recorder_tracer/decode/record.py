@@ -32,3 +32,6 @@ class Record:
     args: list[Arg] = field(default_factory=list)
     cpu: int = 0
     provider: str = RECORDER_PROVIDER
+    # The entry's flags (abi.ENTRY_SPAN_BEGIN, ENTRY_SPAN_END...): what
+    # tells a span's begin from its end; 0 for a USDT hit.
+    flags: int = 0

@@ -1,8 +1,10 @@
 """Put records from several per-CPU streams back in timestamp order.
 
-Each per-CPU perf buffer is in order, but the controller reads them one
-after another (and, with --usdt beside recorder topics, two programs'
-buffers): a record read now may be older than one read a moment ago. So
+Each per-CPU stream is in order (a BPF ring buffer per CPU for recorder
+topics, a perf buffer per CPU for USDT probes: kernel/stream.py), but the
+controller reads them one after another, and with --usdt beside recorder
+topics two programs' streams: a record read now may be older than one read
+a moment ago. So
 records wait in a heap for a short window and leave oldest first; one
 buffer shared by every stream gives one merged output.
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
+from recorder_tracer.abi import USDT_MAX_ARGS
 from recorder_tracer.decode.record import Arg
 from recorder_tracer.target.elf import ElfFile, ElfFormatError
 
-MAX_ARGS = 6    # USDT_MAX_ARGS of kernel/bpf/usdt.h
+MAX_ARGS = USDT_MAX_ARGS
 
 
 class ArgKind(IntEnum):

@@ -1,4 +1,6 @@
-"""Compile, load and read the BPF harvest program (kernel/bpf/harvest.c).
+"""The BPF harvest program (kernel/bpf/harvest.c): its switches and maps.
+
+Loaded through kernel/loader.py, as the USDT and snapshot programs are.
 
 One Harvester is one loaded program and its maps; kernel/arm.py attaches it
 to probe sites, kernel/stream.py drains its stream.
@@ -8,43 +10,33 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
+from recorder_tracer.abi import (
+    HARVEST_COUNTERS,
+    HARVEST_NO_TOPIC,
+    HIST_BUCKETS,
+    VALUE_ARGS,
+)
 from recorder_tracer.errors import TracerError
-from recorder_tracer.kernel.arm import forget_bcc_program, register_bcc_program
+from recorder_tracer.kernel.loader import (
+    load_function,
+    load_program,
+    possible_cpus,
+    read_counters,
+    struct_fields,
+    struct_format,
+    unload,
+)
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"
-PROBES_INCLUDE = Path(__file__).resolve().parents[3] / "probes" / "include"
-COUNTER_NAMES = ("hits", "streamed", "stream_failed", "flight", "stats_full")
+COUNTER_NAMES = HARVEST_COUNTERS
 SHARED_PROBE = "recorder_dynamic"   # the probe run-time topics share (probes/)
 # The probe's arguments since the registers carry copies of the entry's words
 # (probes/PROBES.md); a site with other arguments gets a count-only program.
 PROBE_ARGUMENTS = "8@%rax 8@%rdx 8@%rcx 8@%rsi 8@%rdi 8@%r8 8@%r9 8@%r10"
-NO_TOPIC = 0xFFFFFFFF               # HARVEST_NO_TOPIC in kernel/bpf/harvest.h
-
-
-def require_bpf() -> Any:
-    """Import bcc, or fail with the fix; also checks for root."""
-    if os.geteuid() != 0:
-        raise TracerError("must run as root (BPF and uprobes need it)")
-    try:
-        import bcc
-    except ImportError:
-        raise TracerError(
-            "bcc is not available: run `sudo vagrant/provision.sh` "
-            "(installs Debian's python3-bpfcc)"
-        ) from None
-    return bcc
-
-
-def possible_cpus() -> int:
-    """How many CPU ids the kernel may use (per-CPU maps are that long)."""
-    from bcc.utils import get_possible_cpus
-    return max(get_possible_cpus()) + 1
+NO_TOPIC = HARVEST_NO_TOPIC
 
 
 @dataclass(frozen=True)
@@ -59,8 +51,6 @@ class CpuCounters:
     stats_full: int = 0
 
 
-HIST_BUCKETS = 64                   # HIST_BUCKETS in kernel/bpf/harvest.h
-VALUE_ARGS = 4                      # args[] copies in the probe's registers
 
 
 @dataclass
@@ -112,61 +102,6 @@ class SiteKey(NamedTuple):
     topic_id: int | None
 
 
-def struct_format(ctype: Any) -> str:
-    """A `struct` format for a ctypes Structure, flattened in field order,
-    with the padding its offsets imply: the compiled layout decides, so the
-    format cannot drift from the C header.
-
-    >>> class Pair(ctypes.Structure):
-    ...     _fields_ = [("a", ctypes.c_uint8), ("b", ctypes.c_uint32)]
-    >>> struct_format(Pair)
-    'B3xI'
-    """
-    return "".join(code for code, _ in _layout(ctype, ""))
-
-
-def struct_fields(ctype: Any) -> list[str]:
-    """The names of the values `struct_format(ctype)` unpacks, in order:
-    nested fields dotted, array elements indexed.
-
-    >>> class Pair(ctypes.Structure):
-    ...     _fields_ = [("a", ctypes.c_uint8), ("b", ctypes.c_uint32 * 2)]
-    >>> struct_fields(Pair)
-    ['a', 'b[0]', 'b[1]']
-    """
-    return [name for _, name in _layout(ctype, "") if name]
-
-
-def _layout(ctype: Any, prefix: str) -> list[tuple[str, str]]:
-    """(format code, value name or "" for padding) for a Structure."""
-    parts: list[tuple[str, str]] = []
-    position = 0
-    for name, field_type, *_ in ctype._fields_:
-        offset = getattr(ctype, name).offset
-        if offset > position:
-            parts.append((f"{offset - position}x", ""))
-        parts.extend(_field_layout(field_type, prefix + name))
-        position = offset + ctypes.sizeof(field_type)
-    if ctypes.sizeof(ctype) > position:
-        parts.append((f"{ctypes.sizeof(ctype) - position}x", ""))
-    return parts
-
-
-def _field_layout(field_type: Any, name: str) -> list[tuple[str, str]]:
-    if issubclass(field_type, ctypes.Array):
-        element = field_type._type_
-        if element in (ctypes.c_char, ctypes.c_byte, ctypes.c_ubyte):
-            return [(f"{field_type._length_}s", name)]
-        return [part for index in range(field_type._length_)
-                for part in _field_layout(element, f"{name}[{index}]")]
-    if issubclass(field_type, ctypes.Structure):
-        return _layout(field_type, name + ".")
-    code = getattr(field_type, "_type_", None)
-    if not isinstance(code, str) or struct.calcsize(code) != ctypes.sizeof(field_type):
-        raise TypeError(f"no struct format for {field_type}")
-    return [({"l": "q", "L": "Q"}.get(code, code), name)]
-
-
 class Harvester:
     """The loaded harvest program: its fds, record type and maps.
 
@@ -185,15 +120,10 @@ class Harvester:
         metrics: bool = True,
         pin_dir: str | None = None,
     ) -> None:
-        bcc = require_bpf()
-        if not (PROBES_INCLUDE / "recorder" / "entry.h").exists():
-            raise TracerError(f"probe contract header missing in {PROBES_INCLUDE}")
         if string_max <= 0 or string_max % 8:
             raise TracerError("string size must be a positive multiple of 8")
         self.cpus = possible_cpus()
         cflags = [
-            f"-I{PROBES_INCLUDE}",
-            f"-I{BPF_DIR}",
             f"-DFLIGHT_ENTRIES={flight_entries}",
             f"-DHARVEST_STRING_MAX={string_max}",
             f"-DHARVEST_CPUS={self.cpus}",
@@ -205,24 +135,12 @@ class Harvester:
                                (metrics, "HARVEST_METRICS")):
             if wanted:
                 cflags.append(f"-D{switch}")
-        try:
-            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "harvest.c").encode(),
-                               cflags=cflags)
-            self.program_fd: int = register_bcc_program(
-                self.bpf, self.bpf.load_func(b"harvest", bcc.BPF.KPROBE))
-            self.shared_program_fd: int = register_bcc_program(
-                self.bpf, self.bpf.load_func(b"harvest_shared", bcc.BPF.KPROBE))
-            self.legacy_program_fds: tuple[int, int] = tuple(  # type: ignore[assignment]
-                register_bcc_program(self.bpf, self.bpf.load_func(name, bcc.BPF.KPROBE))
-                for name in (b"harvest_legacy", b"harvest_shared_legacy"))
-        except Exception as error:
-            headers = Path(f"/lib/modules/{os.uname().release}/build")
-            if not headers.exists():
-                raise TracerError(
-                    f"kernel headers missing ({headers}): run "
-                    "`sudo vagrant/provision.sh`"
-                ) from None
-            raise TracerError(f"cannot load the BPF harvest program: {error}") from None
+        self.bpf = load_program("harvest.c", cflags, "harvest")
+        self.program_fd: int = load_function(self.bpf, b"harvest")
+        self.shared_program_fd: int = load_function(self.bpf, b"harvest_shared")
+        self.legacy_program_fds: tuple[int, int] = (
+            load_function(self.bpf, b"harvest_legacy"),
+            load_function(self.bpf, b"harvest_shared_legacy"))
         # The record layout as compiled, from bcc's table description.
         self.record_type: type[ctypes.Structure] = self.bpf[b"record_layout"].Leaf
         self.stream_rings = stream     # streams into per-CPU BPF ring buffers
@@ -267,13 +185,8 @@ class Harvester:
 
     def counters(self) -> list[CpuCounters]:
         """Per-CPU counters (hits, streamed, refused, flight, stats full)."""
-        table = self.bpf[b"counters"]
-        per_counter = [list(table[ctypes.c_int(index)])
-                       for index in range(len(COUNTER_NAMES))]
-        return [
-            CpuCounters(cpu, *(values[cpu] for values in per_counter))
-            for cpu in range(len(per_counter[0]))
-        ]
+        return [CpuCounters(cpu, **values) for cpu, values
+                in enumerate(read_counters(self.bpf, COUNTER_NAMES))]
 
     def flight_records(self) -> list[tuple[int, Any]]:
         """(cpu, record) of every filled slot of the kernel flight ring,
@@ -363,9 +276,8 @@ class Harvester:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
-        for fd in (self.program_fd, self.shared_program_fd, *self.legacy_program_fds):
-            forget_bcc_program(fd)
-        self.bpf.cleanup()
+        unload(self.bpf, (self.program_fd, self.shared_program_fd,
+                          *self.legacy_program_fds))
 
 
 def _round_up(value: int, unit: int) -> int:

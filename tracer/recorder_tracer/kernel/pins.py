@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,25 @@ def _is_bpffs(path: Path) -> bool:
     return result.f_type & 0xFFFFFFFF == BPF_FS_MAGIC
 
 
+def check_owned_dir(path: Path) -> None:
+    """Refuse a directory this user does not own or others may write: on a
+    world-writable bpffs anyone could create it first, then delete or
+    replace the pins put there (a link pin removed detaches the probe)."""
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        raise TracerError(f"pin directory {path}: {error.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise TracerError(f"pin directory {path} is not a directory "
+                          "(a symlink?): refusing it")
+    if info.st_uid != os.geteuid():
+        raise TracerError(f"pin directory {path} belongs to uid {info.st_uid}, "
+                          "not to this user: refusing it")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise TracerError(f"pin directory {path} is writable by others "
+                          f"(mode {stat.S_IMODE(info.st_mode):o}): refusing it")
+
+
 class PinDir:
     """One controller's pin directory (create, pin links, take over, clear)."""
 
@@ -79,7 +99,13 @@ class PinDir:
         if not _is_bpffs(parent if not self.path.exists() else self.path):
             raise TracerError(f"{parent} is not a bpf filesystem: mount it with "
                               f"`mount -t bpf bpf {parent}`")
-        self.path.mkdir(mode=0o700, exist_ok=True)
+        try:
+            self.path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise TracerError(f"pin directory {self.path}: {error.strerror}") from None
+        check_owned_dir(self.path)
 
     def map_path(self, name: str) -> str:
         """Where the map `name` is pinned (BPF_TABLE_PINNED's path)."""

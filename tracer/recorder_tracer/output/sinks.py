@@ -1,11 +1,32 @@
-"""Pick the writer for `recorder trace`: text lines, JSON lines or Chrome."""
+"""The one sink factory: text lines, JSON lines or a Chrome trace file.
+
+`open_sink` picks what `recorder trace`, `show` and `dump` write to;
+`open_writer` names the file formats (output/jsonl.py, output/chrome.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.errors import TracerError
+from recorder_tracer.output.chrome import ChromeTraceWriter
+from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.output.writer import Writer
+
+FORMATS: dict[str, Callable[..., Writer]] = {"jsonl": JsonLinesWriter,
+                                             "chrome": ChromeTraceWriter}
+
+
+def open_writer(kind: str, stream: TextIO, **options: Any) -> Writer:
+    """Return the writer for `kind` ("jsonl" or "chrome") on `stream`."""
+    try:
+        factory = FORMATS[kind]
+    except KeyError:
+        raise ValueError(f"unknown export format {kind!r}; "
+                         f"choose from {', '.join(sorted(FORMATS))}") from None
+    return factory(stream, **options)
 
 
 class Sink(Protocol):
@@ -35,14 +56,12 @@ def open_sink(output: TextIO, as_json: bool = False,
               chrome: str | None = None) -> Sink:
     """Text lines on `output` (default), JSON lines, or a Chrome trace file."""
     if chrome:
-        from recorder_tracer.output.chrome import ChromeTraceWriter
         try:
             stream = open(chrome, "w")  # noqa: SIM115 - closed by the sink
         except OSError as error:
             raise TracerError(f"cannot write {chrome}: {error.strerror}") from None
-        return _OwningSink(ChromeTraceWriter(stream), stream)
+        return _OwningSink(open_writer("chrome", stream), stream)
     if as_json:
-        from recorder_tracer.output.jsonl import JsonLinesWriter
-        return JsonLinesWriter(output, flush=True)
-    from recorder_tracer.decode.render import TextPrinter
+        return open_writer("jsonl", output, flush=True)
+    from recorder_tracer.output.text import TextPrinter
     return TextPrinter(output)

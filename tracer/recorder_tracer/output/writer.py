@@ -4,7 +4,7 @@ Every writer streams: `write(record)` emits the record at once (nothing is
 buffered for the end), and `close(summary)` ends the file with the per-CPU
 received and lost counts, so a reader can check received + lost = produced.
 
-    with open_writer("jsonl", sys.stdout) as writer:
+    with open_writer("jsonl", sys.stdout) as writer:   # output/sinks.py
         for record in records:
             writer.write(record)
         writer.summary = stream.summary()
@@ -13,7 +13,7 @@ received and lost counts, so a reader can check received + lost = produced.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol, TextIO
 
 from recorder_tracer.decode.record import Arg, Record
@@ -106,21 +106,3 @@ def summary_json(summary: Iterable[CpuCounts]) -> dict[str, Any]:
         "received": sum(row["received"] for row in cpus),
         "lost": sum(row["lost"] for row in cpus),
     }
-
-
-FORMATS: dict[str, Callable[..., Writer]] = {}
-
-
-def open_writer(kind: str, stream: TextIO, **options: Any) -> Writer:
-    """Return the writer for `kind` ("jsonl" or "chrome") on `stream`."""
-    if not FORMATS:
-        from recorder_tracer.output.chrome import ChromeTraceWriter
-        from recorder_tracer.output.jsonl import JsonLinesWriter
-
-        FORMATS.update(jsonl=JsonLinesWriter, chrome=ChromeTraceWriter)
-    try:
-        factory = FORMATS[kind]
-    except KeyError:
-        raise ValueError(f"unknown export format {kind!r}; "
-                         f"choose from {', '.join(sorted(FORMATS))}") from None
-    return factory(stream, **options)

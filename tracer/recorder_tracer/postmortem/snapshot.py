@@ -17,15 +17,14 @@ connector reports it.
         watcher.poll(timeout_ms=100)     # returns the files written
     watcher.close()
 
-`take_snapshot(pid)` makes the same file for a live process, on demand,
-without a signal.
+`take_snapshot(pid)` (postmortem/build.py) makes the same file for a live
+process, on demand, without a signal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import queue
 import shutil
@@ -36,72 +35,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorder_tracer.abi import (
+    ENTRY,
+    SNAPSHOT_COUNTERS,
+    SNAPSHOT_END,
+    SNAPSHOT_ENTRY,
+    SNAPSHOT_ENTRY_TORN,
+    SNAPSHOT_ENTRY_UNREADABLE,
+    SNAPSHOT_FAULT,
+    SNAPSHOT_GROUP_EXIT,
+)
+from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.btf import member_offset
-from recorder_tracer.kernel.harvest import (
-    BPF_DIR,
-    PROBES_INCLUDE,
+from recorder_tracer.kernel.loader import (
+    load_program,
     possible_cpus,
-    require_bpf,
+    read_counters,
     struct_format,
 )
 from recorder_tracer.kernel.pins import PinDir
+from recorder_tracer.postmortem.build import (
+    KnownProcess,
+    SnapshotOptions,
+    build_snapshot,
+    load_remembered,
+    remember,
+    share_dir_of,
+)
 from recorder_tracer.postmortem.snapshot_file import (
-    DEFAULT_DIRECTORY,
-    SNAPSHOT_KIND,
-    SNAPSHOT_VERSION,
     file_name,
-    record_json,
     signal_name,
     write_snapshot,
 )
 from recorder_tracer.selftrace import SESSION
 from recorder_tracer.target import notes, procs
-from recorder_tracer.target.memory import ProcessImage, parse_maps, read_maps
-from recorder_tracer.target.rings import (
-    ENTRY,
-    RawEntry,
-    entry_record,
-    last_entries,
-    read_process_entries,
-)
+from recorder_tracer.target.memory import ProcessImage
+from recorder_tracer.target.rings import last_entries
 
-SNAPSHOT_FAULT, SNAPSHOT_ENTRY, SNAPSHOT_END = 1, 2, 3   # kernel/bpf/snapshot.h
-SNAPSHOT_GROUP_EXIT = 0x1
 TP_PREFIX = "tp:"           # pins of the raw tracepoint links
-ENTRY_STATUS_NAMES = {0x1: "unreadable", 0x2: "torn"}
-COUNTER_NAMES = ("fatal", "unknown", "captured", "lost", "messages_lost")
+ENTRY_STATUS_NAMES = {SNAPSHOT_ENTRY_UNREADABLE: "unreadable",
+                      SNAPSHOT_ENTRY_TORN: "torn"}
+COUNTER_NAMES = SNAPSHOT_COUNTERS
 EXEC_RETRIES_S = (0.0, 0.01, 0.05, 0.2, 1.0, 3.0)   # until the core is mapped
 RESCAN_INTERVAL_S = 2.0
 EXIT_MEMORY = 4096          # exits remembered for captures still to come
 FAULT_SIGNALS = {4, 5, 7, 8, 11, 31}    # ILL TRAP BUS FPE SEGV SYS: si_addr
 
 Reporter = Callable[[str], None]
-
-
-@dataclass
-class SnapshotOptions:
-    """Where snapshots go and how many records they keep."""
-
-    directory: str = DEFAULT_DIRECTORY
-    records: int = 256
-    ring_pages: int = 2048      # the capture ring buffer, in pages
-    # A bpffs directory (kernel/pins.py): the capture program's links and
-    # maps outlive the controller, so a process that dies while none runs
-    # is captured all the same; the next controller writes its file.
-    pin_dir: str | None = None
-
-
-@dataclass
-class KnownProcess:
-    """A process whose registry BPF knows, and how to read it later."""
-
-    pid: int
-    image: ProcessImage
-    registry: int
-    exe: str
-    topics: dict[int, str]
-    share_dir: str | None = None
 
 
 @dataclass
@@ -168,23 +149,21 @@ class SnapshotWatcher:
     def start(self) -> None:
         """Load and attach the capture program, follow processes, and tell
         BPF about every process that maps a recorder core now."""
-        bcc = require_bpf()
         previous: list[Path] = []
         if self.options.pin_dir is not None:
             PinDir(self.options.pin_dir)
             self.pins = PinDir(Path(self.options.pin_dir) / "snapshot")
             previous = sorted(self.pins.path.glob(f"{TP_PREFIX}*"))
-            self._remembered = self._load_remembered()
-        cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
-                  f"-DSNAPSHOT_RECORDS={self.options.records}",
+            self._remembered = load_remembered(self._memory_dir)
+        cflags = [f"-DSNAPSHOT_RECORDS={self.options.records}",
                   f"-DSNAPSHOT_RING_PAGES={self.options.ring_pages}",
                   f"-DSNAPSHOT_CPUS={min(possible_cpus(), 64)}",
                   *kernel_offsets()]
         if self.pins is not None:
             cflags.append(f'-DSNAPSHOT_PIN_DIR="{self.pins.path}"')
+        self.bpf = load_program("snapshot.c", cflags, "snapshot")
         try:
-            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "snapshot.c").encode(),
-                               cflags=cflags)
+            import bcc
             more = self.bpf.load_func(b"walk_more", bcc.BPF.RAW_TRACEPOINT)
             self.bpf[b"walk_programs"][ctypes.c_int(0)] = ctypes.c_int(more.fd)
         except Exception as error:
@@ -237,45 +216,14 @@ class SnapshotWatcher:
         if old is not None:
             old.image.close()
         self.known[pid] = KnownProcess(pid, image, registry, exe, topics,
-                                       share_dir_of(pid))
+                                       share_dir_of(pid), procs.start_time(pid))
         if self.pins is not None:
-            self._remember(self.known[pid])
+            remember(self._memory_dir, self.known[pid])
         return True
-
-    # -- what a restarted controller needs (pinned mode) ----------------------
 
     @property
     def _memory_dir(self) -> Path:
         return Path(self.options.directory) / ".processes"
-
-    def _remember(self, known: KnownProcess) -> None:
-        """Keep what formats `known`'s records beside the snapshots, for a
-        controller that starts after this one died."""
-        try:
-            with open(f"/proc/{known.pid}/maps") as maps:
-                text = maps.read()
-            self._memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (self._memory_dir / f"{known.pid}.json").write_text(json.dumps({
-                "pid": known.pid, "exe": known.exe, "registry": known.registry,
-                "topics": known.topics, "share_dir": known.share_dir,
-                "maps": text}))
-        except OSError:
-            pass        # a snapshot of it would only lack formats
-
-    def _load_remembered(self) -> dict[int, KnownProcess]:
-        remembered = {}
-        for path in self._memory_dir.glob("*.json"):
-            try:
-                value = json.loads(path.read_text())
-                image = ProcessImage.offline(value["pid"], parse_maps(value["maps"]))
-                remembered[value["pid"]] = KnownProcess(
-                    value["pid"], image, value["registry"], value["exe"],
-                    {int(k): v for k, v in value["topics"].items()},
-                    value["share_dir"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            path.unlink(missing_ok=True)
-        return remembered
 
     def forget(self, pid: int) -> None:
         """Stop watching `pid` (it exited, or exec'd another program)."""
@@ -418,10 +366,13 @@ class SnapshotWatcher:
     def _write(self, name: str, snapshot: dict[str, Any], pid: int) -> Path | None:
         try:
             path = write_snapshot(self.options.directory, name, snapshot)
-        except OSError as error:
+        except (OSError, TracerError, ValueError) as error:
+            # Counted whatever the cause: a directory someone else owns, a
+            # full disk, a value JSON cannot hold.
             self.counts.failed += 1
+            reason = getattr(error, "strerror", None) or error
             self.report(f"recorder: cannot write snapshot of pid {pid} in "
-                        f"{self.options.directory}: {error.strerror or error} "
+                        f"{self.options.directory}: {reason} "
                         f"({self.counts.failed} not written)")
             return None
         self.counts.written += 1
@@ -431,9 +382,8 @@ class SnapshotWatcher:
 
     def counters(self) -> dict[str, int]:
         """The BPF program's counters, summed over CPUs."""
-        table = self.bpf[b"counters"]
-        return {name: sum(table[ctypes.c_int(index)])
-                for index, name in enumerate(COUNTER_NAMES)}
+        per_cpu = read_counters(self.bpf, COUNTER_NAMES)
+        return {name: sum(cpu[name] for cpu in per_cpu) for name in COUNTER_NAMES}
 
     def close(self) -> None:
         """Detach and unload; stop following processes."""
@@ -462,98 +412,9 @@ def kernel_offsets() -> list[str]:
                 ("SIGNAL_EXIT_CODE_OFFSET", "signal_struct", "group_exit_code"))]
 
 
-def build_snapshot(pid: int, comm: str, known: KnownProcess | None,
-                   entries: list[RawEntry], *, source: str, records_wanted: int,
-                   time_ns: int, fault: dict[str, Any] | None = None,
-                   capture: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The snapshot object of `entries` (already the last N, in order)."""
-    image = known.image if known is not None else ProcessImage(pid)
-    topics = dict(known.topics) if known is not None else {}
-    with contextlib.suppress(OSError):  # still readable: fresher names
-        mappings = read_maps(pid)       # (a zombie has none: keep ours)
-        if mappings:
-            image.mappings = mappings
-            topics.update({topic.id: topic.name for topic in image.topics()})
-    records = [record_json(entry_record(entry, image, pid, comm, topics),
-                           entry.as_json()) for entry in entries]
-    wall_offset = time.time_ns() - time.monotonic_ns()
-    snapshot: dict[str, Any] = {
-        "kind": SNAPSHOT_KIND, "version": SNAPSHOT_VERSION, "source": source,
-        "pid": pid, "comm": comm, "exe": known.exe if known else _exe(pid),
-        "time_ns": time_ns,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S",
-                              time.gmtime((time_ns + wall_offset) / 1e9)) + "Z",
-        "signal": fault["signal"] if fault else None,
-        "signal_name": fault["signal_name"] if fault else None,
-        "signal_code": fault["code"] if fault else None,
-        "fault_address": fault["address"] if fault else None,
-        "fault": fault, "records_wanted": records_wanted,
-        "records": records, "capture": capture or {}, "exit": None,
-        "shm": None,
-    }
-    share_dir = known.share_dir if known else share_dir_of(pid)
-    if share_dir:
-        from recorder_tracer.target.shm import share_file_of, shm_snapshot
-        path = share_file_of(share_dir, pid)
-        if path is not None:
-            snapshot["shm"] = shm_snapshot(path, records_wanted)
-    return snapshot
-
-
-def take_snapshot(pid: int, options: SnapshotOptions) -> Path:
-    """Write a snapshot of live process `pid`, read through its memory
-    (no signal, no BPF); returns the file."""
-    try:
-        image = ProcessImage.of(pid)
-    except (FileNotFoundError, ProcessLookupError):
-        raise TracerError(f"process {pid} does not exist") from None
-    except OSError as error:
-        raise TracerError(f"cannot read process {pid}: {error.strerror}") from None
-    try:
-        registry = image.find_registry()
-        if registry is None:
-            raise TracerError(f"process {pid} has no recorder core")
-        comm = procs.process_comm(pid)
-        known = KnownProcess(pid, image, registry, _exe(pid) or "?",
-                             {t.id: t.name for t in image.topics()}, share_dir_of(pid))
-        now = time.monotonic_ns()
-        entries = read_process_entries(image, options.records)
-        snapshot = build_snapshot(pid, comm, known, entries, source="request",
-                                  records_wanted=options.records, time_ns=now)
-        try:
-            return write_snapshot(options.directory, file_name(pid, comm, now),
-                                  snapshot)
-        except OSError as error:
-            raise TracerError(f"cannot write snapshot in {options.directory}: "
-                              f"{error.strerror or error}") from None
-    except procs.ProcessGone:
-        raise TracerError(f"process {pid} exited") from None
-    finally:
-        image.close()
-
-
 def _order(entry: RawEntry) -> tuple[int, int, int]:
     return entry.timestamp, entry.shard, entry.sequence
 
 
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def share_dir_of(pid: int) -> str | None:
-    """RECORDER_SHARE of `pid`'s environment at its start, if set."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            for item in environ.read().split(b"\0"):
-                if item.startswith(b"RECORDER_SHARE="):
-                    return item.split(b"=", 1)[1].decode(errors="replace") or None
-    except OSError:
-        pass
-    return None

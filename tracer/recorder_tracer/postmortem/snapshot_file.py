@@ -11,7 +11,6 @@ a full disk is an error the caller counts, never a crash.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,26 @@ from typing import Any, TextIO
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.errors import TracerError
+from recorder_tracer.output.safe_write import write_new_file
 from recorder_tracer.output.writer import json_value
+from recorder_tracer.target.safe_open import read_untrusted
 
 SNAPSHOT_KIND = "recorder-snapshot"
 SNAPSHOT_VERSION = 1
 SUFFIX = ".snapshot.json"
 DEFAULT_DIRECTORY = "/var/lib/recorder/snapshots"
+MAX_SNAPSHOT_BYTES = 256 << 20     # a snapshot of 256 records is ~100 KB
 _REQUIRED = {"kind": str, "version": int, "pid": int, "comm": str,
              "time_ns": int, "records": list}
 _RECORD_FIELDS = ("ts", "pid", "tid", "comm", "topic", "where", "message", "cpu")
+_RECORD_TYPES = {"ts": int, "pid": int, "tid": int, "comm": str, "topic": str,
+                 "where": str, "message": str, "cpu": int}
+_NONE = type(None)
+# Fields printing and export use beyond the required ones: their types.
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "exe": (str, _NONE), "time": (str, _NONE), "signal_name": (str, _NONE),
+    "fault_address": (str, int, _NONE), "exit": (dict, _NONE),
+    "shm": (dict, _NONE), "signal": (int, _NONE)}
 
 
 def signal_name(number: int | None) -> str | None:
@@ -56,31 +66,14 @@ def file_name(pid: int, comm: str, time_ns: int) -> str:
 
 def write_snapshot(directory: str | Path, name: str, snapshot: dict[str, Any]) -> Path:
     """Write `snapshot` as DIRECTORY/NAME atomically (temporary file, fsync,
-    rename), mode 0600. Raises OSError (a full disk...) with nothing left
-    behind."""
-    folder = Path(directory)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / name
-    temporary = folder / f".{name}.tmp"
+    rename), mode 0600, in a directory only root may write (see
+    safe_write). Raises OSError (a full disk...) with nothing left behind,
+    TracerError for a directory someone else owns."""
     # Compact: with `indent`, json falls back to its pure-Python encoder,
     # ~40 ms for 256 records here (`recorder show --json` indents).
     data = json.dumps(snapshot, ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode() + b"\n"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                         | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view):]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.rename(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_new_file(directory, name, data)
 
 
 def record_json(record: Record, raw: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -118,14 +111,18 @@ def read_snapshot(path: str | Path) -> dict[str, Any]:
     """Read and check a snapshot file; TracerError says what is wrong
     (missing, not JSON, truncated, not a snapshot, a bad field)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_untrusted(path, MAX_SNAPSHOT_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise TracerError(f"{path}: no such snapshot file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise TracerError(f"{path}: cannot read: {error}") from None
     try:
         snapshot = json.loads(text)
-    except json.JSONDecodeError as error:
+    except RecursionError:
+        raise TracerError(f"{path}: corrupt snapshot file (nested too deep)") from None
+    except ValueError as error:
+        if not isinstance(error, json.JSONDecodeError):   # a number too long
+            raise TracerError(f"{path}: corrupt snapshot file ({error})") from None
         # A whole file ends with its object's closing brace.
         what = "corrupt" if text.rstrip().endswith("}") else "truncated"
         raise TracerError(f"{path}: {what} snapshot file "
@@ -140,11 +137,35 @@ def read_snapshot(path: str | Path) -> dict[str, Any]:
     if snapshot["version"] != SNAPSHOT_VERSION:
         raise TracerError(f"{path}: snapshot version {snapshot['version']} "
                           f"(this recorder reads {SNAPSHOT_VERSION})")
+    for name, kinds in _OPTIONAL.items():
+        if not isinstance(snapshot.get(name), kinds):
+            raise TracerError(f"{path}: corrupt snapshot file: field {name!r} "
+                              "has the wrong type")
+    if not isinstance((snapshot.get("exit") or {}).get("description"), (str, _NONE)):
+        raise TracerError(f"{path}: corrupt snapshot file: exit description")
+    if not isinstance((snapshot.get("shm") or {}).get("records", []), list):
+        raise TracerError(f"{path}: corrupt snapshot file: shm records")
+    if not all(0 <= snapshot[name] < 1 << 64 for name in ("pid", "time_ns")):
+        raise TracerError(f"{path}: corrupt snapshot file: pid or time_ns "
+                          "out of range")
     for index, record in enumerate(snapshot["records"]):
         if not isinstance(record, dict) or any(name not in record
                                                for name in _RECORD_FIELDS):
             raise TracerError(f"{path}: corrupt snapshot file: record {index} "
                               "is incomplete")
+        for name, kind in _RECORD_TYPES.items():
+            value = record[name]
+            if (not isinstance(value, kind) or isinstance(value, bool)
+                    or (kind is int and not -(1 << 63) <= value < 1 << 64)):
+                raise TracerError(f"{path}: corrupt snapshot file: record "
+                                  f"{index}: field {name!r} is not a {kind.__name__}"
+                                  " in range")
+        args = record.get("args", [])
+        if not isinstance(args, list) or not all(
+                arg is None or (isinstance(arg, (int, float, str))
+                                and not isinstance(arg, bool)) for arg in args):
+            raise TracerError(f"{path}: corrupt snapshot file: record {index}: "
+                              "bad args")
     return snapshot
 
 
@@ -173,7 +194,7 @@ def print_snapshot(snapshot: dict[str, Any], stream: TextIO,
                    last: int | None = None) -> None:
     """Print a snapshot read by read_snapshot: who, how, then its records
     (the `last` ones only, if given) in `recorder trace` columns."""
-    from recorder_tracer.decode.render import TextPrinter
+    from recorder_tracer.output.text import TextPrinter
     records = [json_record(record) for record in snapshot["records"]]
     how = snapshot.get("signal_name") or "snapshot on request"
     if snapshot.get("fault_address"):

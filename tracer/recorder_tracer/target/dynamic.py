@@ -15,7 +15,8 @@ import os
 import struct
 from collections.abc import Iterable
 
-from recorder_tracer.target.memory import TOPIC_ARMED_OFFSET, Topic
+from recorder_tracer.abi import TOPIC_ARMED_OFFSET
+from recorder_tracer.target.memory import Topic
 
 DYNAMIC_PROBE = "recorder_dynamic"
 
@@ -41,11 +42,23 @@ def open_memory(pid: int) -> int | None:
 
 
 def set_armed(memory: int, topic: Topic, armed: bool) -> bool:
-    """Set `topic`'s armed flag through `memory` (see open_memory); False
-    if that address space is gone."""
+    """Count one tracer in (`armed`) or out of `topic`'s armed word through
+    `memory` (see open_memory); False if that address space is gone.
+
+    The word counts tracers, it is not a flag: a short `recorder trace`
+    ending must not disarm a daemon's topic (the core tests it for nonzero).
+    Read, then written: two controllers arming the same topic in the same
+    instant may count one; never below zero."""
+    at = topic.address + TOPIC_ARMED_OFFSET
     try:
-        written = os.pwrite(memory, struct.pack("<Q", 1 if armed else 0),
-                            topic.address + TOPIC_ARMED_OFFSET)
+        current = os.pread(memory, 8, at)
+        if len(current) != 8:
+            return False
+        count = struct.unpack("<Q", current)[0]
+        if count > 1 << 16:     # not a count this code wrote: start again
+            count = 0
+        count = count + 1 if armed else max(count - 1, 0)
+        written = os.pwrite(memory, struct.pack("<Q", count), at)
     except OSError:
         return False
     return written == 8

@@ -8,6 +8,7 @@ objects only: a relocatable object has no addresses yet.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ PF_X = 1
 PF_W = 2
 ET_EXEC, ET_DYN = 2, 3
 _SHN_XINDEX = 0xFFFF
+# Files come from processes anyone runs: every count and size in them is
+# checked against the file's real size and these bounds before use.
+MAX_SECTIONS = 1 << 16
+MAX_READ = 64 << 20         # no section we read is anywhere near this
 
 
 class ElfFormatError(Exception):
@@ -69,6 +74,13 @@ class ElfFile:
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
+        self.file_size = file.seek(0, os.SEEK_END)
+        try:
+            self._parse()
+        except (struct.error, ValueError, OverflowError, MemoryError) as error:
+            raise ElfFormatError(f"malformed ELF file ({error})") from None
+
+    def _parse(self) -> None:
         ident = self.read(0, 16)
         if len(ident) < 16 or ident[:4] != b"\x7fELF":
             raise ElfFormatError("not an ELF file")
@@ -88,6 +100,11 @@ class ElfFile:
 
     def read(self, offset: int, size: int) -> bytes:
         """Read `size` bytes of the file at `offset` (fewer at its end)."""
+        if offset < 0 or size < 0 or offset >= self.file_size:
+            return b""
+        size = min(size, self.file_size - offset)
+        if size > MAX_READ:
+            raise ElfFormatError(f"a part of {size} bytes: too large")
         self.file.seek(offset)
         return self.file.read(size)
 
@@ -139,6 +156,10 @@ class ElfFile:
             first = self.unpack(layout + "II", shoff)
             count = count or first[5]
             strndx = first[7] if strndx == _SHN_XINDEX else strndx
+        if entsize < struct.calcsize(self.order + layout):
+            raise ElfFormatError(f"section header size {entsize} too small")
+        if count > MAX_SECTIONS or shoff + count * entsize > self.file_size:
+            raise ElfFormatError(f"{count} section headers do not fit the file")
         raw = [self.unpack(layout, shoff + i * entsize) for i in range(count)]
         if not 0 <= strndx < count:
             raise ElfFormatError("bad section name table")
@@ -152,6 +173,9 @@ class ElfFile:
 
     def _segments(self, phoff: int, entsize: int, count: int) -> list[Segment]:
         segments = []
+        if count and (entsize < (56 if self.wide else 32)
+                      or phoff + count * entsize > self.file_size):
+            raise ElfFormatError("program headers do not fit the file")
         for i in range(count):
             at = phoff + i * entsize
             if self.wide:

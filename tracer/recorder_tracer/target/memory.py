@@ -13,17 +13,18 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
 from recorder_tracer.target.elf import ElfFile, ElfFormatError, Segment
+from recorder_tracer.target.safe_open import open_mapped
 
-REGISTRY_MAGIC = 0x3152444352434552
 _REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
                                             # topics, topic_count, shard_count,
                                             # tweaks
 _TOPIC = struct.Struct("<qII QQQQ")         # trace, id, size, name,
                                             # description, armed, next
-TOPIC_ARMED_OFFSET = 32
-MAX_TOPICS = 4096
 STRING_MAX = 256
+STRING_CACHE_MAX = 1 << 16      # formats and locations of one process
+REGISTRY_SCAN_BUDGET = 16 << 20     # bytes read looking for a registry
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ class Topic:
 
 def read_maps(pid: int) -> list[Mapping]:
     """Parse /proc/PID/maps; raises FileNotFoundError if the process is gone."""
-    with open(f"/proc/{pid}/maps") as maps:
-        return parse_maps(maps.read())
+    # Names are bytes: a file named in Latin-1 must not stop the tracer.
+    with open(f"/proc/{pid}/maps", "rb") as maps:
+        return parse_maps(maps.read().decode("utf-8", "surrogateescape"))
 
 
 def parse_maps(text: str) -> list[Mapping]:
@@ -68,11 +70,15 @@ def parse_maps(text: str) -> list[Mapping]:
         parts = line.split(maxsplit=5)
         if len(parts) < 5:
             continue
-        start, end = (int(value, 16) for value in parts[0].split("-"))
-        path = parts[5].strip() if len(parts) > 5 else ""
-        major, minor = (int(part, 16) for part in parts[3].split(":"))
-        mappings.append(Mapping(start, end, parts[1], int(parts[2], 16), path,
-                                os.makedev(major, minor), int(parts[4])))
+        try:    # a share file's maps block is the process's to write
+            start, end = (int(value, 16) for value in parts[0].split("-"))
+            major, minor = (int(part, 16) for part in parts[3].split(":"))
+            mapping = Mapping(start, end, parts[1], int(parts[2], 16),
+                              parts[5].strip() if len(parts) > 5 else "",
+                              os.makedev(major, minor), int(parts[4]))
+        except (ValueError, OverflowError):
+            continue
+        mappings.append(mapping)
     return mappings
 
 
@@ -121,6 +127,7 @@ class ProcessImage:
     _memory: int | None = None
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
+    _offline: bool = False      # /proc/PID/map_files may be another's now
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
@@ -136,6 +143,7 @@ class ProcessImage:
         may be another process's by now."""
         image = cls(pid, mappings)
         image._bound = True
+        image._offline = True
         return image
 
     def _bind(self) -> None:
@@ -171,12 +179,21 @@ class ProcessImage:
         for mapping in self.mappings:
             if mapping.start <= address < mapping.end and mapping.path.startswith("/"):
                 size = min(size, mapping.end - address)
-                try:
-                    with open(mapping.path, "rb") as backing:
-                        backing.seek(mapping.offset + address - mapping.start)
-                        return backing.read(size) or None
+                live = not self._offline and mapping.inode != 0
+                try:    # the path is the process's to choose: see safe_open
+                    descriptor = open_mapped(
+                        self.pid, mapping.path, mapping.device, mapping.inode,
+                        mapping.start if live else None,
+                        mapping.end if live else None)
                 except OSError:
                     return None
+                try:
+                    return os.pread(descriptor, size, mapping.offset + address
+                                    - mapping.start) or None
+                except OSError:
+                    return None
+                finally:
+                    os.close(descriptor)
         return None
 
     def add_file(self, path: str, base: int) -> None:
@@ -192,17 +209,24 @@ class ProcessImage:
                                          f"r{writable}{executable}p", segment.offset,
                                          path))
 
-    def string(self, address: int, limit: int = STRING_MAX) -> str | None:
-        """The NUL-terminated string at `address` (cached), None if unreadable."""
-        if address in self._strings:
+    def string(self, address: int, limit: int = STRING_MAX,
+               cached: bool = True) -> str | None:
+        """The NUL-terminated string at `address`, None if unreadable.
+
+        Formats and source locations are constants: they are cached (bounded).
+        A %s argument is not (`cached=False`, decode/entry.py): its address is
+        reused for other text, and a long trace would grow the cache without
+        end."""
+        if cached and address in self._strings:
             return self._strings[address]
         data = self.read(address, limit) if address else None
         text = None
         if data is not None:
             text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
-        # Formats and source locations are constants: cache them. Anything
-        # else could change, but only formats and locations come here.
-        self._strings[address] = text
+        if cached:
+            if len(self._strings) >= STRING_CACHE_MAX:
+                self._strings.clear()
+            self._strings[address] = text
         return text
 
     def find_registry(self) -> int | None:
@@ -212,10 +236,15 @@ class ProcessImage:
         if self._registry is not None:
             return self._registry
         needle = struct.pack("<Q", REGISTRY_MAGIC)
+        budget = REGISTRY_SCAN_BUDGET   # a process may map many big files
         for mapping in self.mappings:
             if "rw" not in mapping.permissions or not mapping.path.startswith("/"):
                 continue
-            data = self.read(mapping.start, min(mapping.end - mapping.start, 1 << 22))
+            size = min(mapping.end - mapping.start, 1 << 22, budget)
+            if size <= 0:
+                break
+            budget -= size
+            data = self.read(mapping.start, size)
             if not data:
                 continue
             index = data.find(needle)

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from recorder_tracer.target.elf import SHT_NOTE, ElfFile, ElfFormatError
 from recorder_tracer.target.procs import ProcessGone
+from recorder_tracer.target.safe_open import open_identified, strip_deleted
 
 RECORDER_PROVIDER = "recorder"
 NT_STAPSDT = 3
@@ -182,9 +183,7 @@ def mapped_files(pid: int, executable_only: bool = False) -> list[MappedFile]:
         if (device, inode) in seen:
             continue
         seen.add((device, inode))
-        deleted = path.endswith(" (deleted)")
-        if deleted:
-            path = path[: -len(" (deleted)")]
+        path, deleted = strip_deleted(path)
         open_path = _openable(pid, path, span, device, inode, deleted)
         result.append(MappedFile(path, open_path, device, inode, deleted))
     return result
@@ -200,7 +199,7 @@ def probes_in_process(pid: int) -> list[UsdtProbe]:
     probes: list[UsdtProbe] = []
     for mapped in mapped_files(pid, executable_only=True):
         try:
-            with open(mapped.open_path, "rb") as file:
+            with _open_mapped(mapped) as file:
                 stat = os.fstat(file.fileno())
                 found = _cached_probes(_key(stat), file, mapped.open_path)
         except (OSError, NotesError):
@@ -230,7 +229,7 @@ def mapped_recorder_processes() -> list[int]:
             identity = (mapped.device, mapped.inode)
             verdict = verdicts.get(identity)
             if verdict is None:
-                verdict = _has_recorder_probes(mapped.open_path)
+                verdict = _has_recorder_probes(mapped)
                 verdicts[identity] = verdict
             if verdict:
                 result.append(pid)
@@ -268,9 +267,17 @@ def _cached_probes(key: _CacheKey, file: BinaryIO, name: str) -> tuple[UsdtProbe
     return found
 
 
-def _has_recorder_probes(path: str) -> bool:
+def _open_mapped(mapped: MappedFile) -> BinaryIO:
+    """The mapped file, opened only if it still is (device, inode): its path
+    is the process's to choose (a symlink to /etc/shadow, a FIFO)."""
+    return os.fdopen(open_identified(mapped.open_path, mapped.device,
+                                     mapped.inode), "rb")
+
+
+def _has_recorder_probes(mapped: MappedFile) -> bool:
+    path = mapped.open_path
     try:
-        with open(path, "rb") as file:
+        with _open_mapped(mapped) as file:
             found = _cached_probes(_key(os.fstat(file.fileno())), file, path)
     except (OSError, NotesError):
         return False

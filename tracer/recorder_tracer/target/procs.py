@@ -51,6 +51,22 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat's
+    field 22), None if it is gone: a pid and its start time name one
+    process, even after the pid is reused.
+
+    >>> start_time(os.getpid()) == start_time(os.getpid()) is not None
+    True
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # After the command (in parentheses, any bytes): fields 3 onward.
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_comm(pid: int) -> str:
     """Return the command name of process `pid` (its /proc/PID/comm).
 
@@ -82,6 +98,46 @@ def describe_exit(status: int) -> tuple[int | None, int | None, bool]:
     if os.WIFSIGNALED(status):
         return None, os.WTERMSIG(status), os.WCOREDUMP(status)
     return os.WEXITSTATUS(status), None, False
+
+
+def describe_ending(code: int | None, killer: int | None, core: bool) -> str:
+    """The one wording of how a process ended, everywhere it is shown
+    (trace's "process 42 (app) exited: exit code 3", snapshot files).
+
+    >>> describe_ending(3, None, False), describe_ending(None, 11, True)
+    ('exit code 3', 'killed by SIGSEGV (core dumped)')
+    """
+    if killer is None:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(killer).name
+    except ValueError:
+        name = f"signal {killer}"
+    return f"killed by {name}{' (core dumped)' if core else ''}"
+
+
+def describe_status(status: int) -> str:
+    """How a process ended, from its wait status.
+
+    >>> describe_status(3 << 8), describe_status(0x80 | 11)
+    ('exit code 3', 'killed by SIGSEGV (core dumped)')
+    """
+    return describe_ending(*describe_exit(status))
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def all_pids() -> list[int]:
+    """Every process running now."""
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
 class ProcEventKind(Enum):
@@ -118,20 +174,13 @@ class ProcEvent:
         >>> ProcEvent(ProcEventKind.EXIT, 42, 0, signal=9).describe()
         'killed by SIGKILL'
         >>> ProcEvent(ProcEventKind.EXIT, 42, 0, exit_code=3).describe()
-        'exited with code 3'
+        'exit code 3'
         """
         if self.kind is ProcEventKind.EXEC:
             return f"exec {self.comm or '?'}"
         if self.kind is ProcEventKind.OVERRUN:
             return f"{self.lost} process events lost"
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            core = " (core dumped)" if self.core_dumped else ""
-            return f"killed by {name}{core}"
-        return f"exited with code {self.exit_code}"
+        return describe_ending(self.exit_code, self.signal, self.core_dumped)
 
 
 EventSink = Callable[[ProcEvent], None]

@@ -1,4 +1,4 @@
-"""Read recorder rings from any byte source, and turn entries into Records.
+"""Read recorder rings from any byte source: the registry walk.
 
 A ring is read the way BPF reads it at a fault (kernel/bpf/snapshot.c):
 registry -> topics -> per-CPU shards -> the last min(N, written, capacity)
@@ -16,67 +16,18 @@ from __future__ import annotations
 import heapq
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from recorder_tracer.decode.record import Arg, Record
-from recorder_tracer.decode.render import format_message
+from recorder_tracer.abi import (
+    ENTRY_SIZE,
+    MAX_SHARDS,
+    SHARD_HEADER,
+    SHARD_HEADER_SIZE,
+    TOPIC_SHARDS_OFFSET,
+)
+from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.target.memory import ProcessImage, Topic
 
-# struct recorder_entry (probes/include/recorder/entry.h); tests check it.
-ENTRY = struct.Struct("<QQIIIHBBQQ12Q")
-ENTRY_SIZE = 144
-SHARD_HEADER = struct.Struct("<QII")        # head, mask, keep
-SHARD_HEADER_SIZE = 64
-MAX_SHARDS = 64
-TOPIC_SHARDS_OFFSET = 48                    # offsetof(recorder_topic, shards)
-ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)
-_DOUBLE = struct.Struct("<d")
-
 Reader = Callable[[int, int], bytes | None]
-
-
-@dataclass(frozen=True, slots=True)
-class RawEntry:
-    """One entry as it lies in a ring, plus where it was found."""
-
-    timestamp: int
-    sequence: int
-    tid: int
-    topic_id: int
-    arg_types: int
-    cpu: int
-    nargs: int
-    flags: int
-    format: int
-    where: int
-    args: tuple[int, ...]
-    shard: int = 0          # the shard's CPU slot
-
-    @classmethod
-    def unpack(cls, data: bytes, offset: int = 0, shard: int = 0) -> RawEntry:
-        """Decode ENTRY_SIZE bytes of a struct recorder_entry."""
-        values = ENTRY.unpack_from(data, offset)
-        return cls(*values[:10], tuple(values[10:]), shard)
-
-    def as_json(self) -> dict[str, object]:
-        """The raw fields, addresses in hex."""
-        return {"timestamp": self.timestamp, "sequence": self.sequence,
-                "tid": self.tid, "topic_id": self.topic_id,
-                "arg_types": self.arg_types, "cpu": self.cpu, "nargs": self.nargs,
-                "flags": self.flags, "format": hex(self.format),
-                "where": hex(self.where), "args": list(self.args[:self.nargs]),
-                "shard": self.shard}
-
-    @classmethod
-    def from_json(cls, value: dict[str, object]) -> RawEntry:
-        """The inverse of as_json (missing arguments are zeros)."""
-        args = [int(arg) for arg in value["args"]]     # type: ignore[attr-defined]
-        return cls(int(value["timestamp"]), int(value["sequence"]),  # type: ignore[arg-type]
-                   int(value["tid"]), int(value["topic_id"]),        # type: ignore[arg-type]
-                   int(value["arg_types"]), int(value["cpu"]),       # type: ignore[arg-type]
-                   int(value["nargs"]), int(value["flags"]),         # type: ignore[arg-type]
-                   int(str(value["format"]), 16), int(str(value["where"]), 16),
-                   tuple(args + [0] * (12 - len(args))), int(value["shard"]))  # type: ignore[arg-type]
 
 
 def shard_window(read: Reader, shard: int, records: int,
@@ -150,39 +101,3 @@ def read_process_entries(image: ProcessImage, records: int) -> list[RawEntry]:
         for slot, shard in topic_shards(image.read, topic):
             windows.append(shard_window(image.read, shard, records, slot))
     return last_entries(windows, records)
-
-
-def decode_args(nargs: int, arg_types: int, values: Iterable[int],
-                string: Callable[[int], str | None]) -> list[Arg]:
-    """An entry's arguments as values: doubles un-cast, integers signed,
-    strings read through `string(address)` (None where unreadable).
-
-    >>> decode_args(2, 0b0001, [4607182418800017408, 2**64 - 1], lambda a: None)
-    [1.0, -1]
-    """
-    args: list[Arg] = []
-    for index, value in enumerate(list(values)[:min(nargs, 12)]):
-        kind = (arg_types >> (2 * index)) & 3
-        if kind == ARG_DOUBLE:
-            args.append(_DOUBLE.unpack(value.to_bytes(8, "little"))[0])
-        elif kind == ARG_STRING:
-            args.append(string(value))
-        elif kind == ARG_INT and value >= 1 << 63:
-            args.append(value - (1 << 64))
-        else:
-            args.append(value)
-    return args
-
-
-def entry_record(entry: RawEntry, image: ProcessImage, pid: int, comm: str,
-                 topics: dict[int, str]) -> Record:
-    """A Record of `entry`, its format, location and strings read from the
-    process (or its files once it has gone)."""
-    args = decode_args(entry.nargs, entry.arg_types, entry.args, image.string)
-    fmt = image.string(entry.format)
-    message = (format_message(fmt, args) if fmt is not None
-               else f"<unreadable format {entry.format:#x}>")
-    return Record(ts=entry.timestamp, pid=pid, tid=entry.tid, comm=comm,
-                  topic=topics.get(entry.topic_id, f"topic{entry.topic_id}"),
-                  where=image.string(entry.where) or "?", message=message,
-                  args=args, cpu=entry.cpu)

@@ -18,20 +18,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorder_tracer.abi import (
+    SHARE_BLOCK_MAGIC,
+    SHARE_HEADER,
+    SHARE_MAGIC,
+    SHARE_MAPS,
+    SHARE_SHARD,
+    SHARE_TOPIC,
+)
+from recorder_tracer.decode.entry import image_record
 from recorder_tracer.decode.record import Record
 from recorder_tracer.errors import TracerError
-from recorder_tracer.target.memory import ProcessImage, parse_maps
-from recorder_tracer.target.rings import entry_record, last_entries, shard_window
+from recorder_tracer.target.memory import ProcessImage, parse_maps, read_maps
+from recorder_tracer.target.rings import last_entries, shard_window
+from recorder_tracer.target.safe_open import open_untrusted
 
-SHARE_MAGIC = 0x3148535243455200
-BLOCK_MAGIC = 0x4B4C4252
+BLOCK_MAGIC = SHARE_BLOCK_MAGIC
 BLOCK = struct.Struct("<IIQQ")              # magic, kind, bytes, payload_bytes
 BLOCK_HEADER_SIZE = 64
 FILE_HEADER = struct.Struct("<QIIIIQQ16s256s")
 TOPIC = struct.Struct("<IIQ128s256s")
 SHARD_FIELDS = struct.Struct("<QIIII")      # head, mask, keep, topic_id, cpu
-KIND_HEADER, KIND_TOPIC, KIND_SHARD, KIND_MAPS = 1, 2, 3, 4
+KIND_HEADER, KIND_TOPIC, KIND_SHARD, KIND_MAPS = (SHARE_HEADER, SHARE_TOPIC,
+                                                  SHARE_SHARD, SHARE_MAPS)
 SUFFIX = ".recorder"
+
+
+# A share file is written by the process it belongs to, anyone's: bounds
+# on what reading one may cost (a real file is far inside them).
+MAX_SHARE_BYTES = 1 << 30
+MAX_BLOCKS = 1 << 16
+MAX_SHARDS = 4096
+MAX_MAPS_BYTES = 4 << 20
 
 
 @dataclass
@@ -46,61 +64,94 @@ class ShareFile:
     topics: dict[int, str] = field(default_factory=dict)
     shards: list[tuple[int, int]] = field(default_factory=list)  # (offset, cpu)
     maps_text: str = ""
+    identity: tuple[int, int] = (0, 0)     # (device, inode) of what was read
 
 
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+def _open(path: str | Path) -> int:
+    """A descriptor of the share file at `path`: a regular file (no FIFO,
+    device or symlink) of bounded size, or TracerError."""
+    try:
+        return open_untrusted(path, MAX_SHARE_BYTES)
+    except OSError as error:
+        raise TracerError(f"{path}: {error.strerror or error}") from None
+
+
 def open_share(path: str | Path) -> ShareFile:
     """Parse the blocks of the share file at `path`; TracerError if it is
-    not one."""
+    not one. Reads block headers, topics and maps, never the rings."""
+    descriptor = _open(path)
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise TracerError(f"{path}: {error.strerror}") from None
-    if (len(data) < BLOCK_HEADER_SIZE + FILE_HEADER.size
-            or BLOCK.unpack_from(data)[:2] != (BLOCK_MAGIC, KIND_HEADER)):
+        info = os.fstat(descriptor)
+        return _parse(descriptor, info.st_size, str(path),
+                      (info.st_dev, info.st_ino))
+    finally:
+        os.close(descriptor)
+
+
+def _parse(descriptor: int, size: int, path: str,
+           identity: tuple[int, int]) -> ShareFile:
+    def read(offset: int, length: int) -> bytes:
+        return os.pread(descriptor, length, offset)
+
+    first = read(0, BLOCK_HEADER_SIZE + FILE_HEADER.size)
+    if (len(first) < BLOCK_HEADER_SIZE + FILE_HEADER.size
+            or BLOCK.unpack_from(first)[:2] != (BLOCK_MAGIC, KIND_HEADER)):
         raise TracerError(f"{path}: not a recorder share file")
     magic, _version, entry_size, pid, _page, created, _registry, comm, exe = (
-        FILE_HEADER.unpack_from(data, BLOCK_HEADER_SIZE))
+        FILE_HEADER.unpack_from(first, BLOCK_HEADER_SIZE))
     if magic != SHARE_MAGIC or entry_size != 144:
         raise TracerError(f"{path}: not a recorder share file (bad header)")
-    share = ShareFile(str(path), pid, _text(comm), _text(exe), created)
+    share = ShareFile(path, pid, _text(comm), _text(exe), created,
+                      identity=identity)
     offset = 0
-    while offset + BLOCK_HEADER_SIZE <= len(data):
-        magic, kind, size, payload = BLOCK.unpack_from(data, offset)
-        if magic != BLOCK_MAGIC or size < BLOCK_HEADER_SIZE:
+    for _ in range(MAX_BLOCKS):
+        if offset + BLOCK_HEADER_SIZE > size:
+            break
+        header = read(offset, BLOCK_HEADER_SIZE + TOPIC.size)
+        if len(header) < BLOCK_HEADER_SIZE:
+            break
+        magic, kind, length, payload = BLOCK.unpack_from(header)
+        if magic != BLOCK_MAGIC or length < BLOCK_HEADER_SIZE:
             break           # the file was cut short: keep what came before
-        body = offset + BLOCK_HEADER_SIZE
-        if kind == KIND_TOPIC and body + TOPIC.size <= len(data):
-            topic_id, _size, _address, name, _ = TOPIC.unpack_from(data, body)
+        body = header[BLOCK_HEADER_SIZE:]
+        if kind == KIND_TOPIC and len(body) >= TOPIC.size:
+            topic_id, _size, _address, name, _ = TOPIC.unpack_from(body)
             share.topics[topic_id] = _text(name)
-        elif kind == KIND_SHARD and body + SHARD_FIELDS.size <= len(data):
-            _head, _mask, _keep, topic_id, cpu = SHARD_FIELDS.unpack_from(data, body)
+        elif kind == KIND_SHARD and len(body) >= SHARD_FIELDS.size:
+            _head, _mask, _keep, topic_id, cpu = SHARD_FIELDS.unpack_from(body)
             if topic_id != 0xFFFFFFFF:
-                share.shards.append((body, cpu))
+                if len(share.shards) == MAX_SHARDS:
+                    raise TracerError(f"{path}: more than {MAX_SHARDS} shards")
+                share.shards.append((offset + BLOCK_HEADER_SIZE, cpu))
         elif kind == KIND_MAPS:
-            share.maps_text = data[body:body + payload].decode("utf-8", "replace")
-        offset += size
+            text = read(offset + BLOCK_HEADER_SIZE, min(payload, MAX_MAPS_BYTES))
+            share.maps_text = text.decode("utf-8", "surrogateescape")
+        offset += length
     return share
 
 
 def share_records(share: ShareFile, records: int) -> list[Record]:
     """The last `records` records of a share file, in order, formatted
     from the process (live) or the files its maps block names."""
-    with open(share.path, "rb") as file:
+    descriptor = _open(share.path)
+    try:
         def read(offset: int, size: int) -> bytes:
-            return os.pread(file.fileno(), size, offset)
+            return os.pread(descriptor, size, offset)
         windows = [shard_window(read, offset, records, cpu)
                    for offset, cpu in share.shards]
+    finally:
+        os.close(descriptor)
     entries = last_entries(windows, records)
     mappings = parse_maps(share.maps_text)
     image = (ProcessImage(share.pid, mappings) if is_live(share)
              else ProcessImage.offline(share.pid, mappings))
     try:
-        return [entry_record(entry, image, share.pid, share.comm, share.topics)
-                for entry in entries]
+        return [image_record(entry, image, pid=share.pid, comm=share.comm,
+                             topics=share.topics) for entry in entries]
     finally:
         image.close()
 
@@ -108,22 +159,35 @@ def share_records(share: ShareFile, records: int) -> list[Record]:
 def is_live(share: ShareFile) -> bool:
     """True while the process that wrote the file still maps it."""
     try:
-        stat = os.stat(share.path)
-        with open(f"/proc/{share.pid}/maps") as maps:
-            text = maps.read()
+        mappings = read_maps(share.pid)
     except OSError:
         return False
-    return any(mapping.inode == stat.st_ino and mapping.device == stat.st_dev
-               for mapping in parse_maps(text))
+    return any((mapping.device, mapping.inode) == share.identity
+               for mapping in mappings)
 
 
 def share_file_of(directory: str, pid: int) -> Path | None:
-    """The share file of `pid` in `directory`, if there is one."""
+    """The share file of `pid` in `directory`, if there is one: the one
+    the live process maps; for a process gone, the only file claiming its
+    pid (anyone may plant `a.PID.recorder` beside the real one)."""
     folder = Path(directory)
     if not folder.is_dir():
         return None
-    found = sorted(folder.glob(f"*.{pid}{SUFFIX}"))
-    return found[0] if found else None
+    claims = []
+    for path in sorted(folder.glob(f"*.{pid}{SUFFIX}")):
+        try:
+            share = open_share(path)
+        except TracerError:
+            continue
+        if share.pid != pid:
+            continue
+        if is_live(share):
+            return path
+        claims.append(path)
+    if len(claims) > 1:
+        raise TracerError(f"several share files claim process {pid} and it "
+                          f"maps none: name one ({', '.join(map(str, claims))})")
+    return claims[0] if claims else None
 
 
 def list_shares(directory: str | Path) -> list[tuple[ShareFile, bool]]:

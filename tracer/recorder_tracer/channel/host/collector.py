@@ -2,7 +2,7 @@
 
 Each listener's accepted connection gets a thread (a GuestLink): HELLO
 names the guest (hostname, boot id, the stream of one daemon run); its
-StreamStore (channel/store.py) says where to resume; WELCOME tells
+StreamStore (channel/host/store.py) says where to resume; WELCOME tells
 the guest, and the first clock probes run before any bulk data. Then every
 data frame is written once, in order, and acknowledged; a frame already
 written (resent after a reconnect) is skipped, a jump in sequence numbers
@@ -27,8 +27,8 @@ from typing import Any
 
 from recorder_tracer.channel import batch
 from recorder_tracer.channel.clock import ClockEstimator
-from recorder_tracer.channel.lines import batch_lines, console_lines
-from recorder_tracer.channel.store import StreamStore, open_out
+from recorder_tracer.channel.host.lines import batch_lines, console_lines
+from recorder_tracer.channel.host.store import StreamStore, open_out
 from recorder_tracer.channel.transport import Connection, Listener, parse_url
 from recorder_tracer.channel.wire import (
     DATA,

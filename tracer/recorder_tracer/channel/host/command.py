@@ -1,4 +1,4 @@
-"""`recorder collect`: the click command over channel/collector.py."""
+"""`recorder collect`: the click command over channel/host/collector.py."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def collect(urls: tuple[str, ...], out: str, metrics_listen: str | None,
                                    "FILE (to merge what was collected)")
         _merge(out, chrome)
         return
-    from recorder_tracer.channel.collector import Collector
+    from recorder_tracer.channel.host.collector import Collector
 
     def report(message: str) -> None:
         click.echo(message, err=True)
@@ -78,7 +78,7 @@ def collect(urls: tuple[str, ...], out: str, metrics_listen: str | None,
 def _serve_metrics(collector: object, listen: str) -> object:
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from recorder_tracer.channel.guest_metrics import GuestMetrics
+    from recorder_tracer.channel.host.metrics import GuestMetrics
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise TracerError(f"--metrics-listen {listen!r}: expected HOST:PORT")
@@ -92,7 +92,7 @@ def _serve_metrics(collector: object, listen: str) -> object:
 
 
 def _merge(out: str, chrome: str) -> None:
-    from recorder_tracer.channel.merge import merge_chrome
+    from recorder_tracer.channel.host.merge import merge_chrome
     try:
         with open(chrome, "w") as stream:
             events = merge_chrome(out, stream)

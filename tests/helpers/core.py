@@ -6,9 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from timing import scaled
+
 
 def run(
-    program: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    program: Path, *args: str, env: dict[str, str] | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `program` with `env` added to an environment free of RECORDER_*."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
@@ -17,5 +20,5 @@ def run(
         capture_output=True,
         text=True,
         env=clean | (env or {}),
-        timeout=timeout,
+        timeout=scaled(30) if timeout is None else timeout,
     )

@@ -1,4 +1,5 @@
-"""Helpers for channel tests: a real `recorder collect` process, its output."""
+"""Helpers for channel tests: real `recorder collect` and `recorder daemon
+--forward` processes, and what the collector wrote."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from timing import scaled
-from tracer_helpers import wait_for
+
+from helpers.tracer import wait_for
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
+TICKS = 23      # records a channel test makes a workload write
 
 
 class CollectorProcess:
@@ -94,3 +98,66 @@ def count_lines(out: Path, name: str) -> int:
                 total += sum(1 for _ in file)
     return total
 
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class DaemonProcess:
+    """`recorder daemon ... --forward URL`, started once its banner shows."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*RECORDER, "daemon", "--listen", f"127.0.0.1:{free_port()}", *args],
+            stderr=subprocess.PIPE, text=True)
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_line("^Serving metrics on .*forwarding to ")
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str) -> str:
+        def found() -> str | None:
+            while not self.lines.empty():
+                self.seen.append(self.lines.get())
+            if self.process.poll() is not None:
+                raise AssertionError(f"the daemon ended: {self.seen}")
+            return next((line for line in self.seen if re.search(pattern, line)),
+                        None)
+        return wait_for(found, scaled(60))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=scaled(30))
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        assert self.process.stderr is not None
+        threading.Event().wait(0.2)     # the reader thread's last lines
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.process.returncode
+
+
+def records_of(out: Path) -> list[dict]:
+    return [record for folder in stream_dirs(out)
+            for record in read_lines(folder / "records.jsonl")]
+
+
+def latest_sample(folder: Path, name: str) -> float | None:
+    """The last metrics frame's value of sample `name` (exact key match on
+    the metric name and a label substring)."""
+    for line in reversed(read_lines(folder / "metrics.jsonl")):
+        for key, value in line["samples"].items():
+            if key.startswith(name.split("{")[0] + "{") and all(
+                    part in key for part in name.split("{")[1].rstrip("}").split(",")):
+                return value
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -134,3 +135,35 @@ def require_uprobe_multi_links(why: str = "") -> None:
     from recorder_tracer.kernel.link import uprobe_multi_supported
     if not uprobe_multi_supported():
         pytest.skip(f"no uprobe_multi links here{why}")
+
+
+PY_TICKS = Path(__file__).resolve().parent.parent / "workloads" / "py_ticks.py"
+
+
+class PythonWorkload:
+    """tests/workloads/py_ticks.py, driven line by line."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(PY_TICKS)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.pid = int(self.process.stdout.readline().split()[1])
+
+    def record(self, topic: str, count: int) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{topic} {count}\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "done"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        self.process.wait(timeout=scaled(10))
+
+    def __enter__(self) -> PythonWorkload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

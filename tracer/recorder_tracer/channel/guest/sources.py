@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder_tracer.channel.backlog import DEFAULT_LIMIT
-from recorder_tracer.channel.console import FileFollower, KmsgFollower
-from recorder_tracer.channel.forwarder import Forwarder
+from recorder_tracer.channel.guest.backlog import DEFAULT_LIMIT
+from recorder_tracer.channel.guest.console import FileFollower, KmsgFollower
+from recorder_tracer.channel.guest.forwarder import Forwarder
 from recorder_tracer.errors import TracerError
 
 MAX_SNAPSHOT = 12 << 20     # bytes of a snapshot file sent (the frame's bound)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder_tracer.channel import batch
-from recorder_tracer.channel.backlog import DEFAULT_LIMIT, Backlog
+from recorder_tracer.channel.guest.backlog import DEFAULT_LIMIT, Backlog
 from recorder_tracer.channel.transport import Connection, Endpoint, connect
 from recorder_tracer.channel.wire import (
     PROTOCOL_VERSION,
