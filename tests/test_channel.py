@@ -14,10 +14,17 @@ import struct
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.channel import CollectorProcess, count_lines, read_lines, stream_dirs
+from helpers.channel import (
+    CollectorProcess,
+    count_lines,
+    read_lines,
+    reap_all,
+    stream_dirs,
+)
 from helpers.tracer import wait_for
 from timing import scaled
 
@@ -29,6 +36,14 @@ from recorder_tracer.channel.wire import FrameError, Kind
 from recorder_tracer.decode.record import Record
 
 RECORDS = 23
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """No collector or daemon of a failed test outlives it."""
+    yield
+    reap_all()
+
 
 
 def make_records(count: int, start: int = 0, comm: str = "app") -> list[Record]:

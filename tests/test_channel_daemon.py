@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from helpers.channel import (
     free_port,
     latest_sample,
     read_lines,
+    reap_all,
     records_of,
     stream_dirs,
 )
@@ -30,6 +32,14 @@ from helpers.tracer import (
     wait_for,
 )
 from timing import scaled
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """No collector or daemon of a failed test outlives it."""
+    yield
+    reap_all()
+
 
 
 @pytest.mark.bpf

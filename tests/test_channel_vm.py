@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from helpers.channel import (
     DaemonProcess,
     latest_sample,
     read_lines,
+    reap_all,
     records_of,
     stream_dirs,
 )
@@ -31,6 +33,14 @@ from helpers.tracer import RECORDS, Victim, Workload, wait_for
 from timing import scaled
 
 VMADDR_CID_LOCAL = 1
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """No collector or daemon of a failed test outlives it."""
+    yield
+    reap_all()
+
 
 
 def vsock_port() -> int:

@@ -22,6 +22,20 @@ RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 TICKS = 23      # records a channel test makes a workload write
 
 
+# Every collector and daemon a test starts: reap_all() ends those a failed
+# assertion left running (a test's own cleanup may stop at its first assert).
+STARTED: list[subprocess.Popen[str]] = []
+
+
+def reap_all() -> None:
+    """Kill (by pid, our own children only) what is still running."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 class CollectorProcess:
     """`recorder collect` in a process; its stderr lines in a queue."""
 
@@ -31,6 +45,7 @@ class CollectorProcess:
             argv += ["--listen", url]
         self.process = subprocess.Popen([*argv, *extra], stderr=subprocess.PIPE,
                                         text=True)
+        STARTED.append(self.process)
         self.lines: list[str] = []
         self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -112,6 +127,7 @@ class DaemonProcess:
         self.process = subprocess.Popen(
             [*RECORDER, "daemon", "--listen", f"127.0.0.1:{free_port()}", *args],
             stderr=subprocess.PIPE, text=True)
+        STARTED.append(self.process)
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -284,12 +284,15 @@ class Forwarder:
                and self.backlog.acked < self.backlog.next_seq - 1):
             time.sleep(0.02)
         self._stop.set()
-        if self.state_path is not None:
-            self.write_state()
         self.backlog.wake()
         connection = self._connection
         if connection is not None:
             connection.close()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.state_path is not None:     # (the flush thread has ended)
+            if self.backlog.acked >= self.backlog.next_seq - 1:
+                self.state_path.unlink(missing_ok=True)     # nothing lost
+            else:
+                self.write_state()      # the next daemon reports the rest
 
