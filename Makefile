@@ -2,6 +2,11 @@
 # Both run the setup script first; it is idempotent and quick when done.
 
 PREFIX   ?= /usr/local
+SYSCONFDIR ?= /etc
+# `make install` puts the CLI in a venv of its own here (Debian's Python,
+# which sees Debian's bcc), linked as $(PREFIX)/bin/recorder.
+TRACER_HOME ?= /opt/recorder
+SYSTEM_PYTHON ?= /usr/bin/python3
 BUILD    ?= build
 CC       ?= cc
 CFLAGS   ?= -O2 -g
@@ -18,7 +23,8 @@ CORE_OBJECTS := $(patsubst probes/src/%.c,$(BUILD)/obj/%.o,$(CORE_SOURCES))
 TEST_PROGRAMS := $(patsubst tests/progs/%.c,$(BUILD)/progs/%,\
                    $(wildcard tests/progs/*.c))
 
-.PHONY: all lib progs setup test fuzz soak demo bench install clean lint vm-test
+.PHONY: all lib progs setup test fuzz soak demo bench install install-lib \
+        install-tracer clean lint vm-test
 
 all: lib progs $(BUILD)/demo/recorder_demo
 
@@ -89,16 +95,51 @@ bench: setup all
 lint: setup
 	$(VENV)/bin/ruff check .
 
-install: lib
+install: install-lib install-tracer
+
+# The C core: libraries, headers, pkg-config file.
+install-lib: lib
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/recorder \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 $(BUILD)/librecorder.so $(BUILD)/librecorder.a \
 	    $(DESTDIR)$(PREFIX)/lib
-	install -m 644 probes/include/recorder.h $(DESTDIR)$(PREFIX)/include
+	install -m 644 probes/include/*.h \
+	    $(DESTDIR)$(PREFIX)/include
 	install -m 644 probes/include/recorder/*.h \
 	    $(DESTDIR)$(PREFIX)/include/recorder
 	sed -e 's|@PREFIX@|$(PREFIX)|g' probes/recorder.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/recorder.pc
+
+# The tracer (root): the CLI in its own venv, where `sudo recorder` finds it
+# (Debian's Python refuses `sudo pip install`); the daemon's unit (never
+# enabled or started here), the example config (an existing one is kept),
+# the docs. Reinstalling upgrades the venv in place.
+DOCDIR = $(PREFIX)/share/doc/recorder
+UNITDIR = $(PREFIX)/lib/systemd/system
+install-tracer:
+	@test -x $(SYSTEM_PYTHON) || { echo "install: $(SYSTEM_PYTHON) is missing" >&2; exit 1; }
+	@$(SYSTEM_PYTHON) -c 'import bcc' 2>/dev/null || echo "install: warning:" \
+	    "$(SYSTEM_PYTHON) cannot import bcc: apt install python3-bpfcc" >&2
+	test -x $(DESTDIR)$(TRACER_HOME)/venv/bin/python || \
+	    $(SYSTEM_PYTHON) -m venv --system-site-packages $(DESTDIR)$(TRACER_HOME)/venv
+	$(DESTDIR)$(TRACER_HOME)/venv/bin/python -m pip install -q --upgrade \
+	    "$(CURDIR)[tracer]"
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/recorder
+	ln -sfn $(TRACER_HOME)/venv/bin/recorder $(DESTDIR)$(PREFIX)/bin/recorder
+	sed -e 's|/usr/local/bin/recorder|$(PREFIX)/bin/recorder|' \
+	    -e 's|/usr/local/share/doc/recorder|$(DOCDIR)|' \
+	    -e 's|/etc/recorder/|$(SYSCONFDIR)/recorder/|' \
+	    packaging/recorder-daemon.service \
+	    > $(DESTDIR)$(UNITDIR)/recorder-daemon.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/recorder-daemon.service
+	install -m 644 README.md LICENSE docs/*.md probes/PROBES.md $(DESTDIR)$(DOCDIR)
+	install -m 644 packaging/daemon.toml $(DESTDIR)$(DOCDIR)/daemon.toml.example
+	test -e $(DESTDIR)$(SYSCONFDIR)/recorder/daemon.toml || install -m 644 \
+	    packaging/daemon.toml $(DESTDIR)$(SYSCONFDIR)/recorder/daemon.toml
+	@echo "installed $(PREFIX)/bin/recorder -> $(TRACER_HOME)/venv;" \
+	    "to run the daemon: systemctl daemon-reload &&" \
+	    "systemctl enable --now recorder-daemon"
 
 clean:
 	rm -rf $(BUILD)

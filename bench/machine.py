@@ -17,6 +17,51 @@ from pathlib import Path
 CLOCKSOURCE = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
 
 
+VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}
+
+
+def cpu_fields() -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo (empty if unreadable)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_label() -> str:
+    """Vendor and model, the tag printed beside every figure: figures
+    differ between the AMD and Intel machines of this kind.
+
+    >>> cpu_label().split()[0] in {"Intel", "AMD", "unknown"} or True
+    True
+    """
+    fields = cpu_fields()
+    vendor = VENDORS.get(fields.get("vendor_id", ""),
+                         fields.get("vendor_id", "unknown"))
+    model = fields.get("model name", "unknown CPU")
+    named = model if model.lower().startswith(vendor.lower()) else f"{vendor} {model}"
+    return (f"{named}, family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}")
+
+
+def tagged(lines: list[str], label: str | None = None) -> list[str]:
+    """`lines`, each figure line (one with a digit) followed by the CPU
+    label in brackets.
+
+    >>> tagged(["CASE", "rdtsc 8.2", ""], "Intel X")
+    ['CASE', 'rdtsc 8.2  [Intel X]', '']
+    """
+    label = label or cpu_label()
+    return [f"{line}  [{label}]" if any(c.isdigit() for c in line) else line
+            for line in lines]
+
+
 def describe() -> str:
     """One line naming the CPU, CPU count, kernel and clocksource."""
     model = "unknown CPU"

@@ -26,6 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import machine
 import programs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +116,17 @@ def main(argv: list[str]) -> int:
         print(text)
     exported = sum(float(value) for value in re.findall(
         r'^recorder_records_total\{[^}]*topic="load"[^}]*\} (\S+)$', text, re.M))
-    print(f"recorder daemon: {arguments.processes} processes x {arguments.rate} "
-          f"records/s for {arguments.seconds:g} s (metrics only)")
-    print(f"  records made {sum(made)} ({sum(made) / wall / 1e3:.0f} k/s achieved), "
-          f"exported {exported:.0f}: "
-          + ("EXACT" if exported == sum(made) else "MISMATCH"))
-    print(f"  daemon CPU {100 * cpu / wall:.1f}% of one CPU over {wall:.1f} s; "
-          f"RSS {max(rss, default=0):.0f} MiB max; "
-          f"scrape {1000 * max(scrapes, default=0):.1f} ms max")
+    for line in machine.tagged([
+        f"recorder daemon: {arguments.processes} processes x {arguments.rate} "
+        f"records/s for {arguments.seconds:g} s (metrics only)",
+        f"  records made {sum(made)} ({sum(made) / wall / 1e3:.0f} k/s achieved), "
+        f"exported {exported:.0f}: "
+        + ("EXACT" if exported == sum(made) else "MISMATCH"),
+        f"  daemon CPU {100 * cpu / wall:.1f}% of one CPU over {wall:.1f} s; "
+        f"RSS {max(rss, default=0):.0f} MiB max; "
+        f"scrape {1000 * max(scrapes, default=0):.1f} ms max",
+    ]):
+        print(line)
     return 0
 
 

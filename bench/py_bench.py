@@ -32,6 +32,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import machine
+
 FORMAT = "sent %d bytes to %s"
 HOST = "example.org"
 # (case, what its row says)
@@ -243,7 +245,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     samples, notes = measure(arguments)
     print()
-    for line in render(samples):
+    for line in machine.tagged(render(samples)):
         print(line)
     for note in notes:
         print(note)

@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
         print(f"bench: {error}\n{error.stderr}", file=sys.stderr)
         return 1
     print()
-    for line in report.render(results):
+    for line in machine.tagged(report.render(results)):
         print(line)
     print()
     for note in notes:

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
+
 REPO = Path(__file__).resolve().parent.parent
 VICTIM = REPO / "build" / "progs" / "snapshot_victim"
 TARGET_MS = 100.0
@@ -78,14 +80,17 @@ def main(argv: list[str]) -> int:
             watcher.close()
     latencies = sorted(ms for ms, _ in results)
     copies = sorted(us for _, us in results)
-    print(f"Crash snapshots: {arguments.victims} victims, N={RECORDS} records each")
-    print(f"  fault to file   median {statistics.median(latencies):7.2f} ms, "
-          f"max {latencies[-1]:7.2f} ms")
-    print(f"  BPF copy        median {statistics.median(copies):7.1f} us, "
-          f"max {copies[-1]:7.1f} us")
     verdict = "PASS" if latencies[-1] <= TARGET_MS else "FAIL"
-    print(f"{verdict} fault-to-file latency <= {TARGET_MS:g} ms "
-          f"(max {latencies[-1]:.2f} ms)")
+    for line in machine.tagged([
+        f"Crash snapshots: {arguments.victims} victims, N={RECORDS} records each",
+        f"  fault to file   median {statistics.median(latencies):7.2f} ms, "
+        f"max {latencies[-1]:7.2f} ms",
+        f"  BPF copy        median {statistics.median(copies):7.1f} us, "
+        f"max {copies[-1]:7.1f} us",
+        f"{verdict} fault-to-file latency <= {TARGET_MS:g} ms "
+        f"(max {latencies[-1]:.2f} ms)",
+    ]):
+        print(line)
     return 0
 
 

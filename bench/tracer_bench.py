@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import machine
 import programs
 import tracer_report
 from tracer_report import CASES, STRING_CASE, CostResults, Load, check, label
@@ -404,17 +405,17 @@ def main(argv: list[str]) -> int:
         print(f"bench: tracer benchmark failed: {error}", file=sys.stderr)
         return 1
     print()
-    for line in tracer_report.render_costs(results):
+    for line in machine.tagged(tracer_report.render_costs(results)):
         print(line)
-    for line in render_perf_reference(results):
+    for line in machine.tagged(render_perf_reference(results)):
         print(line)
     if runs is not None:
         print()
-        for line in tracer_stream.render(runs):
+        for line in machine.tagged(tracer_stream.render(runs)):
             print(line)
     print()
-    for line in tracer_report.render_verdicts(
-            tracer_report.judge(results, runs, arguments.paced_rate)):
+    for line in machine.tagged(tracer_report.render_verdicts(
+            tracer_report.judge(results, runs, arguments.paced_rate))):
         print(line)
     print()
     for line in results.checks:

@@ -108,6 +108,7 @@ def test_probes_md_documents_every_contract_struct() -> None:
     assert set(documented_tables()) == {
         "recorder_entry",
         "recorder_registry",
+        "recorder_channels",
         "recorder_topic",
         "recorder_shard",
         "recorder_share_block",

@@ -31,7 +31,8 @@ def install_like_make(prefix: Path) -> None:
     (prefix / "lib" / "pkgconfig").mkdir(parents=True)
     for library in ("librecorder.so", "librecorder.a"):
         shutil.copy(BUILD / library, prefix / "lib")
-    shutil.copy(REPO / "probes" / "include" / "recorder.h", prefix / "include")
+    for header in (REPO / "probes" / "include").glob("*.h"):
+        shutil.copy(header, prefix / "include")
     for header in (REPO / "probes" / "include" / "recorder").glob("*.h"):
         shutil.copy(header, prefix / "include" / "recorder")
     template = (REPO / "probes" / "recorder.pc.in").read_text()

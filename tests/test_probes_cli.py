@@ -110,6 +110,7 @@ def test_process_lists_its_topics_with_ring_sizes_and_trace_values(
             "provider": "recorder", "probe": row["probe"], "sites": sites,
             "semaphore": True, "semaphore_value": 0, "ring": ring,
             "trace": trace, "arguments": [PROBE_ARGUMENTS] * sites,
+            "runtime": False,
         }
 
 

@@ -315,6 +315,38 @@ def test_logging_records_go_into_topics_named_after_loggers(capfd) -> None:
     assert "pyapi.app" in recorder.topics()
 
 
+def test_logging_keeps_the_calls_arguments_as_values(tmp_path: Path) -> None:
+    from recorder_tracer.target import shm
+    code = """if True:
+        import logging, recorder
+        log = logging.getLogger("kept")
+        log.addHandler(recorder.LoggingHandler())
+        log.warning("disk %d%% full on %s, %.1f GB left", 91, "/var", 2.5)
+        log.error("odd %r", 23)
+        log.error("no arguments: 100%")
+        print("logged", flush=True)
+        input()
+    """
+    # The share file lives as long as the process: read it meanwhile.
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True,
+                               env=clean_env(RECORDER_SHARE=str(tmp_path)))
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline() == "logged\n"
+        (path,) = tmp_path.glob("*.recorder")
+        share = shm.open_share(str(path))
+        records = [record for record in shm.share_records(share, 64)
+                   if record.topic == "kept"]
+    finally:
+        process.communicate("\n", timeout=scaled(10))
+    assert [(record.message, record.args) for record in records] == [
+        ("WARNING disk 91% full on /var, 2.5 GB left", ["WARNING", 91, "/var", 2.5]),
+        ("ERROR odd 23", ["ERROR", "odd 23"]),
+        ("ERROR no arguments: 100%", ["ERROR", "no arguments: 100%"]),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Spans
 
@@ -480,6 +512,9 @@ def test_recorder_probes_and_trace_show_a_python_program() -> None:
                                 text=True, timeout=scaled(60), check=True).stdout
         assert re.search(rf"^{workload.pid} +_core\.cpython", probes, re.MULTILINE)
         assert "recorder:recorder_dynamic" in probes
+        # Its run-time topic is listed too: "rt" for sites, unarmed (SEM 0).
+        assert re.search(rf"^{workload.pid} +\S+ +recorder:py_cli +rt +0 ", probes,
+                         re.MULTILINE), probes
         topic = next(t for t in ProcessImage.of(workload.pid).topics()
                      if t.name == "py_cli")
         with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:

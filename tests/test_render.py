@@ -116,8 +116,9 @@ def test_format_message_matches_c_printf(fmt: str, args: list[Any],
     ("%s|%8s|%d|%p", [None, None, None, None],
      "<unreadable>|<unreadable>|<unreadable>|<unreadable>"),
     ("%s %s %s", [0, 0x1000, 2.5], "(null) <unreadable 0x1000> <double 2.5>"),
-    # A value of another kind, converted as the C core converts it.
-    ("%d %x %.1f %c", [2.9, -1.0, 3, 65.0], "2 ffffffff 3.0 A"),
+    # A value of another kind, converted as the C core converts it: %x of a
+    # double shows its bits (-1.0 is 0xbff0000000000000: low 32 bits 0).
+    ("%d %x %lx %.1f %c", [2.9, -1.0, -1.0, 3, 65.0], "2 0 bff0000000000000 3.0 A"),
     ("%d|%5d", ["text", "ab"], "text|   ab"),
     ("%d", [math.nan], "0"),
     ("%ld", [math.inf], "-9223372036854775808"),

@@ -247,6 +247,8 @@ class Tracing:
         out, err = self.process.communicate(timeout=scaled(20))
         assert self.process.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines()]
+        assert lines[0]["type"] == "header"
+        lines = lines[1:]
         assert lines[-1]["type"] == "summary"
         return lines[:-1], lines[-1], err
 

@@ -17,12 +17,14 @@ fi
 #    headers for bcc to compile against, SDT headers, bpftool, bpftrace, and
 #    LTTng-UST for the benchmark's comparison, Python's headers for the
 #    extension recorder._core, Prometheus for the daemon's test (started by
-#    the test on loopback; its own service stays off), tmux for `recorder
-#    top`'s test.
+#    the test on free loopback ports; a service it runs is left alone), promtool
+#    (in the prometheus package) for the exposition check, tmux for `recorder
+#    top`'s test, capsh (libcap2-bin) to run the daemon with its unit's
+#    capabilities.
 packages=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64
           systemtap-sdt-dev bpftool bpftrace build-essential
           liblttng-ust-dev lttng-tools binutils clang python3-dev python3-venv
-          prometheus tmux)
+          prometheus tmux libcap2-bin)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
@@ -36,12 +38,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     say "Debian packages present"
 fi
-# Debian starts a Prometheus service on install (on every interface): the
-# daemon's test runs its own on loopback, so keep the service off.
-if [ -d /run/systemd/system ] && systemctl is-enabled -q prometheus 2>/dev/null; then
-    systemctl disable --now prometheus
-    say "disabled the prometheus service (tests start their own)"
-fi
+# Setup never stops, disables or reconfigures a service the machine runs:
+# Debian's prometheus package may start its own service; the daemon's test
+# starts another Prometheus on free loopback ports and leaves that one be.
 
 # 2. Kernel headers. A stock Debian kernel (the Vagrant VM's) has its own
 #    package, linux-headers-$(uname -r): installed if missing, it brings the
@@ -125,10 +124,10 @@ for source in "$repo/pyproject.toml" "$repo/setup.py" "$repo"/pyapi/recorder/*.c
         break
     fi
 done
-if ! "$venv/bin/python" -c 'import recorder_tracer, recorder._core, click, pytest' \
+if ! "$venv/bin/python" -c 'import recorder_tracer, recorder._core, click, pytest, build' \
         2>/dev/null || [ -n "$newer" ]; then
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "$repo[dev]"
+    "$venv/bin/pip" install -q -e "$repo[dev,tracer,plot]"
     say "installed recorder (editable) into $venv"
 else
     say "recorder installed in $venv"

@@ -5,8 +5,12 @@
  *
  * Source-compatible with the public C API of the seed library (c3d/recorder):
  * RECORDER, RECORDER_DEFINE, RECORDER_DECLARE, RECORD, record, RECORD_FAST,
- * RECORDER_TRACE, RECORDER_TWEAK_DEFINE, RECORDER_TWEAK, recorder_trace_set,
- * recorder_dump, recorder_dump_for, recorder_dump_on_common_signals, and the
+ * record_fast, RECORDER_TRACE, RECORDER_TWEAK_DEFINE, RECORDER_TWEAK,
+ * recorder_trace_set, recorder_dump, recorder_dump_for, recorder_sort,
+ * recorder_dump_on_signal, recorder_dump_on_common_signals,
+ * recorder_background_dump, RECORD_TIMING_BEGIN/END, the configure
+ * hooks (recorder_configure_output, _show, _format, _type), recorder_tick,
+ * RECORDER_HZ, the RECORDER_VERSION macros, recorder_ring.h, and the
  * environment variables RECORDER_TRACES, RECORDER_TWEAKS, RECORDER_DUMP.
  * What differs (ns CLOCK_MONOTONIC timestamps, per-CPU shards, USDT probes)
  * is described in probes/PROBES.md.
@@ -14,8 +18,10 @@
 #ifndef RECORDER_H
 #define RECORDER_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdatomic.h>
+#include "recorder_ring.h"
 #include "recorder/entry.h"
 #include "recorder/registry.h"
 #include "recorder/probe.h"
@@ -23,6 +29,18 @@
 #ifdef __cplusplus
 #error "recorder.h is a C11 header"
 #endif
+
+/* ------------------------------------------------------------------------ */
+/* Version of the seed library's API this header provides                   */
+/* ------------------------------------------------------------------------ */
+
+#define RECORDER_VERSION(Major, Minor, Patch)                               \
+    ((Major) << 16 | (Minor) << 8 | (Patch))
+#define RECORDER_VERSION_MAJOR(Version) (((Version) >> 16) & 0xFF)
+#define RECORDER_VERSION_MINOR(Version) (((Version) >> 8) & 0xFF)
+#define RECORDER_VERSION_PATCH(Version) ((Version) & 0xFF)
+#define RECORDER_CURRENT_VERSION        RECORDER_VERSION(1, 0, 8)
+#define RECORDER_64BIT                  (INTPTR_MAX > 0x7fffffff)
 
 /* ------------------------------------------------------------------------ */
 /* Topics and tweaks                                                        */
@@ -83,6 +101,7 @@
 #define RECORD(name, ...)       RECORDER_RECORD_(name, 0, __VA_ARGS__, )
 #define RECORD_FAST(name, ...)  RECORDER_RECORD_(name, 1, __VA_ARGS__, )
 #define record(name, ...)       RECORD(name, __VA_ARGS__)
+#define record_fast(name, ...)  RECORD_FAST(name, __VA_ARGS__)
 
 /* The trailing empty argument added above lets a format come without
  * arguments in strict ISO C; the argument counting below expects it. */
@@ -268,6 +287,137 @@ unsigned recorder_dump_for(const char *pattern);
  * by it. The calling thread gets an alternate signal stack, so that its
  * stack overflows dump too. */
 void recorder_dump_on_common_signals(unsigned add, unsigned remove);
+
+/* The seed's background dump: a thread that prints, every
+ * RECORDER_TWEAK(recorder_dump_sleep) ms (100), the records written since
+ * its last pass into the topics `pattern` matches (NULL or "all": every
+ * topic), in time order, through the configured format and show. Stopping
+ * prints what was recorded before the call, then reports how many records
+ * were overwritten before it could show them. One at a time. */
+void recorder_background_dump(const char *pattern);
+void recorder_background_dump_stop(void);
+
+/* Dump on signal `signal_number` (< 32) as recorder_dump_on_common_signals
+ * does for its list: a fatal one still kills the process after the dump,
+ * another (SIGUSR1) dumps and the program goes on. */
+void recorder_dump_on_signal(int signal_number);
+
+/* Time as RECORD stamps it: CLOCK_MONOTONIC in RECORDER_HZ ticks per second
+ * (ns), the seed's recorder_tick() for measuring durations. */
+#ifndef RECORDER_HZ
+#define RECORDER_HZ 1000000000ull
+#endif
+#ifndef recorder_tick
+uintptr_t recorder_tick(void);
+#endif
+
+/* The seed's timing blocks: a code block's rate and duration, recorded
+ * into `Recorder` at most once per interval of RECORDER_TRACE(Recorder) ms
+ * (100 when that is 0 or less):
+ *
+ *   RECORD_TIMING_BEGIN(net);
+ *   n = send_packet();
+ *   RECORD_TIMING_END(net, "send", "bytes", n);
+ *   -> net: send 1234.00 bytes/s, total 5678, 10.00 loops/s,
+ *           avg duration 12.34 us
+ *
+ * The counters are per call site and shared by threads (atomic adds); the
+ * thread that finds the interval over records and restarts them. */
+#define RECORD_TIMING_BEGIN(Recorder)                                       \
+    do {                                                                    \
+        static uintptr_t recorder_t_last_, recorder_t_total_,               \
+            recorder_t_value_, recorder_t_time_, recorder_t_loops_;         \
+        uintptr_t recorder_t_start_ = recorder_tick()
+
+#define RECORD_TIMING_END(Recorder, Operation, Name, Value)                 \
+        uintptr_t recorder_t_end_ = recorder_tick();                        \
+        uintptr_t recorder_t_v_ = (uintptr_t)(Value);                       \
+        __atomic_fetch_add(&recorder_t_total_, recorder_t_v_,               \
+                           __ATOMIC_RELAXED);                               \
+        __atomic_fetch_add(&recorder_t_value_, recorder_t_v_,               \
+                           __ATOMIC_RELAXED);                               \
+        __atomic_fetch_add(&recorder_t_time_,                               \
+                           recorder_t_end_ - recorder_t_start_,             \
+                           __ATOMIC_RELAXED);                               \
+        __atomic_fetch_add(&recorder_t_loops_, 1, __ATOMIC_RELAXED);        \
+        uintptr_t recorder_t_ms_ = RECORDER_TRACE(Recorder) > 0             \
+            ? (uintptr_t)RECORDER_TRACE(Recorder) : 100;                    \
+        uintptr_t recorder_t_known_ =                                       \
+            __atomic_load_n(&recorder_t_last_, __ATOMIC_RELAXED);           \
+        if (recorder_t_known_ == 0)                                         \
+            __atomic_compare_exchange_n(&recorder_t_last_,                  \
+                                        &recorder_t_known_,                 \
+                                        recorder_t_start_, 0,               \
+                                        __ATOMIC_RELAXED,                   \
+                                        __ATOMIC_RELAXED);                  \
+        else if (recorder_t_end_ - recorder_t_known_                        \
+                     >= recorder_t_ms_ * (RECORDER_HZ / 1000)               \
+                 && __atomic_compare_exchange_n(&recorder_t_last_,          \
+                                                &recorder_t_known_,         \
+                                                recorder_t_end_, 0,         \
+                                                __ATOMIC_RELAXED,           \
+                                                __ATOMIC_RELAXED)) {        \
+            double recorder_t_per_s_ = (double)RECORDER_HZ                  \
+                / (double)(recorder_t_end_ - recorder_t_known_);            \
+            uintptr_t recorder_t_n_ = __atomic_exchange_n(                  \
+                &recorder_t_loops_, 0, __ATOMIC_RELAXED);                   \
+            uintptr_t recorder_t_d_ = __atomic_exchange_n(                  \
+                &recorder_t_time_, 0, __ATOMIC_RELAXED);                    \
+            uintptr_t recorder_t_sum_ = __atomic_exchange_n(                \
+                &recorder_t_value_, 0, __ATOMIC_RELAXED);                   \
+            record(Recorder, Operation " %.2f " Name "/s, total %lu, "      \
+                   "%.2f loops/s, avg duration %.2f us",                    \
+                   recorder_t_sum_ * recorder_t_per_s_,                     \
+                   (unsigned long)__atomic_load_n(&recorder_t_total_,       \
+                                                  __ATOMIC_RELAXED),        \
+                   recorder_t_n_ * recorder_t_per_s_,                       \
+                   recorder_t_n_ ? (double)recorder_t_d_ * 1e6              \
+                       / RECORDER_HZ / recorder_t_n_ : 0.0);                \
+        }                                                                   \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* How dumps and traces are shown (the seed's configure hooks)              */
+/* ------------------------------------------------------------------------ */
+
+/* Shows one formatted line (no newline) on `output`; returns bytes shown.
+ * The default writes the line and a newline to `output`, a FILE *, or to
+ * file descriptor 2 when it is NULL. */
+typedef unsigned (*recorder_show_fn)(const char *text, size_t length,
+                                     void *output);
+/* Formats one record and hands the text to `show`. `location` is the
+ * record's "file:line", `order` its sequence number in its topic's CPU
+ * shard (1, 2, ...), `timestamp` in RECORDER_HZ ticks, `message` the
+ * formatted message. The default shows "file:line: [s.ns tid] label: msg",
+ * the line recorder_dump prints. */
+typedef void (*recorder_format_fn)(recorder_show_fn show, void *output,
+                                   const char *label, const char *location,
+                                   uintptr_t order, uintptr_t timestamp,
+                                   const char *message);
+/* Formats the argument `data` of a custom conversion (recorder_configure_
+ * type) into `buffer` of `length` bytes; returns the length it would have
+ * written, as snprintf does. `trace` is nonzero only while the record is
+ * traced (printed as it is recorded, when pointers are known to be live)
+ * or when the conversion has the '+' flag; zero in dumps (a crash dump
+ * must not follow a pointer that may be dangling). `format` is the
+ * conversion's text, from '%' to its letter. */
+typedef size_t (*recorder_type_fn)(intptr_t trace, const char *format,
+                                   char *buffer, size_t length,
+                                   uintptr_t data);
+
+/* Each returns the previous setting (the default function, not NULL). A
+ * NULL `show` or `format` restores the default. */
+void *recorder_configure_output(void *output);
+recorder_show_fn recorder_configure_show(recorder_show_fn show);
+recorder_format_fn recorder_configure_format(recorder_format_fn format);
+/* Makes `%<id>` a custom conversion, overriding printf's meaning of that
+ * letter in formats; NULL removes it. */
+recorder_type_fn recorder_configure_type(uint8_t id, recorder_type_fn type);
+/* Dumps the topics `pattern` matches (as recorder_dump_for) through
+ * `format` and `show`, with `output` for show; NULL functions mean the
+ * configured ones. Returns entries shown. */
+unsigned recorder_sort(const char *pattern, recorder_format_fn format,
+                       recorder_show_fn show, void *output);
 
 /* Run-time topics (Python, generated names). recorder_topic_create
  * returns the topic named `name`, making it (ring of `size` per CPU) if it

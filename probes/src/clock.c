@@ -92,6 +92,13 @@ static void publish(__u64 tsc, __u64 ns, __u64 mult, __u64 baseline_ticks)
 
 void recorder_clock_init(void)
 {
+#ifdef RECORDER_RSEQ_INCREMENT
+    /* Before any RECORD can run in a second thread: writers of one shard
+     * must all use rseq or all use the locked fetch-add. */
+    recorder_clock.use_rseq = __rseq_size != 0
+        && sysconf(_SC_NPROCESSORS_CONF) <= RECORDER_MAX_SHARDS
+        && !getenv("RECORDER_NO_RSEQ");
+#endif
 #ifdef RECORDER_HAVE_TSC
     if (secure_getenv("RECORDER_NO_TSC") || !kernel_uses_tsc())
         return;

@@ -45,11 +45,20 @@ static int read_entry(const struct recorder_shard *shard, __u64 index,
         && copy->sequence == expected;
 }
 
+/* Where this dump's lines go, if not the default line (recorder_sort, the
+ * configure hooks); set while `dumping` is held. */
+static const struct recorder_sink *dump_sink;
+
 static void print_entry(const struct recorder_topic *topic,
-                        const struct recorder_entry *entry)
+                        const struct recorder_entry *entry,
+                        const struct recorder_sink *sink, __s64 trace)
 {
+    if (sink) {
+        recorder_sink_entry(sink, topic, entry, trace);
+        return;
+    }
     char message[1024], where[256], line[1400];
-    recorder_format_entry(entry, message, sizeof(message));
+    recorder_format_entry_traced(entry, message, sizeof(message), trace);
     if (recorder_read_string(entry->where, where, sizeof(where)) < 0)
         strcpy(where, "?");
     int length = snprintf(line, sizeof(line), "%s: [%llu.%09llu %u] %s: %s\n",
@@ -67,7 +76,7 @@ static void print_entry(const struct recorder_topic *topic,
 void recorder_trace_entry(struct recorder_topic *topic,
                           struct recorder_entry *entry)
 {
-    print_entry(topic, entry);
+    print_entry(topic, entry, recorder_configured_sink(), topic->trace);
 }
 
 /* Which topics a dump shows: those a regex matches, those RECORDER_DUMP
@@ -87,12 +96,14 @@ static int selected(const struct recorder_topic *topic, enum selection how,
     }
 }
 
-static unsigned dump_topics(enum selection how, const regex_t *regex)
+static unsigned dump_topics(enum selection how, const regex_t *regex,
+                            const struct recorder_sink *sink)
 {
     if (atomic_flag_test_and_set(&dumping)) {
         recorder_error("recorder: a dump is already in progress");
         return 0;
     }
+    dump_sink = sink ? sink : recorder_configured_sink();
     unsigned count = 0, shown = 0;
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next) {
@@ -130,7 +141,7 @@ static unsigned dump_topics(enum selection how, const regex_t *regex)
         }
         if (!oldest)
             break;
-        print_entry(oldest->topic, &oldest_entry);
+        print_entry(oldest->topic, &oldest_entry, dump_sink, 0);
         oldest->next++;
         shown++;
     }
@@ -168,8 +179,14 @@ void recorder_dump_after_fork(void)
 
 unsigned recorder_dump_for(const char *pattern)
 {
+    return recorder_dump_through(pattern, NULL);
+}
+
+unsigned recorder_dump_through(const char *pattern,
+                               const struct recorder_sink *sink)
+{
     if (!pattern || strcmp(pattern, "all") == 0)
-        return dump_topics(SELECT_ALL, NULL);
+        return dump_topics(SELECT_ALL, NULL, sink);
     regex_t regex;
     int status = recorder_compile_name_regex(&regex, pattern);
     if (status != 0) {
@@ -179,14 +196,14 @@ unsigned recorder_dump_for(const char *pattern)
                        pattern, reason);
         return 0;
     }
-    unsigned shown = dump_topics(SELECT_REGEX, &regex);
+    unsigned shown = dump_topics(SELECT_REGEX, &regex, sink);
     regfree(&regex);
     return shown;
 }
 
 unsigned recorder_dump(void)
 {
-    return dump_topics(SELECT_ALL, NULL);
+    return dump_topics(SELECT_ALL, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -208,7 +225,7 @@ static void on_signal(int signal_number, siginfo_t *info, void *context)
            info ? info->si_addr : NULL);
     recorder_error("recorder: received signal %d (%s), dumping",
                    signal_number, sigabbrev_np(signal_number));
-    dump_topics(SELECT_RECORDER_DUMP, NULL);
+    dump_topics(SELECT_RECORDER_DUMP, NULL, NULL);
     if (!(fatal_mask & (1ull << signal_number)))
         return;
     /* Hand the signal back to whoever had it, or to the default action,
@@ -273,9 +290,20 @@ void recorder_dump_on_common_signals(unsigned add, unsigned remove)
     }
 }
 
+void recorder_dump_on_signal(int signal_number)
+{
+    if (signal_number <= 0 || signal_number >= 32)
+        return;
+    unsigned common = 0;
+    for (size_t i = 0; i < sizeof(common_signals) / sizeof(int); i++)
+        common |= 1u << common_signals[i];
+    unsigned only = 1u << signal_number;
+    recorder_dump_on_common_signals(only, common & ~only);
+}
+
 static void dump_at_exit(void)
 {
-    dump_topics(SELECT_RECORDER_DUMP, NULL);
+    dump_topics(SELECT_RECORDER_DUMP, NULL, NULL);
 }
 
 /* Decides once, when a topic is added, whether signal and exit dumps show

@@ -5,6 +5,7 @@
  * names, so widths, precisions and flags behave exactly as in printf.
  * Strings are read through process_vm_readv, page by page: a dangling
  * pointer shows as <unreadable 0x...>, never as garbage or a crash.
+ * Conversions registered with recorder_configure_type call their function.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -127,8 +128,61 @@ static long long as_signed(const struct recorder_entry *entry,
     return (long long)entry->args[index];
 }
 
+/* A conversion letter registered with recorder_configure_type, found the
+ * way the seed finds it: at any position after '%' (so that `%t` is the
+ * custom `t`, not the ptrdiff_t length modifier). Returns its position, or
+ * NULL for a standard conversion. */
+static const char *custom_conversion(const char *after_percent)
+{
+    for (const char *p = after_percent; *p; p++) {
+        if (recorder_custom_types[(unsigned char)*p])
+            return p;
+        if (!strchr("-+ #0'123456789.*hlLqjzt", *p))
+            return NULL;
+    }
+    return NULL;
+}
+
+/* Calls the custom conversion ending at `letter`; every '*' before it
+ * consumes an argument, as in the seed. */
+static void emit_custom(struct output *out, const struct recorder_entry *entry,
+                        const char *start, const char *letter,
+                        unsigned *next_arg, unsigned nargs, __s64 trace)
+{
+    char spec[64], piece[RECORDER_STRING_MAX + 64];
+    size_t length = (size_t)(letter + 1 - start);
+    if (length >= sizeof(spec)) {
+        emit(out, start, length);
+        return;
+    }
+    memcpy(spec, start, length);
+    spec[length] = 0;
+    for (const char *c = start; c < letter; c++)
+        if (*c == '*')
+            (*next_arg)++;
+    unsigned index = (*next_arg)++;
+    if (index >= nargs) {
+        emit(out, "<missing>", 9);
+        return;
+    }
+    recorder_type_fn type = recorder_custom_types[(unsigned char)*letter];
+    if (!type)      /* removed meanwhile */
+        return;
+    if (memchr(spec, '+', length))
+        trace |= 1;
+    size_t shown = type((intptr_t)trace, spec, piece, sizeof(piece),
+                        (uintptr_t)entry->args[index]);
+    emit(out, piece, shown < sizeof(piece) ? shown : sizeof(piece) - 1);
+}
+
 int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
                           unsigned size)
+{
+    return recorder_format_entry_traced(entry, buffer, size, 0);
+}
+
+int recorder_format_entry_traced(const struct recorder_entry *entry,
+                                 char *buffer, unsigned size, __s64 trace)
 {
     struct output out = { buffer, size, 0 };
     char format[1024];
@@ -147,6 +201,12 @@ int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
             size_t length = next ? (size_t)(next - p) : strlen(p);
             emit(&out, p, length);
             p += length;
+            continue;
+        }
+        const char *custom = custom_conversion(p + 1);
+        if (custom) {
+            emit_custom(&out, entry, p, custom, &next_arg, nargs, trace);
+            p = custom + 1;
             continue;
         }
         /* One conversion: %[flags][width][.precision][length]conversion */
@@ -227,8 +287,14 @@ int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
             break;
         }
         case 'o': case 'u': case 'x': case 'X': {
-            unsigned long long value = (unsigned long long)
-                as_signed(entry, index);
+            /* Hex and octal of a float show its bits, as in the seed
+             * (%x: the low 32 bits of the double, %lx: all 64). */
+            int bits_of_double = conversion != 'u'
+                && RECORDER_ARG_KIND(entry->arg_types, index)
+                   == RECORDER_ARG_DOUBLE;
+            unsigned long long value = bits_of_double
+                ? (unsigned long long)bits
+                : (unsigned long long)as_signed(entry, index);
             if (modifier == 'H') value = (unsigned char)value;
             else if (modifier == 'h') value = (unsigned short)value;
             else if (modifier == 0) value = (unsigned)value;

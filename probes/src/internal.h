@@ -64,4 +64,32 @@ int recorder_read_string(__u64 address, char *buffer, size_t size);
 
 #define RECORDER_STRING_MAX 256     /* bound for %s when dumping */
 
+/* format.c: recorder_format_entry, with the trace value custom conversions
+ * receive (the topic's while tracing, 0 in dumps). */
+int recorder_format_entry_traced(const struct recorder_entry *entry,
+                                 char *buffer, unsigned size, __s64 trace);
+
+/* configure.c: the seed's configure hooks. */
+extern recorder_type_fn recorder_custom_types[256];
+/* Where a dump or trace line goes when it is not the default line on
+ * stderr: recorder_sort's functions, or the configured ones. */
+struct recorder_sink {
+    recorder_format_fn format;
+    recorder_show_fn show;
+    void *output;
+};
+/* NULL while format, show and output are all the defaults. */
+const struct recorder_sink *recorder_configured_sink(void);
+void recorder_sink_entry(const struct recorder_sink *sink,
+                         const struct recorder_topic *topic,
+                         const struct recorder_entry *entry, __s64 trace);
+
+/* channels.c: `topic=name1,name2` in a spec. */
+int recorder_channels_valid(const char *names);
+void recorder_channels_name(struct recorder_topic *topic, const char *names);
+
+/* dump.c: recorder_dump_for through `sink` (NULL: the configured one). */
+unsigned recorder_dump_through(const char *pattern,
+                               const struct recorder_sink *sink);
+
 #endif

@@ -19,6 +19,7 @@ struct spec_item {
     regex_t regex;
     int match_all;
     long long value;
+    char *channels;             /* `topic=name1,name2`: names its arguments */
     unsigned matched;           /* topics and tweaks it ever changed */
     char *text;                 /* RECORDER_TRACES items: to report at exit */
     struct spec_item *next;
@@ -157,6 +158,8 @@ static unsigned apply_item(const struct spec_item *item,
              topic; topic = only_topic ? NULL : topic->next) {
             if (item_matches(item, topic->name.text)) {
                 topic->trace = item->value;
+                if (item->channels)
+                    recorder_channels_name(topic, item->channels);
                 changed++;
             }
         }
@@ -166,7 +169,8 @@ static unsigned apply_item(const struct spec_item *item,
                  : recorder_registry.tweaks;
              tweak; tweak = only_tweak ? NULL : tweak->next) {
             /* `all` is about topics; a tweak is only set by its name. */
-            if (!item->match_all && item_matches(item, tweak->name.text)) {
+            if (!item->match_all && !item->channels
+                && item_matches(item, tweak->name.text)) {
                 tweak->value = item->value;
                 changed++;
             }
@@ -233,7 +237,11 @@ static int parse_item(char *text, struct spec_item *item)
         char *end;
         errno = 0;
         item->value = strtoll(equal + 1, &end, 0);
-        if (errno || end == equal + 1 || *end) {
+        if ((errno || end == equal + 1 || *end)
+            && recorder_channels_valid(equal + 1)) {
+            item->value = 0;    /* record them, don't print */
+            item->channels = strdup(equal + 1);
+        } else if (errno || end == equal + 1 || *end) {
             recorder_error("recorder: invalid value '%s' for '%s' in trace "
                            "spec (expected an integer)", equal + 1, text);
             return RECORDER_TRACE_INVALID_VALUE;

@@ -11,6 +11,13 @@ class LoggingHandler(logging.Handler):
     """Record each `logging` record into the topic named after its logger,
     as "LEVEL message", located at the logging call ("file:line").
 
+    The call's arguments are kept as the record's arguments, its format as
+    the record's format ("%s " + msg, the level first), so a tracer sees
+    `91` and "/var" of `log.warning("disk %d%% full on %s", 91, "/var")`
+    as values. A call the core cannot take so (no arguments, `%r` or
+    `%(name)s`, an argument that does not suit its conversion, over 11 of
+    them) is recorded as its formatted text, as before.
+
     Records cost what `Recorder.record` costs once the message is
     formatted; topics are made on first use with `size` records per CPU.
 
@@ -37,9 +44,17 @@ class LoggingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
-            self.recorder_for(record.name)._record_at(
-                f"{record.pathname}:{record.lineno}", 0, self.FORMAT,
-                record.levelname, message)
+            topic = self.recorder_for(record.name)
+            where = f"{record.pathname}:{record.lineno}"
+            if (isinstance(record.msg, str) and isinstance(record.args, tuple)
+                    and record.args and "%r" not in record.msg):
+                try:
+                    topic._record_at(where, 0, "%s " + record.msg,
+                                     record.levelname, *record.args)
+                    return
+                except (TypeError, ValueError, OverflowError):
+                    pass        # not a printf format for these values
+            topic._record_at(where, 0, self.FORMAT, record.levelname,
+                             record.getMessage())
         except Exception:
             self.handleError(record)

@@ -41,7 +41,14 @@ int main(void)
     FIELD(recorder_registry, topic_count);
     FIELD(recorder_registry, shard_count);
     FIELD(recorder_registry, tweaks);
+    FIELD(recorder_registry, channels);
     SIZE(recorder_registry);
+
+    FIELD(recorder_channels, topic_id);
+    FIELD(recorder_channels, count);
+    FIELD(recorder_channels, names);
+    FIELD(recorder_channels, next);
+    SIZE(recorder_channels);
 
     FIELD(recorder_topic, trace);
     FIELD(recorder_topic, id);

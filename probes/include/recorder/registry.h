@@ -57,6 +57,15 @@ struct recorder_tweak {
     struct recorder_tweak *next;
 };
 
+/* RECORDER_TRACES="topic=name1,name2" names a topic's first arguments as
+ * channels (the seed's value export): `recorder scope` plots them by name. */
+struct recorder_channels {
+    __u32 topic_id;
+    __u32 count;            /* names in `names` */
+    recorder_text names;    /* "name1,name2", NUL-terminated */
+    struct recorder_channels *next;
+};
+
 struct recorder_registry {
     __u64 magic;            /* RECORDER_REGISTRY_MAGIC once initialized */
     __u32 version;          /* RECORDER_ENTRY_VERSION */
@@ -65,6 +74,7 @@ struct recorder_registry {
     __u32 topic_count;
     __u32 shard_count;      /* RECORDER_MAX_SHARDS */
     struct recorder_tweak *tweaks;
+    struct recorder_channels *channels;     /* newest first */
 };
 
 #endif /* RECORDER_REGISTRY_H */

@@ -11,10 +11,12 @@ from typing import Any
 
 import click
 
+from recorder_tracer import __version__
 from recorder_tracer.channel.host.command import collect
 from recorder_tracer.cli.metrics import daemon, metrics, top
 from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
 from recorder_tracer.cli.probes import probes
+from recorder_tracer.cli.scope import scope
 from recorder_tracer.cli.trace import trace
 from recorder_tracer.errors import TracerError
 
@@ -39,11 +41,14 @@ Examples:
 """
 
 
-@click.group(cls=RecorderGroup, epilog=MAIN_EPILOG)
+@click.group(cls=RecorderGroup, epilog=MAIN_EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="recorder",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """recorder: a flight-recorder tracer for recorder topics and USDT probes."""
 
 
 for _command in (probes, trace, metrics, top, daemon, collect, snapshot, snapshots,
-                 show, dump):
+                 show, dump, scope):
     main.add_command(_command)

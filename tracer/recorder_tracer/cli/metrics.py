@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from recorder_tracer.cli.options import parse_command, require_targets, target_options
+from recorder_tracer.cli.options import (
+    check_spec_matched,
+    parse_command,
+    require_root,
+    require_targets,
+    target_options,
+)
 from recorder_tracer.postmortem.snapshot_file import (
     DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR,
 )
@@ -16,13 +22,13 @@ from recorder_tracer.postmortem.snapshot_file import (
 METRICS_EPILOG = """\b
 Examples:
   recorder metrics -p 1234                # per topic of 1234, at Ctrl-C
-  recorder metrics --all --interval 5     # every process, a table each 5 s
+  recorder metrics --all -i 5             # every process, a table each 5 s
   recorder metrics -c ./app 'sent@1'      # run ./app; aggregate args[1] of sent
   recorder metrics --all --by topic       # each topic summed over processes
   recorder metrics -p 1234 --json         # the same figures as JSON
   recorder metrics -p 1234 --series tick:0 --csv tick.csv
                                           # args[0] of each tick record, in time
-  recorder metrics -p 1234 --series tick --png tick.png --duration 10
+  recorder metrics -p 1234 --series tick --png tick.png -d 10
                                           # the same, plotted
 """
 
@@ -32,11 +38,11 @@ Examples:
 @click.option("--by", type=click.Choice(["topic", "pid", "comm"]),
               help="Sum rows by topic (over processes), pid or comm "
                    "(default: one row per topic and process).")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True),
+@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True),
               help="Print a table every this many seconds.")
 @click.option("--count", type=click.IntRange(min=1),
               help="Stop after this many tables (default interval: 1 s).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one line a table).")
 @click.option("--series", metavar="TOPIC[:ARG]",
@@ -62,6 +68,7 @@ def metrics(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     from recorder_tracer.metrics.aggregates import group, metrics_options, watch
     from recorder_tracer.session.loop import TraceSession, stop_on_signals
 
+    require_root("metrics")
     require_targets(pids, comms, all_processes, command)
     argv = parse_command(command)
     if series is not None:
@@ -97,6 +104,7 @@ def metrics(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
             raise
         click.echo("Aggregating in the kernel... Hit Ctrl-C to end.", err=True)
         watch(session, show, interval, count)
+    check_spec_matched(session)
 
 
 def _series(series: str, pids: tuple[int, ...], comms: tuple[str, ...],
@@ -117,14 +125,15 @@ TOP_EPILOG = """\b
 Examples:
   recorder top --all                      # every process with a recorder core
   recorder top -p 1234 'net.*'            # topics net.* of 1234
-  recorder top --comm server --interval 2 # refresh every 2 s
+  recorder top --comm server -i 2         # refresh every 2 s
+  recorder top --all | cat                # no terminal: a plain table each second
 Keys: q quits; left/right choose the sort column, up/down the order.
 """
 
 
 @click.command(epilog=TOP_EPILOG)
 @target_options("Watch")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0,
+@click.option("-i", "--interval", type=click.FloatRange(min=0.1), default=1.0,
               show_default=True, help="Seconds between refreshes.")
 @click.argument("spec", nargs=-1)
 def top(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
@@ -136,6 +145,7 @@ def top(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     from recorder_tracer.metrics.top import run_top
     from recorder_tracer.session.loop import TraceSession, stop_on_signals
 
+    require_root("top")
     require_targets(pids, comms, all_processes, command)
     options = metrics_options(pids, comms, all_processes, parse_command(command), spec)
     with stop_on_signals() as stopping:
@@ -155,6 +165,7 @@ Examples:
                                           # setup from a file (flags override it)
   recorder daemon --comm server --listen 0.0.0.0:9476 'net.*' 'sent@1'
                                           # processes named server, topics net.*
+  recorder daemon --all --by comm         # series per topic and comm, not pid
   curl -s localhost:9476/metrics          # what Prometheus scrapes
   recorder daemon --all --forward vsock://2:7070 --trace 'net.*' \\
       --console kmsg --console /var/log/agent.log
@@ -174,6 +185,9 @@ Examples:
               help="Seconds an exited process stays exported (default 30).")
 @click.option("--max-series", type=click.IntRange(min=1),
               help="Label sets exported at most (default 2000).")
+@click.option("--by", type=click.Choice(["pid", "comm", "topic"]),
+              help="Label sets: topic, comm, pid (pid, the default); topic, "
+                   "comm (comm: summed over the processes of a name); topic.")
 @click.option("--snapshot-dir",
               help="Write crash snapshots here (default $RECORDER_SNAPSHOT_DIR, "
                    f"else {DEFAULT_SNAPSHOT_DIR}).")
@@ -205,7 +219,7 @@ Examples:
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,
-           max_series: int | None, snapshot_dir: str | None,
+           max_series: int | None, by: str | None, snapshot_dir: str | None,
            snapshot_records: int | None, no_snapshots: bool, pin_dir: str | None,
            forward: str | None, trace_spec: tuple[str, ...],
            console: tuple[str, ...], backlog_mb: float | None,
@@ -213,7 +227,8 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     """Keep arming processes and aggregating their topics in the kernel
     (metrics only: no record is copied), and serve the figures on
     http://HOST:PORT/metrics in the Prometheus exposition format:
-    recorder_records_total{topic,comm,pid}, histograms of the aggregated
+    recorder_records_total{topic,comm,pid} (--by chooses the labels),
+    recorder_build_info, histograms of the aggregated
     argument, span durations and intervals between records, and the
     tracer's own counters. Meanwhile, a process with a recorder core that
     dies by a fatal signal leaves a crash snapshot (see `recorder
@@ -224,9 +239,10 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     from recorder_tracer.session.daemon import Daemon, DaemonConfig
     from recorder_tracer.session.loop import stop_on_signals
 
+    require_root("daemon")
     config = DaemonConfig.load(config_path) if config_path else DaemonConfig()
     config = config.merged(pid=pids, comm=comms, all=all_processes, spec=spec,
-                           listen=listen, grace=grace, max_series=max_series,
+                           listen=listen, grace=grace, max_series=max_series, by=by,
                            snapshot_dir=snapshot_dir,
                            snapshot_records=snapshot_records, forward=forward,
                            trace=trace_spec, console=console,

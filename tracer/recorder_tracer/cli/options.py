@@ -8,11 +8,14 @@ first record).
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable
 from typing import Any
 
 import click
+
+from recorder_tracer.errors import TracerError
 
 F = Callable[..., Any]
 
@@ -59,3 +62,28 @@ def require_targets(pids: tuple[int, ...], comms: tuple[str, ...],
     """A usage error unless some process is chosen."""
     if not (pids or comms or all_processes or command):
         raise click.UsageError("choose processes: -p PID, --comm, --all or -c")
+
+
+def require_root(command: str) -> None:
+    """One line and exit status 1 (a TracerError) unless running as root."""
+    if os.geteuid() != 0:
+        raise TracerError(f"`recorder {command}` must run as root (BPF, uprobes "
+                          "and other processes' memory need it): use sudo")
+
+
+def check_spec_matched(session: Any) -> None:
+    """At the end of a run: a TracerError (exit status 1) for each item of
+    the spec that selects topics but matched none of the traced processes'
+    (a mistyped topic), after the output is complete."""
+    if not session.options.topics:
+        return
+    spec = session.options.spec
+    wanted = [item for item in spec.items if item.value > 0]
+    topics = getattr(session, "recorder", None)     # the recorder-topic source
+    names = sorted(topics.seen_topics) if topics is not None else []
+    unmatched = [item.text for item in wanted
+                 if not any(item.matches(name) for name in names)]
+    if unmatched:
+        raise TracerError(
+            f"spec {' '.join(map(repr, unmatched))} matched no topic of the traced "
+            "processes (`recorder probes PID` lists them)")

@@ -31,7 +31,9 @@ Examples:
 def snapshot(pid: int, snapshot_dir: str, records: int) -> None:
     """Write a snapshot of live process PID's last records, read from its
     memory without stopping or signalling it; print the file's path."""
+    from recorder_tracer.cli.options import require_root
     from recorder_tracer.postmortem.build import SnapshotOptions, take_snapshot
+    require_root("snapshot")
     click.echo(take_snapshot(pid, SnapshotOptions(snapshot_dir, records)))
 
 

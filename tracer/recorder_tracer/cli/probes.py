@@ -21,8 +21,11 @@ Examples:
 def probes(targets: tuple[str, ...], as_json: bool) -> None:
     """List recorder topics first, then the other USDT probes, of processes
     (PID) or files (PATH); with no argument, of every process that maps a
-    recorder core."""
+    recorder core. Processes need root; files do not."""
+    from recorder_tracer.cli.options import require_root
     from recorder_tracer.target import listing
+    if not targets or any(target.isdigit() for target in targets):
+        require_root("probes" if not targets else "probes PID")
     rows = listing.list_probes(list(targets))
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=1))

@@ -7,7 +7,13 @@ from typing import Any, TextIO
 
 import click
 
-from recorder_tracer.cli.options import parse_command, require_targets, target_options
+from recorder_tracer.cli.options import (
+    check_spec_matched,
+    parse_command,
+    require_root,
+    require_targets,
+    target_options,
+)
 from recorder_tracer.postmortem.snapshot_file import (
     DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR,
 )
@@ -21,7 +27,7 @@ Examples:
   recorder trace -c './app --fast'        # start ./app, trace from its first record
   recorder trace -p 1234 --json -o t.json # JSON lines
   recorder trace -p 1234 --chrome t.trace # Chrome trace (open in Perfetto)
-  recorder trace -p 1234 --duration 5     # stop after 5 seconds
+  recorder trace -p 1234 -d 5            # stop after 5 seconds
   recorder trace -p 1234 --usdt python:line \\
       --usdt python:function__entry       # Python calls: file, function, line
                                           # (3.11 fires function__entry only
@@ -39,7 +45,7 @@ Examples:
 
 @click.command(epilog=TRACE_EPILOG)
 @target_options("Trace")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.option("--chrome", type=click.Path(dir_okay=False),
@@ -87,13 +93,17 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     While it runs, a process with a recorder core that dies by a fatal
     signal (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS, KILL) leaves a snapshot of
     its last records in --snapshot-dir (see `recorder snapshots`), armed or
-    not."""
+    not.
+
+    Exit status: 0; 1 on an error, or if an item of SPEC matched no topic
+    of the traced processes by the end (a mistyped topic); 2 on bad usage."""
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.output.sinks import open_sink
     from recorder_tracer.output.text import TextPrinter
     from recorder_tracer.postmortem.snapshot import SnapshotOptions
     from recorder_tracer.session.loop import TraceOptions, TraceSession, stop_on_signals
 
+    require_root("trace")
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
     if ring_pages & (ring_pages - 1):
@@ -131,7 +141,8 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         if isinstance(sink, TextPrinter):
             sink.fit_topics(session.topic_names())
         try:
-            click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end.", err=True)
+            click.echo(f"Tracing {_what(session)}... Hit Ctrl-C to end. "
+                       f"{_anchor()}", err=True)
             session.run(start=False)
         finally:
             summaries = session.summaries()
@@ -142,6 +153,16 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)
+    check_spec_matched(session)
+
+
+def _anchor() -> str:
+    """Where record times (CLOCK_MONOTONIC) stand against the wall clock."""
+    import time
+    monotonic = time.clock_gettime(time.CLOCK_MONOTONIC)
+    wall = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
+    return (f"(monotonic {monotonic:.6f} s = {stamp}.{int(wall % 1 * 1e6):06d}Z)")
 
 
 def _what(session: Any) -> str:

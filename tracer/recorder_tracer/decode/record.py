@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recorder_tracer.abi import ENTRY_SPAN_END
 from recorder_tracer.target.notes import RECORDER_PROVIDER
 
 Arg = int | float | str | None
@@ -35,3 +36,16 @@ class Record:
     # The entry's flags (abi.ENTRY_SPAN_BEGIN, ENTRY_SPAN_END...): what
     # tells a span's begin from its end; 0 for a USDT hit.
     flags: int = 0
+
+    @property
+    def span_duration_ns(self) -> int | None:
+        """A span end's duration (args[0], ns); None for any other record.
+
+        >>> Record(1, 1, 1, "a", "t", "?", "end", [250], flags=ENTRY_SPAN_END
+        ...        ).span_duration_ns
+        250
+        """
+        if (self.flags & ENTRY_SPAN_END and self.args
+                and isinstance(self.args[0], int)):
+            return self.args[0]
+        return None

@@ -45,6 +45,8 @@ def format_message(fmt: str, args: Sequence[Arg]) -> str:
     '0x00ff|ab   |+1.23e+03| 99.4%'
     >>> format_message("%x %lx %hhu", [-1, -1, 300])
     'ffffffff ffffffffffffffff 44'
+    >>> format_message("%x %lx %d", [3.1415, 3.1415, 3.1415])
+    'c083126f 400921cac083126f 3'
     >>> format_message("%s and %d", ["one"])
     'one and <missing>'
     """
@@ -127,7 +129,10 @@ def _convert(value: Arg, conversion: str, flags: str, width: int,
     if conversion in "diouxX":
         bits = _INT_BITS.get(length, 64)
         signed = conversion in "di"
-        number = _wrap(_as_int(value), bits, signed)
+        # Hex and octal of a float show its bits, as the C core does (seed).
+        raw = (struct.unpack("<Q", struct.pack("<d", value))[0]
+               if isinstance(value, float) and conversion in "oxX" else None)
+        number = _wrap(_as_int(value) if raw is None else raw, bits, signed)
         return _integer(number, conversion, flags, width, precision, signed)
     number_f = float(value) if isinstance(value, float) else float(_as_int(value))
     return _floating(number_f, conversion, flags, width, precision)

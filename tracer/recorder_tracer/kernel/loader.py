@@ -21,8 +21,14 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.arm import forget_bcc_program, register_bcc_program
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
-# In a checkout (and an editable install): the repository's probes/include.
-PROBES_INCLUDE = Path(__file__).resolve().parents[3] / "probes" / "include"
+# The probe contract's headers (recorder/entry.h, registry.h) the programs
+# include: a wheel carries a copy next to bpf/ (setup.py's build_py copies
+# probes/include/recorder); a checkout (editable install too) has the
+# originals in probes/include.
+INSTALLED_INCLUDE = Path(__file__).resolve().parent / "include"
+CHECKOUT_INCLUDE = Path(__file__).resolve().parents[3] / "probes" / "include"
+PROBES_INCLUDE = (INSTALLED_INCLUDE if (INSTALLED_INCLUDE / "recorder").is_dir()
+                  else CHECKOUT_INCLUDE)
 
 
 def require_bpf() -> Any:
@@ -33,8 +39,9 @@ def require_bpf() -> Any:
         import bcc
     except ImportError:
         raise TracerError(
-            "bcc is not available: run `sudo vagrant/provision.sh` "
-            "(installs Debian's python3-bpfcc)"
+            "bcc is not available to this Python: install Debian's python3-bpfcc "
+            "and run recorder with /usr/bin/python3 (or a venv of it made with "
+            "--system-site-packages); pyenv and uv Pythons do not see it"
         ) from None
     return bcc
 
@@ -51,16 +58,20 @@ def load_program(source: str, cflags: Sequence[str], what: str,
     program in the one-line error. `contract`: it includes the probe
     contract's headers (probes/include), which must then be there."""
     bcc = require_bpf()
-    if contract and not (PROBES_INCLUDE / "recorder" / "entry.h").exists():
-        raise TracerError(f"probe contract header missing in {PROBES_INCLUDE}")
+    if contract:
+        for header in ("entry.h", "registry.h"):
+            if not (PROBES_INCLUDE / "recorder" / header).is_file():
+                raise TracerError(f"probe contract header recorder/{header} "
+                                  f"missing in {PROBES_INCLUDE}: reinstall recorder")
     flags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}", *cflags]
     try:
         return bcc.BPF(src_file=str(BPF_DIR / source).encode(), cflags=flags)
     except Exception as error:
         headers = Path(f"/lib/modules/{os.uname().release}/build")
         if not headers.exists():
-            raise TracerError(f"kernel headers missing ({headers}): run "
-                              "`sudo vagrant/provision.sh`") from None
+            raise TracerError(f"kernel headers missing ({headers}): install "
+                              "Debian's linux-headers-$(uname -r) (in a "
+                              "checkout: `sudo vagrant/provision.sh`)") from None
         raise TracerError(f"cannot load the BPF {what} program: {error}") from None
 
 

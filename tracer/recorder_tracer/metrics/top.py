@@ -4,6 +4,7 @@ One row per topic and process, sorted by rate (records/s over the last
 refresh), each with its value and interval histograms drawn as small bars.
 Keys: `q` quits, left/right arrows choose the sort column, up/down the
 order. Reads keys from the terminal in cbreak mode (restored on exit).
+Without a terminal on stdout, it prints a plain table every interval.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.live import Live
 
 from recorder_tracer.metrics.aggregates import MetricsReader, TopicMetrics
 from recorder_tracer.metrics.table import SORT_KEYS, metrics_table
+from recorder_tracer.metrics.table import console as table_console
 
 COLUMNS = list(SORT_KEYS)               # rate first: the default
 KEYS = {"\x1b[C": "right", "\x1b[D": "left", "\x1b[A": "up", "\x1b[B": "down",
@@ -108,6 +110,9 @@ def run_top(session: Any, interval: float = 1.0) -> None:
     reader = MetricsReader(session)
     view = TopView()
     console = Console()
+    if not console.is_terminal:
+        print_snapshots(session, reader, view, table_console(), interval)
+        return
     fd = sys.stdin.fileno()
     rows = reader.read()
     try:
@@ -126,5 +131,23 @@ def run_top(session: Any, interval: float = 1.0) -> None:
                     changed = True
                 if changed:
                     live.update(view.render(rows), refresh=True)
+    finally:
+        session.close()
+
+
+def print_snapshots(session: Any, reader: MetricsReader, view: TopView,
+                    console: Console, interval: float) -> None:
+    """Without a terminal (`recorder top | cat`, a log): a plain table,
+    titled with the time, every `interval` seconds, as `top -b` does;
+    closes the session."""
+    try:
+        due = time.monotonic() + interval
+        while session.poll(timeout_ms=50):
+            if time.monotonic() >= due:
+                due += interval
+                rows = reader.read()
+                console.print(metrics_table(rows, title=time.strftime("%H:%M:%S"),
+                                            sort=view.sort, reverse=view.descending))
+                console.file.flush()
     finally:
         session.close()

@@ -1,11 +1,15 @@
 """Chrome trace-event JSON, which Perfetto and chrome://tracing open.
 
 Each record is a thread-scoped instant event ("ph": "i", "s": "t") on its
-thread's track, named after its topic, with `ts` in microseconds. Each
+thread's track, named after its topic, with `ts` in microseconds; a span's
+end (flag SPAN_END, args[0] its duration) is a complete event ("ph": "X")
+from its begin to its end, which Perfetto draws as a slice, nested by time
+(its begin record stays an instant: a span that never ended still shows). Each
 process and thread is named once by a metadata event ("ph": "M") when it
 first appears, and again if its name changes. The file is one JSON object,
 written as records arrive; `close` ends the event array and puts the per-CPU
-summary under "otherData", so the file is valid JSON only once closed.
+summary and the clock anchor (wall = ts + wall_offset_ns, in ns) under
+"otherData", so the file is valid JSON only once closed.
 """
 
 from __future__ import annotations
@@ -17,22 +21,23 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.output.writer import CpuCounts, Writer, json_value, summary_json
 
 
-def instant_event(record: Record) -> dict[str, Any]:
-    """The trace event of one record."""
-    return {
-        "name": record.topic,
-        "cat": record.provider,
-        "ph": "i",
-        "s": "t",
-        "ts": record.ts / 1000,
-        "pid": record.pid,
-        "tid": record.tid,
-        "args": {
-            "message": record.message,
-            "where": record.where,
-            "args": [json_value(arg) for arg in record.args],
-        },
-    }
+def record_event(record: Record) -> dict[str, Any]:
+    """The trace event of one record: a slice for a span's end, else an
+    instant."""
+    event: dict[str, Any] = {"name": record.topic, "cat": record.provider}
+    duration = record.span_duration_ns
+    if duration is not None and duration <= record.ts:
+        event.update(ph="X", ts=(record.ts - duration) / 1000, dur=duration / 1000)
+    else:
+        event.update(ph="i", s="t", ts=record.ts / 1000)
+    event.update(pid=record.pid, tid=record.tid, args={
+        "message": record.message,
+        "where": record.where,
+        "args": [json_value(arg) for arg in record.args],
+    })
+    if record.flags:
+        event["args"]["flags"] = record.flags
+    return event
 
 
 def name_event(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
@@ -63,7 +68,7 @@ class ChromeTraceWriter(Writer):
             self._thread_names[record.tid] = record.comm
             events.append(name_event("thread_name", record.pid, record.tid,
                                      record.comm))
-        events.append(instant_event(record))
+        events.append(record_event(record))
         self._emit("".join(self._separator() + _dumps(e) for e in events))
         self.count += 1
 
@@ -75,7 +80,7 @@ class ChromeTraceWriter(Writer):
 
     def _finish(self, summary: list[CpuCounts]) -> None:
         head = ("\n" if self._started else '{"traceEvents": [')
-        other = {"records": self.count, **summary_json(summary)}
+        other = {"records": self.count, **summary_json(summary), **self.anchor}
         self._emit(f'{head}],\n"displayTimeUnit": "ns",\n'
                    f'"otherData": {_dumps(other)}}}\n')
 

@@ -1,7 +1,12 @@
-"""JSON lines: one object per record, then one summary object.
+"""JSON lines: a header, one object per record, then one summary object.
 
+    {"type": "header", "clock": "CLOCK_MONOTONIC", "wall_offset_ns": ..., ...}
     {"type": "record", "ts": 1200, "pid": 7, "tid": 7, "comm": "app", ...}
     {"type": "summary", "cpus": [{"cpu": 0, "received": 1, "lost": 0}], ...}
+
+The header anchors `ts` (CLOCK_MONOTONIC ns) to wall-clock time: wall =
+ts + wall_offset_ns. A record carries its entry's `flags`; a span's end
+also its `duration_ns` (so its begin is ts - duration_ns).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from recorder_tracer.output.writer import CpuCounts, Writer, json_value, summary
 
 def record_json(record: Record) -> dict[str, Any]:
     """The JSON object of one record (ts in ns, CLOCK_MONOTONIC)."""
-    return {
+    value: dict[str, Any] = {
         "type": "record",
         "ts": record.ts,
         "pid": record.pid,
@@ -27,7 +32,11 @@ def record_json(record: Record) -> dict[str, Any]:
         "where": record.where,
         "message": record.message,
         "args": [json_value(arg) for arg in record.args],
+        "flags": record.flags,
     }
+    if (duration := record.span_duration_ns) is not None:
+        value["duration_ns"] = duration
+    return value
 
 
 class JsonLinesWriter(Writer):
@@ -38,12 +47,21 @@ class JsonLinesWriter(Writer):
 
     flush_each_default = True
 
+    _header_out = False
+
     def write(self, record: Record) -> None:
-        """Write one record as a line."""
+        """Write one record as a line (after the header, first)."""
+        self._header()
         self._emit(_dumps(record_json(record)) + "\n")
         self.count += 1
 
+    def _header(self) -> None:
+        if not self._header_out:
+            self._header_out = True
+            self._emit(_dumps({"type": "header", **self.anchor}) + "\n")
+
     def _finish(self, summary: list[CpuCounts]) -> None:
+        self._header()
         self._emit(_dumps({"type": "summary", "records": self.count,
                            **summary_json(summary)}) + "\n")
 

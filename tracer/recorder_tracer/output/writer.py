@@ -13,6 +13,7 @@ received and lost counts, so a reader can check received + lost = produced.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol, TextIO
 
@@ -45,6 +46,7 @@ class Writer:
         self.closed = False
         self.count = 0
         self.summary: Iterable[CpuCounts] = ()
+        self.anchor = clock_anchor()
 
     def write(self, record: Record) -> None:
         """Write one record."""
@@ -85,6 +87,20 @@ def json_value(value: Arg) -> Arg:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def clock_anchor() -> dict[str, int | str]:
+    """Record times (CLOCK_MONOTONIC ns) against wall-clock time, read now:
+    wall = ts + wall_offset_ns (valid until the next boot or clock step).
+
+    >>> anchor = clock_anchor()
+    >>> anchor["wall_ns"] - anchor["monotonic_ns"] == anchor["wall_offset_ns"]
+    True
+    """
+    monotonic = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    wall = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    return {"clock": "CLOCK_MONOTONIC", "monotonic_ns": monotonic, "wall_ns": wall,
+            "wall_offset_ns": wall - monotonic}
 
 
 def summary_json(summary: Iterable[CpuCounts]) -> dict[str, Any]:

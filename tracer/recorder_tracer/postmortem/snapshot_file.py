@@ -173,10 +173,15 @@ def list_snapshots(directory: str | Path) -> list[SnapshotSummary]:
     """The snapshots in `directory`, oldest first; unreadable files are
     listed with what is wrong in place of the signal."""
     folder = Path(directory)
-    if not folder.is_dir():
-        raise TracerError(f"{directory}: no snapshot directory")
+    try:
+        if not folder.is_dir():
+            raise TracerError(f"{directory}: no snapshot directory")
+        paths = sorted(folder.glob(f"*{SUFFIX}"))
+    except PermissionError:
+        raise TracerError(f"{directory}: permission denied (snapshots are "
+                          "root's: use sudo)") from None
     found = []
-    for path in sorted(folder.glob(f"*{SUFFIX}")):
+    for path in paths:
         try:
             snapshot = read_snapshot(path)
         except TracerError as error:

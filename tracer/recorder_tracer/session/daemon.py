@@ -15,6 +15,9 @@ Setup comes from a TOML file and flags (flags win):
     spec = ["all", "sent@1"]    # topics (and arguments) to aggregate
     grace = 30.0                # seconds an exited process stays exported
     max_series = 2000           # label sets exported at most
+    by = "pid"                  # labels: topic, comm, pid; "comm": topic,
+                                # comm (no new series as processes restart);
+                                # "topic": topic alone
     snapshots = true            # crash snapshots of every process with a core
     snapshot_dir = "/var/lib/recorder/snapshots"
     snapshot_records = 256      # records a crash snapshot keeps
@@ -47,7 +50,7 @@ from typing import Any
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.pins import DEFAULT_PIN_DIR
 from recorder_tracer.metrics.aggregates import MetricsReader, metrics_options
-from recorder_tracer.output.prometheus import RecorderCollector, Snapshot
+from recorder_tracer.output.prometheus import LABEL_SETS, RecorderCollector, Snapshot
 from recorder_tracer.postmortem.snapshot_file import (
     DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR,
 )
@@ -68,13 +71,14 @@ class DaemonConfig:
     spec: list[str] = field(default_factory=list)
     grace: float = 30.0
     max_series: int = 2000
+    by: str = "pid"
     snapshots: bool = True
     snapshot_dir: str = field(default_factory=lambda: os.environ.get(
         "RECORDER_SNAPSHOT_DIR", DEFAULT_SNAPSHOT_DIR))
     snapshot_records: int = 256
     pin_dir: str = field(default_factory=lambda: os.environ.get(
         "RECORDER_PIN_DIR", DEFAULT_PIN_DIR))
-    # The channel out of a guest (channel/guest.py); "" : no forwarding.
+    # The channel out of a guest (channel/guest/sources.py); "": none.
     forward: str = ""
     trace: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
@@ -143,6 +147,9 @@ class Daemon:
                               "(flags or the config file)")
         if config.max_series < 1 or config.grace < 0:
             raise TracerError("max_series must be >= 1 and grace >= 0")
+        if config.by not in LABEL_SETS:
+            raise TracerError(f"by = {config.by!r}: choose "
+                              f"{', '.join(sorted(LABEL_SETS))}")
         if not 1 <= config.snapshot_records <= 1 << 16:
             raise TracerError("snapshot_records must be 1 to 65536")
         self.config = config
@@ -188,7 +195,7 @@ class Daemon:
         from prometheus_client.process_collector import ProcessCollector
         self.session.start()
         registry = CollectorRegistry()
-        registry.register(RecorderCollector(self.snapshot))
+        registry.register(RecorderCollector(self.snapshot, self.config.by))
         ProcessCollector(registry=registry)     # the daemon's own CPU and RSS
         try:
             self._server, _ = start_http_server(self.port, self.host, registry)

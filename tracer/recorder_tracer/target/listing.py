@@ -18,6 +18,7 @@ from typing import Any
 
 from recorder_tracer.errors import TracerError
 from recorder_tracer.target import notes
+from recorder_tracer.target.dynamic import DYNAMIC_PROBE, read_armed, runtime_topics
 from recorder_tracer.target.memory import (
     ProcessImage,
     Topic,
@@ -35,7 +36,10 @@ class ProbeRow:
     `pid` is None for a file given by path. `semaphore_value` is the
     semaphore's current value in that process (None: no process, no
     semaphore, or unreadable); `ring` and `trace` are a recorder topic's
-    ring size and trace value from the registry (None elsewhere).
+    ring size and trace value from the registry (None elsewhere). A
+    run-time topic (`runtime`, made by Python) has no probe of its own: it
+    fires the shared probe recorder_dynamic of `path`, and its
+    `semaphore_value` is its armed flag (1 armed, 0 not).
     """
 
     pid: int | None
@@ -48,6 +52,7 @@ class ProbeRow:
     ring: int | None = None
     trace: int | None = None
     arguments: tuple[str, ...] = ()
+    runtime: bool = False
 
     @property
     def full_name(self) -> str:
@@ -90,6 +95,7 @@ class ProbeRow:
             "ring": self.ring,
             "trace": self.trace,
             "arguments": list(self.arguments),
+            "runtime": self.runtime,
         }
 
 
@@ -161,7 +167,26 @@ def process_rows(pid: int) -> list[ProbeRow]:
                     ring, trace = topic.size, topic.trace
             rows.append(replace(row, semaphore_value=value, ring=ring,
                                 trace=trace))
-    return rows
+    return rows + _runtime_rows(pid, rows, topics)
+
+
+def _runtime_rows(pid: int, rows: list[ProbeRow],
+                  topics: dict[str, Topic] | None) -> list[ProbeRow]:
+    """Rows of the run-time topics of `pid`, after its probes (none unless
+    it maps the shared probe)."""
+    shared = [row for row in rows if row.is_recorder and row.name == DYNAMIC_PROBE]
+    if not shared or topics is None:
+        return []
+    named = {row.name for row in rows if row.is_recorder}
+    return [ProbeRow(pid, shared[0].path, notes.RECORDER_PROVIDER, topic.name, 0,
+                     False, semaphore_value=_armed_value(pid, topic),
+                     ring=topic.size, trace=topic.trace, runtime=True)
+            for topic in runtime_topics(topics.values(), named)]
+
+
+def _armed_value(pid: int, topic: Topic) -> int | None:
+    armed = read_armed(pid, topic)
+    return None if armed is None else int(armed)
 
 
 def _topics(pid: int) -> dict[str, Topic]:
@@ -219,7 +244,7 @@ def render(rows: list[ProbeRow]) -> str:
             "-" if row.pid is None else str(row.pid),
             os.path.basename(row.path)[:widths[1]],
             row.full_name,
-            str(row.sites),
+            "rt" if row.runtime else str(row.sites),
             row.semaphore_text,
             "-" if row.ring is None else str(row.ring),
             "-" if row.trace is None else str(row.trace),

@@ -90,7 +90,8 @@ class GuestChannel:
 
         from recorder_tracer.output.prometheus import RecorderCollector
         self._registry = CollectorRegistry()
-        self._registry.register(RecorderCollector(self.daemon.snapshot))
+        self._registry.register(RecorderCollector(self.daemon.snapshot,
+                                                  self.daemon.config.by))
         self._snapshots_seen = {name: key for name, key in self._snapshot_files()
                                 if key[1] < self.options.since * 1e9}
         if self.options.trace:
