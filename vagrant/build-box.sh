@@ -148,8 +148,12 @@ unshare --mount --propagation private -- bash -c '
     set -e
     root="$1"; shift
     mount -t proc proc "$root/proc"
-    chroot "$root" python3.11 -m venv /vagrant/.venv
-    chroot "$root" /vagrant/.venv/bin/pip install -q "$@"
+    # A clean environment: PIP_* variables of this side (a find-links that
+    # exists here only) would override the guest'"'"'s pip.conf.
+    chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        python3.11 -m venv /vagrant/.venv
+    chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        /vagrant/.venv/bin/pip install -q "$@"
 ' _ "$root" "${requirements[@]}" >"$work/venv.log" 2>&1 \
     || { tail -20 "$work/venv.log" >&2; exit 1; }
 say "guest venv with the dependencies: $(( $(timer) - start )) s"
