@@ -84,7 +84,7 @@ soak: setup all
 
 # The suite again, inside the Vagrant VM on a stock Debian kernel (TCG, offline;
 # the box is cached in /var/cache/recorder/vm). See vagrant/vm-test.sh.
-vm-test: setup
+vm-test: setup all
 	bash vagrant/vm-test.sh
 
 demo: setup all

@@ -112,7 +112,7 @@ EOF
     # slower: time bounds in tests are scaled by RECORDER_TEST_TIME_SCALE.
     local guest_rc=0
     begin "sudo make setup all in the guest"
-    vagrant ssh -c 'cd /vagrant && sudo make setup all' >"$guest_log" 2>&1 || guest_rc=$?
+    vagrant ssh -c 'cd /vagrant && sudo make -j2 setup all' >"$guest_log" 2>&1 || guest_rc=$?
     took "make setup all (guest)"
     if [ "$guest_rc" -eq 0 ]; then
         begin "sudo make test in the guest"
@@ -185,6 +185,8 @@ main() {
     export RECORDER_VM_TIME_SCALE="${RECORDER_VM_TIME_SCALE:-$scale}"
     export VAGRANT_HOME="$cache/vagrant.d" VAGRANT_DEFAULT_PROVIDER=libvirt
     export VAGRANT_CHECKPOINT_DISABLE=1 LIBVIRT_DEFAULT_URI=qemu:///system
+    # The guest reuses this side's build/ (make vm-test builds it first).
+    export RECORDER_VM_SYNC_BUILD=1
     local total_start=$SECONDS
 
     # One run at a time on this machine: they share the cache and 2 cores.
