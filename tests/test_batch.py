@@ -22,7 +22,9 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.session.loop import TraceOptions, TraceSession
 
-pytestmark = pytest.mark.bpf
+# The batch harvest is opt-in (--batch) until it is proven on the VM guest's
+# 6.1 kernel (its exit path there is sys_enter exit_group): host only for now.
+pytestmark = [pytest.mark.bpf, pytest.mark.host]
 
 
 @pytest.fixture
@@ -42,9 +44,9 @@ def workloads(progs: Path):
 
 
 def batch_session(records: list[Record], **options) -> TraceSession:
-    session = TraceSession(TraceOptions(**options), records.append)
+    session = TraceSession(TraceOptions(latency=False, **options), records.append)
     assert session.recorder is not None and hasattr(session.recorder, "batch"), (
-        "the batch harvest is the default")
+        "latency=False takes the batch harvest")
     session.start()
     return session
 
@@ -130,7 +132,7 @@ def test_batch_harvests_a_command_from_its_first_record(progs: Path) -> None:
     records: list[Record] = []
     session = TraceSession(
         TraceOptions(command=[str(progs / "workload_burst"), "23", "3"],
-                     spec=TopicSpec.parse("burst")), records.append)
+                     spec=TopicSpec.parse("burst"), latency=False), records.append)
     session.run()
     assert [r.message for r in records] == [f"burst {i} of 23" for i in range(23)]
     assert os.WEXITSTATUS(session.child_status or 0) == 3

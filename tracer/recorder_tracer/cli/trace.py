@@ -75,18 +75,19 @@ Examples:
               help="Write a compact binary capture instead of printing records "
                    "(`recorder show FILE` renders it): nothing is decoded while "
                    "tracing.")
-@click.option("--latency", is_flag=True,
-              help="Trap at every record (uprobes): each record arrives at "
-                   "once, at ~0.5 us a record to the traced process, instead "
-                   "of in batches from its own rings (free to it, within a "
-                   "few ms).")
+@click.option("--batch/--latency", "batch", default=False,
+              help="--batch: take records in batches from the processes' own "
+                   "rings (no trap: free to the traced program, records within "
+                   "a few ms; -w implies it). --latency (the default for now): "
+                   "trap at every record (uprobes), each record at once, at "
+                   "~0.5 us a record to the traced process.")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           command: str | None, duration: float | None, as_json: bool,
           chrome: str | None, output: TextIO, usdt: tuple[str, ...],
           flight_entries: int, ring_pages: int, snapshot_dir: str,
           snapshot_records: int, no_snapshots: bool, capture: str | None,
-          latency: bool, spec: tuple[str, ...]) -> None:
+          batch: bool, spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
     they come, in timestamp order across processes and CPUs. A traced
@@ -94,12 +95,13 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     with the last one. On exit (Ctrl-C, SIGTERM, --duration, the end of -c),
     print per CPU the records received and lost.
 
-    Records come in batches from the processes' own rings (a thread's are
-    copied when it leaves its CPU, every 1 ms while it runs, at its exit
-    or fatal signal): the traced program pays no trap per record. Records
+    By default every armed record traps (--latency: each arrives at once,
+    at ~0.5 us a record to the program). With --batch (or -w), records come
+    in batches from the processes' own rings instead (a thread's are copied
+    when it leaves its CPU, every 1 ms while it runs, at its exit or fatal
+    signal): the traced program pays no trap per record, and records
     overwritten in a ring before they were copied are counted lost, per
-    process and topic. --latency attaches to every record instead (each
-    arrives at once, at ~0.5 us a record to the program).
+    process and topic.
 
     With --usdt, trace those USDT probes as well and print their arguments
     (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
@@ -124,9 +126,10 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     require_root("trace")
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
-    if capture and (as_json or chrome or usdt or latency):
+    if capture and (as_json or chrome or usdt):
         raise click.UsageError("-w takes recorder topics in batches only: not with "
-                               "--json, --chrome, --usdt or --latency")
+                               "--json, --chrome or --usdt")
+    batch = batch or bool(capture)
     if ring_pages & (ring_pages - 1):
         raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
     require_targets(pids, comms, all_processes, command)
@@ -144,7 +147,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         flight_entries=flight_entries, pages_per_cpu=ring_pages,
         snapshots=None if no_snapshots else SnapshotOptions(snapshot_dir,
                                                             snapshot_records),
-        latency=latency, capture=capture,
+        latency=not batch, capture=capture,
     )
 
     def report(message: str) -> None:
