@@ -35,6 +35,15 @@ def bpf_unavailable_reason() -> str | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    # `vm` tests open vsock sockets: only inside the test VM, which says so
+    # (vagrant's vm-test sets RECORDER_IN_VM=1); never on a host.
+    if (item.get_closest_marker("vm") is not None
+            and os.environ.get("RECORDER_IN_VM") != "1"):
+        pytest.skip("runs only inside the test VM (RECORDER_IN_VM=1)")
+    if (item.get_closest_marker("vm_host") is not None
+            and not os.environ.get("RECORDER_VM_CHANNEL_OUT")):
+        pytest.skip("checks a VM's channel: only in vm-test "
+                    "(RECORDER_VM_CHANNEL_OUT)")
     if item.get_closest_marker("bpf") is None:
         return
     reason = bpf_unavailable_reason()

@@ -52,7 +52,8 @@ def test_tracer_arms_one_runtime_topic_and_sees_every_record(workload) -> None:
 
     workload.record("py_tick", 1)      # both topics exist before arming
     workload.record("py_tock", 1)
-    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+    # The latency mode traps, through the shared probe and the armed flag.
+    session = BackgroundSession(TraceOptions(pids=[workload.pid], latency=True,
                                              spec=TopicSpec.parse("py_tick")))
     image = ProcessImage.of(workload.pid)
     by_name = {topic.name: topic for topic in image.topics()}
@@ -78,7 +79,7 @@ def test_runtime_topic_made_after_arming_is_armed_by_the_rescan(workload) -> Non
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.session.loop import TraceOptions
 
-    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+    session = BackgroundSession(TraceOptions(pids=[workload.pid], latency=True,
                                              spec=TopicSpec.parse("py_late")))
     workload.record("py_late", 0)      # the topic exists from now on
     process = session.session.processes[workload.pid]
@@ -108,7 +109,7 @@ def test_a_process_that_execs_is_armed_again_in_its_new_program() -> None:
 
     try:
         pid = int(process.stdout.readline().split()[2])
-        session = BackgroundSession(TraceOptions(pids=[pid],
+        session = BackgroundSession(TraceOptions(pids=[pid], latency=True,
                                                  spec=TopicSpec.parse("work")))
         assert command("record 5") == "done"
         # Decoded (delivered, past the reordering window) before the exec:

@@ -79,9 +79,10 @@ def test_short_trace_ending_leaves_a_longer_ones_runtime_topic_armed() -> None:
 
     with PythonWorkload() as workload:
         workload.record("py_tick", 1)
-        long = BackgroundSession(TraceOptions(pids=[workload.pid],
+        # The armed flag is the trap's (--latency): batch sessions never set it.
+        long = BackgroundSession(TraceOptions(pids=[workload.pid], latency=True,
                                               spec=TopicSpec.parse("py_tick")))
-        short = BackgroundSession(TraceOptions(pids=[workload.pid],
+        short = BackgroundSession(TraceOptions(pids=[workload.pid], latency=True,
                                                spec=TopicSpec.parse("py_tick")))
         topic = next(t for t in ProcessImage.of(workload.pid).topics()
                      if t.name == "py_tick")

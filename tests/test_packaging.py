@@ -104,7 +104,10 @@ def test_make_install_puts_cli_unit_config_and_docs_in_place(
     version = subprocess.run([str(link), "--version"], capture_output=True,
                              text=True, timeout=scaled(60), cwd=tmp_path)
     assert re.fullmatch(r"recorder \S+\n", version.stdout), version.stderr
-    traced = subprocess.run([str(link), "trace", "--no-snapshots", "--json", "-c",
+    # --latency: smoke records 10 into a ring of 8 in one burst (in batches,
+    # the last 8 arrive and 2 are counted lost).
+    traced = subprocess.run([str(link), "trace", "--no-snapshots", "--json",
+                             "--latency", "-c",
                              str(progs / "smoke"), "smoke"], capture_output=True,
                             text=True, timeout=scaled(120), cwd=tmp_path)
     assert traced.returncode == 0, traced.stderr

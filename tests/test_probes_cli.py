@@ -193,8 +193,9 @@ def test_semaphore_shows_how_many_tracers_armed_a_topic(workload: Ready) -> None
         return {row["probe"]: row["semaphore_value"]
                 for row in probes_json(str(workload.pid))}
 
-    tracer = subprocess.Popen([*RECORDER, "trace", "-p", str(workload.pid),
-                               "tick"], stdout=subprocess.DEVNULL,
+    # --latency: the trap raises the semaphore (the batch harvest never does).
+    tracer = subprocess.Popen([*RECORDER, "trace", "--latency", "-p",
+                               str(workload.pid), "tick"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
         assert tracer.stderr is not None

@@ -517,7 +517,9 @@ def test_recorder_probes_and_trace_show_a_python_program() -> None:
                          re.MULTILINE), probes
         topic = next(t for t in ProcessImage.of(workload.pid).topics()
                      if t.name == "py_cli")
-        with Interrupted([cli, "trace", "-p", str(workload.pid), "py_cli"]) as trace:
+        # --latency: the armed flag says when the trap is in place.
+        with Interrupted([cli, "trace", "-p", str(workload.pid), "--latency",
+                          "py_cli"]) as trace:
             wait_for(lambda: read_armed(workload.pid, topic), timeout=scaled(60))
             workload.record("py_cli", 3)
             output, errors = trace.interrupt()

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.bpf
 def test_a_tracer_traces_another_tracers_own_topics(progs: Path) -> None:
     workload = Workload(progs)
     controller = subprocess.Popen(
-        [sys.executable, "-m", "recorder_tracer.cli", "trace", "-p",
+        # --latency: its session topic tells of the sites it attaches.
+        [sys.executable, "-m", "recorder_tracer.cli", "trace", "--latency", "-p",
          str(workload.pid), "tick"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -150,7 +150,7 @@ def test_armed_victim_snapshot_holds_the_same_records(
     victim = Victim(progs)
     directory = tmp_path / "armed"
     background = BackgroundSession(TraceOptions(
-        pids=[victim.pid], spec=TopicSpec.parse("victim"),
+        pids=[victim.pid], spec=TopicSpec.parse("victim"), latency=True,
         snapshots=SnapshotOptions(str(directory), records=N)))
     try:
         assert background.session.processes[victim.pid].armed_topics == {"victim"}

@@ -74,7 +74,8 @@ def test_arming_one_topic_leaves_the_other_unarmed(workloads, progs: Path) -> No
     workload = workloads()
     path = str(progs / "workload_ticks")
     assert semaphore_value(workload.pid, path, "tick") == 0
-    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+    # The latency mode traps: one probe armed, the other's semaphore at 0.
+    session = BackgroundSession(TraceOptions(pids=[workload.pid], latency=True,
                                              spec=TopicSpec.parse("tick")))
     assert semaphore_value(workload.pid, path, "tick") == 1
     assert semaphore_value(workload.pid, path, "tock") == 0

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from recorder_tracer import __version__
+from recorder_tracer.channel.host.command import collect
 from recorder_tracer.cli.metrics import daemon, metrics, top
 from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
 from recorder_tracer.cli.probes import probes
@@ -48,6 +49,6 @@ def main() -> None:
     """recorder: a flight-recorder tracer for recorder topics and USDT probes."""
 
 
-for _command in (probes, trace, metrics, top, daemon, snapshot, snapshots, show,
-                 dump, scope):
+for _command in (probes, trace, metrics, top, daemon, collect, snapshot, snapshots,
+                 show, dump, scope):
     main.add_command(_command)

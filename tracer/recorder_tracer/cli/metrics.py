@@ -167,6 +167,11 @@ Examples:
                                           # processes named server, topics net.*
   recorder daemon --all --by comm         # series per topic and comm, not pid
   curl -s localhost:9476/metrics          # what Prometheus scrapes
+  recorder daemon --all --forward vsock://2:7070 --trace 'net.*' \\
+      --console kmsg --console /var/log/agent.log
+                                          # a guest: records, metrics, snapshots
+                                          # and console lines to the host's
+                                          # `recorder collect`
 """
 
 
@@ -195,12 +200,30 @@ Examples:
                    "snapshot program outlive the daemon, for the next one to "
                    "take over (default $RECORDER_PIN_DIR, else "
                    "/sys/fs/bpf/recorder; '' for none).")
+@click.option("--forward", metavar="URL",
+              help="Send records, metrics, snapshots and console lines to a "
+                   "`recorder collect` at URL: vsock://CID:PORT, "
+                   "tcp://HOST:PORT, unix:PATH or a character device.")
+@click.option("--trace", "trace_spec", multiple=True, metavar="SPEC",
+              help="With --forward: stream the records of these topics "
+                   "(repeatable; the spec syntax of `recorder trace`).")
+@click.option("--console", "console", multiple=True, metavar="PATH|kmsg",
+              help="With --forward: follow this file or FIFO, or the kernel "
+                   "log (kmsg), line by line (repeatable).")
+@click.option("--backlog", "backlog_mb", type=click.FloatRange(min=0.0625),
+              help="With --forward: MiB kept while the collector is away "
+                   "(the oldest go first, counted; default 32).")
+@click.option("--forward-interval", type=click.FloatRange(min=0.01),
+              help="With --forward: seconds between metrics and snapshot sends "
+                   "(default 1).")
 @click.argument("spec", nargs=-1)
 def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
            config_path: str | None, listen: str | None, grace: float | None,
            max_series: int | None, by: str | None, snapshot_dir: str | None,
            snapshot_records: int | None, no_snapshots: bool, pin_dir: str | None,
-           spec: tuple[str, ...]) -> None:
+           forward: str | None, trace_spec: tuple[str, ...],
+           console: tuple[str, ...], backlog_mb: float | None,
+           forward_interval: float | None, spec: tuple[str, ...]) -> None:
     """Keep arming processes and aggregating their topics in the kernel
     (metrics only: no record is copied), and serve the figures on
     http://HOST:PORT/metrics in the Prometheus exposition format:
@@ -221,7 +244,10 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     config = config.merged(pid=pids, comm=comms, all=all_processes, spec=spec,
                            listen=listen, grace=grace, max_series=max_series, by=by,
                            snapshot_dir=snapshot_dir,
-                           snapshot_records=snapshot_records)
+                           snapshot_records=snapshot_records, forward=forward,
+                           trace=trace_spec, console=console,
+                           backlog_mb=backlog_mb,
+                           forward_interval=forward_interval)
     if pin_dir is not None:
         config = replace(config, pin_dir=pin_dir)
     if no_snapshots:
@@ -230,9 +256,36 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     def report(message: str) -> None:
         click.echo(f"recorder: {message}", err=True)
 
+    if (config.trace or config.console) and not config.forward:
+        raise click.UsageError("--trace and --console go with --forward")
+    if config.backlog_mb < 0.0625 or config.forward_interval < 0.01:
+        raise click.UsageError("backlog_mb must be >= 0.0625 and "
+                               "forward_interval >= 0.01")
+    started = time.time()
     with stop_on_signals() as stopping:
         server = Daemon(config, report, stopping)
         server.start()
-        click.echo(f"Serving metrics on http://{config.listen}/metrics... "
-                   "Hit Ctrl-C to end.", err=True)
-        server.run()
+        channel = None
+        if config.forward:
+            from recorder_tracer.channel.guest.sources import (
+                ForwardOptions,
+                GuestChannel,
+            )
+            try:
+                channel = GuestChannel(server, ForwardOptions(
+                    config.forward, list(config.trace), list(config.console),
+                    int(config.backlog_mb * (1 << 20)), config.forward_interval,
+                    started), report)
+                channel.start()
+            except BaseException:
+                server.close()
+                raise
+        try:
+            forwarding = (f", forwarding to {config.forward}" if config.forward
+                          else "")
+            click.echo(f"Serving metrics on http://{config.listen}/metrics"
+                       f"{forwarding}... Hit Ctrl-C to end.", err=True)
+            server.run()
+        finally:
+            if channel is not None:
+                channel.close()

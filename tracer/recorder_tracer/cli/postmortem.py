@@ -69,6 +69,8 @@ Examples:
   recorder show app.42.000001.snapshot.json          # header and records
   recorder show app.42.000001.snapshot.json --json   # the file, checked
   recorder show FILE --chrome t.trace                # Chrome trace (Perfetto)
+  recorder show t.cap                # a `recorder trace -w t.cap` capture
+  recorder show t.cap --json         # its records as JSON lines
 """
 
 
@@ -78,13 +80,18 @@ Examples:
 @click.option("--chrome", type=click.Path(dir_okay=False),
               help="Write its records as a Chrome trace-event file.")
 def show(file: str, as_json: bool, chrome: str | None) -> None:
-    """Render a snapshot file: who died, how, and its last records."""
+    """Render a snapshot file (who died, how, and its last records), or a
+    capture written by `recorder trace -w` (its records in time order)."""
+    from recorder_tracer.output.capture import is_capture
     from recorder_tracer.output.sinks import open_sink
     from recorder_tracer.postmortem.snapshot_file import (
         json_record,
         print_snapshot,
         read_snapshot,
     )
+    if is_capture(file):
+        _show_capture(file, as_json, chrome)
+        return
     snapshot = read_snapshot(file)
     if as_json:
         click.echo(json.dumps(snapshot, indent=1))
@@ -98,6 +105,22 @@ def show(file: str, as_json: bool, chrome: str | None) -> None:
         click.echo(f"{len(records)} records written to {chrome}", err=True)
         return
     print_snapshot(snapshot, sys.stdout)
+
+
+def _show_capture(file: str, as_json: bool, chrome: str | None) -> None:
+    """Render a `recorder trace -w` capture like `recorder trace` prints."""
+    from recorder_tracer.output.capture import read_capture
+    from recorder_tracer.output.sinks import open_sink
+    from recorder_tracer.output.text import TextPrinter
+    records = list(read_capture(file))
+    sink = open_sink(sys.stdout, as_json=as_json, chrome=chrome)
+    if isinstance(sink, TextPrinter):
+        sink.fit_topics({record.topic for record in records})
+    for record in records:
+        sink.write(record)
+    sink.close([])
+    if chrome:
+        click.echo(f"{len(records)} records written to {chrome}", err=True)
 
 
 DUMP_EPILOG = """\b

@@ -80,19 +80,38 @@ Examples:
               show_default=True, help="Records a crash snapshot keeps.")
 @click.option("--no-snapshots", is_flag=True,
               help="Do not capture crash snapshots while tracing.")
+@click.option("-w", "--write", "capture", type=click.Path(dir_okay=False),
+              help="Write a compact binary capture instead of printing records "
+                   "(`recorder show FILE` renders it): nothing is decoded while "
+                   "tracing.")
+@click.option("--batch/--latency", "batch", default=False,
+              help="--batch: take records in batches from the processes' own "
+                   "rings (no trap: free to the traced program, records within "
+                   "a few ms; -w implies it). --latency (the default for now): "
+                   "trap at every record (uprobes), each record at once, at "
+                   "~0.5 us a record to the traced process.")
 @click.argument("spec", nargs=-1)
 def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
           command: str | None, cgroups: tuple[str, ...], no_children: bool,
           duration: float | None, as_json: bool,
           chrome: str | None, output: TextIO, usdt: tuple[str, ...],
           flight_entries: int, ring_pages: int, snapshot_dir: str,
-          snapshot_records: int, no_snapshots: bool, spec: tuple[str, ...]) -> None:
+          snapshot_records: int, no_snapshots: bool, capture: str | None,
+          batch: bool, spec: tuple[str, ...]) -> None:
     """Arm the topics SPEC selects (the core's spec syntax: `[-|/]regex[=v]`
     items separated by ':' or spaces; none means all) and print records as
     they come, in timestamp order across processes and CPUs. A traced
     process that exits is reported on stderr; with only -p, the trace ends
     with the last one. On exit (Ctrl-C, SIGTERM, --duration, the end of -c),
     print per CPU the records received and lost.
+
+    By default every armed record traps (--latency: each arrives at once,
+    at ~0.5 us a record to the program). With --batch (or -w), records come
+    in batches from the processes' own rings instead (a thread's are copied
+    when it leaves its CPU, every 1 ms while it runs, at its exit or fatal
+    signal): the traced program pays no trap per record, and records
+    overwritten in a ring before they were copied are counted lost, per
+    process and topic.
 
     With --usdt, trace those USDT probes as well and print their arguments
     (TOPIC is the probe, WHERE its file); a pointer-sized argument shows the
@@ -110,12 +129,17 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.output.sinks import open_sink
     from recorder_tracer.output.text import TextPrinter
+    from recorder_tracer.output.writer import Summary
     from recorder_tracer.postmortem.snapshot import SnapshotOptions
     from recorder_tracer.session.loop import TraceOptions, TraceSession, stop_on_signals
 
     require_root("trace")
     if as_json and chrome:
         raise click.UsageError("--json and --chrome are exclusive")
+    if capture and (as_json or chrome or usdt):
+        raise click.UsageError("-w takes recorder topics in batches only: not with "
+                               "--json, --chrome or --usdt")
+    batch = batch or bool(capture)
     if ring_pages & (ring_pages - 1):
         raise click.UsageError(f"--ring-pages {ring_pages} is not a power of two")
     if not cgroups:
@@ -138,6 +162,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         flight_entries=flight_entries, pages_per_cpu=ring_pages,
         snapshots=None if no_snapshots else SnapshotOptions(snapshot_dir,
                                                             snapshot_records),
+        latency=not batch, capture=capture,
     )
 
     def report(message: str) -> None:
@@ -160,11 +185,21 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                        f"{_anchor()}", err=True)
             session.run(start=False)
         finally:
-            summaries = session.summaries()
+            losses = session.topic_losses()
+            summaries = Summary(session.summaries(), [
+                {"pid": pid, "topic": topic, "produced": loss.produced,
+                 "streamed": loss.streamed, "overwritten": loss.overwritten,
+                 "refused": loss.refused}
+                for (pid, topic), loss in sorted(losses.items())] if losses else None)
             sink.close(summaries)
             for cpu in summaries:
                 click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} "
                            f"lost ({cpu.produced} produced)", err=True)
+            for (pid, topic), loss in sorted(losses.items()):
+                if loss.lost:
+                    click.echo(f"pid {pid} {topic}: {loss.lost} of {loss.produced} "
+                               "lost (overwritten in its ring before a harvest, "
+                               "or refused at its end)", err=True)
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)

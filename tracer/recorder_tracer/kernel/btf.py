@@ -90,3 +90,21 @@ def member_offset(struct_name: str, member: str) -> int:
     if offset is None:
         raise TracerError(f"kernel BTF: struct {struct_name} has no {member}")
     return offset
+
+
+KIND_PTR, KIND_TYPEDEF, KIND_FUNC_PROTO = 2, 8, 13
+
+
+@functools.cache
+def tracepoint_arguments(tracepoint: str) -> int:
+    """How many arguments the kernel passes to raw tracepoint `tracepoint`
+    (its `btf_trace_<name>` prototype, less the context pointer): tells
+    kernels apart where a tracepoint changed place and arguments."""
+    types, strings = _types()
+    wanted = f"btf_trace_{tracepoint}"
+    for kind, _vlen, target, _blob, _flag, name_off in types:
+        if kind == KIND_TYPEDEF and _name(strings, name_off) == wanted:
+            pointer = types[target]
+            if pointer[0] == KIND_PTR and types[pointer[2]][0] == KIND_FUNC_PROTO:
+                return types[pointer[2]][1] - 1
+    raise TracerError(f"kernel BTF has no tracepoint {tracepoint}")

@@ -60,7 +60,8 @@ class Writer:
         if self.closed:
             return
         self.closed = True
-        self._finish(list(self.summary if summary is None else summary))
+        chosen = self.summary if summary is None else summary
+        self._finish(Summary(chosen, getattr(chosen, "topics", None)))
         self.stream.flush()
 
     def _finish(self, summary: list[CpuCounts]) -> None:
@@ -87,6 +88,17 @@ def json_value(value: Arg) -> Arg:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+class Summary(list):  # type: ignore[type-arg]
+    """Per-CPU counts, and in batch mode per (pid, topic) counts
+    (`topics`: dicts of pid, topic, produced, streamed, overwritten,
+    refused), which JSON summaries carry."""
+
+    def __init__(self, counts: Iterable[CpuCounts] = (),
+                 topics: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(counts)
+        self.topics = topics
 
 
 def clock_anchor() -> dict[str, int | str]:
@@ -117,8 +129,12 @@ def summary_json(summary: Iterable[CpuCounts]) -> dict[str, Any]:
         if produced is not None:
             row["produced"] = produced
         cpus.append(row)
-    return {
+    result = {
         "cpus": cpus,
         "received": sum(row["received"] for row in cpus),
         "lost": sum(row["lost"] for row in cpus),
     }
+    topics = getattr(summary, "topics", None)   # batch mode: per (pid, topic)
+    if topics is not None:
+        result["topics"] = topics
+    return result

@@ -22,6 +22,11 @@ Setup comes from a TOML file and flags (flags win):
     snapshot_dir = "/var/lib/recorder/snapshots"
     snapshot_records = 256      # records a crash snapshot keeps
     pin_dir = "/sys/fs/bpf/recorder"    # "" : nothing outlives the daemon
+    forward = "vsock://2:7070"  # send everything to a `recorder collect`
+    trace = ["net.*"]           # with forward: records of these topics
+    console = ["kmsg", "/var/log/agent.log"]    # with forward: console lines
+    backlog_mb = 32.0           # with forward: kept while the host is away
+    forward_interval = 1.0      # with forward: seconds between metrics sends
 
 With a pin directory (kernel/pins.py) the daemon's links, metrics tables
 and snapshot program stay in the kernel when it dies (kill -9, OOM): armed
@@ -73,6 +78,12 @@ class DaemonConfig:
     snapshot_records: int = 256
     pin_dir: str = field(default_factory=lambda: os.environ.get(
         "RECORDER_PIN_DIR", DEFAULT_PIN_DIR))
+    # The channel out of a guest (channel/guest/sources.py); "": none.
+    forward: str = ""
+    trace: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    backlog_mb: float = 32.0
+    forward_interval: float = 1.0
 
     @classmethod
     def load(cls, path: str | Path) -> DaemonConfig:

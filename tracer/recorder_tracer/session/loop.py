@@ -94,7 +94,12 @@ class TraceSession(SessionResults):
             options, self._lock, self.traced_pids,
             lambda pid: self.trace_process(pid, required=False),
             self._on_exec, report)
-        if options.topics:
+        if options.batch:
+            from recorder_tracer.session.batch_topics import BatchTopics
+            self.recorder = BatchTopics(options, self.reorder.push, report,
+                                        self._lock)   # type: ignore[assignment]
+            self.sources.append(self.recorder)
+        elif options.topics:
             self.recorder = RecorderTopics(options, self.reorder.push, report,
                                            self._lock)
             self.sources.append(self.recorder)
@@ -240,9 +245,12 @@ class TraceSession(SessionResults):
 
         self.coverage = SessionCoverage(
             selection, options.spec, arm, image_of, self.report,
-            records=options.topics and not options.metrics_only,
+            # The batch harvest reads the rings by sequence itself: there,
+            # coverage follows forks and execs only (no backfill, no copy).
+            records=options.topics and not options.metrics_only
+            and not options.batch,
             start_ns=self._start_ns)
-        if self.recorder is not None:
+        if isinstance(self.recorder, RecorderTopics):
             self.recorder.coverage = self.coverage
         self.coverage.start()
 

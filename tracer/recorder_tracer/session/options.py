@@ -43,3 +43,18 @@ class TraceOptions:
     # (False: --no-children), trace every process of these cgroups.
     children: bool = True
     cgroups: list[str] = field(default_factory=list)
+    # Trap at every record (uprobes, kernel/harvest.py) instead of the batch
+    # harvest of the in-process rings (kernel/batch.py): each record reaches
+    # us at once, at ~0.5 us a record to the traced process. The default
+    # until the batch harvest is proven on the VM guest's 6.1 kernel and
+    # starts within the trap's time (its program compiles in 4-7 s here).
+    latency: bool = True
+    # Batch mode: write the stream's messages to this file, undecoded
+    # (output/capture.py; `recorder show` renders it). None: decode live.
+    capture: str | None = None
+
+    @property
+    def batch(self) -> bool:
+        """Stream recorder topics through the batch harvest."""
+        return (self.topics and not self.metrics_only and not self.latency
+                and self.pin_dir is None)

@@ -75,6 +75,12 @@ class SessionResults:
                     seen.received + cpu.received, seen.lost + cpu.lost)
         return [totals[cpu] for cpu in sorted(totals)]
 
+    def topic_losses(self) -> dict[tuple[int, str], Any]:
+        """Batch mode: per (pid, topic), what became of the records made
+        since armed (kernel/batch.py TopicLoss); final after close()."""
+        losses = getattr(self.recorder, "topic_losses", None)
+        return losses() if losses is not None else {}
+
     @property
     def unknown_sites(self) -> int:
         """USDT hits whose site was not known yet (their arguments lost)."""

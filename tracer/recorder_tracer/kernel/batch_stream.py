@@ -1,0 +1,363 @@
+"""Read the batch program's per-CPU rings: chunks of entries, then strings.
+
+kernel/bpf/batch.c sends, per CPU, CHUNK messages (up to 16 consecutive
+entries of one shard, copied with one read) followed by STRING messages
+(the text of their %s arguments, read at harvest time). A `BatchStream`
+creates and maps one BPF ring buffer per CPU, copies out what is committed
+in one slice per ring, and hands each entry to `on_record(cpu, record)` as
+a `BatchRecord`, which has what the session's decoder reads of a harvest
+record (pid, comm, status, probe_address, entry, strings).
+
+Accounting: per CPU, the program counts the entries it streamed and the
+indices it lost (overwritten in the process's ring before a harvest got
+there, or refused by a full stream at a final harvest); we count the
+entries received. After a drain, received + lost = produced, per CPU; per
+(pid, topic), `BatchHarvester.losses()` says the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from recorder_tracer.kernel.batch import BatchHarvester
+from recorder_tracer.kernel.stream import (
+    CpuSummary,
+    _create_ring,
+    _power_of_two_at_least,
+)
+from recorder_tracer.target.memory import ProcessImage, Topic
+
+RING_HEADER = 8
+BUSY_BIT = 1 << 31
+DISCARD_BIT = 1 << 30
+MSG_CHUNK, MSG_STRING, MSG_TOPIC = 1, 2, 3   # enum batch_kind, kernel/bpf/batch.h
+_U64 = struct.Struct("<Q")
+_HEAD = struct.Struct("<II")        # kind, pid
+
+# The messages' heads (tracer/recorder_tracer/kernel/bpf/batch.h), checked
+# against the compiled layout when a stream opens; a capture file's reader
+# (output/capture.py) decodes with them without loading BPF.
+CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")  # kind pid topic count skip shard
+                                            # reserved first comm
+STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
+ENTRY_SIZE = 144
+
+RecordHandler = Callable[[int, Any], None]
+MessageHandler = Callable[[int, int, memoryview], None]
+TopicHandler = Callable[[int, Topic], None]
+
+
+class CapturedString:
+    """A %s argument as BPF read it: `length` bytes with the NUL, or < 0."""
+
+    __slots__ = ("length", "text")
+
+    def __init__(self, length: int, text: bytes) -> None:
+        self.length = length
+        self.text = text
+
+
+class BatchRecord:
+    """One entry of a chunk, shaped like a harvest record for decoding."""
+
+    __slots__ = ("comm", "entry", "pid", "strings")
+    status = 0
+    probe_address = 0
+    harvest_ns = 0
+
+    def __init__(self, pid: int, comm: bytes, entry: Any,
+                 strings: list[CapturedString | None]) -> None:
+        self.pid = pid
+        self.comm = comm
+        self.entry = entry
+        self.strings = strings
+
+
+class _Ring:
+    """One CPU's BPF ring buffer of variable-size messages."""
+
+    def __init__(self, cpu: int, size: int) -> None:
+        self.cpu = cpu
+        self.size = size
+        self.fd = _create_ring(f"batch_cpu{cpu}", size)
+        page = mmap.PAGESIZE
+        self._page = page
+        self._mask = size - 1
+        self._consumer_map = mmap.mmap(self.fd, page, mmap.MAP_SHARED,
+                                       mmap.PROT_READ | mmap.PROT_WRITE)
+        self._consumer = ctypes.c_uint64.from_buffer(self._consumer_map)
+        # Data pages are mapped twice in a row: a wrapped message reads whole.
+        self._data = mmap.mmap(self.fd, page + 2 * size, mmap.MAP_SHARED,
+                               mmap.PROT_READ, offset=page)
+
+    def pending(self) -> int:
+        return _U64.unpack_from(self._data, 0)[0] - self._consumer.value
+
+    def take(self) -> list[memoryview]:
+        """The committed messages up to the first still being written,
+        copied out in one slice; their space is released."""
+        consumer = self._consumer.value
+        available = _U64.unpack_from(self._data, 0)[0] - consumer
+        if available <= 0:
+            return []
+        start = self._page + (consumer & self._mask)
+        region = self._data[start:start + available]
+        view = memoryview(region)
+        messages = []
+        position = 0
+        unpack = struct.Struct("<I").unpack_from
+        while position + RING_HEADER <= available:
+            (header,) = unpack(region, position)
+            if header & BUSY_BIT:
+                break
+            length = header & ~(BUSY_BIT | DISCARD_BIT)
+            if not header & DISCARD_BIT:
+                messages.append(view[position + RING_HEADER:
+                                     position + RING_HEADER + length])
+            position += (length + RING_HEADER + 7) & ~7
+        self._consumer.value = consumer + position
+        return messages
+
+    def close(self) -> None:
+        del self._consumer
+        self._data.close()
+        self._consumer_map.close()
+        os.close(self.fd)
+
+
+class BatchStream:
+    """The batch program's stream, delivering one record per entry."""
+
+    def __init__(self, harvester: BatchHarvester, on_record: RecordHandler,
+                 pages_per_cpu: int = 1024,
+                 on_topic: TopicHandler | None = None,
+                 on_message: MessageHandler | None = None) -> None:
+        self.harvester = harvester
+        self.on_record = on_record
+        # Raw mode (a capture file): every message as BPF wrote it, with
+        # its kind; nothing decoded here.
+        self.on_message = on_message
+        self.on_topic = on_topic
+        self._topic = struct.Struct("<IIIIQ")   # kind pid id size address
+        self._topic_name = harvester.bpf[b"layout_topic"].Leaf.name.offset
+        self.received: dict[int, int] = {}
+        self.strings_received = 0
+        # Copied by us from a process's rings when it was disarmed alive
+        # (a stream too full to take them before): per shard slot (CPU).
+        self.flushed: dict[int, int] = {}
+        self.flush_lost: dict[int, int] = {}
+        self._chunk = harvester.chunk_type
+        self._string = harvester.string_type
+        fields = dict((name, kind) for name, kind, *_ in self._chunk._fields_)
+        self._entry_type = fields["entries"]._type_
+        self._entries_offset = self._chunk.entries.offset
+        self._entry_size = ctypes.sizeof(self._entry_type)
+        self._header = CHUNK_HEAD
+        assert self._header.size == self._entries_offset
+        assert self._entry_size == ENTRY_SIZE
+        self._string_head = STRING_HEAD
+        self._string_text = self._string.text.offset
+        assert self._string_text == STRING_HEAD.size
+        self._strings: dict[tuple[int, int, int, int], dict[int, CapturedString]] = {}
+        self._held: list[tuple[int, memoryview]] = []     # chunks awaiting strings
+        self._reading = threading.RLock()
+        size = mmap.PAGESIZE * _power_of_two_at_least(max(1, pages_per_cpu))
+        harvester.bpf[b"stream_config"][ctypes.c_int(0)] = ctypes.c_uint64(size // 4)
+        outer = harvester.bpf[b"stream_rings"]
+        self._epoll = select.epoll()
+        self._rings: list[_Ring] = []
+        from bcc.utils import get_online_cpus
+        for cpu in get_online_cpus():
+            ring = _Ring(cpu, size)
+            self._rings.append(ring)
+            self.received[cpu] = 0
+            outer[ctypes.c_int(cpu)] = ctypes.c_int(ring.fd)
+            self._epoll.register(ring.fd, select.EPOLLIN)
+
+    # -- reading -------------------------------------------------------------
+
+    def _read(self, final: bool = False) -> int:
+        """Deliver what the rings hold; a chunk with %s arguments waits one
+        read for its strings (sent after it), unless `final`."""
+        delivered = 0
+        held, self._held = self._held, []
+        fresh: list[tuple[int, memoryview]] = []
+        if self.on_message is not None:
+            return self._read_raw()
+        for ring in self._rings:
+            for message in ring.take():
+                kind = _HEAD.unpack_from(message, 0)[0]
+                if kind == MSG_CHUNK:
+                    fresh.append((ring.cpu, message))
+                elif kind == MSG_STRING:
+                    self._keep_string(message)
+                elif kind == MSG_TOPIC and self.on_topic is not None:
+                    self._announce(message)
+        for cpu, message in held:
+            delivered += self._deliver(cpu, message)
+        for cpu, message in fresh:
+            if not final and self._has_strings(message):
+                self._held.append((cpu, message))
+            else:
+                delivered += self._deliver(cpu, message)
+        if final:
+            self._strings.clear()
+        return delivered
+
+    def _announce(self, message: memoryview) -> None:
+        assert self.on_topic is not None
+        _kind, pid, topic_id, size, address = self._topic.unpack_from(message, 0)
+        name = bytes(message[self._topic_name:]).split(b"\0", 1)[0]
+        self.on_topic(pid, Topic(topic_id, name.decode(errors="replace"), size, 0,
+                                 "", address))
+
+    def _read_raw(self) -> int:
+        assert self.on_message is not None
+        delivered = 0
+        for ring in self._rings:
+            for message in ring.take():
+                kind = _HEAD.unpack_from(message, 0)[0]
+                if kind == MSG_CHUNK:
+                    count, skip = CHUNK_HEAD.unpack_from(message, 0)[3:5]
+                    self.received[ring.cpu] += count - skip
+                    delivered += count - skip
+                self.on_message(ring.cpu, kind, message)
+        return delivered
+
+    def _keep_string(self, message: memoryview) -> None:
+        _kind, pid, topic, shard, index, arg, length = self._string_head.unpack_from(
+            message, 0)
+        text = bytes(message[self._string_text:self._string_text + max(0, length)])
+        self._strings.setdefault((pid, topic, shard, index), {})[arg] = (
+            CapturedString(length, text))
+        self.strings_received += 1
+
+    def _has_strings(self, message: memoryview) -> bool:
+        count = self._header.unpack_from(message, 0)[3]
+        entry_type, size = self._entry_type, self._entry_size
+        offset = self._entries_offset
+        types_at = entry_type.arg_types.offset
+        for i in range(count):
+            (types,) = struct.unpack_from("<I", message, offset + i * size + types_at)
+            if types & ~(types << 1) & 0xAAAAAA:
+                return True
+        return False
+
+    def _deliver(self, cpu: int, message: memoryview) -> int:
+        _kind, pid, topic, count, skip, shard, _r, first, comm = (
+            self._header.unpack_from(message, 0))
+        comm = comm.split(b"\0", 1)[0]
+        entry_type, size = self._entry_type, self._entry_size
+        offset = self._entries_offset
+        for i in range(skip, count):
+            entry = entry_type.from_buffer_copy(message, offset + i * size)
+            strings: list[CapturedString | None] = []
+            captured = self._strings.pop((pid, topic, shard, first + i), None)
+            if captured is not None or entry.arg_types & 0xAAAAAA:
+                for arg in range(min(entry.nargs, 12)):
+                    if (entry.arg_types >> (2 * arg)) & 3 == 2:
+                        strings.append(captured.get(arg) if captured else None)
+            self.received[cpu] += 1
+            self.on_record(cpu, BatchRecord(pid, comm, entry, strings))
+        return count - skip
+
+    def finish(self, pid: int, image: ProcessImage | None) -> None:
+        """Disarm `pid`, then copy what BPF had not harvested yet from its
+        rings (`image`, while it lives): a stream that was full kept it
+        there. Delivered like the rest, counted on its shard's CPU."""
+        left = self.harvester.disarm(pid)
+        if image is None or not left:
+            return
+        entry_type, size = self._entry_type, self._entry_size
+        for topic_id, cursor in left.items():
+            for slot in range(self.harvester.slots):
+                shard = _read_u64(image, cursor.topic + 48 + 8 * slot)
+                if not shard:
+                    continue
+                header = image.read(shard, 12)
+                if not header or len(header) < 12:
+                    continue
+                head, mask = struct.unpack("<QI", header)
+                capacity = mask + 1
+                index = cursor.next[slot]
+                lost = 0
+                if head > index + capacity:
+                    lost += head - capacity - index
+                    index = head - capacity
+                copied = 0
+                while index < head:
+                    data = image.read(shard + 64 + (index & mask) * size, size)
+                    entry = (entry_type.from_buffer_copy(data)
+                             if data and len(data) == size else None)
+                    if entry is None or entry.sequence != index + 1:
+                        lost += 1
+                    else:
+                        copied += 1
+                        self._deliver_flushed(slot, pid, topic_id, index, data)
+                    index += 1
+                self.flushed[slot] = self.flushed.get(slot, 0) + copied
+                self.flush_lost[slot] = self.flush_lost.get(slot, 0) + lost
+                self.harvester.add_streamed(pid, topic_id, copied)
+                self.harvester.add_loss(pid, topic_id, lost)
+
+    def _deliver_flushed(self, slot: int, pid: int, topic_id: int, index: int,
+                         data: bytes) -> None:
+        """One entry copied by us at disarm: as a record, or as a chunk of
+        one in raw mode."""
+        if self.on_message is not None:
+            head = CHUNK_HEAD.pack(MSG_CHUNK, pid, topic_id, 1, 0, slot, 0, index, b"")
+            self.on_message(slot, MSG_CHUNK, memoryview(head + data))
+            return
+        entry = self._entry_type.from_buffer_copy(data)
+        self.on_record(slot, BatchRecord(pid, b"", entry, []))
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Deliver what arrived within `timeout_ms`."""
+        self._epoll.poll(timeout_ms / 1000)
+        with self._reading:
+            self._read()
+
+    def drain(self) -> None:
+        """Deliver everything the rings hold now."""
+        with self._reading:
+            for _ in range(100):
+                self._read()
+                if not any(ring.pending() for ring in self._rings):
+                    break
+                time.sleep(0.001)
+            self._read(final=True)
+
+    def summary(self) -> list[CpuSummary]:
+        """Per-CPU produced, received and lost; call after drain()."""
+        result = []
+        for cpu, counts in enumerate(self.harvester.counters()):
+            flushed, flush_lost = self.flushed.get(cpu, 0), self.flush_lost.get(cpu, 0)
+            lost = counts["lost"] + flush_lost
+            produced = counts["streamed"] + flushed + lost
+            result.append(CpuSummary(cpu, produced,
+                                     self.received.get(cpu, 0) + flushed, lost))
+        return result
+
+    def close(self) -> None:
+        """Unhook and unmap the rings."""
+        outer = self.harvester.bpf[b"stream_rings"]
+        for ring in self._rings:
+            with contextlib.suppress(Exception):
+                del outer[ctypes.c_int(ring.cpu)]
+            ring.close()
+        self._rings.clear()
+        self._epoll.close()
+
+
+def _read_u64(image: ProcessImage, address: int) -> int:
+    data = image.read(address, 8)
+    return struct.unpack("<Q", data)[0] if data and len(data) == 8 else 0

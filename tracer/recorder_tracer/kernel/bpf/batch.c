@@ -1,0 +1,670 @@
+/* batch.c - harvest armed topics from a process's own rings, in batches.
+ *
+ * A record lives first in its process's in-process ring (probes/PROBES.md).
+ * Instead of trapping at every record (harvest.c), this program copies the
+ * entries an armed topic made since the last harvest, by sequence number,
+ * at moments that cost the process little, each time in the process's own
+ * context (so bpf_probe_read_user reads its memory):
+ *
+ *   sched_switch        the thread leaves its CPU: that CPU's shard
+ *   perf timer          a CPU clock tick while it runs (a thread that never
+ *                       leaves its CPU): that CPU's shard
+ *   sched_process_exit  a thread exits, on kernels that trace it before
+ *                       exit_mm() (6.16+; BATCH_EXIT_TRACEPOINT): every shard
+ *   sys_enter           exit and exit_group, on older kernels: every shard
+ *   signal_deliver      a fatal signal or SIGKILL: every shard
+ *
+ * A shard is written only by threads running on its CPU, so the harvest at
+ * a switch or a tick on that CPU sees no writer running on it; a try-lock
+ * per (process, topic, shard) keeps harvests of other CPUs (an exit, a
+ * fault) from copying an entry twice. One read copies up to BATCH_CHUNK
+ * consecutive entries into a chunk message; an entry counts if its copy
+ * carries the sequence expected and the shard's head, read again after the
+ * copy, shows its slot was not reserved again meanwhile. An index whose
+ * slot was rewritten before a harvest reached it is counted overwritten, so
+ * streamed + overwritten + refused = what the topic produced since armed.
+ * An entry still being written (a writer preempted in its RECORD) stops its
+ * shard's harvest until the next one, except at a final harvest.
+ *
+ * Maps, and who reads them:
+ *   targets       tgid -> armed topic ids          written by the controller;
+ *                                                  topics found later added
+ *                                                  here; dropped at exec
+ *   armed_names   names the spec arms              the controller
+ *   generation    [0]: bumped with armed_names     the controller
+ *   cursors       (tgid, topic) -> next index per  written by the controller
+ *                 shard, locks, loss counts        at arm time; read by it
+ *   counters      per-CPU BATCH_COUNT_*            controller: loss check
+ *   stream_rings  one BPF ring buffer per CPU      kernel/batch_stream.py
+ *   stream_config [0]: bytes pending before a wakeup   the controller
+ *   walks, walk_raw, walk_perf: a walk's state across tail calls
+ *   layout_*      never written: carry the message layouts to Python
+ *
+ * Compile-time switches (-D): BATCH_CPUS (a power of two >= the possible
+ * CPUs), BATCH_STRING_MAX, BATCH_EXIT_TRACEPOINT.
+ */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+#include <linux/signal.h>
+#include "batch.h"
+
+#define BATCH_STEPS   2         /* chunks or shard openings per program run */
+#define BATCH_CALLS   30        /* tail calls (the kernel allows 33) */
+#define SHARD_ENTRIES RECORDER_SHARD_HEADER
+#define BATCH_CHUNK_STRINGS 16   /* %s arguments sent per chunk */
+#define ENTRY_SIZE    sizeof(struct recorder_entry)
+#define FATAL_SIGNALS ((1u << SIGSEGV) | (1u << SIGBUS) | (1u << SIGILL) \
+                       | (1u << SIGFPE) | (1u << SIGABRT) | (1u << SIGTRAP) \
+                       | (1u << SIGSYS))
+
+BPF_HASH(targets, __u32, struct batch_target, 16384);
+BPF_HASH(cursors, struct cursor_key, struct batch_cursor, 65536);
+BPF_HASH(armed_names, struct batch_name, __u8, 4096);
+BPF_ARRAY(generation, __u32, 1);    /* bumped when armed_names grows */
+BPF_PERCPU_ARRAY(blank_cursor, struct batch_cursor, 1);    /* only .topic set */
+BPF_PERCPU_ARRAY(counters, __u64, BATCH_COUNT_COUNT);
+BPF_RINGBUF_OUTPUT(stream_template, 1);
+BPF_ARRAY_OF_MAPS(stream_rings, "stream_template", BATCH_CPUS);
+BPF_ARRAY(stream_config, __u64, 1);
+BPF_ARRAY(layout_chunk, struct batch_chunk, 1);
+BPF_ARRAY(layout_string, struct batch_string, 1);
+BPF_ARRAY(layout_topic, struct batch_topic, 1);
+
+/* A walk over the shards of a process's armed topics, kept per CPU across
+ * tail calls. Programs that walk do not nest on one CPU: sched_switch runs
+ * with interrupts off, and `active` turns away a tick that interrupts an
+ * exit or signal walk. */
+struct walk {
+    __u32 active;
+    __u32 tgid;
+    __u32 final;        /* the process is ending: take what cannot wait */
+    __u32 topic;        /* index in the target's ids */
+    __u32 topics;
+    __u32 slot;         /* shard slot open, or next to open */
+    __u32 slot_first;
+    __u32 slot_end;
+    __u32 open;         /* a shard is open: the fields below are valid */
+    __u32 mask;
+    __u32 calls;
+    __u32 topic_id;
+    __u64 shard;
+    __u64 head;
+    __u64 next;
+    char comm[16];
+    /* %s arguments of the last chunk, sent by the next step */
+    __u32 strings;          /* how many are noted */
+    __u32 string_topic;
+    __u64 string_first;     /* the chunk's first index */
+    __u32 string_shard;
+    __u32 string_skip;
+    __u32 string_used;
+    __u32 string_mask;
+    __u32 string_entry[BATCH_CHUNK_STRINGS];
+    __u32 string_arg[BATCH_CHUNK_STRINGS];
+    __u64 string_address[BATCH_CHUNK_STRINGS];
+    __u32 chunk_wanted;
+    __u32 chunk_skip;
+    __u32 chunk_complete;
+};
+BPF_PERCPU_ARRAY(walks, struct walk, 1);
+BPF_PROG_ARRAY(walk_raw, 1);        /* [0]: raw tracepoints' continuation */
+BPF_PROG_ARRAY(walk_perf, 1);       /* [0]: the timer's continuation */
+
+static __always_inline void count(__u32 counter, __u64 amount)
+{
+    __u64 *value = counters.lookup(&counter);
+    if (value)
+        __sync_fetch_and_add(value, amount);
+}
+
+/* Lost indices of the open shard: counted per process and topic, and per
+ * CPU (the stream's account). */
+static __always_inline void lose(struct batch_cursor *cursor, __u64 amount,
+                                 int refused)
+{
+    if (!amount)
+        return;
+    if (refused)
+        __sync_fetch_and_add(&cursor->refused, amount);
+    else
+        __sync_fetch_and_add(&cursor->overwritten, amount);
+    count(BATCH_COUNT_LOST, amount);
+}
+
+static __always_inline struct batch_cursor *walk_cursor(struct walk *walk)
+{
+    struct cursor_key key = {.tgid = walk->tgid, .topic_id = walk->topic_id};
+    return cursors.lookup(&key);
+}
+
+static __always_inline void close_shard(struct walk *walk,
+                                        struct batch_cursor *cursor)
+{
+    __u32 slot = walk->slot & (BATCH_CPUS - 1);
+    cursor->next[slot] = walk->next;
+    __sync_lock_test_and_set(&cursor->busy[slot], 0);
+    walk->open = 0;
+    walk->slot++;
+}
+
+/* Opens shard `walk->slot` of the current topic: takes its lock, reads its
+ * head, counts what was overwritten before this harvest got there. */
+static __always_inline void open_shard(struct walk *walk)
+{
+    __u32 slot = walk->slot & (BATCH_CPUS - 1);
+    struct batch_cursor *cursor = walk_cursor(walk);
+    if (!cursor) {
+        walk->slot = walk->slot_end;
+        return;
+    }
+    __u64 shard = 0;
+    if (bpf_probe_read_user(&shard, sizeof(shard),
+                            (void *)(cursor->topic
+                                     + offsetof(struct recorder_topic, shards)
+                                     + slot * sizeof(__u64))) || !shard) {
+        walk->slot++;
+        return;
+    }
+    if (__sync_val_compare_and_swap(&cursor->busy[slot], 0, 1) != 0) {
+        count(BATCH_COUNT_BUSY, 1);     /* another CPU harvests it now */
+        walk->slot++;
+        return;
+    }
+    struct { __u64 head; __u32 mask; __u32 keep; } header = {};
+    if (bpf_probe_read_user(&header, sizeof(header), (void *)shard)) {
+        __sync_lock_test_and_set(&cursor->busy[slot], 0);
+        walk->slot++;
+        return;
+    }
+    __u64 next = cursor->next[slot];
+    __u64 capacity = (__u64)header.mask + 1;
+    if (header.head > next + capacity) {     /* wrapped past the cursor */
+        lose(cursor, header.head - capacity - next, 0);
+        next = header.head - capacity;
+    }
+    walk->shard = shard;
+    walk->head = header.head;
+    walk->mask = header.mask;
+    walk->next = next;
+    walk->open = 1;
+}
+
+/* Notes up to BATCH_CHUNK_STRINGS %s arguments of the chunk's entries
+ * [skip, used), for send_strings in the next step. Counts and bounds go
+ * through memory: registers would carry what each comparison taught the
+ * verifier, and it would follow every combination (a ring reservation in
+ * this loop, or a register count, costs it ~100,000 instructions). */
+static __always_inline void note_strings(struct walk *walk,
+                                         struct batch_chunk *chunk,
+                                         __u32 skip, __u32 used)
+{
+    walk->strings = 0;
+    walk->string_skip = skip;
+    walk->string_used = used;
+    walk->string_topic = chunk->topic_id;
+    walk->string_first = chunk->first;
+    walk->string_shard = chunk->shard;
+    for (__u32 i = 0; i < BATCH_CHUNK; i++) {
+        struct recorder_entry *entry = &chunk->entries[i];
+        __u32 types = entry->arg_types;
+        __u32 nargs = entry->nargs;
+        if (nargs > RECORDER_MAX_ARGS)
+            nargs = RECORDER_MAX_ARGS;
+        __u32 mask = types & ~(types << 1) & 0xaaaaaau & ((1u << (2 * nargs)) - 1);
+        if (i >= *(volatile __u32 *)&walk->string_used
+            || i < *(volatile __u32 *)&walk->string_skip)
+            mask = 0;
+        walk->string_mask = mask;
+        if (!mask)
+            continue;
+#pragma unroll
+        for (__u32 arg = 0; arg < RECORDER_MAX_ARGS; arg++) {
+            if (!(*(volatile __u32 *)&walk->string_mask & (2u << (2 * arg))))
+                continue;
+            __u32 noted = *(volatile __u32 *)&walk->strings;
+            if (noted >= BATCH_CHUNK_STRINGS)
+                break;
+            walk->string_entry[noted & (BATCH_CHUNK_STRINGS - 1)] = i;
+            walk->string_arg[noted & (BATCH_CHUNK_STRINGS - 1)] = arg;
+            walk->string_address[noted & (BATCH_CHUNK_STRINGS - 1)] = entry->args[arg];
+            walk->strings = noted + 1;
+        }
+    }
+}
+
+/* Sends the strings note_strings noted, after their chunk. */
+static __always_inline void send_strings(struct walk *walk, void *ring)
+{
+    for (__u32 s = 0; s < BATCH_CHUNK_STRINGS; s++) {
+        if (s >= *(volatile __u32 *)&walk->strings)
+            break;
+        struct batch_string *out = ring ? bpf_ringbuf_reserve(ring, sizeof(*out), 0) : 0;
+        if (!out) {
+            count(BATCH_COUNT_STRINGS_LOST, 1);
+            continue;
+        }
+        out->kind = BATCH_MSG_STRING;
+        out->pid = walk->tgid;
+        out->topic_id = walk->string_topic;
+        out->shard = walk->string_shard;
+        out->index = walk->string_first + walk->string_entry[s];
+        out->arg = walk->string_arg[s];
+        out->length = bpf_probe_read_user_str(out->text, sizeof(out->text),
+                                              (void *)walk->string_address[s]);
+        bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
+    }
+    walk->strings = 0;
+}
+
+/* Copies the next chunk of the open shard; returns 0 to go on, 1 when the
+ * stream is full (the walk stops: the process's ring holds the rest). */
+static __always_inline int copy_chunk(struct walk *walk, void *ring)
+{
+    struct batch_cursor *cursor = walk_cursor(walk);
+    if (!cursor) {
+        walk->open = 0;
+        walk->slot = walk->slot_end;
+        return 0;
+    }
+    __u64 next = walk->next;
+    if (next >= walk->head) {
+        close_shard(walk, cursor);
+        return 0;
+    }
+    __u64 capacity = (__u64)walk->mask + 1;
+    __u64 wanted = walk->head - next;
+    __u64 contiguous = capacity - (next & walk->mask);  /* up to the ring's end */
+    if (wanted > contiguous)
+        wanted = contiguous;
+    if (wanted > BATCH_CHUNK)
+        wanted = BATCH_CHUNK;
+    struct batch_chunk *out = ring ? bpf_ringbuf_reserve(ring, sizeof(*out), 0) : 0;
+    if (!out) {
+        count(BATCH_COUNT_FULL, 1);
+        if (walk->final) {          /* no later harvest: count them lost */
+            lose(cursor, walk->head - next, 1);
+            walk->next = walk->head;
+            close_shard(walk, cursor);
+            return 0;
+        }
+        close_shard(walk, cursor);
+        return 1;
+    }
+    __u32 size = (__u32)wanted * ENTRY_SIZE;
+    if (size > sizeof(out->entries))
+        size = sizeof(out->entries);
+    __u64 address = walk->shard + SHARD_ENTRIES + (next & walk->mask) * ENTRY_SIZE;
+    if (size == 0 || bpf_probe_read_user(out->entries, size, (void *)address)) {
+        bpf_ringbuf_discard(out, BPF_RB_NO_WAKEUP);
+        if (walk->final) {
+            lose(cursor, wanted, 0);
+            walk->next = next + wanted;
+        } else {
+            close_shard(walk, cursor);    /* a page not readable now: later */
+        }
+        return 0;
+    }
+    /* Entries whose slot was reserved again since the copy (index j is
+     * rewritten once head passes j + capacity) are lost... */
+    __u64 head = walk->head;
+    bpf_probe_read_user(&head, sizeof(head), (void *)walk->shard);
+    __u32 skip = 0;
+    if (head > next + capacity) {
+        __u64 rewritten = head - capacity - next;
+        skip = rewritten > wanted ? (__u32)wanted : (__u32)rewritten;
+    }
+    /* ...the others count up to the first without the sequence expected
+     * in its copy: one still being written. */
+    walk->chunk_wanted = wanted;        /* through memory: see note_strings */
+    walk->chunk_skip = skip;
+    walk->chunk_complete = skip;
+    for (__u32 i = 0; i < BATCH_CHUNK; i++) {
+        if (i >= *(volatile __u32 *)&walk->chunk_wanted)
+            break;
+        if (i < *(volatile __u32 *)&walk->chunk_skip)
+            continue;
+        if (out->entries[i].sequence != next + i + 1)
+            break;
+        walk->chunk_complete = i + 1;
+    }
+    __u32 complete = *(volatile __u32 *)&walk->chunk_complete;
+    lose(cursor, skip, 0);
+    __u32 valid = complete - skip;
+    if (complete < wanted && walk->final)
+        lose(cursor, 1, 0);     /* never to be finished: skip it too */
+    if (valid == 0) {
+        bpf_ringbuf_discard(out, BPF_RB_NO_WAKEUP);
+    } else {
+        out->kind = BATCH_MSG_CHUNK;
+        out->pid = walk->tgid;
+        out->topic_id = walk->topic_id;
+        out->count = complete;
+        out->skip = skip;
+        out->shard = walk->slot;
+        out->reserved = 0;
+        out->first = next;
+        __builtin_memcpy(out->comm, walk->comm, sizeof(out->comm));
+        __u32 zero = 0;
+        __u64 *wake = stream_config.lookup(&zero);
+        __u64 pending = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+        __u64 flags = wake && pending >= *wake ? BPF_RB_FORCE_WAKEUP
+                                               : BPF_RB_NO_WAKEUP;
+        note_strings(walk, out, skip, complete);
+        bpf_ringbuf_submit(out, flags);
+        __sync_fetch_and_add(&cursor->streamed, valid);
+        count(BATCH_COUNT_STREAMED, valid);
+        count(BATCH_COUNT_CHUNKS, 1);
+    }
+    if (complete < wanted) {
+        if (walk->final) {
+            walk->next = next + complete + 1;
+        } else {                /* an entry still being written: next time */
+            walk->next = next + complete;
+            close_shard(walk, cursor);
+        }
+        return 0;
+    }
+    walk->next = next + complete;
+    return 0;
+}
+
+/* Up to BATCH_STEPS steps; returns 1 when the walk is over. */
+static __always_inline int walk_steps(struct walk *walk)
+{
+    __u32 cpu = bpf_get_smp_processor_id();
+    void *ring = stream_rings.lookup(&cpu);
+    for (int step = 0; step < BATCH_STEPS; step++) {
+        if (walk->strings) {
+            send_strings(walk, ring);
+            continue;
+        }
+        if (walk->open) {
+            if (copy_chunk(walk, ring))
+                return 1;
+            continue;
+        }
+        if (walk->slot < walk->slot_end) {
+            open_shard(walk);
+            continue;
+        }
+        walk->topic++;
+        if (walk->topic >= walk->topics || walk->topic >= BATCH_TOPICS)
+            return 1;
+        struct batch_target *target = targets.lookup(&walk->tgid);
+        if (!target)
+            return 1;
+        walk->topic_id = target->ids[walk->topic & (BATCH_TOPICS - 1)];
+        walk->slot = walk->slot_first;
+    }
+    return 0;
+}
+
+#define BATCH_DISCOVER 16        /* topics looked at per harvest */
+
+/* Tells the controller the name of a topic armed here. */
+static __always_inline void announce(__u32 tgid, __u64 address, __u32 id,
+                                     __u32 size, struct batch_name *name)
+{
+    __u32 cpu = bpf_get_smp_processor_id();
+    void *ring = stream_rings.lookup(&cpu);
+    struct batch_topic *out = ring ? bpf_ringbuf_reserve(ring, sizeof(*out), 0) : 0;
+    if (!out)
+        return;
+    out->kind = BATCH_MSG_TOPIC;
+    out->pid = tgid;
+    out->topic_id = id;
+    out->size = size;
+    out->address = address;
+    __builtin_memcpy(out->name, name->name, sizeof(out->name));
+    bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
+}
+
+/* Arms the topics registered since the process was armed (id >= base)
+ * whose names the spec arms: a library loaded later, a Python topic. They
+ * are harvested from their first record. Runs only when the registry's
+ * topic count or the armed names changed since the last look. */
+static __always_inline void discover(__u32 tgid, struct batch_target *target)
+{
+    __u32 zero = 0;
+    __u32 *latest = generation.lookup(&zero);
+    __u32 now = latest ? *latest : 0;
+    struct { __u64 topics; __u32 topic_count; } head = {};
+    if (bpf_probe_read_user(&head, 12, (void *)(target->registry
+                                                + offsetof(struct recorder_registry,
+                                                           topics))))
+        return;
+    if (head.topic_count == target->known && now == target->generation)
+        return;
+    if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
+        return;
+    struct batch_cursor *blank = blank_cursor.lookup(&zero);
+    __u64 topic = head.topics;
+    int complete = 0;
+    for (int i = 0; i < BATCH_DISCOVER; i++) {
+        if (!topic) {
+            complete = 1;
+            break;
+        }
+        struct { __s64 trace; __u32 id; __u32 size; __u64 name; } found = {};
+        if (bpf_probe_read_user(&found, sizeof(found), (void *)topic))
+            break;
+        if (found.id < target->base) {     /* the controller armed those */
+            complete = 1;
+            break;
+        }
+        struct cursor_key key = {.tgid = tgid, .topic_id = found.id};
+        if (!cursors.lookup(&key)) {
+            struct batch_name name = {};
+            bpf_probe_read_user_str(name.name, sizeof(name.name), (void *)found.name);
+            __u32 used = target->topics;
+            if (blank && used < BATCH_TOPICS && armed_names.lookup(&name)) {
+                blank->topic = topic;
+                if (cursors.insert(&key, blank) == 0) {
+                    target->ids[used & (BATCH_TOPICS - 1)] = found.id;
+                    __sync_fetch_and_add(&target->topics, 1);
+                    announce(tgid, topic, found.id, found.size, &name);
+                }
+            }
+        }
+        if (bpf_probe_read_user(&topic, sizeof(topic),
+                                (void *)(topic + offsetof(struct recorder_topic, next))))
+            break;
+    }
+    if (complete) {
+        target->known = head.topic_count;
+        target->generation = now;
+    }
+    __sync_lock_test_and_set(&target->lock, 0);
+}
+
+/* Starts a walk of `tgid`'s armed topics: the shard of this CPU, or every
+ * shard when `all`. Returns 0 if there is nothing to walk. */
+static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
+                                      int final)
+{
+    struct batch_target *target = targets.lookup(&tgid);
+    if (!target)
+        return 0;
+    discover(tgid, target);
+    if (!target->topics)
+        return 0;
+    walk->tgid = tgid;
+    walk->final = final;
+    walk->topic = 0;
+    walk->topics = target->topics;
+    walk->topic_id = target->ids[0];
+    walk->open = 0;
+    walk->calls = 0;
+    walk->strings = 0;
+    if (all) {
+        walk->slot_first = 0;
+        walk->slot_end = BATCH_CPUS;
+    } else {
+        walk->slot_first = bpf_get_smp_processor_id() & (BATCH_CPUS - 1);
+        walk->slot_end = walk->slot_first + 1;
+    }
+    walk->slot = walk->slot_first;
+    bpf_get_current_comm(walk->comm, sizeof(walk->comm));
+    count(BATCH_COUNT_HARVESTS, 1);
+    return 1;
+}
+
+static __always_inline void walk_end(struct walk *walk)
+{
+    if (walk->strings) {
+        __u32 cpu = bpf_get_smp_processor_id();
+        void *ring = stream_rings.lookup(&cpu);
+        send_strings(walk, ring);
+    }
+    if (walk->open) {       /* out of steps and calls: resume next time */
+        struct batch_cursor *cursor = walk_cursor(walk);
+        if (cursor) {
+            if (walk->final) {      /* there is no next time */
+                lose(cursor, walk->head - walk->next, 1);
+                walk->next = walk->head;
+            }
+            close_shard(walk, cursor);
+        }
+    }
+    walk->active = 0;
+}
+
+/* Runs the walk on; tail-calls its continuation until it is over or out
+ * of calls (one per program type: a tail call keeps the type). */
+static __always_inline void walk_on_raw(struct bpf_raw_tracepoint_args *ctx,
+                                        struct walk *walk)
+{
+    if (!walk_steps(walk) && walk->calls < BATCH_CALLS) {
+        walk->calls++;
+        walk_raw.call(ctx, 0);      /* returns only if the call failed */
+    }
+    walk_end(walk);
+}
+
+static __always_inline void walk_on_perf(struct bpf_perf_event_data *ctx,
+                                         struct walk *walk)
+{
+    if (!walk_steps(walk) && walk->calls < BATCH_CALLS) {
+        walk->calls++;
+        walk_perf.call(ctx, 0);
+    }
+    walk_end(walk);
+}
+
+static __always_inline struct walk *claim_walk(void)
+{
+    __u32 zero = 0;
+    struct walk *walk = walks.lookup(&zero);
+    if (!walk || walk->active)
+        return 0;
+    walk->active = 1;
+    return walk;
+}
+
+static __always_inline int harvest_raw(struct bpf_raw_tracepoint_args *ctx,
+                                       __u32 tgid, int all, int final)
+{
+    if (!targets.lookup(&tgid))
+        return 0;
+    struct walk *walk = claim_walk();
+    if (!walk)
+        return 0;
+    if (!walk_start(walk, tgid, all, final)) {
+        walk->active = 0;
+        return 0;
+    }
+    /* The walk itself lives only in the continuations: compiled and
+     * verified twice instead of once per entry point. */
+    walk->calls = 1;
+    walk_raw.call(ctx, 0);
+    walk_end(walk);             /* only if the call failed */
+    return 0;
+}
+
+int walk_raw_more(struct bpf_raw_tracepoint_args *ctx)
+{
+    __u32 zero = 0;
+    struct walk *walk = walks.lookup(&zero);
+    if (walk)
+        walk_on_raw(ctx, walk);
+    return 0;
+}
+
+int walk_perf_more(struct bpf_perf_event_data *ctx)
+{
+    __u32 zero = 0;
+    struct walk *walk = walks.lookup(&zero);
+    if (walk)
+        walk_on_perf(ctx, walk);
+    return 0;
+}
+
+/* The thread leaving the CPU is `current` here (prev): its memory is
+ * readable, and no writer of this CPU's shard runs. */
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+    return harvest_raw(ctx, bpf_get_current_pid_tgid() >> 32, 0, 0);
+}
+
+/* A CPU clock tick (perf event, per CPU): a thread that never leaves its
+ * CPU is harvested here. */
+int batch_tick(struct bpf_perf_event_data *ctx)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!targets.lookup(&tgid))
+        return 0;
+    struct walk *walk = claim_walk();
+    if (!walk)
+        return 0;
+    if (!walk_start(walk, tgid, 0, 0)) {
+        walk->active = 0;
+        return 0;
+    }
+    walk->calls = 1;
+    walk_perf.call(ctx, 0);
+    walk_end(walk);             /* only if the call failed */
+    return 0;
+}
+
+#ifdef BATCH_EXIT_TRACEPOINT
+/* sched_process_exit runs before exit_mm() since Linux 6.16: the exiting
+ * thread's memory is still there. */
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    return harvest_raw(ctx, bpf_get_current_pid_tgid() >> 32, 1, 1);
+}
+#else
+/* Older kernels trace the exit after exit_mm(): harvest at the exit and
+ * exit_group system calls instead (a kill goes through signal_deliver). */
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    long id = (long)ctx->args[1];
+    if (id != 60 && id != 231)          /* exit, exit_group (x86-64) */
+        return 0;
+    return harvest_raw(ctx, bpf_get_current_pid_tgid() >> 32, 1, 1);
+}
+#endif
+
+/* A fatal signal (a fault to its default action) or SIGKILL, delivered in
+ * the dying thread's context: the last harvest. Another signal: a harvest
+ * of every shard, as the process may stop here for long (SIGSTOP). */
+RAW_TRACEPOINT_PROBE(signal_deliver)
+{
+    int sig = (int)ctx->args[0];
+    void *action = (void *)ctx->args[2];       /* struct k_sigaction */
+    int final = sig == SIGKILL;
+    if (!final && sig > 0 && sig < 32 && ((1u << sig) & FATAL_SIGNALS)) {
+        void *handler = (void *)1;
+        bpf_probe_read_kernel(&handler, sizeof(handler), action);
+        final = handler == SIG_DFL;
+    }
+    return harvest_raw(ctx, bpf_get_current_pid_tgid() >> 32, 1, final);
+}
+
+/* A new program: the old rings are gone. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    targets.delete(&tgid);
+    return 0;
+}
