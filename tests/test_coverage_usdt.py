@@ -25,7 +25,9 @@ from timing import scaled
 from recorder_tracer.session.loop import TraceOptions
 from recorder_tracer.session.usdt import UsdtSelector
 
-pytestmark = pytest.mark.bpf
+# coverage runs where the kernel has the 6.16 exit tracepoint; the VM guest's
+# 6.1 does not yet
+pytestmark = [pytest.mark.bpf, pytest.mark.host]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 POSTGRES = PG_BIN / "postgres"

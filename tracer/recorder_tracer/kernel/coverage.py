@@ -118,6 +118,18 @@ def exit_tracepoint() -> bool:
     return False
 
 
+def kernel_follows_forks() -> bool:
+    """True when a trace session follows forks and execs in the kernel
+    (this module) rather than per PID through the proc connector.
+
+    Only where the copy at exit can run in sched_process_exit before
+    exit_mm() (Linux 6.16+, exit_tracepoint()): the path is untested on
+    older kernels (the CI's VM guest runs 6.1). RECORDER_COVERAGE=1 turns
+    it on there anyway, to try it.
+    """
+    return os.environ.get("RECORDER_COVERAGE") == "1" or exit_tracepoint()
+
+
 def cgroup_fd(path: str) -> int:
     """An fd of the cgroup v2 directory of `path` (see procs.cgroup_path);
     a one-line error if it is not one."""

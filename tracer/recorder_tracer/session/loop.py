@@ -186,13 +186,15 @@ class TraceSession(SessionResults):
                        len(self.options.pids), bool(self.options.command),
                        self.tracker.following)
         self.tracker.start()
-        self._start_coverage()
-        if self.usdt is not None and self.tracker.following:
-            # Foreign probes by file, for every process: a server's forked
-            # workers fire them before any per-PID attach could be made.
-            self.usdt.follow_system_wide(list(self.options.comms),
-                                         self.options.all_processes,
-                                         list(self.options.pids))
+        from recorder_tracer.kernel.coverage import kernel_follows_forks
+        if kernel_follows_forks():
+            self._start_coverage()
+            if self.usdt is not None and self.tracker.following:
+                # Foreign probes by file, for every process: a server's forked
+                # workers fire them before any per-PID attach could be made.
+                self.usdt.follow_system_wide(list(self.options.comms),
+                                             self.options.all_processes,
+                                             list(self.options.pids))
         if self.options.snapshots is not None:
             self._start_snapshots()
         for pid in self.options.pids:
