@@ -177,7 +177,7 @@ def test_jobs_that_live_a_millisecond_are_all_traced(progs) -> None:
 @pytest.fixture
 def cgroup() -> Iterator[Path]:
     """A cgroup of our own in the v2 hierarchy, removed at the end."""
-    from recorder_tracer.target.procs import cgroup2_root
+    from recorder_tracer.target.cgroups import cgroup2_root
     path = Path(cgroup2_root()) / f"recorder-test-{os.getpid()}"
     path.mkdir()
     try:

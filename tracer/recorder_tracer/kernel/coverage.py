@@ -131,9 +131,9 @@ def kernel_follows_forks() -> bool:
 
 
 def cgroup_fd(path: str) -> int:
-    """An fd of the cgroup v2 directory of `path` (see procs.cgroup_path);
+    """An fd of the cgroup v2 directory of `path` (see cgroups.cgroup_path);
     a one-line error if it is not one."""
-    from recorder_tracer.target.procs import cgroup_path
+    from recorder_tracer.target.cgroups import cgroup_path
     full = cgroup_path(path)
     try:
         fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -245,6 +245,11 @@ class SnapshotWatcher:
 
     # -- running --------------------------------------------------------------
 
+    def report_written(self, report: Callable[[str], None]) -> None:
+        """Say which snapshots were written since the last poll."""
+        for path in self.poll(timeout_ms=0):
+            report(f"snapshot written: {path}")
+
     def poll(self, timeout_ms: int = 100) -> list[Path]:
         """Read captures (waiting up to `timeout_ms`), write their files,
         handle process events; returns the files written or rewritten."""
@@ -400,6 +405,18 @@ class SnapshotWatcher:
         if self.pins is not None:       # a clean end: nothing outlives us
             self.pins.clear()
             shutil.rmtree(self._memory_dir, ignore_errors=True)
+
+
+def start_watcher(options: SnapshotOptions, pins: PinDir | None,
+                  report: Callable[[str], None]) -> SnapshotWatcher:
+    """A trace session's watcher, started: its snapshots go beside the
+    session's pins unless `options` name a pin directory."""
+    from dataclasses import replace
+    if options.pin_dir is None and pins is not None:
+        options = replace(options, pin_dir=str(pins.path))
+    watcher = SnapshotWatcher(options, report)
+    watcher.start()
+    return watcher
 
 
 def kernel_offsets() -> list[str]:

@@ -39,11 +39,14 @@ from recorder_tracer.kernel.coverage import (
     Selection,
 )
 from recorder_tracer.selftrace import PROCS
+from recorder_tracer.target import procs
 from recorder_tracer.target.memory import ProcessImage, load_segments
 from recorder_tracer.target.rings import shard_window, topic_shards
 
 if TYPE_CHECKING:
+    from recorder_tracer.decode.reorder import ReorderBuffer
     from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.session.options import TraceOptions
 
 PENDING_HOLD_NS = 2_000_000_000    # hold output back this long at most for
                                    # a process not armed nor copied yet
@@ -342,3 +345,78 @@ def _captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | No
             return bytes(text)[:length - 1].decode("utf-8", "replace")
         return image.string(address, cached=False) if image else None
     return string
+
+
+class CoverageSteps:
+    """A trace session's (session/loop.py) coverage steps: start it, take
+    its records, hold output back for the processes it waits for."""
+
+    options: TraceOptions
+    coverage: SessionCoverage | None
+    reorder: ReorderBuffer
+    report: Callable[[str], None]
+    _lock: threading.RLock
+    _start_ns: int
+    processes: dict[int, Any]
+    exited: dict[int, Any]
+    traced_pids: Callable[[], set[int]]
+    trace_process: Callable[..., bool]
+
+    def _start_coverage(self) -> None:
+        """Follow the selection in the kernel: forks, execs, and copies of
+        what processes recorded before they could be armed."""
+        options = self.options
+        selection = Selection(all_processes=options.all_processes,
+                              comms=list(options.comms),
+                              cgroups=list(options.cgroups),
+                              children=options.children)
+
+        def image_of(pid: int) -> ProcessImage | None:
+            process = self.processes.get(pid) or self.exited.get(pid)
+            return process.image if process is not None else None
+
+        def arm(pid: int, parent: int | None) -> bool:
+            with self._lock:
+                if pid in self.traced_pids():
+                    return True
+                armed = self.trace_process(pid, required=False)
+            if armed:
+                forked = f", forked by {parent}" if parent else ""
+                self.report(f"tracing new process {pid} ({_comm(pid)})"
+                            f"{forked}")
+            return armed
+
+        self.coverage = SessionCoverage(
+            selection, options.spec, arm, image_of, self.report,
+            # The batch harvest reads the rings by sequence itself: there,
+            # coverage follows forks and execs only (no backfill, no copy).
+            records=options.topics and not options.metrics_only
+            and not options.batch,
+            start_ns=self._start_ns)
+        self.coverage.start()
+
+    def _poll_coverage(self, sync: bool = False) -> None:
+        """Take the records backfilled and copied; with `sync`, read what
+        the kernel reported up to now first."""
+        if self.coverage is None:
+            return
+        if sync:
+            self.coverage.sync()
+        for record in self.coverage.poll():
+            self.reorder.push(record)
+
+    def _flush(self, until: int | None = None) -> None:
+        """Deliver what the reordering window lets go (or up to `until`),
+        but nothing newer than a process still to be armed or copied could
+        bring."""
+        hold = self.coverage.hold_until() if self.coverage is not None else None
+        if until is None:
+            until = time.monotonic_ns() - self.reorder.window_ns
+        self.reorder.flush(until_ns=until if hold is None else min(until, hold))
+
+
+def _comm(pid: int) -> str:
+    try:
+        return procs.process_comm(pid)
+    except (procs.ProcessGone, OSError):
+        return "?"

@@ -44,16 +44,15 @@ from recorder_tracer.kernel.harvest import Harvester, SiteKey, SiteStats
 from recorder_tracer.kernel.stream import CpuSummary, Stream
 from recorder_tracer.selftrace import PROCS, SESSION
 from recorder_tracer.session.armed import ArmedProcess
+from recorder_tracer.session.coverage import CoverageSteps, SessionCoverage
 from recorder_tracer.session.options import TraceOptions
 from recorder_tracer.session.results import SessionResults
 from recorder_tracer.session.source import Source
-from recorder_tracer.session.topics import RecorderTopics, process_comm
+from recorder_tracer.session.topics import RecorderTopics
 from recorder_tracer.session.tracker import ProcessTracker
-from recorder_tracer.target.memory import ProcessImage
 
 if TYPE_CHECKING:
     from recorder_tracer.postmortem.snapshot import SnapshotWatcher
-    from recorder_tracer.session.coverage import SessionCoverage
     from recorder_tracer.session.usdt import UsdtSource
 
 __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "monotonic_ns",
@@ -63,7 +62,7 @@ Sink = Callable[[Record], None]
 Reporter = Callable[[str], None]
 
 
-class TraceSession(SessionResults):
+class TraceSession(SessionResults, CoverageSteps):
     """Arms, streams and reorders; the CLI renders what `sink` receives.
 
     `stopping`, when given, is the event that stop() sets (the CLI passes
@@ -189,6 +188,8 @@ class TraceSession(SessionResults):
         from recorder_tracer.kernel.coverage import kernel_follows_forks
         if kernel_follows_forks():
             self._start_coverage()
+            if isinstance(self.recorder, RecorderTopics):
+                self.recorder.coverage = self.coverage
             if self.usdt is not None and self.tracker.following:
                 # Foreign probes by file, for every process: a server's forked
                 # workers fire them before any per-PID attach could be made.
@@ -219,71 +220,11 @@ class TraceSession(SessionResults):
         for source in self.sources:
             source.arm(pid, required=True, started=True)
 
-    def _start_coverage(self) -> None:
-        """Follow the selection in the kernel: forks, execs, and copies of
-        what processes recorded before they could be armed."""
-        from recorder_tracer.kernel.coverage import Selection
-        from recorder_tracer.session.coverage import SessionCoverage
-        options = self.options
-        selection = Selection(all_processes=options.all_processes,
-                              comms=list(options.comms),
-                              cgroups=list(options.cgroups),
-                              children=options.children)
-
-        def image_of(pid: int) -> ProcessImage | None:
-            process = self.processes.get(pid) or self.exited.get(pid)
-            return process.image if process is not None else None
-
-        def arm(pid: int, parent: int | None) -> bool:
-            with self._lock:
-                if pid in self.traced_pids():
-                    return True
-                armed = self.trace_process(pid, required=False)
-            if armed:
-                forked = f", forked by {parent}" if parent else ""
-                self.report(f"tracing new process {pid} ({process_comm(pid)})"
-                            f"{forked}")
-            return armed
-
-        self.coverage = SessionCoverage(
-            selection, options.spec, arm, image_of, self.report,
-            # The batch harvest reads the rings by sequence itself: there,
-            # coverage follows forks and execs only (no backfill, no copy).
-            records=options.topics and not options.metrics_only
-            and not options.batch,
-            start_ns=self._start_ns)
-        if isinstance(self.recorder, RecorderTopics):
-            self.recorder.coverage = self.coverage
-        self.coverage.start()
-
-    def _poll_coverage(self, sync: bool = False) -> None:
-        """Take the records backfilled and copied; with `sync`, read what
-        the kernel reported up to now first."""
-        if self.coverage is None:
-            return
-        if sync:
-            self.coverage.sync()
-        for record in self.coverage.poll():
-            self.reorder.push(record)
-
-    def _flush(self) -> None:
-        """Deliver what the reordering window lets go, but nothing newer
-        than a process still to be armed or copied could bring."""
-        hold = self.coverage.hold_until() if self.coverage is not None else None
-        until = monotonic_ns() - self.reorder.window_ns
-        self.reorder.flush(until_ns=until if hold is None else min(until, hold))
-
     def _start_snapshots(self) -> None:
-        from dataclasses import replace
-
-        from recorder_tracer.postmortem.snapshot import SnapshotWatcher
-        options = self.options.snapshots
-        assert options is not None
+        from recorder_tracer.postmortem.snapshot import start_watcher
+        assert self.options.snapshots is not None
         pins = self.recorder.pins if self.recorder is not None else None
-        if options.pin_dir is None and pins is not None:
-            options = replace(options, pin_dir=str(pins.path))
-        self.snapshots = SnapshotWatcher(options, self.report)
-        self.snapshots.start()
+        self.snapshots = start_watcher(self.options.snapshots, pins, self.report)
 
     def stop(self) -> None:
         """Make run() return, and poll() return False."""
@@ -320,8 +261,7 @@ class TraceSession(SessionResults):
 
     def _report_snapshots(self) -> None:
         if self.snapshots is not None:
-            for path in self.snapshots.poll(timeout_ms=0):
-                self.report(f"snapshot written: {path}")
+            self.snapshots.report_written(self.report)
 
     def _while_flooded(self) -> None:
         """Every few thousand records, inside a stream's callback: poll()
@@ -374,8 +314,7 @@ class TraceSession(SessionResults):
             for stream in self._streams():
                 stream.drain()
             self._poll_coverage()
-            hold = self.coverage.hold_until() if self.coverage is not None else None
-            self.reorder.flush(until_ns=when_ns if hold is None else min(when_ns, hold))
+            self._flush(when_ns)
             self.report(f"process {pid} ({comm}) exited: {status}")
             PROCS.record("pid %d (%s) exited: %s", pid, comm, status)
             for source in self.sources:
@@ -420,15 +359,6 @@ class TraceSession(SessionResults):
         self._record_totals()
         if failures:
             raise failures[0]
-
-    def _keep_totals(self) -> None:
-        self._final_summaries = self._sum_streams()
-        self._final_stats = self.site_stats()
-
-    def _record_totals(self) -> None:
-        for cpu in self.summaries():
-            SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
-                           cpu.cpu, cpu.produced, cpu.received, cpu.lost)
 
 
 @contextlib.contextmanager

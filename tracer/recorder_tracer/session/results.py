@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from recorder_tracer.decode.record import Record
 from recorder_tracer.kernel.harvest import SiteKey, SiteStats
 from recorder_tracer.kernel.stream import CpuSummary, Stream
+from recorder_tracer.selftrace import SESSION
 
 if TYPE_CHECKING:
     import threading
@@ -85,3 +86,12 @@ class SessionResults:
     def unknown_sites(self) -> int:
         """USDT hits whose site was not known yet (their arguments lost)."""
         return self.usdt.unknown_sites if self.usdt is not None else 0
+
+    def _keep_totals(self) -> None:
+        self._final_summaries = self._sum_streams()
+        self._final_stats = self.site_stats()
+
+    def _record_totals(self) -> None:
+        for cpu in self.summaries():
+            SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
+                           cpu.cpu, cpu.produced, cpu.received, cpu.lost)

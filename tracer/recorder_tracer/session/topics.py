@@ -154,7 +154,7 @@ class RecorderTopics:
         seen = {(a.path, a.file_offset) for a in process.attachments}
         for probe in probes:
             # The run-time topics' shared probe: attached whenever present,
-            # its topics are armed one by one (_arm_runtime_topics).
+            # its topics are armed one by one (arm_runtime_topics).
             if (probe.name != DYNAMIC_PROBE
                     and not self.options.spec.armed(probe.name)):
                 continue
@@ -163,7 +163,7 @@ class RecorderTopics:
                 continue
             seen.add(site)
             if probe.name != DYNAMIC_PROBE:
-                self._choose_value(process, probe, probe.name, None)
+                choose_value(self, process, probe, probe.name, None)
             try:
                 attachment = arm.attach_uprobe(
                     self.harvester.program_fd_for(probe.name, probe.arguments),
@@ -180,52 +180,7 @@ class RecorderTopics:
                     self.report(f"process {process.pid} exited while arming")
                     return
                 raise TracerError(str(error)) from None
-        self._arm_runtime_topics(process)
-
-    def _arm_runtime_topics(self, process: ArmedProcess) -> None:
-        """Set the armed flag of the process's run-time topics that the spec
-        selects (new ones too: called again by the periodic rescan)."""
-        if DYNAMIC_PROBE not in process.armed_topics:
-            return
-        static = {probe.name for probe in process.probes}
-        try:
-            topics = process.image.topics()
-        except OSError:
-            return
-        if process.memory is None:
-            process.memory = open_memory(process.pid)
-            if process.memory is None:
-                return
-        for topic in runtime_topics(topics, static):
-            process.topics[topic.id] = topic
-            if topic.name in process.runtime_armed:
-                continue
-            if not self.options.spec.armed(topic.name):
-                continue
-            for probe in process.probes:
-                if probe.name == DYNAMIC_PROBE:
-                    self._choose_value(process, probe, topic.name, topic.id)
-            if set_armed(process.memory, topic, True):
-                process.runtime_armed[topic.name] = topic
-                self.seen_topics.add(topic.name)
-                if self.coverage is not None:
-                    # Made while we trace: its records before now too.
-                    self.coverage.backfill_topic(process, topic)
-                SESSION.record("armed run-time topic %s in pid %d", topic.name,
-                               process.pid)
-
-    def _choose_value(self, process: ArmedProcess, probe: Any, topic: str,
-                      topic_id: int | None) -> None:
-        """Tell the kernel which argument `topic` aggregates at `probe`'s
-        site in `process`, before it can fire there. A site whose file is
-        not mapped yet keeps the default, args[0]."""
-        arg = self.options.value_arg(topic)
-        if arg is None:
-            return
-        bias = load_bias(process.image.mappings, probe.path)
-        if bias is not None:
-            self.harvester.choose_value(process.pid, bias + probe.address,
-                                        topic_id, arg)
+        arm_runtime_topics(self, process)
 
     def _arm_after_exec(self) -> None:
         """Arm the processes that exec'd, once their new program has a
@@ -389,3 +344,51 @@ def take_over(pins: PinDir, previous: list[PinnedLink], ours: set[Path],
     pids = sorted({pinned.pid for pinned in previous})
     report(f"took over from a previous controller: {len(previous)} pinned links "
            f"(pids {', '.join(map(str, pids))}) and its flight ring")
+
+
+# -- run-time topics and aggregated values, for a RecorderTopics (`source`) -
+
+def arm_runtime_topics(source: RecorderTopics, process: ArmedProcess) -> None:
+    """Set the armed flag of the process's run-time topics that the spec
+    selects (new ones too: called again by the periodic rescan)."""
+    if DYNAMIC_PROBE not in process.armed_topics:
+        return
+    static = {probe.name for probe in process.probes}
+    try:
+        topics = process.image.topics()
+    except OSError:
+        return
+    if process.memory is None:
+        process.memory = open_memory(process.pid)
+        if process.memory is None:
+            return
+    for topic in runtime_topics(topics, static):
+        process.topics[topic.id] = topic
+        if topic.name in process.runtime_armed:
+            continue
+        if not source.options.spec.armed(topic.name):
+            continue
+        for probe in process.probes:
+            if probe.name == DYNAMIC_PROBE:
+                choose_value(source, process, probe, topic.name, topic.id)
+        if set_armed(process.memory, topic, True):
+            process.runtime_armed[topic.name] = topic
+            source.seen_topics.add(topic.name)
+            if source.coverage is not None:
+                # Made while we trace: its records before now too.
+                source.coverage.backfill_topic(process, topic)
+            SESSION.record("armed run-time topic %s in pid %d", topic.name,
+                           process.pid)
+
+def choose_value(source: RecorderTopics, process: ArmedProcess, probe: Any,
+                 topic: str, topic_id: int | None) -> None:
+    """Tell the kernel which argument `topic` aggregates at `probe`'s
+    site in `process`, before it can fire there. A site whose file is
+    not mapped yet keeps the default, args[0]."""
+    arg = source.options.value_arg(topic)
+    if arg is None:
+        return
+    bias = load_bias(process.image.mappings, probe.path)
+    if bias is not None:
+        source.harvester.choose_value(process.pid, bias + probe.address,
+                                    topic_id, arg)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from recorder_tracer.decode.reorder import monotonic_ns
 from recorder_tracer.errors import TracerError
 from recorder_tracer.session.options import TraceOptions
-from recorder_tracer.target import procs
+from recorder_tracer.target import cgroups, procs
 
 if TYPE_CHECKING:
     from recorder_tracer.target.procs import ProcEvent
@@ -78,7 +78,7 @@ class ProcessTracker:
         """True if the options pick `pid` (--all, its comm, its cgroup)."""
         if self.options.all_processes:
             return True
-        if self.options.cgroups and procs.in_cgroups(pid, self.options.cgroups):
+        if self.options.cgroups and cgroups.in_cgroups(pid, self.options.cgroups):
             return True
         if not self.options.comms:
             return False

@@ -50,7 +50,7 @@ from recorder_tracer.target.memory import load_bias, read_maps
 from recorder_tracer.target.procs import process_alive, process_comm
 
 if TYPE_CHECKING:
-    from recorder_tracer.session.usdt_wide import WideSites
+    from recorder_tracer.kernel.usdt_wide import WideSites
 
 Emit = Callable[[Record], None]
 Reporter = Callable[[str], None]
@@ -179,8 +179,9 @@ class UsdtSource:
         """Attach the selected probes by file, for every process mapping the
         files, and report the hits of processes named by `comms` or `pids`
         (or all)."""
-        from recorder_tracer.session.usdt_wide import WideSites
-        self.wide = WideSites(self, comms, all_processes)
+        from recorder_tracer.kernel.usdt_wide import WideSites
+        self.wide = WideSites(self, comms, all_processes,
+                              ProbeSite.of, TracedProcess)
         for pid in pids:
             self.wide.allow(pid)
 

@@ -17,22 +17,42 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel import arm
+from recorder_tracer.kernel.usdt import UsdtProgram
 from recorder_tracer.target import notes
 from recorder_tracer.target.procs import ProcessGone, process_comm
 
-if TYPE_CHECKING:
-    from recorder_tracer.session.usdt import ProbeSite, TracedProcess, UsdtSource
+# session/usdt.py's ProbeSite and TracedProcess, passed in: this module is
+# below the session and must not import it back.
+ProbeSite = Any
+TracedProcess = Any
+
+
+class UsdtTracer(Protocol):
+    """What WideSites uses of session/usdt.py's UsdtSource."""
+
+    program: UsdtProgram
+    selectors: list[Any]
+    processes: dict[int, Any]
+
+    def _load_specs(self, process: Any) -> None: ...
 
 
 class WideSites:
-    """The system-wide attachments of one UsdtSource (`tracer`)."""
+    """The system-wide attachments of one UsdtSource (`tracer`); `site_of`
+    makes a ProbeSite (probe, path, selector), `new_process` a
+    TracedProcess (pid, comm)."""
 
-    def __init__(self, tracer: UsdtSource, comms: list[str],
-                 all_processes: bool) -> None:
+    def __init__(self, tracer: UsdtTracer, comms: list[str],
+                 all_processes: bool,
+                 site_of: Callable[[notes.UsdtProbe, str, Any], ProbeSite],
+                 new_process: Callable[[int, str], TracedProcess]) -> None:
+        self.site_of = site_of
+        self.new_process = new_process
         self.tracer = tracer
         self.attachments: list[arm.Attachment] = []
         self.by_address: dict[int, ProbeSite] = {}      # for unseen processes
@@ -58,13 +78,12 @@ class WideSites:
     def attach_file(self, path: str) -> list[ProbeSite]:
         """Attach every selected probe of the file at `path`, for every
         process (once per file); returns its selected sites."""
-        from recorder_tracer.session.usdt import ProbeSite
         try:
             stat = os.stat(path)
             probes = notes.probes_in_file(path)
         except (OSError, notes.NotesError):
             return []
-        sites = [ProbeSite.of(probe, path, selector)
+        sites = [self.site_of(probe, path, selector)
                  for selector in self.tracer.selectors
                  if selector.path is None
                  or os.path.samefile(selector.path, path)
@@ -85,7 +104,6 @@ class WideSites:
     def learn(self, pid: int) -> TracedProcess | None:
         """Note the sites of a process the selection names, attaching the
         files it maps that have selected probes; None if it has none."""
-        from recorder_tracer.session.usdt import TracedProcess
         if pid in self.tracer.processes:
             return self.tracer.processes[pid]
         try:
@@ -93,7 +111,7 @@ class WideSites:
             comm = process_comm(pid)
         except (notes.ProcessGone, ProcessGone, PermissionError, OSError):
             return None
-        process = TracedProcess(pid, comm)
+        process = self.new_process(pid, comm)
         for file in mapped:
             process.sites.extend(self.attach_file(file.open_path))
         if not process.sites:
