@@ -277,7 +277,7 @@ def test_metrics_of_two_guests_on_one_page_with_a_guest_label(
             deliver(forwarder)
             forwarders.append(forwarder)
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                      timeout=10).read().decode()
+                                      timeout=scaled(10)).read().decode()
     finally:
         for forwarder in forwarders:
             forwarder.close()

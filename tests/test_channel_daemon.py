@@ -115,7 +115,9 @@ def test_collector_killed_9_mid_run_every_traced_record_arrives_once(
     daemon = DaemonProcess("-p", str(workload.pid), "--pin-dir", "",
                            "--no-snapshots", "--forward", url, "--trace", "tick",
                            "tick")
-    burst, rounds = 2000, 6
+    # Bursts the stream ring holds even where the tracer drains slowly (the
+    # VM guest under TCG): a burst lost there is not what this tests.
+    burst, rounds = 500, 6
     try:
         collector.wait_line("connected from")
         for round_ in range(rounds):

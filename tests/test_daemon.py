@@ -281,9 +281,9 @@ def test_crash_while_the_daemon_is_dead_is_written_by_the_next_daemon(
         assert not list(directory.glob("*.json"))      # nobody wrote it yet
         second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         files = wait_for(
-            lambda: list(directory.glob(f"*.{victim.pid}.*.snapshot.json")), 30)
+            lambda: list(directory.glob(f"*.{victim.pid}.*.snapshot.json")), scaled(30))
         wait_for(lambda: "recorder_snapshots_written_total 1.0"
-                 in (fetch(url) or ""), 30)
+                 in (fetch(url) or ""), scaled(30))
     finally:
         if victim.process.poll() is None:
             victim.process.kill()

@@ -111,7 +111,9 @@ def test_crash_snapshot_holds_exactly_the_last_records(
                        "kill": signal.SIGKILL}[how]
     assert victim.process.wait(timeout=scaled(10)) == -expected_signal
     snapshot, seconds = wait_for_file(watcher, victim.pid, since)
-    assert seconds < scaled(1.0)
+    # Written promptly: a bound, not the figure (bench/snapshot_bench.py
+    # measures fault to file; under load and TCG it took over a second).
+    assert seconds < scaled(5.0)
     assert victim_messages(snapshot) == [f"victim {i}"
                                          for i in range(RECORDS - N, RECORDS)]
     assert len(snapshot["records"]) == N
