@@ -33,6 +33,7 @@ def test_failed_arm_in_follower_is_reported_and_following_goes_on(
     monkeypatch.setattr(session, "trace_process", fail_once)
     first = Workload(progs)
     second = None
+    records = None
     try:
         wait_for(lambda: any("injected arm failure" in line
                              for line in background.reports))
@@ -44,6 +45,8 @@ def test_failed_arm_in_follower_is_reported_and_following_goes_on(
         records = background.stop()
         assert [r.args for r in records if r.pid == second.pid] == [[0], [1], [2]]
     finally:
+        if records is None:     # failed early: a session left following
+            background.stop()   # --comm would arm the next tests' programs
         first.close()
         if second is not None:
             second.close()

@@ -376,10 +376,17 @@ class CoverageSteps:
             return process.image if process is not None else None
 
         def arm(pid: int, parent: int | None) -> bool:
-            with self._lock:
-                if pid in self.traced_pids():
-                    return True
-                armed = self.trace_process(pid, required=False)
+            try:
+                with self._lock:
+                    if pid in self.traced_pids():
+                        return True
+                    armed = self.trace_process(pid, required=False)
+            except Exception as error:
+                # As the tracker's follower: raised here it would end the
+                # coverage thread, and following with it, silently.
+                self.report(f"recorder: cannot trace new process {pid}: "
+                            f"{error}")
+                return False
             if armed:
                 forked = f", forked by {parent}" if parent else ""
                 self.report(f"tracing new process {pid} ({_comm(pid)})"
