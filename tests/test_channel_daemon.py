@@ -33,6 +33,10 @@ from helpers.tracer import (
 )
 from timing import scaled
 
+# The channel itself is userspace: the VM guest runs its vsock test
+# (test_channel_vm.py), and the daemon's kernel side in test_daemon.py.
+pytestmark = pytest.mark.host
+
 
 @pytest.fixture(autouse=True)
 def _reap_processes() -> Iterator[None]:

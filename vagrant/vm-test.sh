@@ -167,7 +167,8 @@ check_summary() {
     failed="$(count failed)"; errors="$(count 'errors?')"
     expected="$(cd "$repo" && .venv/bin/python -m pytest --collect-only -q \
                 -m "$guest_markers" tests 2>/dev/null \
-                | grep -oE '^[0-9]+ tests? collected' | cut -d' ' -f1 || true)"
+                | grep -oE '^[0-9]+(/[0-9]+)? tests? collected' | cut -d'/' -f1 \
+                | cut -d' ' -f1 || true)"
     say "guest: ${passed:-0} passed, ${skipped:-0} skipped, ${failed:-0} failed," \
         "${errors:-0} errors; this side collects ${expected:-?} tests"
     [ "$rc" -eq 0 ] && [ "${failed:-0}" -eq 0 ] && [ "${errors:-0}" -eq 0 ] \
