@@ -51,21 +51,6 @@ static struct cursor *cursor_of(const struct recorder_shard *shard)
     return &cursors[cursor_count++];
 }
 
-static int copy_entry(const struct recorder_shard *shard, __u64 index,
-                      struct recorder_entry *copy)
-{
-    const struct recorder_entry *slot = &shard->entries[index & shard->mask];
-    __u64 expected = index + 1;
-    if (atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
-                             memory_order_acquire) != expected)
-        return 0;
-    memcpy(copy, slot, sizeof(*copy));
-    atomic_thread_fence(memory_order_acquire);
-    return atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
-                                memory_order_relaxed) == expected
-        && copy->sequence == expected;
-}
-
 static int by_time(const void *a, const void *b)
 {
     const struct pending *left = a, *right = b;
@@ -97,7 +82,7 @@ static void pass(struct pending *batch)
             }
             while (cursor->next < head && count < MAX_PASS_ENTRIES) {
                 batch[count].topic = topic;
-                if (copy_entry(shard, cursor->next, &batch[count].entry))
+                if (recorder_read_entry(shard, cursor->next, &batch[count].entry))
                     count++;
                 else if (cursor->next + shard->keep > head)
                     break;      /* still being written: next pass */

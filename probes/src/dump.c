@@ -29,21 +29,6 @@ static unsigned char dump_selected[RECORDER_MAX_TOPICS];   /* by topic id */
 static regex_t dump_regex;              /* RECORDER_DUMP, compiled once */
 static int dump_pattern_compiled;
 
-/* Copies entry `index` of a shard; 0 if it was overwritten meanwhile. */
-static int read_entry(const struct recorder_shard *shard, __u64 index,
-                      struct recorder_entry *copy)
-{
-    const struct recorder_entry *slot = &shard->entries[index & shard->mask];
-    __u64 expected = index + 1;
-    if (atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
-                             memory_order_acquire) != expected)
-        return 0;
-    memcpy(copy, slot, sizeof(*copy));
-    atomic_thread_fence(memory_order_acquire);
-    return atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
-                                memory_order_relaxed) == expected
-        && copy->sequence == expected;
-}
 
 /* Where this dump's lines go, if not the default line (recorder_sort, the
  * configure hooks); set while `dumping` is held. */
@@ -130,7 +115,7 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
         for (unsigned c = 0; c < count; c++) {
             struct cursor *cursor = &cursors[c];
             while (cursor->next < cursor->end
-                   && !read_entry(cursor->shard, cursor->next, &candidate))
+                   && !recorder_read_entry(cursor->shard, cursor->next, &candidate))
                 cursor->next++;     /* overwritten since we started */
             if (cursor->next == cursor->end)
                 continue;

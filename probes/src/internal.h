@@ -4,8 +4,10 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include <regex.h>
 #include "recorder.h"
 
@@ -91,5 +93,22 @@ void recorder_channels_name(struct recorder_topic *topic, const char *names);
 /* dump.c: recorder_dump_for through `sink` (NULL: the configured one). */
 unsigned recorder_dump_through(const char *pattern,
                                const struct recorder_sink *sink);
+
+/* Copies entry `index` of a shard (the seqlock reader of dumps and the
+ * background dump); 0 if it was overwritten meanwhile. */
+static inline int recorder_read_entry(const struct recorder_shard *shard,
+                                      __u64 index, struct recorder_entry *copy)
+{
+    const struct recorder_entry *slot = &shard->entries[index & shard->mask];
+    __u64 expected = index + 1;
+    if (atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
+                             memory_order_acquire) != expected)
+        return 0;
+    memcpy(copy, slot, sizeof(*copy));
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
+                                memory_order_relaxed) == expected
+        && copy->sequence == expected;
+}
 
 #endif
