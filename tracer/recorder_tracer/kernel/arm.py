@@ -154,6 +154,8 @@ def _bcc_source(program_fd: int) -> tuple[bytes, bytes, int] | None:
     if registered is None:
         return None
     bpf, function = registered
+    if hasattr(bpf, "function_source"):     # kernel/program_cache.CachedBPF
+        return bpf.function_source(function.name)
     lib = sys.modules["bcc"].libbcc.lib
     module, name = bpf.module, function.name
     if not module:

@@ -26,8 +26,7 @@ from typing import Any
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.btf import tracepoint_arguments
 from recorder_tracer.kernel.loader import (
-    BPF_DIR,
-    PROBES_INCLUDE,
+    load_program,
     possible_cpus,
     require_bpf,
 )
@@ -89,13 +88,11 @@ class BatchHarvester:
         self.slots = shard_slots()
         self.tick_ns = tick_ns
         self.exit_tracepoint = exit_traced_before_exit_mm()
-        cflags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}",
-                  f"-DBATCH_CPUS={self.slots}", f"-DBATCH_STRING_MAX={string_max}"]
+        cflags = [f"-DBATCH_CPUS={self.slots}", f"-DBATCH_STRING_MAX={string_max}"]
         if self.exit_tracepoint:
             cflags.append("-DBATCH_EXIT_TRACEPOINT")
+        self.bpf = load_program("batch.c", cflags, "batch")
         try:
-            self.bpf = bcc.BPF(src_file=str(BPF_DIR / "batch.c").encode(),
-                               cflags=cflags)
             raw_more = self.bpf.load_func(b"walk_raw_more", bcc.BPF.RAW_TRACEPOINT)
             perf_more = self.bpf.load_func(b"walk_perf_more", bcc.BPF.PERF_EVENT)
             self.bpf[b"walk_raw"][ctypes.c_int(0)] = ctypes.c_int(raw_more.fd)

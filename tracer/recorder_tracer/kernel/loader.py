@@ -57,15 +57,16 @@ def load_program(source: str, cflags: Sequence[str], what: str,
     """Compile and load kernel/bpf/`source` (a bcc.BPF); `what` names the
     program in the one-line error. `contract`: it includes the probe
     contract's headers (probes/include), which must then be there."""
-    bcc = require_bpf()
+    require_bpf()
     if contract:
         for header in ("entry.h", "registry.h"):
             if not (PROBES_INCLUDE / "recorder" / header).is_file():
                 raise TracerError(f"probe contract header recorder/{header} "
                                   f"missing in {PROBES_INCLUDE}: reinstall recorder")
     flags = [f"-I{PROBES_INCLUDE}", f"-I{BPF_DIR}", *cflags]
+    from recorder_tracer.kernel import program_cache  # imports bcc
     try:
-        return bcc.BPF(src_file=str(BPF_DIR / source).encode(), cflags=flags)
+        return program_cache.load_cached(program_sources(), BPF_DIR / source, flags)
     except Exception as error:
         headers = Path(f"/lib/modules/{os.uname().release}/build")
         if not headers.exists():
@@ -73,6 +74,13 @@ def load_program(source: str, cflags: Sequence[str], what: str,
                               "Debian's linux-headers-$(uname -r) (in a "
                               "checkout: `sudo vagrant/provision.sh`)") from None
         raise TracerError(f"cannot load the BPF {what} program: {error}") from None
+
+
+def program_sources() -> list[Path]:
+    """Every file a program may include from here: what its compiled
+    form depends on besides its flags (kernel/program_cache.py)."""
+    return sorted([*BPF_DIR.glob("*.[ch]"),
+                   *(PROBES_INCLUDE / "recorder").glob("*.h")])
 
 
 def load_function(bpf: Any, name: bytes, kind: str = "KPROBE") -> int:
