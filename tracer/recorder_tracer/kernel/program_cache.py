@@ -56,7 +56,8 @@ MAP_IN_MAP_TYPES = (12, 13)         # BPF_MAP_TYPE_ARRAY_OF_MAPS, HASH_OF_MAPS
 TABLE_CLASSES: dict[int, Any] = {
     1: bcc_table.HashTable, 2: bcc_table.Array, 3: bcc_table.ProgArray,
     4: bcc_table.PerfEventArray, 5: bcc_table.PerCpuHash,
-    6: bcc_table.PerCpuArray, 9: bcc_table.LruHash,
+    6: bcc_table.PerCpuArray, 8: bcc_table.CgroupArray, 9: bcc_table.LruHash,
+    10: bcc_table.LruPerCpuHash,
     12: bcc_table.MapInMapArray, 13: bcc_table.MapInMapHash,
     27: bcc_table.RingBuf,
 }
@@ -393,7 +394,8 @@ class CachedBPF(bcc.BPF):  # type: ignore[misc]
             leaftype = bcc.BPF._decode_table_type(json.loads(table["leaf_desc"]))
         kind = TABLE_CLASSES[table["type"]]
         arguments: dict[str, Any] = {}
-        if kind in (bcc_table.PerCpuHash, bcc_table.PerCpuArray):
+        if kind in (bcc_table.PerCpuHash, bcc_table.PerCpuArray,
+                    bcc_table.LruPerCpuHash):
             arguments["reducer"] = reducer
         if kind in (bcc_table.PerfEventArray, bcc_table.RingBuf):
             arguments["name"] = name
