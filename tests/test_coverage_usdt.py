@@ -1,6 +1,6 @@
 """Coverage of foreign USDT probes: PostgreSQL's backends, forked per
 connection and never exec'd, counted as bpftrace counts them
-(kernel/usdt_wide.py)."""
+(kernel/usdt.py, WideSites)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ from recorder_tracer.target.memory import load_bias, read_maps
 from recorder_tracer.target.procs import process_alive, process_comm
 
 if TYPE_CHECKING:
-    from recorder_tracer.kernel.usdt_wide import WideSites
+    from recorder_tracer.kernel.usdt import WideSites
 
 Emit = Callable[[Record], None]
 Reporter = Callable[[str], None]
@@ -179,7 +179,7 @@ class UsdtSource:
         """Attach the selected probes by file, for every process mapping the
         files, and report the hits of processes named by `comms` or `pids`
         (or all)."""
-        from recorder_tracer.kernel.usdt_wide import WideSites
+        from recorder_tracer.kernel.usdt import WideSites
         self.wide = WideSites(self, comms, all_processes,
                               ProbeSite.of, TracedProcess)
         for pid in pids:
