@@ -83,7 +83,7 @@ def test_a_cached_load_is_the_compiled_program(cache: Path, index: int) -> None:
     compiled = load_program(source, flags, source)
     try:
         assert not isinstance(compiled, CachedBPF)
-        assert len(list(cache.glob("*.json"))) == 1
+        assert len(entries(cache)) == 1
         expected_tags, expected_maps = tags(compiled, functions), described(compiled)
     finally:
         compiled.cleanup()
@@ -101,7 +101,7 @@ def test_a_cached_load_is_the_compiled_program(cache: Path, index: int) -> None:
     other = load_program(source, [*flags, "-DRECORDER_CACHE_TEST=1"], source)
     try:
         assert not isinstance(other, CachedBPF)
-        assert len(list(cache.glob("*.json"))) == 2
+        assert len(entries(cache)) == 2
     finally:
         other.cleanup()
 
@@ -135,8 +135,14 @@ def test_pinned_maps_are_shared_as_bcc_shares_them(cache: Path) -> None:
         pins.rmdir()
 
 
+def entries(cache: Path) -> list[Path]:
+    """The compiled programs kept (not the kernel's BTF answers)."""
+    return [path for path in cache.glob("*.json")
+            if not path.name.startswith("btf-")]
+
+
 def _entry(cache: Path) -> Path:
-    (entry,) = cache.glob("*.json")
+    (entry,) = entries(cache)
     return entry
 
 
@@ -213,3 +219,26 @@ def test_an_entry_that_is_a_symlink_is_not_followed(cache: Path) -> None:
     finally:
         loaded.cleanup()
     assert not entry.is_symlink()       # replaced by the compile's entry
+
+
+def test_kernel_answers_are_kept_per_kernel_and_damage_is_ignored(cache: Path) -> None:
+    """BTF answers (struct offsets, tracepoint arguments) parsed once, then
+    read back; a damaged file is parsed again, never believed."""
+    from recorder_tracer.kernel import btf
+    questions = [("task_struct", "tgid"), ("task_struct", "signal"),
+                 ("mm_struct", "start_code")]
+    btf.member_offset.cache_clear()
+    parsed = [btf._member_offset(*question) for question in questions]
+    assert [btf.member_offset(*question) for question in questions] == parsed
+    (kept,) = cache.glob("btf-*.json")
+    answers = json.loads(kept.read_text())
+    assert answers == {f"member {s}.{m}": offset
+                       for (s, m), offset in zip(questions, parsed, strict=True)}
+    btf.member_offset.cache_clear()
+    assert [btf.member_offset(*question) for question in questions] == parsed
+    for damage in ("{not json", json.dumps({"member task_struct.tgid": "7"}),
+                   json.dumps([1, 2])):
+        kept.write_text(damage)
+        btf.member_offset.cache_clear()
+        assert btf.member_offset("task_struct", "tgid") == parsed[0]
+    btf.member_offset.cache_clear()

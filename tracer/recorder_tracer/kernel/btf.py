@@ -6,6 +6,11 @@ reads `task->signal` through them reads the wrong bytes. The few kernel
 fields kernel/bpf/snapshot.c reads are located here, in
 /sys/kernel/btf/vmlinux, and passed to it as -D offsets.
 
+Parsing the whole BTF takes ~0.15 s here (seconds under emulation) at
+every controller start, for a dozen answers that change only with the
+kernel: answers are kept beside the compiled programs
+(kernel/program_cache.py's directory), per kernel build.
+
 >>> member_offset("task_struct", "tgid") > 0
 True
 """
@@ -13,6 +18,8 @@ True
 from __future__ import annotations
 
 import functools
+import json
+import os
 import struct
 
 from recorder_tracer.errors import TracerError
@@ -81,10 +88,50 @@ def _member(types: list, strings: bytes, type_id: int, member: str) -> int | Non
     return None
 
 
+def _kept_answers_name() -> str:
+    """The answers file of this kernel build (release, version, BTF size)."""
+    uname = os.uname()
+    size = os.stat(VMLINUX).st_size
+    tag = f"{uname.release}-{uname.version}-{size}".encode().hex()[:200]
+    return f"btf-{tag}.json"
+
+
+def _kept(question: str, answer: object = None) -> int | None:
+    """The kept answer to `question`, or keep `answer`; None when there is
+    none or no cache (any failure only means parsing the BTF again)."""
+    from recorder_tracer.kernel import program_cache
+    from recorder_tracer.output.safe_write import write_new_file
+    directory = program_cache.cache_dir()
+    if directory is None:
+        return None
+    try:
+        name = _kept_answers_name()
+        answers = program_cache.read_json(directory, name)
+        answers = answers if isinstance(answers, dict) else {}
+        if answer is None:
+            kept = answers.get(question)
+            return kept if isinstance(kept, int) else None
+        answers[question] = answer
+        write_new_file(directory, name, json.dumps(answers).encode(), sync=False)
+    except (OSError, TracerError, ValueError):
+        pass
+    return None
+
+
 @functools.cache
 def member_offset(struct_name: str, member: str) -> int:
     """Byte offset of `member` in kernel `struct struct_name` (anonymous
     inner structs and unions are searched)."""
+    question = f"member {struct_name}.{member}"
+    kept = _kept(question)
+    if kept is not None:
+        return kept
+    offset = _member_offset(struct_name, member)
+    _kept(question, offset)
+    return offset
+
+
+def _member_offset(struct_name: str, member: str) -> int:
     types, strings = _types()
     offset = _member(types, strings, _find(types, strings, struct_name), member)
     if offset is None:
@@ -100,6 +147,16 @@ def tracepoint_arguments(tracepoint: str) -> int:
     """How many arguments the kernel passes to raw tracepoint `tracepoint`
     (its `btf_trace_<name>` prototype, less the context pointer): tells
     kernels apart where a tracepoint changed place and arguments."""
+    question = f"tracepoint {tracepoint}"
+    kept = _kept(question)
+    if kept is not None:
+        return kept
+    count = _tracepoint_arguments(tracepoint)
+    _kept(question, count)
+    return count
+
+
+def _tracepoint_arguments(tracepoint: str) -> int:
     types, strings = _types()
     wanted = f"btf_trace_{tracepoint}"
     for kind, _vlen, target, _blob, _flag, name_off in types:

@@ -141,16 +141,16 @@ def cache_key(main_source: Path, sources: Sequence[Path],
     return digest.hexdigest()[:32]
 
 
-def read_entry(directory: Path, key: str) -> dict[str, Any] | None:
-    """The stored entry `key`, or None: missing, not ours, too large, or
-    not what store_entry writes."""
+def read_json(directory: Path, name: str) -> Any:
+    """The JSON file `name` of the cache directory; None if missing, not
+    ours, not a regular file or too large. ValueError if it does not parse."""
     try:
         folder = private_dir(directory)
     except Exception as error:     # a directory we may not use: compile
         ARM.record("bpf cache %s unusable: %s", str(directory), str(error))
         return None
     try:
-        fd = os.open(f"{key}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
                      | os.O_NONBLOCK, dir_fd=folder)
     except OSError:
         return None
@@ -162,12 +162,21 @@ def read_entry(directory: Path, key: str) -> dict[str, Any] | None:
                 or info.st_size > ENTRY_MAX_BYTES):
             return None
         with os.fdopen(fd, "rb", closefd=False) as file:
-            entry = json.loads(file.read(ENTRY_MAX_BYTES + 1))
-        return entry if _well_formed(entry, key) else None
-    except (OSError, ValueError, RecursionError):
-        return None
+            return json.loads(file.read(ENTRY_MAX_BYTES + 1))
+    except RecursionError:
+        raise ValueError("nested too deep") from None
     finally:
         os.close(fd)
+
+
+def read_entry(directory: Path, key: str) -> dict[str, Any] | None:
+    """The stored entry `key`, or None: missing, not ours, too large, or
+    not what store_entry writes."""
+    try:
+        entry = read_json(directory, f"{key}.json")
+    except (OSError, ValueError):
+        return None
+    return entry if _well_formed(entry, key) else None
 
 
 def _well_formed(entry: Any, key: str) -> bool:
