@@ -67,8 +67,9 @@ $(SETUP_STAMP): vagrant/provision.sh pyproject.toml setup.py pyapi/recorder/_cor
 # inside the test VM (vm: vsock) or check what it sent (vm_host); the VM guest
 # runs those that face the kernel (vagrant/vm-test.sh says which).
 TEST_MARKERS ?= not vm and not vm_host
+TEST_PATHS ?= tests
 test: setup all
-	$(PYTHON) -m pytest tests -m '$(TEST_MARKERS)'
+	$(PYTHON) -m pytest $(TEST_PATHS) -m '$(TEST_MARKERS)'
 
 # The hostile-input fuzzers of tests/test_hostile_fuzz.py, long (make test
 # runs them with a few dozen examples each).

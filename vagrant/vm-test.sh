@@ -12,7 +12,10 @@
 # Env: RECORDER_VM_CACHE (default /var/cache/recorder/vm), RECORDER_VM_CPUS,
 #      RECORDER_VM_MEMORY, RECORDER_VM_DRIVER (default qemu: TCG, since this
 #      machine's /dev/kvm cannot run a stock guest kernel),
-#      RECORDER_VM_TIME_SCALE (the tests' time bounds factor: 4 under TCG).
+#      RECORDER_VM_TIME_SCALE (the tests' time bounds factor: 4 under TCG),
+#      RECORDER_VM_TESTS (pytest paths or node ids; default: tests) and
+#      RECORDER_VM_MARKERS (default: the guest's, below) to run a part of the
+#      suite in the guest, e.g. a host-only test on the guest's older kernel.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +27,8 @@ say() { printf 'vm-test: %s\n' "$*" >&2; }
 # (packaging: wheels, venvs); `make test` here runs them all.
 # The guest also runs the vsock test (`vm`: the guest kernel's vsock_loopback);
 # the guest-to-host channel pair (vm_host) is not wired here yet.
-guest_markers="((bpf or guest) and not host or vm) and not vm_host"
+guest_markers="${RECORDER_VM_MARKERS:-((bpf or guest) and not host or vm) and not vm_host}"
+guest_tests="${RECORDER_VM_TESTS:-tests}"
 die() { say "$*"; exit 1; }
 
 # Step timings, reported at the end.
@@ -118,7 +122,7 @@ EOF
         begin "sudo make test in the guest"
         vagrant ssh -c "cd /vagrant && sudo modprobe vsock_loopback && sudo env CI=true RECORDER_IN_VM=1 PYTEST_ADDOPTS='-rsfE --durations=40' \
             RECORDER_TEST_TIME_SCALE=$RECORDER_VM_TIME_SCALE \
-            make test TEST_MARKERS='$guest_markers'" \
+            make test TEST_MARKERS='$guest_markers' TEST_PATHS='$guest_tests'" \
             >>"$guest_log" 2>&1 || guest_rc=$?
         took "make test (guest)"
     fi
@@ -166,7 +170,7 @@ check_summary() {
     passed="$(count passed)"; skipped="$(count skipped)"
     failed="$(count failed)"; errors="$(count 'errors?')"
     expected="$(cd "$repo" && .venv/bin/python -m pytest --collect-only -q \
-                -m "$guest_markers" tests 2>/dev/null \
+                -m "$guest_markers" $guest_tests 2>/dev/null \
                 | grep -oE '^[0-9]+(/[0-9]+)? tests? collected' | cut -d'/' -f1 \
                 | cut -d' ' -f1 || true)"
     say "guest: ${passed:-0} passed, ${skipped:-0} skipped, ${failed:-0} failed," \
