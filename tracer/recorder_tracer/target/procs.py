@@ -1,15 +1,11 @@
 """Processes: who runs, and a follower of EXEC and EXIT from the proc connector.
 
-`ProcessFollower` listens on the kernel's proc connector (netlink,
-CONFIG_PROC_EVENTS) through pyroute2's `ProcEventSocket` and hands each EXEC
-and EXIT to a callback or a queue, so the controller can arm a program that
-starts and forget one that ends.
-
-pyroute2 0.9 runs each socket on an asyncio loop, and its socket, loop and
-message queue are thread-local: the socket is created, bound, read and finally
-closed in the follower's own thread. `stop()` calls `close()` from the caller's
-thread, which is the cross-thread wake-up pyroute2 provides: it queues an
-empty message on the reader's loop, so the blocking `get()` returns `()`.
+`ProcessFollower` listens on the kernel's proc connector (a NETLINK_CONNECTOR
+socket subscribed to CN_IDX_PROC, CONFIG_PROC_EVENTS) and hands each EXEC and
+EXIT to a callback or a queue, so the controller can arm a program that
+starts and forget one that ends. The messages are a few fixed C structs
+(linux/connector.h, linux/cn_proc.h), decoded here with `struct`; the
+follower's thread waits on the socket and on a pipe `stop()` writes to.
 """
 
 from __future__ import annotations
@@ -17,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import signal
 import socket
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
 
 
 class ProcessGone(LookupError):
@@ -207,8 +204,8 @@ class ProcessFollower:
     one, to the queue `events`. Use it as a context manager, or call
     `start()` and `stop()`. Needs root (CAP_NET_ADMIN) on older kernels.
 
-    When the socket's buffer (`receive_buffer` bytes, pyroute2's 1 MiB by
-    default) overflows, the kernel drops events: the follower counts them
+    When the socket's buffer (`receive_buffer` bytes, 1 MiB by default)
+    overflows, the kernel drops events: the follower counts them
     in `lost` and delivers an OVERRUN event saying how many, so the
     consumer can rescan /proc for what it missed.
 
@@ -223,10 +220,9 @@ class ProcessFollower:
         self.lost = 0
         self._sink: EventSink = callback if callback is not None else self.events.put
         self._thread: threading.Thread | None = None
-        self._socket: Any = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._error: BaseException | None = None
 
     def __enter__(self) -> ProcessFollower:
@@ -249,7 +245,7 @@ class ProcessFollower:
         if self._thread is not None:
             raise RuntimeError("ProcessFollower already started")
         self._thread = threading.Thread(
-            target=self._run, name="recorder-procs", daemon=True
+            target=self._run, args=(timeout,), name="recorder-procs", daemon=True
         )
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -263,68 +259,61 @@ class ProcessFollower:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening and join the thread; re-raise a callback's error."""
         self._stopping.set()
-        with self._lock:
-            sock = self._socket
-        if sock is not None:
-            sock.close()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"x")
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
 
-    def _run(self) -> None:
+    def _run(self, timeout: float) -> None:
         try:
-            sock = _subscribe(self.receive_buffer)
+            sock = _subscribe(self.receive_buffer, timeout)
         except BaseException as error:
             self._error = error
             self._ready.set()
             return
-        with self._lock:
-            self._socket = sock
         self._ready.set()
         sequences = _Sequences()
         try:
             while not self._stopping.is_set():
+                ready, _, _ = select.select([sock, self._wake_read], [], [])
+                if self._wake_read in ready:
+                    break
                 try:
-                    messages = sock.get()
-                except Exception:
-                    if self._stopping.is_set():
-                        break   # closed by stop() between two get() calls
-                    raise
-                if not messages:
-                    break       # stop()'s wake-up
-                for message in messages:
+                    data = sock.recv(_RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                for message in _messages(data):
                     lost = sequences.lost(message)
                     if lost:
                         self.lost += lost
                         self._sink(ProcEvent(ProcEventKind.OVERRUN, 0,
-                                             message["timestamp_ns"], lost=lost))
+                                             message.timestamp, lost=lost))
                     event = _decode(message)
                     if event is not None:
                         self._sink(event)
         except BaseException as error:
             self._error = error
         finally:
-            with self._lock:
-                self._socket = None
-            # The second close, in this thread, closes this thread's loop. When
-            # stop()'s close raced a get(), pyroute2 re-raises that get()'s
-            # EBADF here: the socket is closed all the same.
-            with contextlib.suppress(OSError):
-                sock.close()
-            _close_thread_loop(sock)
+            sock.close()
 
 
-def _close_thread_loop(sock: Any) -> None:
-    """Close the asyncio loop pyroute2 made for this thread. Its own close
-    skips it when stop() woke a get() midway, which left an epoll fd and a
-    socket pair behind per follower (seen: 3 fds per trace session)."""
-    local = getattr(getattr(sock, "asyncore", None), "local", None)
-    loop = getattr(local, "event_loop", None)
-    if loop is not None and not loop.is_closed():
-        with contextlib.suppress(Exception):
-            loop.close()
+@dataclass(frozen=True)
+class _Message:
+    """One proc connector message: cn_msg's sequence, then struct
+    proc_event's what, cpu, timestamp and its event's first six u32s."""
+
+    sequence: int
+    what: int
+    cpu: int
+    timestamp: int
+    data: tuple[int, int, int, int, int, int]
 
 
 class _Sequences:
@@ -337,54 +326,84 @@ class _Sequences:
     def __init__(self) -> None:
         self.expected: dict[int, int] = {}
 
-    def lost(self, message: Any) -> int:
-        if message.get("what") in (None, _NONE):
+    def lost(self, message: _Message) -> int:
+        if message.what == _NONE:
             return 0            # the subscription's ack is not numbered
-        cpu, sequence = message["cpu"], message["seq"]
-        expected = self.expected.get(cpu)
-        self.expected[cpu] = (sequence + 1) & 0xFFFFFFFF
+        expected = self.expected.get(message.cpu)
+        self.expected[message.cpu] = (message.sequence + 1) & 0xFFFFFFFF
         if expected is None:
             return 0
-        gap = (sequence - expected) & 0xFFFFFFFF
+        gap = (message.sequence - expected) & 0xFFFFFFFF
         return gap if gap < 1 << 31 else 0
 
 
-# Overflowing netlink sockets report ENOBUFS, which pyroute2 turns into a
-# socket that fails forever; with this option the kernel drops silently and
-# _Sequences counts what was dropped.
+_NETLINK_CONNECTOR = 11
+_CN_IDX_PROC = _CN_VAL_PROC = 1
+_PROC_CN_MCAST_LISTEN = 1
+_NLMSG_DONE = 3
+_RECEIVE_SIZE = 1 << 16
+# nlmsghdr: len, type, flags, seq, pid; cn_msg: idx, val, seq, ack, len, flags
+_NLMSGHDR = struct.Struct("=IHHII")
+_CN_MSG = struct.Struct("=IIIIHH")
+# proc_event: what, cpu, timestamp_ns, then the event (at most 6 u32 read:
+# exit's pid, tgid, exit_code, exit_signal, parent pid, parent tgid).
+_PROC_EVENT = struct.Struct("=IIQ")
+_EVENT_WORDS = 6
+# The kernel drops events silently when the socket's buffer is full, rather
+# than failing the socket with ENOBUFS; _Sequences counts what was dropped.
 _SOL_NETLINK = 270
 _NETLINK_NO_ENOBUFS = 5
 
 
-def _subscribe(receive_buffer: int | None = None) -> Any:
-    """Open a proc connector socket and ask the kernel for events."""
-    from pyroute2 import ProcEventSocket
-    from pyroute2.netlink.connector.cn_proc import ProcEventMarshal, proc_event_base
+def _messages(data: bytes) -> Iterator[_Message]:
+    """The proc events in one datagram (every length bounded by it)."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length = _NLMSGHDR.unpack_from(data, offset)[0]
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            return
+        body = offset + _NLMSGHDR.size
+        if length >= _NLMSGHDR.size + _CN_MSG.size + _PROC_EVENT.size:
+            index, value, sequence = _CN_MSG.unpack_from(data, body)[:3]
+            if (index, value) == (_CN_IDX_PROC, _CN_VAL_PROC):
+                event = body + _CN_MSG.size
+                what, cpu, timestamp = _PROC_EVENT.unpack_from(data, event)
+                words = data[event + _PROC_EVENT.size:offset + length]
+                words = (words + bytes(4 * _EVENT_WORDS))[:4 * _EVENT_WORDS]
+                yield _Message(sequence, what, cpu, timestamp,
+                               struct.unpack(f"={_EVENT_WORDS}I", words))
+        offset += (length + 3) & ~3
 
-    class _Ack(proc_event_base):
-        # pyroute2 decodes PROC_EVENT_NONE without the ack's error field.
-        fields = (*proc_event_base.fields, ("err", "I"))
 
-    class _AckMarshal(ProcEventMarshal):
-        msg_map: ClassVar = {**ProcEventMarshal.msg_map, _NONE: _Ack}
-
-    sock = ProcEventSocket()
+def _subscribe(receive_buffer: int | None, timeout: float) -> socket.socket:
+    """Open a proc connector socket, ask the kernel for events, and wait
+    for its answer (an error there is raised)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                         _NETLINK_CONNECTOR)
     try:
         sock.setsockopt(_SOL_NETLINK, _NETLINK_NO_ENOBUFS, 1)
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.bind()
-        sock.set_marshal(_AckMarshal())
-        replies = sock.control(listen=True)
-        sock.set_marshal(ProcEventMarshal())
-        for reply in replies:
-            error = reply.get("err") if reply.get("what") == _NONE else 0
-            if error:
-                raise OSError(error, f"proc connector: {os.strerror(error)}")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                        receive_buffer if receive_buffer is not None else 1 << 20)
+        sock.bind((0, 1 << (_CN_IDX_PROC - 1)))
+        operation = struct.pack("=I", _PROC_CN_MCAST_LISTEN)
+        header = _CN_MSG.pack(_CN_IDX_PROC, _CN_VAL_PROC, 0, 0, len(operation), 0)
+        size = _NLMSGHDR.size + len(header) + len(operation)
+        sock.send(_NLMSGHDR.pack(size, _NLMSG_DONE, 0, 0, 0) + header + operation)
+        sock.settimeout(timeout)
+        while True:         # events may come before the answer: dropped
+            for message in _messages(sock.recv(_RECEIVE_SIZE)):
+                if message.what == _NONE:
+                    if message.data[0]:
+                        raise OSError(message.data[0], "proc connector: "
+                                      f"{os.strerror(message.data[0])}")
+                    sock.setblocking(False)
+                    return sock
+    except TimeoutError:
+        sock.close()
+        raise TimeoutError("proc connector did not answer") from None
     except BaseException:
         sock.close()
         raise
-    return sock
 
 
 _NONE = 0x00000000
@@ -392,28 +411,24 @@ _EXEC = 0x00000002
 _EXIT = 0x80000000
 
 
-def _decode(message: Any) -> ProcEvent | None:
-    """Turn one pyroute2 proc event into a ProcEvent, or None to skip it."""
-    what = message.get("what")
-    if what == _EXEC:
-        pid = message["process_tgid"]
+def _decode(message: _Message) -> ProcEvent | None:
+    """Turn one proc connector message into a ProcEvent, or None to skip it."""
+    if message.what == _EXEC:
+        pid = message.data[1]           # exec: process_pid, process_tgid
         try:
             comm: str | None = process_comm(pid)
         except ProcessGone:
             comm = None
-        return ProcEvent(ProcEventKind.EXEC, pid, message["timestamp_ns"], comm=comm)
-    if what == _EXIT:
-        # Every thread's exit is reported; the process ends with its leader.
-        if message["process_pid"] != message["process_tgid"]:
+        return ProcEvent(ProcEventKind.EXEC, pid, message.timestamp, comm=comm)
+    if message.what == _EXIT:
+        # exit: process_pid, process_tgid, exit_code, exit_signal, parent
+        # pid, parent tgid. Every thread's exit is reported; the process
+        # ends with its leader.
+        pid, tgid, status, _signal, _parent, parent_tgid = message.data
+        if pid != tgid:
             return None
-        code, killer, core = describe_exit(message["exit_code"])
-        return ProcEvent(
-            ProcEventKind.EXIT,
-            message["process_tgid"],
-            message["timestamp_ns"],
-            exit_code=code,
-            signal=killer,
-            core_dumped=core,
-            parent_pid=message["parent_tgid"],
-        )
+        code, killer, core = describe_exit(status)
+        return ProcEvent(ProcEventKind.EXIT, tgid, message.timestamp,
+                         exit_code=code, signal=killer, core_dumped=core,
+                         parent_pid=parent_tgid)
     return None
