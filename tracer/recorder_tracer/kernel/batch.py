@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder_tracer.errors import TracerError
-from recorder_tracer.kernel.btf import tracepoint_arguments
+from recorder_tracer.kernel.coverage import exit_tracepoint
 from recorder_tracer.kernel.loader import (
     load_program,
     possible_cpus,
@@ -68,16 +68,6 @@ def shard_slots() -> int:
     return 1 << (cpus - 1).bit_length()
 
 
-def exit_traced_before_exit_mm() -> bool:
-    """True when `sched_process_exit` fires while the exiting thread still
-    has its memory: since Linux 6.16 it runs before exit_mm() and carries
-    `group_dead` (a second argument) - the kernel's BTF tells which."""
-    try:
-        return tracepoint_arguments("sched_process_exit") >= 2
-    except TracerError:
-        return False
-
-
 class BatchHarvester:
     """The loaded batch program: arms processes, reads its counts."""
 
@@ -87,7 +77,7 @@ class BatchHarvester:
             raise TracerError("string size must be a positive multiple of 8")
         self.slots = shard_slots()
         self.tick_ns = tick_ns
-        self.exit_tracepoint = exit_traced_before_exit_mm()
+        self.exit_tracepoint = exit_tracepoint()
         cflags = [f"-DBATCH_CPUS={self.slots}", f"-DBATCH_STRING_MAX={string_max}"]
         if self.exit_tracepoint:
             cflags.append("-DBATCH_EXIT_TRACEPOINT")

@@ -36,7 +36,6 @@ WATCH_PENDING, WATCH_ARMED, WATCH_NO_CORE = 0, 1, 2     # coverage.h
 COUNTER_NAMES = ("forks", "execs", "copies", "no_registry", "lost",
                  "messages_lost")
 MAX_CGROUPS = 8
-BTF_PTR, BTF_TYPEDEF, BTF_FUNC_PROTO = 2, 8, 13
 
 
 @dataclass
@@ -101,21 +100,12 @@ def kernel_offsets() -> list[str]:
 
 def exit_tracepoint() -> bool:
     """True where sched_process_exit runs before exit_mm() (Linux 6.16,
-    which also gave it its `group_dead` argument): the ending process's
-    memory is still there. Elsewhere the copy runs at exit_group()."""
+    which also gave it its `group_dead` argument, a second one): the ending
+    process's memory is still there. Elsewhere the copy runs at exit_group()."""
     try:
-        types, strings = btf._types()
+        return btf.tracepoint_arguments("sched_process_exit") >= 2
     except TracerError:
         return False
-    wanted = "btf_trace_sched_process_exit"
-    for kind, _vlen, target, _blob, _flag, name_off in types:
-        if kind == BTF_TYPEDEF and btf._name(strings, name_off) == wanted:
-            pointer = types[target]         # typedef -> pointer -> prototype
-            prototype = types[pointer[2]] if pointer[0] == BTF_PTR else None
-            # (void *, struct task_struct *, bool group_dead)
-            return prototype is not None and prototype[0] == BTF_FUNC_PROTO \
-                and prototype[1] >= 3
-    return False
 
 
 def kernel_follows_forks() -> bool:
