@@ -15,7 +15,9 @@
 #      RECORDER_VM_TIME_SCALE (the tests' time bounds factor: 4 under TCG),
 #      RECORDER_VM_TESTS (pytest paths or node ids; default: tests) and
 #      RECORDER_VM_MARKERS (default: the guest's, below) to run a part of the
-#      suite in the guest, e.g. a host-only test on the guest's older kernel.
+#      suite in the guest, e.g. a host-only test on the guest's older kernel;
+#      RECORDER_VM_GUEST_ENV: NAME=VALUE words added to the guest suite's
+#      environment (e.g. RECORDER_COVERAGE=1).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -120,7 +122,7 @@ EOF
     took "make setup all (guest)"
     if [ "$guest_rc" -eq 0 ]; then
         begin "sudo make test in the guest"
-        vagrant ssh -c "cd /vagrant && sudo modprobe vsock_loopback && sudo env CI=true RECORDER_IN_VM=1 PYTEST_ADDOPTS='-rsfE --durations=40' \
+        vagrant ssh -c "cd /vagrant && sudo modprobe vsock_loopback && sudo env CI=true RECORDER_IN_VM=1 ${RECORDER_VM_GUEST_ENV:-} PYTEST_ADDOPTS='-rsfE --durations=40' \
             RECORDER_TEST_TIME_SCALE=$RECORDER_VM_TIME_SCALE \
             make test TEST_MARKERS='$guest_markers' TEST_PATHS='$guest_tests'" \
             >>"$guest_log" 2>&1 || guest_rc=$?
