@@ -98,7 +98,7 @@ def test_daemon_forwards_over_vsock_loopback(progs: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.vm
-@pytest.mark.vm_host    # with test_channel_vm_host.py: not wired in vm-test yet
+@pytest.mark.vm_host    # with test_channel_vm_host.py, which vm-test runs here after
 @pytest.mark.bpf
 def test_daemon_forwards_to_the_host_collector(progs: Path, tmp_path: Path) -> None:
     """The guest's half of the guest-to-host test: vm-test runs `recorder

@@ -27,9 +27,11 @@ say() { printf 'vm-test: %s\n' "$*" >&2; }
 # The guest runs the tests that face the kernel: BPF (arming, harvest, capture,
 # links, namespaces) and those marked `guest`, less those marked `host`
 # (packaging: wheels, venvs); `make test` here runs them all.
-# The guest also runs the vsock test (`vm`: the guest kernel's vsock_loopback);
-# the guest-to-host channel pair (vm_host) is not wired here yet.
-guest_markers="${RECORDER_VM_MARKERS:-((bpf or guest) and not host or vm) and not vm_host}"
+# The guest also runs the channel's tests (`vm`): over vsock_loopback, and to
+# this side's `recorder collect` on the VM's network, whose folder this side's
+# half (tests/test_channel_vm_host.py, `vm_host`) then checks.
+guest_markers="${RECORDER_VM_MARKERS:-((bpf or guest) and not host) or vm}"
+channel_port=7070
 guest_tests="${RECORDER_VM_TESTS:-tests}"
 die() { say "$*"; exit 1; }
 
@@ -44,6 +46,7 @@ took() { timings+=("$(printf '%-24s %5d s' "$1" $((SECONDS - step_start)))"); }
 # Globals, not locals: the EXIT trap reads them after inside() has unwound.
 run=""
 libvirtd_pid=""
+collector_pid=""
 inside() {
     run="$1"
     local box_name="$2"
@@ -56,6 +59,10 @@ inside() {
             (cd "$here" && vagrant destroy -f) >"$run/destroy.log" 2>&1 \
                 || { say "vagrant destroy failed:"; tail -5 "$run/destroy.log" >&2; }
             took "vagrant destroy"
+        fi
+        if [ -n "$collector_pid" ]; then
+            kill "$collector_pid" 2>/dev/null || true
+            wait "$collector_pid" 2>/dev/null || true
         fi
         if [ -n "$libvirtd_pid" ]; then
             kill "$libvirtd_pid" 2>/dev/null || true
@@ -113,6 +120,18 @@ EOF
     took "vagrant up"
     say "guest kernel: $(vagrant ssh -c 'uname -r' 2>/dev/null | tr -d '\r')"
 
+    # The host's collector, on this side of the VM's network (the guest's
+    # default gateway), for the guest's channel test.
+    local gateway forward_url
+    gateway="$(vagrant ssh -c "ip -4 route show default" 2>/dev/null \
+               | awk '{print $3; exit}' | tr -d '\r')"
+    [ -n "$gateway" ] || die "the guest has no default route"
+    forward_url="tcp://$gateway:$channel_port"
+    "$repo/.venv/bin/recorder" collect --listen "$forward_url" --out "$run/channel" \
+        >"$run/collect.log" 2>&1 &
+    collector_pid=$!
+    say "collector on $forward_url"
+
     # Setup (provision.sh, the C build) and the suite timed apart; the suite
     # as CI runs it: CI=true makes a skipped BPF test a failure. Emulation is
     # slower: time bounds in tests are scaled by RECORDER_TEST_TIME_SCALE.
@@ -122,7 +141,7 @@ EOF
     took "make setup all (guest)"
     if [ "$guest_rc" -eq 0 ]; then
         begin "sudo make test in the guest"
-        vagrant ssh -c "cd /vagrant && sudo modprobe vsock_loopback && sudo env CI=true RECORDER_IN_VM=1 ${RECORDER_VM_GUEST_ENV:-} PYTEST_ADDOPTS='-rsfE --durations=40' \
+        vagrant ssh -c "cd /vagrant && sudo modprobe vsock_loopback && sudo env CI=true RECORDER_IN_VM=1 RECORDER_VM_FORWARD_URL=$forward_url ${RECORDER_VM_GUEST_ENV:-} PYTEST_ADDOPTS='-rsfE --durations=40' \
             RECORDER_TEST_TIME_SCALE=$RECORDER_VM_TIME_SCALE \
             make test TEST_MARKERS='$guest_markers' TEST_PATHS='$guest_tests'" \
             >>"$guest_log" 2>&1 || guest_rc=$?
@@ -130,6 +149,25 @@ EOF
     fi
     tr -d '\r' <"$guest_log" >"$guest_log.txt"
     echo "$guest_rc" >"$run/guest.rc"
+
+    # This side's half of the channel test, on what the collector wrote.
+    kill -INT "$collector_pid" 2>/dev/null || true
+    wait "$collector_pid" 2>/dev/null || true
+    collector_pid=""
+    if guest_ran_channel_test; then
+        local channel_rc=0
+        (cd "$repo" && RECORDER_VM_CHANNEL_OUT="$run/channel" .venv/bin/python -m pytest \
+            -q -p no:cacheprovider -m vm_host -rsfE tests/test_channel_vm_host.py) \
+            >"$run/channel.log" 2>&1 || channel_rc=$?
+        echo "$channel_rc" >"$run/channel.rc"
+    fi
+}
+
+# Whether the guest's selection holds the guest half of the channel test.
+guest_ran_channel_test() {
+    (cd "$repo" && .venv/bin/python -m pytest --collect-only -q -p no:cacheprovider \
+        -m "$guest_markers" $guest_tests 2>/dev/null) \
+        | grep -q "test_daemon_forwards_to_the_host_collector"
 }
 
 # ---------------------------------------------------------------- outside --
@@ -245,6 +283,15 @@ main() {
         tail -60 "$run/guest.log.txt"
         echo "------------------------------------------------------------------------"
         check_summary "$run/guest.log.txt" "$(cat "$run/guest.rc")" || ok=1
+        if [ -f "$run/channel.rc" ]; then
+            say "the host's half of the channel test:"
+            tail -5 "$run/channel.log" >&2
+            [ "$(cat "$run/channel.rc")" -eq 0 ] || ok=1
+        elif guest_ran_channel_test; then
+            say "the host's half of the channel test did not run"
+            tail -5 "$run/collect.log" >&2 2>/dev/null || true
+            ok=1
+        fi
     else
         ok=1
     fi
