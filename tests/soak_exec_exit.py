@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.prometheus import free_port
 from timing import scaled
 
 PROCESSES = int(os.environ.get("RECORDER_SOAK_PROCESSES", "1000"))
@@ -85,12 +85,6 @@ def settle(pid: int, baseline: tuple[int, int, int], seconds: float) -> tuple:
                 or time.monotonic() > deadline:
             return now
         time.sleep(1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("command", ["trace", "daemon"])

@@ -25,6 +25,7 @@ from helpers.channel import (
     reap_all,
     stream_dirs,
 )
+from helpers.prometheus import free_port
 from helpers.tracer import wait_for
 from timing import scaled
 
@@ -51,12 +52,6 @@ def make_records(count: int, start: int = 0, comm: str = "app") -> list[Record]:
                    topic="tick", where="app.c:7", message=f"tick {i}",
                    args=[i, i * 0.5, "s", None], cpu=1)
             for i in range(start, start + count)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("module", [backlog, batch, clock, lines, store, transport,

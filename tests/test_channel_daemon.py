@@ -17,13 +17,13 @@ from helpers.channel import (
     TICKS,
     CollectorProcess,
     DaemonProcess,
-    free_port,
     latest_sample,
     read_lines,
     reap_all,
     records_of,
     stream_dirs,
 )
+from helpers.prometheus import free_port
 from helpers.tracer import (
     RECORDS,
     Victim,

@@ -11,7 +11,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.prometheus import free_port
 from helpers.tracer import BackgroundSession, wait_for
 from timing import scaled
 
@@ -32,12 +32,6 @@ pytestmark = [pytest.mark.bpf, pytest.mark.host]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 POSTGRES = PG_BIN / "postgres"
 COMMIT = "postgresql:transaction__commit"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Cluster:

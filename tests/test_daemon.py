@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers.prometheus import fetch, free_port, prometheus_scraping, query, stop
 from helpers.tracer import (
     RECORDS,
     Victim,
@@ -33,55 +29,16 @@ from recorder_tracer.session.daemon import DaemonConfig
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def fetch(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=scaled(2)) as response:
-            return response.read().decode()
-    except OSError:
-        return None
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=scaled(15))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def query(port: int, promql: str) -> dict[str, float]:
-    """Prometheus's answer to an instant query, by the `topic` label."""
-    text = fetch(f"http://127.0.0.1:{port}/api/v1/query?"
-                 + urllib.parse.urlencode({"query": promql}))
-    if text is None:
-        return {}
-    answer = json.loads(text)
-    return {item["metric"].get("topic", ""): float(item["value"][1])
-            for item in answer["data"]["result"]}
-
-
 @pytest.mark.bpf
 def test_prometheus_scrapes_the_daemon_and_queries_totals(progs: Path,
                                                           tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("Debian's prometheus is missing: run vagrant/provision.sh")
     first, second = Workload(progs), Workload(progs)
-    daemon_port, prometheus_port = free_port(), free_port()
+    daemon_port = free_port()
     config = tmp_path / "daemon.toml"
     config.write_text(f'listen = "127.0.0.1:{daemon_port}"\n'
                       f'pid = [{first.pid}, {second.pid}]\nspec = ["tick", "tock"]\n')
     daemon = subprocess.Popen([*RECORDER, "daemon", "--config", str(config)],
                               stderr=subprocess.PIPE, text=True)
-    server = None
     try:
         wait_for(lambda: fetch(f"http://127.0.0.1:{daemon_port}/metrics"), scaled(30))
         first.record("tick", 23)
@@ -92,28 +49,18 @@ def test_prometheus_scrapes_the_daemon_and_queries_totals(progs: Path,
                 f'topic="tick"}} 23.0') in exposition
         assert "recorder_value_bucket" in exposition
         assert "recorder_tracer_lost_records_total 0.0" in exposition
-
-        (tmp_path / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 1s\n"
-            "scrape_configs:\n  - job_name: recorder\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{daemon_port}']\n")
-        server = subprocess.Popen(
-            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        totals = wait_for(lambda: query(
-            prometheus_port, "sum by (topic) (recorder_records_total)"), scaled(60))
-        assert totals == {"tick": 52.0, "tock": 7.0}
-        per_pid = query(prometheus_port,
-                        f'recorder_records_total{{pid="{second.pid}"}}')
-        assert per_pid == {"tick": 29.0}
-        # args[0] of tick is 0..22 and 0..28: their sum, exactly.
-        sums = query(prometheus_port, "sum by (topic) (recorder_value_sum)")
-        assert sums == {"tick": 253.0 + 406.0, "tock": 21.0}
+        with prometheus_scraping(daemon_port, tmp_path) as prometheus_port:
+            totals = wait_for(lambda: query(
+                prometheus_port, "sum by (topic) (recorder_records_total)"),
+                scaled(60))
+            assert totals == {"tick": 52.0, "tock": 7.0}
+            per_pid = query(prometheus_port,
+                            f'recorder_records_total{{pid="{second.pid}"}}')
+            assert per_pid == {"tick": 29.0}
+            # args[0] of tick is 0..22 and 0..28: their sum, exactly.
+            sums = query(prometheus_port, "sum by (topic) (recorder_value_sum)")
+            assert sums == {"tick": 253.0 + 406.0, "tock": 21.0}
     finally:
-        if server is not None:
-            stop(server)
         stop(daemon)
         first.close()
         second.close()

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.prometheus import fetch, free_port, prometheus_scraping, query, stop
 from helpers.tracer import Workload, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
-from test_daemon import fetch, free_port, query, stop
 from timing import scaled
 
 from recorder_tracer import __version__
@@ -88,16 +88,12 @@ def test_by_chooses_the_label_sets() -> None:
 @pytest.mark.bpf
 def test_prometheus_scrapes_series_per_comm(progs: Path, tmp_path: Path) -> None:
     """Two processes of one name: one series per topic, summed, no pid."""
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("Debian's prometheus is missing: run vagrant/provision.sh")
     first, second = Workload(progs), Workload(progs)
-    daemon_port, prometheus_port = free_port(), free_port()
+    daemon_port = free_port()
     daemon = subprocess.Popen(
         [*RECORDER, "daemon", "-p", str(first.pid), "-p", str(second.pid), "--by",
          "comm", "--listen", f"127.0.0.1:{daemon_port}", "--no-snapshots", "tick"],
         stderr=subprocess.PIPE, text=True)
-    server = None
     try:
         wait_for(lambda: fetch(f"http://127.0.0.1:{daemon_port}/metrics"), scaled(30))
         first.record("tick", 23)
@@ -106,25 +102,16 @@ def test_prometheus_scrapes_series_per_comm(progs: Path, tmp_path: Path) -> None
         assert 'recorder_records_total{comm="workload_ticks",topic="tick"} 52.0' in live
         checked = promtool_check(live)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-        (tmp_path / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 1s\n"
-            "scrape_configs:\n  - job_name: recorder\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{daemon_port}']\n")
-        server = subprocess.Popen(
-            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        totals = wait_for(lambda: query(prometheus_port, "recorder_records_total"),
-                          scaled(60))
-        assert totals == {"tick": 52.0}
-        assert query(prometheus_port, 'count(recorder_records_total{pid!=""})') == {}
-        info = wait_for(lambda: query(prometheus_port, "recorder_build_info"),
-                        scaled(30))
-        assert info == {"": 1.0}
+        with prometheus_scraping(daemon_port, tmp_path) as prometheus_port:
+            totals = wait_for(lambda: query(prometheus_port, "recorder_records_total"),
+                              scaled(60))
+            assert totals == {"tick": 52.0}
+            assert query(prometheus_port,
+                         'count(recorder_records_total{pid!=""})') == {}
+            info = wait_for(lambda: query(prometheus_port, "recorder_build_info"),
+                            scaled(30))
+            assert info == {"": 1.0}
     finally:
-        if server is not None:
-            stop(server)
         stop(daemon)
         first.close()
         second.close()

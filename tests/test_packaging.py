@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.prometheus import fetch, free_port, stop
 from helpers.tracer import Workload, wait_for
-from test_daemon import fetch, free_port, stop
 from timing import scaled
 
 # Packaging, not the kernel: the host runs these, the VM guest does not.

@@ -7,7 +7,6 @@ import json
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from typing import Any
 
 from timing import scaled
 
+from helpers.prometheus import free_port
 from helpers.tracer import wait_for
 
 RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
@@ -112,12 +112,6 @@ def count_lines(out: Path, name: str) -> int:
             with open(path, "rb") as file:
                 total += sum(1 for _ in file)
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class DaemonProcess:
