@@ -399,7 +399,7 @@ static struct recorder_chan *read_channel(int fd, __u64 offset,
                                           __u64 file_bytes,
                                           struct chan_block *block)
 {
-    if (offset % 64 || offset < HEADER_BYTES
+    if (offset % 64 || offset < HEADER_BYTES || file_bytes < sizeof(*block)
         || offset > file_bytes - sizeof(*block)
         || !read_exactly(fd, block, sizeof(*block), offset))
         return NULL;
