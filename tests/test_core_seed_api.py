@@ -151,8 +151,11 @@ def test_version_macros_name_the_seed_api_level(progs: Path) -> None:
     assert seed_api(progs, "version").stdout == "version 1.0.8\nat least 1.0.5: yes\n"
 
 
-def test_channel_names_in_recorder_traces_record_without_printing(progs: Path) -> None:
-    result = seed_api(progs, "tweak", env={"RECORDER_TRACES": "loops=x_value,y_value"})
+def test_channel_names_in_recorder_traces_record_without_printing(
+    progs: Path, tmp_path: Path,
+) -> None:
+    result = seed_api(progs, "tweak", env={"RECORDER_TRACES": "loops=x_value,y_value",
+                                           "RECORDER_SHARE": str(tmp_path)})
     assert "invalid" not in result.stderr
     # Record only (trace 0): the dump shows them once, nothing traced.
     messages = [line[3] for line in dump_lines(result.stderr, "loops")]

@@ -25,10 +25,15 @@ from recorder_tracer.target.memory import ProcessImage
 CLI = [sys.executable, "-m", "recorder_tracer.cli"]
 
 
-def start_wave(progs: Path, traces: str | None) -> subprocess.Popen[str]:
+def start_wave(progs: Path, traces: str | None,
+               share: Path | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
     if traces:
         env["RECORDER_TRACES"] = traces
+    if share:
+        # Named channels are also exported to a channels file, as the seed
+        # does: in the test's directory rather than /tmp/recorder_share.
+        env["RECORDER_SHARE"] = str(share)
     wave = subprocess.Popen([str(progs / "scope_wave"), "23"], stdout=subprocess.PIPE,
                             text=True, env=env)
     assert wave.stdout is not None and wave.stdout.readline() == "ready\n"
@@ -36,8 +41,8 @@ def start_wave(progs: Path, traces: str | None) -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def wave(progs: Path) -> Iterator[subprocess.Popen[str]]:
-    process = start_wave(progs, "wave=x_value,y_value")
+def wave(progs: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    process = start_wave(progs, "wave=x_value,y_value", tmp_path)
     yield process
     process.kill()
     process.wait()

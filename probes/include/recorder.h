@@ -42,12 +42,15 @@
 #define RECORDER_CURRENT_VERSION        RECORDER_VERSION(1, 0, 8)
 #define RECORDER_64BIT                  (INTPTR_MAX > 0x7fffffff)
 
+#include "recorder/chans.h"
+
 /* ------------------------------------------------------------------------ */
 /* Topics and tweaks                                                        */
 /* ------------------------------------------------------------------------ */
 
 #define RECORDER_DECLARE(Name)                                              \
     extern struct recorder_topic recorder_##Name##_topic;                   \
+    extern struct recorder_topic *const recorder_info_ptr_for_##Name;       \
     extern volatile unsigned short RECORDER_SEMAPHORE(Name)
 
 /* Defines topic `Name` whose ring keeps the last `Size` records per CPU. The
@@ -56,9 +59,11 @@
     struct recorder_topic recorder_##Name##_topic = {                       \
         .trace = 0,                                                         \
         .size = (Size),                                                     \
-        .name = { #Name },                                                  \
-        .description = { Info },                                            \
+        .name = #Name,                                                      \
+        .description = Info,                                                \
     };                                                                      \
+    struct recorder_topic *const recorder_info_ptr_for_##Name =             \
+        &recorder_##Name##_topic;                                           \
     __attribute__((section(".probes"), used))                               \
     volatile unsigned short RECORDER_SEMAPHORE(Name) = 0;                   \
     __attribute__((constructor)) static void                                \
@@ -76,15 +81,31 @@
 /* The trace value, an lvalue: <0 off, 0 record only, >0 also print. */
 #define RECORDER_TRACE(Name) (recorder_##Name##_topic.trace)
 
+/* The seed's names for a topic: RECORDER_INFO(Name) is its recorder_info
+ * (`trace`, `name`, `description`, `next`), or a tweak's recorder_tweak;
+ * recorder_list() the newest topic registered, whose `next` leads to the
+ * others. */
+typedef struct recorder_topic recorder_info;
+typedef struct recorder_tweak recorder_tweak;
+#define RECORDER_INFO(Name) (recorder_info_ptr_for_##Name)
+recorder_info *recorder_list(void);
+/* Registers a topic or tweak (the constructors of RECORDER_DEFINE and
+ * RECORDER_TWEAK_DEFINE already do); again is harmless. */
+void recorder_activate(recorder_info *recorder);
+void recorder_tweak_activate(recorder_tweak *tweak);
+
 #define RECORDER_TWEAK_DECLARE(Name)                                        \
-    extern struct recorder_tweak recorder_##Name##_tweak
+    extern struct recorder_tweak recorder_##Name##_tweak;                   \
+    extern struct recorder_tweak *const recorder_info_ptr_for_##Name
 
 #define RECORDER_TWEAK_DEFINE(Name, Value, Info)                            \
     struct recorder_tweak recorder_##Name##_tweak = {                       \
         .value = (Value),                                                   \
-        .name = { #Name },                                                  \
-        .description = { Info },                                            \
+        .name = #Name,                                                      \
+        .description = Info,                                                \
     };                                                                      \
+    struct recorder_tweak *const recorder_info_ptr_for_##Name =             \
+        &recorder_##Name##_tweak;                                           \
     __attribute__((constructor)) static void                                \
     recorder_register_tweak_##Name(void)                                    \
     {                                                                       \
@@ -249,6 +270,32 @@ static inline __u64 recorder_double_bits(double d)
 #define RECORDER_META_18(...) 0ull
 #define RECORDER_META_19(...) 0ull
 
+/* The seed's out-of-line records, 4, 8 or 12 arguments (uintptr_t, doubles
+ * as their bits): `format` may start with "file:line:", which becomes the
+ * record's location, else `where` is. Argument kinds come from the format.
+ * Returns the record's index in its CPU's shard. The _fast forms reuse the
+ * previous timestamp as RECORD_FAST does. No USDT probe fires. */
+#define RECORDER_APPEND_ARGS_(...)                                          \
+    (recorder_info *rec, const char *where, const char *format, __VA_ARGS__)
+ringidx_t recorder_append RECORDER_APPEND_ARGS_(
+    uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3);
+ringidx_t recorder_append2 RECORDER_APPEND_ARGS_(
+    uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3,
+    uintptr_t a4, uintptr_t a5, uintptr_t a6, uintptr_t a7);
+ringidx_t recorder_append3 RECORDER_APPEND_ARGS_(
+    uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3,
+    uintptr_t a4, uintptr_t a5, uintptr_t a6, uintptr_t a7,
+    uintptr_t a8, uintptr_t a9, uintptr_t a10, uintptr_t a11);
+ringidx_t recorder_append_fast RECORDER_APPEND_ARGS_(
+    uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3);
+ringidx_t recorder_append_fast2 RECORDER_APPEND_ARGS_(
+    uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3,
+    uintptr_t a4, uintptr_t a5, uintptr_t a6, uintptr_t a7);
+ringidx_t recorder_append_fast3 RECORDER_APPEND_ARGS_(
+    uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3,
+    uintptr_t a4, uintptr_t a5, uintptr_t a6, uintptr_t a7,
+    uintptr_t a8, uintptr_t a9, uintptr_t a10, uintptr_t a11);
+
 /* ------------------------------------------------------------------------ */
 /* The hot path: clock, CPU, slot reservation                               */
 /* ------------------------------------------------------------------------ */
@@ -313,7 +360,7 @@ uintptr_t recorder_tick(void);
 
 /* The seed's timing blocks: a code block's rate and duration, recorded
  * into `Recorder` at most once per interval of RECORDER_TRACE(Recorder) ms
- * (100 when that is 0 or less):
+ * (100 when that is 0 or less, or the topic only exports channels):
  *
  *   RECORD_TIMING_BEGIN(net);
  *   n = send_packet();
@@ -341,6 +388,7 @@ uintptr_t recorder_tick(void);
                            __ATOMIC_RELAXED);                               \
         __atomic_fetch_add(&recorder_t_loops_, 1, __ATOMIC_RELAXED);        \
         uintptr_t recorder_t_ms_ = RECORDER_TRACE(Recorder) > 0             \
+            && RECORDER_TRACE(Recorder) != RECORDER_CHAN_MAGIC              \
             ? (uintptr_t)RECORDER_TRACE(Recorder) : 100;                    \
         uintptr_t recorder_t_known_ =                                       \
             __atomic_load_n(&recorder_t_last_, __ATOMIC_RELAXED);           \

@@ -66,7 +66,7 @@ static void pass(struct pending *batch)
     unsigned count = 0;
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next) {
-        if (!select_all && regexec(&selection, topic->name.text, 0, NULL, 0))
+        if (!select_all && regexec(&selection, topic->name, 0, NULL, 0))
             continue;
         for (unsigned s = 0; s < RECORDER_MAX_SHARDS; s++) {
             const struct recorder_shard *shard = topic->shards[s];

@@ -36,8 +36,10 @@ int recorder_channels_valid(const char *names)
     }
 }
 
-void recorder_channels_name(struct recorder_topic *topic, const char *names)
+void recorder_channels_name(struct recorder_topic *topic, const char *names,
+                            int pattern)
 {
+    recorder_export_channels(topic, names, pattern);
     struct recorder_channels *node = calloc(1, sizeof(*node));
     if (!node)
         return;
@@ -53,5 +55,5 @@ void recorder_channels_name(struct recorder_topic *topic, const char *names)
         node, memory_order_release);
     pthread_mutex_unlock(&channels_lock);
     RECORD(recorder_core, "Topic %s exports %u channels",
-           topic->name.text, node->count);
+           topic->name, node->count);
 }

@@ -91,7 +91,7 @@ void recorder_sink_entry(const struct recorder_sink *sink,
     const struct recorder_entry *outer = showing;
     showing = entry;
     sink->format(sink->show ? sink->show : configured.show, sink->output,
-                 topic->name.text, where, entry->sequence, entry->timestamp,
+                 topic->name, where, entry->sequence, entry->timestamp,
                  message);
     showing = outer;
 }

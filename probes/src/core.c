@@ -155,7 +155,7 @@ static void add_topic(struct recorder_topic *topic)
     recorder_share_topic(topic);
     recorder_spec_apply_pending(topic, NULL);
     RECORD(recorder_core, "Registered topic %s id %u size %u",
-           topic->name.text, topic->id, topic->size);
+           topic->name, topic->id, topic->size);
 }
 
 void recorder_topic_register(struct recorder_topic *topic)
@@ -168,6 +168,15 @@ void recorder_tweak_register(struct recorder_tweak *tweak)
 {
     recorder_init();
     lock_registry();
+    /* Twice (the seed's recorder_tweak_activate after the constructor)
+     * would make the list a loop. */
+    for (struct recorder_tweak *known = recorder_registry.tweaks; known;
+         known = known->next) {
+        if (known == tweak) {
+            unlock_registry();
+            return;
+        }
+    }
     tweak->next = recorder_registry.tweaks;
     atomic_store_explicit(
         (_Atomic(struct recorder_tweak *) *)&recorder_registry.tweaks, tweak,
@@ -273,7 +282,7 @@ struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
     }
     if (topic != &recorder_recorder_core_topic)
         RECORD(recorder_core, "Created shard of topic %s for CPU %u, "
-               "%u entries", topic->name.text, slot, capacity);
+               "%u entries", topic->name, slot, capacity);
     return shard;
 }
 

@@ -49,7 +49,7 @@ static void print_entry(const struct recorder_topic *topic,
     int length = snprintf(line, sizeof(line), "%s: [%llu.%09llu %u] %s: %s\n",
                           where, entry->timestamp / 1000000000ull,
                           entry->timestamp % 1000000000ull, entry->tid,
-                          topic->name.text, message);
+                          topic->name, message);
     if (length > (int)sizeof(line) - 1) {
         length = sizeof(line) - 1;
         line[length - 1] = '\n';
@@ -61,6 +61,10 @@ static void print_entry(const struct recorder_topic *topic,
 void recorder_trace_entry(struct recorder_topic *topic,
                           struct recorder_entry *entry)
 {
+    /* Named channels only (RECORDER_TRACES="topic=x,y"): export, no print. */
+    if (recorder_export_entry(topic, entry)
+        && topic->trace == RECORDER_CHAN_MAGIC)
+        return;
     print_entry(topic, entry, recorder_configured_sink(), topic->trace);
 }
 
@@ -73,7 +77,7 @@ static int selected(const struct recorder_topic *topic, enum selection how,
 {
     switch (how) {
     case SELECT_REGEX:
-        return recorder_name_matches(regex, topic->name.text);
+        return recorder_name_matches(regex, topic->name);
     case SELECT_RECORDER_DUMP:
         return topic->id < RECORDER_MAX_TOPICS && dump_selected[topic->id];
     default:
@@ -138,7 +142,7 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
         if (c == count || cursors[c].topic != topic) {
             if (topic && overwritten)
                 recorder_error("recorder: %s: %llu records, %llu overwritten",
-                               topic->name.text,
+                               topic->name,
                                (unsigned long long)recorded,
                                (unsigned long long)overwritten);
             if (c == count)
@@ -298,7 +302,7 @@ void recorder_dump_select(const struct recorder_topic *topic)
     if (topic->id >= RECORDER_MAX_TOPICS)
         return;
     dump_selected[topic->id] = (unsigned char)(!dump_pattern_compiled
-        || recorder_name_matches(&dump_regex, topic->name.text));
+        || recorder_name_matches(&dump_regex, topic->name));
 }
 
 void recorder_dump_at_exit_init(void)

@@ -37,8 +37,8 @@ struct recorder_topic *recorder_topic_create(const char *name, unsigned size,
             return NULL;
         }
         topic->size = size ? size : 64;
-        topic->name.text = name_copy;
-        topic->description.text = description_copy;
+        topic->name = name_copy;
+        topic->description = description_copy;
         recorder_topic_register(topic);
     }
     pthread_mutex_unlock(&recorder_create_lock);
@@ -49,7 +49,7 @@ struct recorder_topic *recorder_topic_find(const char *name)
 {
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next)
-        if (strcmp(topic->name.text, name) == 0)
+        if (strcmp(topic->name, name) == 0)
             return topic;
     return NULL;
 }

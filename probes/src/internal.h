@@ -88,7 +88,27 @@ void recorder_sink_entry(const struct recorder_sink *sink,
 
 /* channels.c: `topic=name1,name2` in a spec. */
 int recorder_channels_valid(const char *names);
-void recorder_channels_name(struct recorder_topic *topic, const char *names);
+void recorder_channels_name(struct recorder_topic *topic, const char *names,
+                            int pattern);
+
+/* chans_export.c: the same names as channels of recorder_export_file(),
+ * the seed's export; `pattern`: the item may match several topics, whose
+ * channels are then named "topic/name". */
+void recorder_export_channels(struct recorder_topic *topic, const char *names,
+                              int pattern);
+/* Writes an entry's arguments to its topic's channels; 1 if it has any. */
+int recorder_export_entry(const struct recorder_topic *topic,
+                          const struct recorder_entry *entry);
+
+/* chans.c, for the export: the type of a channel learned at its first value,
+ * and the specs recorder_chans_configure left since `*seen`. */
+void recorder_chan_set_type(recorder_chan_p chan, recorder_type type);
+int recorder_chans_command(recorder_chans_p chans, __u64 *seen, char *into,
+                           size_t bytes);
+
+/* append.c: the letter of the `index`th conversion of a format (0 if it has
+ * fewer); '*' counts as one. */
+char recorder_conversion_letter(const char *format, unsigned index);
 
 /* dump.c: recorder_dump_for through `sink` (NULL: the configured one). */
 unsigned recorder_dump_through(const char *pattern,

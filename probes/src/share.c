@@ -112,9 +112,9 @@ static void write_topic_block(const struct recorder_topic *topic)
         .id = topic->id, .size = topic->size,
         .topic_address = (__u64)(uintptr_t)topic,
     };
-    snprintf(record.name, sizeof(record.name), "%s", topic->name.text);
+    snprintf(record.name, sizeof(record.name), "%s", topic->name);
     snprintf(record.description, sizeof(record.description), "%s",
-             topic->description.text ? topic->description.text : "");
+             topic->description ? topic->description : "");
     long long offset = reserve_block(RECORDER_SHARE_TOPIC, sizeof(record));
     if (offset >= 0)
         pwrite(share_fd, &record, sizeof(record),

@@ -20,6 +20,7 @@ struct spec_item {
     int match_all;
     long long value;
     char *channels;             /* `topic=name1,name2`: names its arguments */
+    int pattern;                /* not a plain name: may match many topics */
     unsigned matched;           /* topics and tweaks it ever changed */
     char *text;                 /* RECORDER_TRACES items: to report at exit */
     struct spec_item *next;
@@ -156,10 +157,11 @@ static unsigned apply_item(const struct spec_item *item,
         for (struct recorder_topic *topic = only_topic ? only_topic
                  : recorder_registry.topics;
              topic; topic = only_topic ? NULL : topic->next) {
-            if (item_matches(item, topic->name.text)) {
+            if (item_matches(item, topic->name)) {
                 topic->trace = item->value;
                 if (item->channels)
-                    recorder_channels_name(topic, item->channels);
+                    recorder_channels_name(topic, item->channels,
+                                           item->pattern);
                 changed++;
             }
         }
@@ -170,7 +172,7 @@ static unsigned apply_item(const struct spec_item *item,
              tweak; tweak = only_tweak ? NULL : tweak->next) {
             /* `all` is about topics; a tweak is only set by its name. */
             if (!item->match_all && !item->channels
-                && item_matches(item, tweak->name.text)) {
+                && item_matches(item, tweak->name)) {
                 tweak->value = item->value;
                 changed++;
             }
@@ -210,14 +212,14 @@ static void list_topics(void)
     recorder_error("List of topics (trace value, size, description):");
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next)
-        recorder_error("  %-24s %4lld %6u  %s", topic->name.text,
+        recorder_error("  %-24s %4lld %6u  %s", topic->name,
                        (long long)topic->trace, topic->size,
-                       topic->description.text);
+                       topic->description);
     recorder_error("List of tweaks (value, description):");
     for (struct recorder_tweak *tweak = recorder_registry.tweaks; tweak;
          tweak = tweak->next)
-        recorder_error("  %-24s %11lld  %s", tweak->name.text,
-                       (long long)tweak->value, tweak->description.text);
+        recorder_error("  %-24s %11lld  %s", tweak->name,
+                       (long long)tweak->value, tweak->description);
 }
 
 /* Parses one item into `item`; reports and returns an error status. */
@@ -252,6 +254,9 @@ static int parse_item(char *text, struct spec_item *item)
         return RECORDER_TRACE_INVALID_NAME;
     }
     item->match_all = strcmp(text, "all") == 0;
+    item->pattern = item->match_all || text[strspn(text, "abcdefghijklmnopqrstuvwxyz"
+                                      "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                      "0123456789_")] != 0;
     if (!item->match_all) {
         int status = recorder_compile_name_regex(&item->regex, text);
         if (status != 0) {

@@ -563,7 +563,7 @@ static PyObject *Recorder_reduce(RecorderObject *self, PyObject *unused)
 {
     (void)unused;
     return Py_BuildValue("O(OIs)", (PyObject *)Py_TYPE(self), self->name,
-                         self->topic->size, self->topic->description.text);
+                         self->topic->size, self->topic->description);
 }
 
 static PyObject *Recorder_repr(RecorderObject *self)
@@ -588,8 +588,8 @@ static PyObject *Recorder_get_size(RecorderObject *self, void *closure)
 static PyObject *Recorder_get_description(RecorderObject *self, void *closure)
 {
     (void)closure;
-    return PyUnicode_DecodeUTF8(self->topic->description.text,
-                                strlen(self->topic->description.text),
+    return PyUnicode_DecodeUTF8(self->topic->description,
+                                strlen(self->topic->description),
                                 "replace");
 }
 
@@ -915,8 +915,8 @@ static PyObject *module_topics(PyObject *module, PyObject *unused)
         return NULL;
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next) {
-        PyObject *name = PyUnicode_DecodeUTF8(topic->name.text,
-                                              strlen(topic->name.text),
+        PyObject *name = PyUnicode_DecodeUTF8(topic->name,
+                                              strlen(topic->name),
                                               "replace");
         if (!name || PyList_Append(names, name)) {
             Py_XDECREF(name);

@@ -37,12 +37,14 @@ typedef union recorder_text {
     __u64 address;
 } recorder_text;
 
+/* The seed's `recorder_info` (recorder.h): `trace`, `name`, `description`
+ * and `next` read as in the seed; names are 64 bits on every ABI. */
 struct recorder_topic {
     __s64 trace;        /* seed semantics: <0 off, 0 record, >0 also print */
     __u32 id;           /* index in the registry, stored in each entry */
     __u32 size;         /* entries kept per shard (N of RECORDER(name, N)) */
-    recorder_text name;
-    recorder_text description;
+    union { const char *name; __u64 name_address; };
+    union { const char *description; __u64 description_address; };
     __u64 armed;        /* run-time topics only: nonzero while a tracer wants
                            them (they share one probe); C topics use their
                            own USDT semaphore instead */
@@ -51,9 +53,9 @@ struct recorder_topic {
 };
 
 struct recorder_tweak {
-    __s64 value;
-    recorder_text name;
-    recorder_text description;
+    union { __s64 value; __s64 trace; };    /* `trace` in the seed */
+    union { const char *name; __u64 name_address; };
+    union { const char *description; __u64 description_address; };
     struct recorder_tweak *next;
 };
 
