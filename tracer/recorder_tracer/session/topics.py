@@ -168,7 +168,7 @@ class RecorderTopics:
                 attachment = arm.attach_uprobe(
                     self.harvester.program_fd_for(probe.name, probe.arguments),
                     probe.path, probe.file_offset, process.pid,
-                    probe.semaphore_offset)
+                    probe.semaphore_offset, probe.identity)
                 process.attachments.append(attachment)
                 process.armed_topics.add(probe.name)
                 if self.pins is not None and attachment.method is arm.Method.LINK:

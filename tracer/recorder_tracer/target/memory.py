@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
 from recorder_tracer.target.elf import ElfFile, ElfFormatError, Segment
-from recorder_tracer.target.safe_open import open_mapped
+from recorder_tracer.target.safe_open import open_mapped, open_regular
 
 _REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
                                             # topics, topic_count, shard_count,
@@ -96,12 +96,13 @@ def load_bias(mappings: list[Mapping], path: str) -> int | None:
     >>> any(m.start <= bias + load_segments(exe)[0].address < m.end for m in maps)
     True
     """
-    try:
-        stat = os.stat(path)
-    except OSError:
+    try:    # one open: the segments read are those of the inode matched
+        with os.fdopen(open_regular(path), "rb") as file:
+            stat = os.fstat(file.fileno())
+            segments = ElfFile(file).segments
+    except (OSError, ElfFormatError):
         return None
     page = os.sysconf("SC_PAGE_SIZE")
-    segments = load_segments(path)
     for mapping in mappings:   # in address order: the file's first mapping
         if (mapping.device, mapping.inode) != (stat.st_dev, stat.st_ino):
             continue
@@ -297,7 +298,7 @@ class ProcessImage:
 def load_segments(path: str) -> list[Segment]:
     """The PT_LOAD segments of the ELF file at `path` ([] if unreadable)."""
     try:
-        with open(path, "rb") as file:
+        with os.fdopen(open_regular(path), "rb") as file:
             return ElfFile(file).segments
     except (OSError, ElfFormatError):
         return []
