@@ -55,6 +55,7 @@ from recorder_tracer.kernel.loader import (
     struct_format,
 )
 from recorder_tracer.kernel.pins import PinDir
+from recorder_tracer.postmortem.backoff import RegistryMisses
 from recorder_tracer.postmortem.build import (
     KnownProcess,
     SnapshotOptions,
@@ -136,6 +137,7 @@ class SnapshotWatcher:
         self._pending: dict[int, int] = {}      # pid -> next retry index
         self._retry_at: dict[int, float] = {}
         self._next_rescan = 0.0
+        self._misses = RegistryMisses()     # mapped a core, had no registry
         self._new_files: list[Path] = []
         self._follower: Any = None
         self.bpf: Any = None
@@ -212,6 +214,7 @@ class SnapshotWatcher:
         except OSError:
             return False
         self._registries[ctypes.c_uint32(pid)] = ctypes.c_uint64(registry)
+        self._misses.forget(pid)
         old = self.known.pop(pid, None)
         if old is not None:
             old.image.close()
@@ -230,18 +233,22 @@ class SnapshotWatcher:
         known = self.known.pop(pid, None)
         if known is not None:
             known.image.close()
+        self._misses.forget(pid)
         if self.pins is not None:
             (self._memory_dir / f"{pid}.json").unlink(missing_ok=True)
         with contextlib.suppress(KeyError):
             del self._registries[ctypes.c_uint32(pid)]
 
-    def rescan(self) -> None:
+    def rescan(self, now: float | None = None) -> None:
         """Register the processes that map a core and are not known yet
-        (a core loaded after exec, by dlopen or a Python import)."""
-        self._next_rescan = time.monotonic() + RESCAN_INTERVAL_S
+        (a core loaded after exec, by dlopen or a Python import); one found
+        without a registry is looked at less and less often (backoff.py)."""
+        now = time.monotonic() if now is None else now
+        self._next_rescan = now + RESCAN_INTERVAL_S
         for pid in notes.mapped_recorder_processes():
-            if pid not in self.known:
-                self.register(pid)
+            if (pid not in self.known and self._misses.due(pid, now)
+                    and not self.register(pid)):
+                self._misses.missed(pid, now)
 
     # -- running --------------------------------------------------------------
 
