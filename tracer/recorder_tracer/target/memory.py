@@ -9,8 +9,10 @@ lived. What neither can read is reported as unreadable, never guessed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
@@ -120,6 +122,11 @@ class ProcessImage:
     stays bound to that address space: after the process execs, exits or
     its PID is reused, reads through it fail (and fall back to the files
     mapped then) instead of returning another program's bytes.
+
+    The follower's thread closes an image (the process exec'd) while the
+    loop's thread may be decoding with it: a read and close() exclude each
+    other, so a pread never goes to a descriptor number closed meanwhile,
+    and maybe already reused for another process's memory.
     """
 
     pid: int
@@ -129,6 +136,8 @@ class ProcessImage:
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
     _offline: bool = False      # /proc/PID/map_files may be another's now
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
+                                  compare=False)    # _memory: read vs close
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
@@ -155,26 +164,27 @@ class ProcessImage:
             self._memory = None
 
     def close(self) -> None:
-        """Stop reading the live process (files still answer)."""
-        if self._memory is not None:
-            os.close(self._memory)
-            self._memory = None
+        """Stop reading the live process (files still answer); waits for a
+        read in progress in another thread."""
+        with self._lock:
+            self._bound = True
+            if self._memory is not None:
+                os.close(self._memory)
+                self._memory = None
 
     def __del__(self) -> None:
         self.close()
 
     def read(self, address: int, size: int) -> bytes | None:
         """Bytes at `address`, from the live process or its mapped file."""
-        if not self._bound:
-            self._bind()
-        if self._memory is not None:
-            try:
-                data = os.pread(self._memory, size, address)
-                if data:
-                    return data
-            except (OSError, ValueError, OverflowError):
-                pass
-        return self._read_from_file(address, size)
+        with self._lock:
+            if not self._bound:
+                self._bind()
+            data = None
+            if self._memory is not None:
+                with contextlib.suppress(OSError, ValueError, OverflowError):
+                    data = os.pread(self._memory, size, address)
+        return data or self._read_from_file(address, size)
 
     def _read_from_file(self, address: int, size: int) -> bytes | None:
         for mapping in self.mappings:
