@@ -398,7 +398,7 @@ class UsdtSource:
         return {site.probe.name for process in self.processes.values()
                 for site in process.sites}
 
-    def on_exec(self, pid: int, started: bool) -> None:
+    def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
         """An exec keeps what was armed: the -c command is armed at its exec
         stop, and a process found by --comm keeps its probes by path."""
 
