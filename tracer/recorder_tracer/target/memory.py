@@ -9,7 +9,6 @@ lived. What neither can read is reported as unreadable, never guessed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 import threading
@@ -180,10 +179,11 @@ class ProcessImage:
         with self._lock:
             if not self._bound:
                 self._bind()
-            data = None
-            if self._memory is not None:
-                with contextlib.suppress(OSError, ValueError, OverflowError):
-                    data = os.pread(self._memory, size, address)
+            try:    # not contextlib.suppress: ~0.4 us more per read
+                data = (os.pread(self._memory, size, address)
+                        if self._memory is not None else None)
+            except (OSError, ValueError, OverflowError):
+                data = None
         return data or self._read_from_file(address, size)
 
     def _read_from_file(self, address: int, size: int) -> bytes | None:
