@@ -1,7 +1,7 @@
 """kernel/arm.py: uprobe_multi links, the perf-event fallback, semaphores.
 
-A counting bcc program stands in for the harvest: every hit adds one, so
-counts are exact and say which processes trapped.
+A counting bcc program (helpers/counter.py) stands in for the harvest:
+every hit adds one, so counts are exact and say which processes trapped.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.counter import Counter
 from helpers.tracer import Workload, require_uprobe_multi_links, semaphore_value
 from timing import scaled
 
@@ -20,36 +21,6 @@ from recorder_tracer.kernel import arm, link
 from recorder_tracer.target import notes
 
 pytestmark = pytest.mark.bpf
-
-COUNTER = b"""
-BPF_ARRAY(hits, u64, 1);
-
-int hit(void *ctx)
-{
-    int zero = 0;
-    u64 *count = hits.lookup(&zero);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    return 0;
-}
-"""
-
-
-class Counter:
-    """The counting program, loaded by bcc as the harvest is."""
-
-    def __init__(self) -> None:
-        import bcc
-        self.bpf = bcc.BPF(text=COUNTER)
-        self.fd: int = arm.register_bcc_program(
-            self.bpf, self.bpf.load_func(b"hit", bcc.BPF.KPROBE))
-        self.hits = self.bpf[b"hits"]
-
-    def take(self) -> int:
-        """Hits since the last take."""
-        count = int(self.hits[0].value)
-        self.hits[self.hits.Key(0)] = self.hits.Leaf(0)
-        return count
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from hostile_helpers import as_nobody, nobody_popen, public_dir
 from timing import scaled
 
+from recorder_tracer.decode.usdt_args import symbol_resolver
 from recorder_tracer.errors import TracerError
 from recorder_tracer.postmortem.snapshot_file import (
     list_snapshots,
@@ -23,7 +25,12 @@ from recorder_tracer.postmortem.snapshot_file import (
     write_snapshot,
 )
 from recorder_tracer.target import shm
-from recorder_tracer.target.memory import ProcessImage, read_maps
+from recorder_tracer.target.memory import (
+    ProcessImage,
+    load_bias,
+    load_segments,
+    read_maps,
+)
 from recorder_tracer.target.notes import mapped_files
 
 SECRET = b"root-only secret\n"
@@ -91,6 +98,28 @@ def test_mapped_path_swapped_for_fifo_does_not_hang(mapper: NobodyMapping) -> No
     gone = ProcessImage.offline(mapper.pid, [mapper.mapping])
     assert gone.read(mapper.mapping.start, 64) is None
     assert time.monotonic() - started < scaled(2)
+
+
+def test_elf_readers_refuse_a_fifo_at_a_probe_path(mapper: NobodyMapping) -> None:
+    """The USDT side reads a probe's file for its segments and symbols:
+    a FIFO there must not hang root (each reader runs in a thread; a hung
+    one is freed by opening the FIFO's other end)."""
+    mapper.replace("mkfifo", str(mapper.path))
+    path = str(mapper.path)
+    readers = {"load_bias": lambda: load_bias(read_maps(mapper.pid), path),
+               "load_segments": lambda: load_segments(path),
+               "symbol_resolver": lambda: symbol_resolver(path)("main")}
+    for name, reader in readers.items():
+        results: list[object] = []
+        thread = threading.Thread(
+            target=lambda out=results, read=reader: out.append(read()), daemon=True)
+        thread.start()
+        thread.join(timeout=scaled(5))
+        if thread.is_alive():
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout=scaled(5))
+            pytest.fail(f"{name} blocked on a FIFO")
+        assert results == [None] if name != "load_segments" else results == [[]]
 
 
 def test_deleted_mapping_reads_the_mapped_file_only(

@@ -20,9 +20,10 @@ class Workload:
     """A running build/progs/workload_ticks (or another program of the same
     protocol: "ready PID", then "done" after each command line)."""
 
-    def __init__(self, progs: Path, program: str = "workload_ticks") -> None:
+    def __init__(self, progs: Path, program: str = "workload_ticks",
+                 command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [str(progs / program)], stdin=subprocess.PIPE,
+            command or [str(progs / program)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout is not None

@@ -2,7 +2,7 @@
  *
  * Prints "ready <pid>" and then, for every line read on stdin:
  *   "tick N" / "tock N" / "flood N": records N times into that topic;
- *   "exit" or end of input: exits 0.
+ *   "exit" or end of input: exits 0; "exec PATH": runs PATH in its place.
  * After each command it prints "done" so the test knows the records exist.
  * tick carries (i, "tick-string", i * 0.5); tock carries (i); flood (i).
  */
@@ -36,6 +36,13 @@ int main(void)
                 RECORD(tock, "tock %ld", i);
             else if (strcmp(command, "flood") == 0)
                 RECORD(flood, "flood %ld", i);
+        }
+        if (strcmp(command, "exec") == 0) {
+            char path[256];
+            if (sscanf(line, "exec %255s", path) == 1)
+                execl(path, path, (char *)NULL);
+            perror("exec");
+            return 1;
         }
         printf("done\n");
         fflush(stdout);

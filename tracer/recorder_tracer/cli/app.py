@@ -14,6 +14,7 @@ import click
 from recorder_tracer import __version__
 from recorder_tracer.channel.host.command import collect
 from recorder_tracer.cli.metrics import daemon, metrics, top
+from recorder_tracer.cli.options import report
 from recorder_tracer.cli.postmortem import dump, show, snapshot, snapshots
 from recorder_tracer.cli.probes import probes
 from recorder_tracer.cli.scope import scope
@@ -28,7 +29,7 @@ class RecorderGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TracerError as error:
-            click.echo(f"recorder: {error}", err=True)
+            report(str(error))
             sys.exit(1)
 
 

@@ -11,6 +11,7 @@ import click
 from recorder_tracer.cli.options import (
     check_spec_matched,
     parse_command,
+    report,
     require_root,
     require_targets,
     target_options,
@@ -90,9 +91,6 @@ def metrics(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         # With --interval, each table says when it was read (like bcc's tools).
         title = time.strftime("%H:%M:%S") if interval else None
         console().print(metrics_table(rows, title=title))
-
-    def report(message: str) -> None:
-        click.echo(f"recorder: {message}", err=True)
 
     with stop_on_signals() as stopping:
         session = TraceSession(options, lambda record: None, report,
@@ -252,9 +250,6 @@ def daemon(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         config = replace(config, pin_dir=pin_dir)
     if no_snapshots:
         config = replace(config, snapshots=False)
-
-    def report(message: str) -> None:
-        click.echo(f"recorder: {message}", err=True)
 
     if (config.trace or config.console) and not config.forward:
         raise click.UsageError("--trace and --console go with --forward")

@@ -16,8 +16,16 @@ from typing import Any
 import click
 
 from recorder_tracer.errors import TracerError
+from recorder_tracer.terminal import escape_controls
 
 F = Callable[..., Any]
+
+
+def report(message: str) -> None:
+    """One line on stderr: `recorder: message`. Messages carry names a
+    process chose (its comm, its files): their control characters are
+    escaped, and a newline cannot forge a second line."""
+    click.echo(f"recorder: {escape_controls(message)}", err=True)
 
 
 def target_options(verb: str, command: bool = True) -> Callable[[F], F]:

@@ -11,6 +11,7 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.postmortem.snapshot_file import (
     DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR,
 )
+from recorder_tracer.terminal import printable
 
 SNAPSHOT_EPILOG = f"""\b
 Examples:
@@ -59,9 +60,11 @@ def snapshots(snapshot_dir: str, as_json: bool) -> None:
         return
     click.echo(f"{'PID':>7} {'COMM':<16} {'SIGNAL':<8} {'RECORDS':>7}  "
                f"{'EXIT':<28} FILE")
+    # A process chose its name; a crafted file, every field but the path.
     for item in found:
-        click.echo(f"{item.pid:>7} {item.comm:<16.16} {item.signal or '-':<8} "
-                   f"{item.records:>7}  {item.exit or '-':<28.28} {item.path}")
+        click.echo(f"{item.pid:>7} {printable(item.comm):<16.16} "
+                   f"{printable(item.signal):<8} {item.records:>7}  "
+                   f"{printable(item.exit):<28.28} {printable(item.path)}")
 
 
 SHOW_EPILOG = """\b
@@ -156,11 +159,11 @@ def dump(shm: bool, target: str | None, share_dir: str | None, records: int,
             raise TracerError("no share directory: give --share-dir")
         if remove_stale:
             for path in shares.remove_stale(directory):
-                click.echo(f"removed {path}")
+                click.echo(f"removed {printable(path)}")
             return
         for share, live in shares.list_shares(directory):
-            click.echo(f"{share.pid:>7} {share.comm:<16.16} "
-                       f"{'live' if live else 'stale':<6} {share.path}")
+            click.echo(f"{share.pid:>7} {printable(share.comm):<16.16} "
+                       f"{'live' if live else 'stale':<6} {printable(share.path)}")
         return
     path = target
     if target.isdigit():

@@ -11,6 +11,7 @@ import click
 from recorder_tracer.cli.options import (
     check_spec_matched,
     parse_command,
+    report,
     require_root,
     require_targets,
     target_options,
@@ -18,6 +19,7 @@ from recorder_tracer.cli.options import (
 from recorder_tracer.postmortem.snapshot_file import (
     DEFAULT_DIRECTORY as DEFAULT_SNAPSHOT_DIR,
 )
+from recorder_tracer.terminal import escape_controls
 
 TRACE_EPILOG = """\b
 Examples:
@@ -165,9 +167,6 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         latency=not batch, capture=capture,
     )
 
-    def report(message: str) -> None:
-        click.echo(f"recorder: {message}", err=True)
-
     # From here on, SIGINT and SIGTERM only ask the session to stop: it
     # then detaches, drains and prints the summary, even mid-start.
     with stop_on_signals() as stopping:
@@ -197,7 +196,8 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                            f"lost ({cpu.produced} produced)", err=True)
             for (pid, topic), loss in sorted(losses.items()):
                 if loss.lost:
-                    click.echo(f"pid {pid} {topic}: {loss.lost} of {loss.produced} "
+                    click.echo(f"pid {pid} {escape_controls(topic)}: {loss.lost} "
+                               f"of {loss.produced} "
                                "lost (overwritten in its ring before a harvest, "
                                "or refused at its end)", err=True)
             if session.unknown_sites:

@@ -27,6 +27,7 @@ from typing import Any
 from recorder_tracer.abi import USDT_MAX_ARGS
 from recorder_tracer.decode.record import Arg
 from recorder_tracer.target.elf import ElfFile, ElfFormatError
+from recorder_tracer.target.safe_open import open_regular
 
 MAX_ARGS = USDT_MAX_ARGS
 
@@ -353,7 +354,7 @@ def symbol_resolver(path: str) -> SymbolResolver:
 
 def _symbols(path: str) -> dict[str, int]:
     try:
-        with open(path, "rb") as file:
+        with os.fdopen(open_regular(path), "rb") as file:
             stat = os.fstat(file.fileno())
             key = (stat.st_dev, stat.st_ino, stat.st_mtime_ns)
             if key not in _symbol_cache:

@@ -22,6 +22,15 @@ Two ways to put a loaded BPF program on a probe site of one process:
   (not a bcc kprobe program, or the copy fails to load), when link creation
   fails with EINVAL or EOPNOTSUPP, and when `RECORDER_NO_UPROBE_MULTI=1`.
 
+Either way the kernel is handed the file as /proc/self/fd/N, an O_PATH
+descriptor opened once and checked to be the inode the probe was read
+from (the mapping's device and inode): a process that renames another
+file over the mapped path between our check and the attach cannot move
+the probe (or its semaphore's increment, which with pid -1 would land in
+every process mapping the other file) onto that file. When the path no
+longer names the inode at all, the mapping's /proc/PID/map_files entry
+does.
+
 Either way the kernel increments the topic's semaphore in that one process
 while the probe is attached, and decrements it on detach: arming topic A in
 process P costs nothing to P's other topics or to other processes, and
@@ -42,6 +51,8 @@ from typing import Any, NoReturn
 
 from recorder_tracer.kernel import link
 from recorder_tracer.selftrace import ARM
+from recorder_tracer.target import safe_open
+from recorder_tracer.target.memory import read_maps
 
 _ATTACH_ENTRY = 0   # enum bpf_probe_attach_type: BPF_PROBE_ENTRY
 NO_UPROBE_MULTI = "RECORDER_NO_UPROBE_MULTI"    # "1": perf events only
@@ -221,19 +232,32 @@ def attach_uprobe(
     file_offset: int,
     pid: int,
     semaphore_offset: int = 0,
+    identity: tuple[int, int] | None = None,
+    mapped_by: int = 0,
 ) -> Attachment:
     """Attach a loaded BPF program at `path`+`file_offset` in process `pid`.
 
     `semaphore_offset` is the file offset of the probe's semaphore (0: none);
     the kernel counts it up in `pid` for as long as the attachment lives.
+    `identity` is the (device, inode) the probe's offsets were read from:
+    the probe goes on that file or nowhere (ArmError). If `path` names
+    another file by now, the file process `mapped_by` (default `pid`) maps
+    with that identity is used.
     """
-    attachment = None
-    if links_enabled(pid):
-        attachment = _attach_link(program_fd, path, file_offset, pid,
-                                  semaphore_offset)
-    if attachment is None:
-        attachment = _attach_perf_event(program_fd, path, file_offset, pid,
-                                        semaphore_offset)
+    target = _open_target(path, file_offset, pid, identity, mapped_by or pid)
+    try:
+        # The kernel resolves this to the inode `target` holds, not to
+        # whatever `path` names by the time it looks.
+        kernel_path = f"/proc/self/fd/{target}"
+        attachment = None
+        if links_enabled(pid):
+            attachment = _attach_link(program_fd, kernel_path, path, file_offset,
+                                      pid, semaphore_offset)
+        if attachment is None:
+            attachment = _attach_perf_event(program_fd, target, path, file_offset,
+                                            pid, semaphore_offset)
+    finally:
+        os.close(target)
     with _lock:
         _live[attachment.fd] = attachment
     ARM.record("attached %s+%#x in pid %d, semaphore at %#x, %s fd %d", path,
@@ -242,8 +266,38 @@ def attach_uprobe(
     return attachment
 
 
-def _attach_link(program_fd: int, path: str, file_offset: int, pid: int,
-                 semaphore_offset: int) -> Attachment | None:
+def _open_target(path: str, file_offset: int, pid: int,
+                 identity: tuple[int, int] | None, mapped_by: int) -> int:
+    """An O_PATH descriptor of the file to attach to: `path` if it is
+    `identity`, else process `mapped_by`'s mapping of `identity`."""
+    try:
+        return safe_open.pin_identified(path, identity)
+    except OSError as error:
+        first = error
+    if identity is not None and mapped_by > 0:
+        try:
+            mappings = read_maps(mapped_by)
+        except OSError:
+            mappings = []
+        for mapping in mappings:
+            if (mapping.device, mapping.inode) != identity:
+                continue
+            try:
+                return safe_open.pin_identified(
+                    f"/proc/{mapped_by}/map_files/{mapping.start:x}-{mapping.end:x}",
+                    identity)
+            except OSError:
+                continue
+    if isinstance(first, safe_open.UntrustedFileError):
+        ARM.record("attach %s+%#x in pid %d refused: %s", path, file_offset, pid,
+                   str(first))
+        raise ArmError(f"cannot attach to {path}+{file_offset:#x} in process "
+                       f"{pid}: {first}") from None
+    _fail(first.errno or errno.ENOENT, path, file_offset, pid)
+
+
+def _attach_link(program_fd: int, kernel_path: str, path: str, file_offset: int,
+                 pid: int, semaphore_offset: int) -> Attachment | None:
     """Through a uprobe_multi link; None: use a perf event instead."""
     with _lock:
         try:
@@ -255,7 +309,7 @@ def _attach_link(program_fd: int, path: str, file_offset: int, pid: int,
         copy.links += 1
     try:
         fd = link.uprobe_multi_link(
-            copy.fd, path, [file_offset],
+            copy.fd, kernel_path, [file_offset],
             [semaphore_offset] if semaphore_offset else None, max(pid, 0))
     except OSError as error:
         with _lock:
@@ -270,16 +324,16 @@ def _attach_link(program_fd: int, path: str, file_offset: int, pid: int,
                       copy.source_id)
 
 
-def _attach_perf_event(program_fd: int, path: str, file_offset: int, pid: int,
-                       semaphore_offset: int) -> Attachment:
+def _attach_perf_event(program_fd: int, target: int, path: str, file_offset: int,
+                       pid: int, semaphore_offset: int) -> Attachment:
     """Through libbcc: a uprobe perf event with the BPF program on it."""
-    stat = os.stat(path)
+    stat = os.fstat(target)
     event_name = (
         f"recorder_{pid}_{stat.st_dev:x}_{stat.st_ino:x}_{file_offset:x}"
     ).encode()
     perf_fd = libbcc().bpf_attach_uprobe(
-        program_fd, _ATTACH_ENTRY, event_name, path.encode(), file_offset,
-        pid, semaphore_offset,
+        program_fd, _ATTACH_ENTRY, event_name, f"/proc/self/fd/{target}".encode(),
+        file_offset, pid, semaphore_offset,
     )
     if perf_fd < 0:
         _fail(ctypes.get_errno() or errno.EINVAL, path, file_offset, pid)

@@ -138,28 +138,34 @@ class WideSites:
         self.tracer.program.bpf[b"filter_pids"][ctypes.c_uint32(pid)] = \
             ctypes.c_uint8(1)
 
-    def attach_file(self, path: str) -> list[ProbeSite]:
+    def attach_file(self, path: str, mapped: notes.MappedFile | None = None,
+                    pid: int = 0) -> list[ProbeSite]:
         """Attach every selected probe of the file at `path`, for every
-        process (once per file); returns its selected sites."""
+        process (once per file); returns its selected sites. A file that
+        process `pid` maps (`mapped`) is read and attached only as that
+        mapped inode, whatever its path names meanwhile."""
         try:
-            stat = os.stat(path)
-            probes = notes.probes_in_file(path)
+            probes = (notes.probes_in_file(path) if mapped is None
+                      else notes.probes_in_mapped(mapped))
         except (OSError, notes.NotesError):
             return []
+        identity = probes[0].identity if probes else None
         sites = [self.site_of(probe, path, selector)
                  for selector in self.tracer.selectors
-                 if selector.path is None
-                 or os.path.samefile(selector.path, path)
+                 if selector.path is None or _names(selector.path, identity)
                  for probe in probes if selector.matches(probe)]
         for site in sites:
-            key = (stat.st_dev, stat.st_ino, site.probe.file_offset)
+            key = (site.probe.device, site.probe.inode, site.probe.file_offset)
             if key in self._attached:
                 continue
             try:
                 self.attachments.append(arm.attach_uprobe(
                     self.tracer.program.program_fd, site.probe.path,
-                    site.probe.file_offset, -1, site.probe.semaphore_offset))
+                    site.probe.file_offset, -1, site.probe.semaphore_offset,
+                    site.probe.identity, mapped_by=pid))
             except arm.ArmError as error:
+                if mapped is not None:
+                    continue    # it was replaced or unmapped: not this file
                 raise TracerError(str(error)) from None
             self._attached.add(key)
         return sites
@@ -176,7 +182,7 @@ class WideSites:
             return None
         process = self.new_process(pid, comm)
         for file in mapped:
-            process.sites.extend(self.attach_file(file.open_path))
+            process.sites.extend(self.attach_file(file.open_path, file, pid))
         if not process.sites:
             return None
         self.tracer.processes[pid] = process
@@ -194,3 +200,12 @@ class WideSites:
             arm.detach(attachment)
         self.attachments.clear()
         self._attached.clear()
+
+
+def _names(path: str, identity: tuple[int, int] | None) -> bool:
+    """Whether `path` names the file (device, inode) `identity`."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino) == identity

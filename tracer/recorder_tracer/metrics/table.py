@@ -12,8 +12,10 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from recorder_tracer.metrics.aggregates import TopicMetrics, bucket_bounds
+from recorder_tracer.terminal import escape_controls
 
 BARS = " ▁▂▃▄▅▆▇█"
 # Columns `recorder top` can sort by, with the row's sort key.
@@ -85,8 +87,12 @@ def metrics_table(rows: list[TopicMetrics], title: str | None = None,
         stats = row.stats
         mean = row.mean
         arg = "span" if stats.spans else f"{stats.arg}" if stats.valued else "-"
+        # Text, not str: rich would read "[/x]" in a process's name as
+        # markup (and raise); controls are escaped as everywhere.
         table.add_row(
-            row.topic, "*" if row.pid is None else str(row.pid), row.comm,
+            Text(escape_controls(row.topic)),
+            "*" if row.pid is None else str(row.pid),
+            Text(escape_controls(row.comm)),
             str(stats.count), f"{row.rate:.1f}", arg,
             "" if stats.min is None else str(stats.min),
             "" if mean is None else f"{mean:.4g}",

@@ -7,13 +7,13 @@ characters a traced process put in its text, and prints the header once.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any, TextIO
 
 from recorder_tracer.decode.record import Record
+from recorder_tracer.terminal import escape_controls
 
 
 class TimeMode(Enum):
@@ -129,24 +129,6 @@ def format_record(record: Record, time_mode: TimeMode = TimeMode.RELATIVE,
         escape_controls(shorten(record.topic, topic_width)),
         escape_controls(where), escape_controls(message),
     ], topic_width)
-
-
-# C0 and C1 controls and DEL, but tab: every text a traced process chose
-# (its formats, strings, name, topics) reaches a terminal through here, and
-# ESC or \r there would rewrite what the user sees.
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-
-
-def escape_controls(text: str) -> str:
-    r"""`text` with control characters shown as \xNN (\n for a newline).
-
-    >>> escape_controls("red \x1b[31m\rover")
-    'red \\x1b[31m\\x0dover'
-    """
-    if not _CONTROLS.search(text):
-        return text
-    return _CONTROLS.sub(lambda match: "\\n" if match.group() == "\n"
-                         else f"\\x{ord(match.group()):02x}", text)
 
 
 def _columns(time_mode: TimeMode, values: Iterable[str],

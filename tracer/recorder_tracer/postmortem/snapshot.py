@@ -31,7 +31,7 @@ import shutil
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,6 @@ from recorder_tracer.abi import (
     SNAPSHOT_COUNTERS,
     SNAPSHOT_END,
     SNAPSHOT_ENTRY,
-    SNAPSHOT_ENTRY_TORN,
-    SNAPSHOT_ENTRY_UNREADABLE,
     SNAPSHOT_FAULT,
     SNAPSHOT_GROUP_EXIT,
 )
@@ -55,6 +53,7 @@ from recorder_tracer.kernel.loader import (
     struct_format,
 )
 from recorder_tracer.kernel.pins import PinDir
+from recorder_tracer.postmortem.backoff import RegistryMisses
 from recorder_tracer.postmortem.build import (
     KnownProcess,
     SnapshotOptions,
@@ -63,6 +62,7 @@ from recorder_tracer.postmortem.build import (
     remember,
     share_dir_of,
 )
+from recorder_tracer.postmortem.captures import Capture, Captures
 from recorder_tracer.postmortem.snapshot_file import (
     file_name,
     signal_name,
@@ -74,8 +74,6 @@ from recorder_tracer.target.memory import ProcessImage
 from recorder_tracer.target.rings import last_entries
 
 TP_PREFIX = "tp:"           # pins of the raw tracepoint links
-ENTRY_STATUS_NAMES = {SNAPSHOT_ENTRY_UNREADABLE: "unreadable",
-                      SNAPSHOT_ENTRY_TORN: "torn"}
 COUNTER_NAMES = SNAPSHOT_COUNTERS
 EXEC_RETRIES_S = (0.0, 0.01, 0.05, 0.2, 1.0, 3.0)   # until the core is mapped
 RESCAN_INTERVAL_S = 2.0
@@ -83,22 +81,6 @@ EXIT_MEMORY = 4096          # exits remembered for captures still to come
 FAULT_SIGNALS = {4, 5, 7, 8, 11, 31}    # ILL TRAP BUS FPE SEGV SYS: si_addr
 
 Reporter = Callable[[str], None]
-
-
-@dataclass
-class Capture:
-    """One capture in progress: the FAULT message, then entries."""
-
-    pid: int
-    tid: int
-    signal: int
-    code: int
-    flags: int
-    address: int
-    time_ns: int
-    comm: str
-    entries: list[RawEntry] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,7 +97,7 @@ class WatcherCounts:
 
     written: int = 0
     failed: int = 0
-    incomplete: int = 0     # captures whose entries the ring refused
+    incomplete: int = 0     # captures whose entries or END the ring refused
 
 
 class SnapshotWatcher:
@@ -129,13 +111,14 @@ class SnapshotWatcher:
         self.report = report
         self.counts = WatcherCounts()
         self.known: dict[int, KnownProcess] = {}
-        self._captures: dict[int, Capture] = {}
+        self._captures = Captures()     # FAULT read, END not yet
         self._written: dict[int, Written] = {}
         self._exits: dict[int, dict[str, Any]] = {}
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: dict[int, int] = {}      # pid -> next retry index
         self._retry_at: dict[int, float] = {}
         self._next_rescan = 0.0
+        self._misses = RegistryMisses()     # mapped a core, had no registry
         self._new_files: list[Path] = []
         self._follower: Any = None
         self.bpf: Any = None
@@ -212,6 +195,7 @@ class SnapshotWatcher:
         except OSError:
             return False
         self._registries[ctypes.c_uint32(pid)] = ctypes.c_uint64(registry)
+        self._misses.forget(pid)
         old = self.known.pop(pid, None)
         if old is not None:
             old.image.close()
@@ -230,18 +214,22 @@ class SnapshotWatcher:
         known = self.known.pop(pid, None)
         if known is not None:
             known.image.close()
+        self._misses.forget(pid)
         if self.pins is not None:
             (self._memory_dir / f"{pid}.json").unlink(missing_ok=True)
         with contextlib.suppress(KeyError):
             del self._registries[ctypes.c_uint32(pid)]
 
-    def rescan(self) -> None:
+    def rescan(self, now: float | None = None) -> None:
         """Register the processes that map a core and are not known yet
-        (a core loaded after exec, by dlopen or a Python import)."""
-        self._next_rescan = time.monotonic() + RESCAN_INTERVAL_S
+        (a core loaded after exec, by dlopen or a Python import); one found
+        without a registry is looked at less and less often (backoff.py)."""
+        now = time.monotonic() if now is None else now
+        self._next_rescan = now + RESCAN_INTERVAL_S
         for pid in notes.mapped_recorder_processes():
-            if pid not in self.known:
-                self.register(pid)
+            if (pid not in self.known and self._misses.due(pid, now)
+                    and not self.register(pid)):
+                self._misses.missed(pid, now)
 
     # -- running --------------------------------------------------------------
 
@@ -254,6 +242,8 @@ class SnapshotWatcher:
         """Read captures (waiting up to `timeout_ms`), write their files,
         handle process events; returns the files written or rewritten."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        for capture, walk in self._captures.expired():  # their END was lost
+            self._finish(capture, walk)
         self._handle_events()
         now = time.monotonic()
         for pid in [pid for pid, when in self._retry_at.items() if when <= now]:
@@ -312,32 +302,10 @@ class SnapshotWatcher:
         fmt = self._formats.get(kind)
         if fmt is None:
             return
-        values = struct.unpack_from(fmt, raw)
-        if kind == SNAPSHOT_ENTRY:
-            capture = self._captures.get(values[1])
-            if capture is None:
-                return
-            status = values[3]
-            if status:
-                name = ENTRY_STATUS_NAMES.get(status, "bad")
-                capture.skipped[name] = capture.skipped.get(name, 0) + 1
-            else:
-                capture.entries.append(RawEntry(*values[5:15], tuple(values[15:27]),
-                                                values[2]))
-        elif kind == SNAPSHOT_FAULT:
-            (_, tgid, tid, sig, code, flags, address, time_ns, _registry,
-             comm) = values
-            self._captures[tgid] = Capture(tgid, tid, sig, code, flags, address,
-                                           time_ns, _text(comm))
-        else:
-            _, tgid, topics, shards, sent, lost, end_ns = values
-            capture = self._captures.pop(tgid, None)
-            if capture is not None:
-                self._finish(capture, {"topics": topics, "shards": shards,
-                                       "copied": sent, "lost": lost,
-                                       "copy_ns": end_ns - capture.time_ns})
+        for capture, walk in self._captures.take(kind, struct.unpack_from(fmt, raw)):
+            self._finish(capture, walk)
 
-    def _finish(self, capture: Capture, walk: dict[str, int]) -> None:
+    def _finish(self, capture: Capture, walk: dict[str, Any]) -> None:
         """Write the snapshot file of a complete capture."""
         pid = capture.pid
         known = self.known.get(pid) or self._remembered.pop(pid, None)
@@ -346,8 +314,12 @@ class SnapshotWatcher:
             known = self.known.get(pid)
         entries = last_entries([sorted(capture.entries, key=_order)],
                                self.options.records)
-        if walk["lost"]:
+        if walk["lost"] or walk.get("end_lost"):
             self.counts.incomplete += 1
+        if walk.get("end_lost"):
+            self.report(f"snapshots: the capture of pid {pid} never ended (the "
+                        f"ring was full?): its {len(capture.entries)} entries "
+                        "are written as they are")
         snapshot = build_snapshot(
             pid, capture.comm, known, entries, source="signal",
             records_wanted=self.options.records, time_ns=capture.time_ns,
@@ -391,7 +363,11 @@ class SnapshotWatcher:
         return {name: sum(cpu[name] for cpu in per_cpu) for name in COUNTER_NAMES}
 
     def close(self) -> None:
-        """Detach and unload; stop following processes."""
+        """Write what was captured, detach and unload; stop following."""
+        if self.bpf is not None:    # captures still waiting for their END
+            self.bpf.ring_buffer_poll(0)
+            for capture, walk in self._captures.expired(float("inf")):
+                self._finish(capture, walk)
         if self._follower is not None:
             with contextlib.suppress(Exception):
                 self._follower.stop()
@@ -431,7 +407,3 @@ def kernel_offsets() -> list[str]:
 
 def _order(entry: RawEntry) -> tuple[int, int, int]:
     return entry.timestamp, entry.shard, entry.sequence
-
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

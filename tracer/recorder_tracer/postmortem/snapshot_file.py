@@ -21,6 +21,7 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.output.safe_write import write_new_file
 from recorder_tracer.output.writer import json_value
 from recorder_tracer.target.safe_open import read_untrusted
+from recorder_tracer.terminal import printable
 
 SNAPSHOT_KIND = "recorder-snapshot"
 SNAPSHOT_VERSION = 1
@@ -201,13 +202,15 @@ def print_snapshot(snapshot: dict[str, Any], stream: TextIO,
     (the `last` ones only, if given) in `recorder trace` columns."""
     from recorder_tracer.output.text import TextPrinter
     records = [json_record(record) for record in snapshot["records"]]
-    how = snapshot.get("signal_name") or "snapshot on request"
+    how = printable(snapshot.get("signal_name") or "snapshot on request")
     if snapshot.get("fault_address"):
-        how += f" at {snapshot['fault_address']}"
+        how += f" at {printable(snapshot['fault_address'])}"
     exit_status = (snapshot.get("exit") or {}).get("description", "exit not known")
-    stream.write(f"pid {snapshot['pid']} ({snapshot['comm']}) {snapshot.get('exe')}\n"
-                 f"{how}, {snapshot.get('time')}; {exit_status}; "
-                 f"{len(records)} records\n")
+    # The process chose its name and path (a crafted file, any string).
+    stream.write(f"pid {snapshot['pid']} ({printable(snapshot['comm'])}) "
+                 f"{printable(snapshot.get('exe'))}\n"
+                 f"{how}, {printable(snapshot.get('time'))}; "
+                 f"{printable(exit_status)}; {len(records)} records\n")
     printer = TextPrinter(stream)
     printer.fit_topics(record.topic for record in records)
     printer.print_header()
@@ -215,5 +218,5 @@ def print_snapshot(snapshot: dict[str, Any], stream: TextIO,
         printer.write(record)
     shm = snapshot.get("shm")
     if shm:
-        stream.write(f"shared-memory rings: {shm.get('path')}, "
+        stream.write(f"shared-memory rings: {printable(shm.get('path'))}, "
                      f"{len(shm.get('records', []))} records\n")

@@ -28,6 +28,9 @@ class ArmedProcess:
     # record (a process can write any id into its entries).
     unknown_topics: set[int] = field(default_factory=set)
     ns_pid: int | None = None   # its pid in its own PID namespace, if another
+    # When it exec'd another program (CLOCK_MONOTONIC ns), if it did: an
+    # entry older than that is this image's, not the new program's.
+    exec_ns: int | None = None
 
     def topic_at(self, probe_address: int) -> str | None:
         """The topic whose probe fired at `probe_address` (a runtime address):

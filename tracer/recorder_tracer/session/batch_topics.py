@@ -215,7 +215,7 @@ class BatchTopics:
                     process.image.mappings = maps
                     self._arm(process)
 
-    def on_exec(self, pid: int, started: bool) -> None:
+    def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
         """The -c command's exec is where we armed it; another process runs
         a new program, armed again once it has a core."""
         process = self.processes.get(pid)

@@ -29,6 +29,10 @@ def harvest_record(processes: dict[int, ArmedProcess],
     entry = raw.entry
     pid = raw.pid
     process = processes.get(pid) or exited.get(pid)
+    earlier = exited.get(pid)
+    if (earlier is not None and earlier.exec_ns is not None
+            and raw.entry.timestamp < earlier.exec_ns):
+        process = earlier       # written before its exec: the old program's
     if raw.status & HARVEST_ENTRY_UNREADABLE:
         # BPF could not copy the entry; say so, at the time of the hit.
         topic = (process.topic_at(raw.probe_address) if process else None) or "?"

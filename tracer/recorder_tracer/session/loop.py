@@ -171,9 +171,9 @@ class TraceSession(SessionResults, CoverageSteps):
             names |= source.topic_names()
         return names
 
-    def _on_exec(self, pid: int, started: bool) -> None:
+    def _on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
         for source in self.sources:
-            source.on_exec(pid, started)
+            source.on_exec(pid, started, exec_ns)
 
     # -- running --------------------------------------------------------------
 

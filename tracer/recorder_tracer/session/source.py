@@ -42,8 +42,9 @@ class Source(Protocol):
     def topic_names(self) -> set[str]:
         """The names records can carry now."""
 
-    def on_exec(self, pid: int, started: bool) -> None:
-        """A traced process exec'd (`started`: it is the -c command)."""
+    def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
+        """A traced process exec'd (`started`: it is the -c command) at
+        `exec_ns` (CLOCK_MONOTONIC, the clock of entries)."""
 
     def rescan(self) -> None:
         """Arm what appeared in traced processes since (libraries, topics)."""

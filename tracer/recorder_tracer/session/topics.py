@@ -168,7 +168,7 @@ class RecorderTopics:
                 attachment = arm.attach_uprobe(
                     self.harvester.program_fd_for(probe.name, probe.arguments),
                     probe.path, probe.file_offset, process.pid,
-                    probe.semaphore_offset)
+                    probe.semaphore_offset, probe.identity)
                 process.attachments.append(attachment)
                 process.armed_topics.add(probe.name)
                 if self.pins is not None and attachment.method is arm.Method.LINK:
@@ -208,7 +208,7 @@ class RecorderTopics:
                 if self.coverage is not None:
                     self.coverage.found_core(process)   # a core loaded late
 
-    def on_exec(self, pid: int, started: bool) -> None:
+    def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
         """A traced process exec'd: the -c command's new image is read
         again; any other runs a new program, armed again once it has a
         recorder core (a Python import may load it later)."""
@@ -220,7 +220,10 @@ class RecorderTopics:
             return
         self.exec_pending.add(pid)     # first: still traced
         self.disarm(pid)
-        self.exited[pid].image.close()  # that program is gone
+        # That program is gone; its records still in the streams are
+        # decoded with it (its files), not with the program armed next.
+        self.exited[pid].image.close()
+        self.exited[pid].exec_ns = exec_ns
         self._arm_after_exec()
 
     def _refresh_image(self, process: ArmedProcess) -> None:

@@ -45,14 +45,15 @@ class ProcessTracker:
     """Follows processes for a session.
 
     `traced()` gives the pids traced now; `trace(pid)` arms a new one (False
-    when it has nothing to arm); `on_exec(pid, started)` tells the sources a
-    traced process exec'd. All three run under `lock`.
+    when it has nothing to arm); `on_exec(pid, started, exec_ns)` tells the
+    sources a traced process exec'd (when: the kernel's CLOCK_MONOTONIC ns,
+    the clock of entries). All three run under `lock`.
     """
 
     def __init__(self, options: TraceOptions, lock: threading.RLock,
                  traced: Callable[[], set[int]],
                  trace: Callable[[int], bool],
-                 on_exec: Callable[[int, bool], None],
+                 on_exec: Callable[[int, bool, int], None],
                  report: Callable[[str], None]) -> None:
         self.options = options
         self.lock = lock
@@ -112,7 +113,7 @@ class ProcessTracker:
         exit to the loop, which drains its records before reporting it."""
         if event.kind is procs.ProcEventKind.EXEC:
             try:
-                self._on_exec(event.pid)
+                self._on_exec(event.pid, event.timestamp)
             except Exception as error:
                 # Raised here it would end the follower thread, and with it
                 # following, silently: say so and go on with the next event.
@@ -124,10 +125,10 @@ class ProcessTracker:
         elif event.kind is procs.ProcEventKind.OVERRUN:
             self._rescan.set()      # exits and execs were lost: look again
 
-    def _on_exec(self, pid: int) -> None:
+    def _on_exec(self, pid: int, exec_ns: int) -> None:
         with self.lock:
             if pid in self.traced():
-                self.on_exec(pid, pid == self.child)
+                self.on_exec(pid, pid == self.child, exec_ns)
                 return
             if self.wants(pid) and self.trace(pid):
                 comm = "?"

@@ -236,21 +236,24 @@ class UsdtSource:
     def _select(self, pid: int, mapped: list[notes.MappedFile],
                 selector: UsdtSelector, started: bool,
                 required: bool = True) -> list[ProbeSite]:
-        files = [(m.open_path, m.path) for m in mapped]
+        files: list[notes.MappedFile | str] = list(mapped)
         if selector.path is not None:
             stat = os.stat(selector.path)
-            files = [(m.open_path, m.path) for m in mapped
+            files = [m for m in mapped
                      if (m.device, m.inode) == (stat.st_dev, stat.st_ino)]
             if not files:
                 if not required:
                     return []
                 if not started:
                     raise TracerError(f"process {pid} does not map {selector.path}")
-                files = [(selector.path, selector.path)]
+                files = [selector.path]
         found = []
-        for open_path, name in files:
+        for file in files:
+            # A mapped file is read only while it is the mapped inode.
+            name = file if isinstance(file, str) else file.path
             try:
-                probes = notes.probes_in_file(open_path)
+                probes = (notes.probes_in_file(file) if isinstance(file, str)
+                          else notes.probes_in_mapped(file))
             except (OSError, notes.NotesError) as error:
                 if selector.path is None or not required:
                     continue
@@ -287,7 +290,7 @@ class UsdtSource:
                 process.attachments.append(arm.attach_uprobe(
                     self.program.program_fd, site.probe.path,
                     site.probe.file_offset, process.pid,
-                    site.probe.semaphore_offset))
+                    site.probe.semaphore_offset, site.probe.identity))
             except arm.ArmError as error:
                 for attachment in process.attachments:
                     arm.detach(attachment)
@@ -395,7 +398,7 @@ class UsdtSource:
         return {site.probe.name for process in self.processes.values()
                 for site in process.sites}
 
-    def on_exec(self, pid: int, started: bool) -> None:
+    def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
         """An exec keeps what was armed: the -c command is armed at its exec
         stop, and a process found by --comm keeps its probes by path."""
 

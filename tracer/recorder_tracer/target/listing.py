@@ -25,6 +25,7 @@ from recorder_tracer.target.memory import (
     load_bias,
     read_maps,
 )
+from recorder_tracer.terminal import escape_controls
 
 SEMAPHORE_SIZE = 2      # unsigned short, as <sys/sdt.h> and the core define it
 
@@ -149,9 +150,9 @@ def process_rows(pid: int) -> list[ProbeRow]:
     topics = None
     for file in mapped:
         try:
-            probes = notes.probes_in_file(file.open_path)
+            probes = notes.probes_in_mapped(file)
         except (OSError, notes.NotesError):
-            continue    # not ELF (or gone): no probes to list
+            continue    # not ELF (or gone, or replaced): no probes to list
         if not probes:
             continue
         bias = load_bias(mappings, file.open_path)
@@ -237,13 +238,15 @@ def render(rows: list[ProbeRow]) -> str:
     - app recorder:tick 1 yes - -
     """
     widths = [width for _, width, _ in COLUMNS]
-    widths[2] = max([widths[2], *(len(row.full_name) for row in rows)])
+    # File names and probe names are the process's and its ELF's to choose.
+    widths[2] = max([widths[2], *(len(escape_controls(row.full_name))
+                                  for row in rows)])
     lines = [_line([title for title, _, _ in COLUMNS], widths)]
     for row in rows:
         lines.append(_line([
             "-" if row.pid is None else str(row.pid),
-            os.path.basename(row.path)[:widths[1]],
-            row.full_name,
+            escape_controls(os.path.basename(row.path))[:widths[1]],
+            escape_controls(row.full_name),
             "rt" if row.runtime else str(row.sites),
             row.semaphore_text,
             "-" if row.ring is None else str(row.ring),

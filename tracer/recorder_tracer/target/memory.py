@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
 from recorder_tracer.target.elf import ElfFile, ElfFormatError, Segment
-from recorder_tracer.target.safe_open import open_mapped
+from recorder_tracer.target.safe_open import open_mapped, open_regular
 
 _REGISTRY = struct.Struct("<QII QII Q")     # magic, version, entry_size,
                                             # topics, topic_count, shard_count,
@@ -96,12 +97,13 @@ def load_bias(mappings: list[Mapping], path: str) -> int | None:
     >>> any(m.start <= bias + load_segments(exe)[0].address < m.end for m in maps)
     True
     """
-    try:
-        stat = os.stat(path)
-    except OSError:
+    try:    # one open: the segments read are those of the inode matched
+        with os.fdopen(open_regular(path), "rb") as file:
+            stat = os.fstat(file.fileno())
+            segments = ElfFile(file).segments
+    except (OSError, ElfFormatError):
         return None
     page = os.sysconf("SC_PAGE_SIZE")
-    segments = load_segments(path)
     for mapping in mappings:   # in address order: the file's first mapping
         if (mapping.device, mapping.inode) != (stat.st_dev, stat.st_ino):
             continue
@@ -119,6 +121,11 @@ class ProcessImage:
     stays bound to that address space: after the process execs, exits or
     its PID is reused, reads through it fail (and fall back to the files
     mapped then) instead of returning another program's bytes.
+
+    The follower's thread closes an image (the process exec'd) while the
+    loop's thread may be decoding with it: a read and close() exclude each
+    other, so a pread never goes to a descriptor number closed meanwhile,
+    and maybe already reused for another process's memory.
     """
 
     pid: int
@@ -128,6 +135,8 @@ class ProcessImage:
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
     _offline: bool = False      # /proc/PID/map_files may be another's now
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
+                                  compare=False)    # _memory: read vs close
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
@@ -154,26 +163,28 @@ class ProcessImage:
             self._memory = None
 
     def close(self) -> None:
-        """Stop reading the live process (files still answer)."""
-        if self._memory is not None:
-            os.close(self._memory)
-            self._memory = None
+        """Stop reading the live process (files still answer); waits for a
+        read in progress in another thread."""
+        with self._lock:
+            self._bound = True
+            if self._memory is not None:
+                os.close(self._memory)
+                self._memory = None
 
     def __del__(self) -> None:
         self.close()
 
     def read(self, address: int, size: int) -> bytes | None:
         """Bytes at `address`, from the live process or its mapped file."""
-        if not self._bound:
-            self._bind()
-        if self._memory is not None:
-            try:
-                data = os.pread(self._memory, size, address)
-                if data:
-                    return data
+        with self._lock:
+            if not self._bound:
+                self._bind()
+            try:    # not contextlib.suppress: ~0.4 us more per read
+                data = (os.pread(self._memory, size, address)
+                        if self._memory is not None else None)
             except (OSError, ValueError, OverflowError):
-                pass
-        return self._read_from_file(address, size)
+                data = None
+        return data or self._read_from_file(address, size)
 
     def _read_from_file(self, address: int, size: int) -> bytes | None:
         for mapping in self.mappings:
@@ -297,7 +308,7 @@ class ProcessImage:
 def load_segments(path: str) -> list[Segment]:
     """The PT_LOAD segments of the ELF file at `path` ([] if unreadable)."""
     try:
-        with open(path, "rb") as file:
+        with os.fdopen(open_regular(path), "rb") as file:
             return ElfFile(file).segments
     except (OSError, ElfFormatError):
         return []

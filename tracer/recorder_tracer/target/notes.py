@@ -62,6 +62,13 @@ class UsdtProbe:
     semaphore: int
     semaphore_offset: int
     arguments: str
+    device: int = 0     # the file the sites were read from: a probe is
+    inode: int = 0      # attached to this inode only (kernel/arm.py)
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file read, None if unknown."""
+        return (self.device, self.inode) if self.inode else None
 
     @property
     def full_name(self) -> str:
@@ -151,7 +158,19 @@ def probes_in_file(path: str | os.PathLike[str]) -> list[UsdtProbe]:
     with open(name, "rb") as file:
         stat = os.fstat(file.fileno())
         probes = _cached_probes(_key(stat), file, name)
-    return sort_probes(replace(p, path=name) for p in probes)
+    return sort_probes(replace(p, path=name, device=stat.st_dev, inode=stat.st_ino)
+                       for p in probes)
+
+
+def probes_in_mapped(mapped: MappedFile) -> list[UsdtProbe]:
+    """The probes of a file a process maps, read only if it still is the
+    mapped inode (its path is the process's to replace); each probe's
+    `path` is `mapped.open_path`. Raises OSError or NotesError."""
+    with _open_mapped(mapped) as file:
+        stat = os.fstat(file.fileno())
+        found = _cached_probes(_key(stat), file, mapped.open_path)
+    return sort_probes(replace(p, path=mapped.open_path, device=stat.st_dev,
+                               inode=stat.st_ino) for p in found)
 
 
 def mapped_files(pid: int, executable_only: bool = False) -> list[MappedFile]:
@@ -199,12 +218,9 @@ def probes_in_process(pid: int) -> list[UsdtProbe]:
     probes: list[UsdtProbe] = []
     for mapped in mapped_files(pid, executable_only=True):
         try:
-            with _open_mapped(mapped) as file:
-                stat = os.fstat(file.fileno())
-                found = _cached_probes(_key(stat), file, mapped.open_path)
+            probes.extend(probes_in_mapped(mapped))
         except (OSError, NotesError):
             continue
-        probes.extend(replace(p, path=mapped.open_path) for p in found)
     return sort_probes(probes)
 
 
@@ -355,6 +371,7 @@ __all__ = [
     "mapped_files",
     "mapped_recorder_processes",
     "probes_in_file",
+    "probes_in_mapped",
     "probes_in_process",
     "sort_probes",
 ]

@@ -22,8 +22,10 @@ class UntrustedFileError(OSError):
     """A file a process named is not one we may read (the message says why)."""
 
 
-def _open_checked(path: str, follow: bool, identity: tuple[int, int] | None,
-                  limit: int | None) -> int:
+def _open_path(path: str, follow: bool, identity: tuple[int, int] | None,
+               limit: int | None) -> int:
+    """An O_PATH descriptor of `path`, checked: a regular file, of
+    `identity` (device, inode) if given, of at most `limit` bytes."""
     flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     handle = os.open(path, flags)
     try:
@@ -35,6 +37,16 @@ def _open_checked(path: str, follow: bool, identity: tuple[int, int] | None,
         if limit is not None and info.st_size > limit:
             raise UntrustedFileError(
                 f"{path}: {info.st_size} bytes, more than the {limit} accepted")
+    except BaseException:
+        os.close(handle)
+        raise
+    return handle
+
+
+def _open_checked(path: str, follow: bool, identity: tuple[int, int] | None,
+                  limit: int | None) -> int:
+    handle = _open_path(path, follow, identity, limit)
+    try:
         # Reopened through the O_PATH descriptor: the very inode checked.
         return os.open(f"/proc/self/fd/{handle}",
                        os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
@@ -69,12 +81,28 @@ def read_untrusted(path: str | os.PathLike[str], limit: int) -> bytes:
         os.close(descriptor)
 
 
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of the regular file `path` names, symlinks
+    followed (a probe's path may be /proc/PID/root/... or a symlink root
+    named): only a regular file is ever opened for real, so a FIFO or a
+    device swapped in at that path cannot block or feed the tracer."""
+    return _open_checked(os.fspath(path), True, None, None)
+
+
 def open_identified(path: str, device: int, inode: int) -> int:
     """A read-only descriptor of the regular file at `path` if it is the
     file (device, inode); a final symlink is followed only for the kernel's
     own /proc/PID/map_files entries."""
     follow = path.startswith("/proc/") and "/map_files/" in path
     return _open_checked(path, follow, (device, inode), None)
+
+
+def pin_identified(path: str, identity: tuple[int, int] | None) -> int:
+    """An O_PATH descriptor of the regular file at `path` (symlinks
+    followed), checked to be `identity` (device, inode) when given. It
+    holds that inode: /proc/self/fd/N names it to the kernel whatever
+    becomes of `path` afterwards (see kernel/arm.py)."""
+    return _open_path(path, True, identity, None)
 
 
 def strip_deleted(path: str) -> tuple[str, bool]:

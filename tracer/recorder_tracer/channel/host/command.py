@@ -9,6 +9,7 @@ import threading
 import click
 
 from recorder_tracer.errors import TracerError
+from recorder_tracer.terminal import escape_controls
 
 COLLECT_EPILOG = """\b
 Examples:
@@ -50,7 +51,7 @@ def collect(urls: tuple[str, ...], out: str, metrics_listen: str | None,
     from recorder_tracer.channel.host.collector import Collector
 
     def report(message: str) -> None:
-        click.echo(message, err=True)
+        click.echo(escape_controls(message), err=True)     # a guest's names
 
     stopping = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):

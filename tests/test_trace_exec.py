@@ -1,0 +1,53 @@
+"""Records made before a traced process exec'd are decoded with the
+program that made them, not with the one it became.
+
+The follower's thread handles the EXEC at once and arms the new program
+under the same pid; the loop decodes what the old one left in the stream
+later. Decoded with the new image, an old format address reads the new
+program's memory (another string, or none): the old records showed
+garbage or "unreadable".
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from helpers.tracer import Workload, wait_for
+from timing import scaled
+
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.session.loop import TraceOptions, TraceSession
+
+pytestmark = pytest.mark.bpf
+
+
+def test_records_before_an_exec_are_decoded_with_the_program_that_made_them(
+        progs: Path) -> None:
+    workload = Workload(progs)
+    records: list = []
+    session = TraceSession(TraceOptions(pids=[workload.pid],
+                                        spec=TopicSpec.parse("tick")),
+                           records.append, lambda message: None)
+    session.start()
+    try:
+        before = session.recorder.processes[workload.pid]
+        workload.record("tick", 3)          # in the stream, not decoded yet
+        stdin, stdout = workload.process.stdin, workload.process.stdout
+        stdin.write(f"exec {progs / 'tracer_wait'}\n")
+        stdin.flush()
+        assert stdout.readline().strip() == "ready"     # tracer_wait's
+        # The follower armed the new program under the same pid.
+        wait_for(lambda: session.recorder.processes.get(workload.pid)
+                 not in (None, before))
+        deadline = time.monotonic() + scaled(10)
+        while len([r for r in records if r.topic == "tick"]) < 3:
+            assert time.monotonic() < deadline, records
+            session.poll(timeout_ms=20)
+    finally:
+        session.close()
+        workload.process.stdin.close()
+        workload.process.wait(timeout=scaled(10))
+    assert [r.message for r in records if r.pid == workload.pid] == [
+        f"tick {i} of tick-string half {i * 0.5:.1f}" for i in range(3)]
