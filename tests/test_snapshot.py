@@ -1,9 +1,10 @@
 """Crash snapshots: real victims, real signals, real BPF (postmortem/snapshot.py).
 
-A victim records 10,000 entries into topic `victim` while two other
-processes flood the same CPUs, then dies; its snapshot must hold exactly its
-last N records, in order, none missing, whether anything in it is armed or
-not, and it must still die by its own signal.
+A victim records 3,000 entries (its 1,024-entry ring wraps) into topic
+`victim` while two other processes flood the same CPUs, then dies; its
+snapshot must hold exactly its last N records, in order, none missing,
+whether anything in it is armed or not, and it must still die by its own
+signal.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def test_show_renders_and_rejects_bad_files(progs: Path, tmp_path: Path) -> None
         victim.process.wait()
     runner = CliRunner()
     shown = runner.invoke(main, ["show", str(path)])
-    assert shown.exit_code == 0 and "victim 9999" in shown.output
+    assert shown.exit_code == 0 and f"victim {RECORDS - 1}" in shown.output
     listed = runner.invoke(main, ["snapshots", "--snapshot-dir", str(tmp_path),
                                   "--json"])
     assert json.loads(listed.output)[0]["records"] == 23
