@@ -23,6 +23,7 @@ RAW_TRACEPOINT, KPROBE = 17, 2
 
 def programs() -> list[tuple[str, list[str], list[tuple[bytes, int]]]]:
     """(source, flags, functions to load) as the controller loads them."""
+    from recorder_tracer.kernel.coverage import exit_tracepoint
     from recorder_tracer.kernel.coverage import kernel_offsets as coverage_offsets
     from recorder_tracer.postmortem.snapshot import kernel_offsets as snapshot_offsets
     cpus = min(possible_cpus(), 64)
@@ -37,7 +38,8 @@ def programs() -> list[tuple[str, list[str], list[tuple[bytes, int]]]]:
         ("usdt.c", ["-DUSDT_STRING_MAX=64", "-DUSDT_MAX_SITES=64"],
          [(b"usdt_hit", KPROBE)]),
         ("coverage.c", ["-DCOVERAGE_RING_PAGES=64", f"-DCOVERAGE_CPUS={cpus}",
-                        "-DCOVERAGE_CGROUPS=8", *coverage_offsets()],
+                        "-DCOVERAGE_CGROUPS=8", *coverage_offsets(),
+                        *(["-DCOVERAGE_EXIT_TRACEPOINT"] if exit_tracepoint() else [])],
          [(b"walk_more", RAW_TRACEPOINT), (b"scan_more", RAW_TRACEPOINT)]),
     ]
 
@@ -78,8 +80,15 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("index", range(4), ids=["harvest", "snapshot", "usdt",
                                                  "coverage"])
 def test_a_cached_load_is_the_compiled_program(cache: Path, index: int) -> None:
+    from recorder_tracer.kernel.coverage import kernel_follows_forks
     from recorder_tracer.kernel.program_cache import CachedBPF
     source, flags, functions = programs()[index]
+    if source == "coverage.c" and not kernel_follows_forks():
+        # Its exit_group path does not pass 6.1's verifier (E2BIG, seen in
+        # the VM guest): sessions load it only where the kernel has the 6.16
+        # exit tracepoint (kernel/coverage.py).
+        pytest.skip("coverage.c is loaded only on kernels with the 6.16 exit "
+                    "tracepoint")
     compiled = load_program(source, flags, source)
     try:
         assert not isinstance(compiled, CachedBPF)
