@@ -165,9 +165,12 @@ EOF
 
 # Whether the guest's selection holds the guest half of the channel test.
 guest_ran_channel_test() {
-    (cd "$repo" && .venv/bin/python -m pytest --collect-only -q -p no:cacheprovider \
-        -m "$guest_markers" $guest_tests 2>/dev/null) \
-        | grep -q "test_daemon_forwards_to_the_host_collector"
+    # Listed whole first: `grep -q` closing the pipe early would make pytest
+    # fail with EPIPE, and pipefail would turn that into "no".
+    local listed
+    listed="$(cd "$repo" && .venv/bin/python -m pytest --collect-only -q \
+              -p no:cacheprovider -m "$guest_markers" $guest_tests 2>/dev/null)" || true
+    grep -q "test_daemon_forwards_to_the_host_collector" <<<"$listed"
 }
 
 # ---------------------------------------------------------------- outside --
