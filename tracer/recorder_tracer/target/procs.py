@@ -256,17 +256,24 @@ class ProcessFollower:
             self._thread.join()
             raise error
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening and join the thread; re-raise a callback's error."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop listening and join the thread; re-raise a callback's error.
+
+        The reader closes its socket as it ends, which takes it a few
+        milliseconds of CPU; `timeout` only bounds a reader stuck in a
+        callback (a starved one, niced beside emulators, took over 5 s)."""
         self._stopping.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_write, b"x")
+        if self._wake_write >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_write, b"x")
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._thread is None or not self._thread.is_alive():
-            for fd in (self._wake_read, self._wake_write):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if (self._wake_read >= 0
+                and (self._thread is None or not self._thread.is_alive())):
+            # Once: a second stop() must not close numbers reused since.
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            self._wake_read = self._wake_write = -1
         if self._error is not None:
             error, self._error = self._error, None
             raise error
