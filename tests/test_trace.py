@@ -244,7 +244,9 @@ def test_cli_stops_cleanly_on_sigint_under_a_flood(workloads) -> None:
         workload.process.kill()
 
     assert trace.returncode == 0, errors
-    assert stopped_in < scaled(5), errors
+    # Promptness, not a figure: the flood goes on trapping while the tracer
+    # detaches (under TCG beside a busy host it took 14-28 s at scale 4).
+    assert stopped_in < scaled(10), errors
     assert "Traceback" not in errors
     counts = summary_counts(errors)
     assert len(counts) == os.cpu_count()
