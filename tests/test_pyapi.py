@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.share import ShareFile, parse, shard_of
+from helpers.share import ShareFile, parse, topic_entries
 from helpers.tracer import PythonWorkload
 from timing import scaled
 
@@ -65,7 +65,7 @@ class SharedWorkload:
 
     def entries(self, topic: str) -> list[tuple[int, ...]]:
         share: ShareFile = parse(self.path)
-        return sorted(shard_of(share, topic).entries)      # by timestamp
+        return topic_entries(share, topic)      # by timestamp
 
     def close(self) -> None:
         assert self.process.stdin is not None

@@ -101,6 +101,14 @@ def shard_of(share: ShareFile, topic: str) -> Shard:
     return shard
 
 
+def topic_entries(share: ShareFile, topic: str) -> list[tuple[int, ...]]:
+    """Every kept entry of `topic`, from each of its shards (one per CPU its
+    threads recorded on), by timestamp."""
+    return sorted(entry for shard in share.shards
+                  if shard.topic_id == share.topics[topic]
+                  for entry in shard.entries)
+
+
 def arguments(shard: Shard, count: int) -> list[tuple[int, ...]]:
     """The first `count` arguments of each kept entry."""
     return [tuple(entry[10 : 10 + count]) for entry in shard.entries]
