@@ -156,6 +156,7 @@ class GuestLink:
         self._probe_ids = itertools.count(1)
         self._last_ack = 0.0
         self._acked = 0
+        self._ack_lock = threading.Lock()   # the reader and the ack timer
 
     def run(self) -> None:
         report = self.collector.report
@@ -271,6 +272,8 @@ class GuestLink:
         assert self.state is not None
         threading.Thread(target=self._probe_loop, daemon=True,
                          name=f"probes {self.connection.peer}").start()
+        threading.Thread(target=self._ack_loop, daemon=True,
+                         name=f"acks {self.connection.peer}").start()
         next_write = time.monotonic() + PROBE_INTERVAL_S
         reader = self.connection.reader
         while True:
@@ -288,6 +291,17 @@ class GuestLink:
                 next_write = now + PROBE_INTERVAL_S
                 self._write_guest(self.state)
             self._ack()
+
+    def _ack_loop(self) -> None:
+        """Acks what was written, within ACK_INTERVAL_S, when no frame comes
+        after the last ones (the reader acks only as frames arrive: the
+        guest kept its backlog, and a sender waiting on it, up to the next
+        clock probe)."""
+        while not self.connection.closed.wait(ACK_INTERVAL_S):
+            try:
+                self._ack()
+            except OSError:
+                return
 
     def _probe_loop(self) -> None:
         """A clock probe every PROBE_INTERVAL_S, idle or busy."""
@@ -378,17 +392,19 @@ class GuestLink:
         state = self.state
         if state is None:
             return
-        now = time.monotonic()
-        seq = state.store.last_seq
-        if seq == self._acked or (not force and now - self._last_ack < ACK_INTERVAL_S):
-            return
-        self._last_ack = now
-        try:
-            self.connection.send(control(Kind.ACK, {"seq": seq}))
-            self._acked = seq
-        except OSError:
-            if not quiet:
-                raise
+        with self._ack_lock:
+            now = time.monotonic()
+            seq = state.store.last_seq
+            if seq == self._acked or (not force
+                                      and now - self._last_ack < ACK_INTERVAL_S):
+                return
+            self._last_ack = now
+            try:
+                self.connection.send(control(Kind.ACK, {"seq": seq}))
+                self._acked = seq
+            except OSError:
+                if not quiet:
+                    raise
 
     def _write_guest(self, state: GuestState, hello: dict[str, Any] | None = None
                      ) -> None:
