@@ -174,6 +174,31 @@ def test_jobs_that_live_a_millisecond_are_all_traced(progs) -> None:
     assert copied is not None and copied.copied > 0     # not all armed in time
 
 
+def test_workers_ending_before_arming_are_copied_with_their_topic_names(
+        progs) -> None:
+    """Workers that record 10 entries and exit at once end before the
+    session arms them: BPF copies them at their end. A fork's page holding
+    a topic's name is not mapped in it until it touches it (fork copies no
+    page table of a file mapping), so BPF cannot read the name there: the
+    copy must still come out under its topic (the name read from the
+    parent's image), not be dropped as an unarmed topic."""
+    workers = 8
+    server = PreforkServer([str(progs / "prefork_server"), str(workers), "10", "0"])
+    try:
+        session = BackgroundSession(TraceOptions(pids=[server.pid],
+                                                 spec=TopicSpec.parse("work")))
+        lines = server.serve()
+        records = session.stop()
+    finally:
+        server.close()
+    pids = {int(line.split()[1]) for line in lines if line.startswith("worker")}
+    by_pid = collections.Counter(record.pid for record in records
+                                 if record.topic == "work")
+    assert by_pid == {pid: 10 for pid in pids}, session.reports
+    coverage = session.session.coverage
+    assert coverage is not None and coverage.copied > 0    # not all armed
+
+
 @pytest.fixture
 def cgroup() -> Iterator[Path]:
     """A cgroup of our own in the v2 hierarchy, removed at the end."""
@@ -208,7 +233,8 @@ def test_every_process_of_a_cgroup_is_traced_now_and_later(progs, cgroup) -> Non
                 server.close()
     workers = [int(line.split()[1]) for line in lines if line.startswith("worker")]
     by_pid = collections.Counter(record.pid for record in records)
-    assert by_pid == {pid: RECORDS for pid in workers[:2 * WORKERS]}
+    assert by_pid == {pid: RECORDS for pid in workers[:2 * WORKERS]}, \
+        session.reports
     assert sorted(record.args for record in records) == sorted(
         [w, i] for w in range(WORKERS) for i in range(RECORDS) for _ in (0, 1))
 

@@ -71,6 +71,9 @@ class Copy:
     start_code: int
     time_ns: int
     topics: dict[int, str] = field(default_factory=dict)
+    # Where each topic's name is, for a name BPF could not read: a fork's
+    # copy of a read-only page is mapped only once the fork touches it.
+    topic_names_at: dict[int, int] = field(default_factory=dict)
     entries: list[CopiedEntry] = field(default_factory=list)
     sent: int = 0
     lost: int = 0
@@ -257,7 +260,8 @@ class Coverage:
         elif kind == TOPIC:
             copy = self._copies.get(values[1])
             if copy is not None:
-                copy.topics[values[2]] = _text(values[4])
+                copy.topics[values[2]] = _text(values[5])
+                copy.topic_names_at[values[2]] = values[4]
         elif kind == BEGIN:
             (_, tgid, time_ns, since, registry, start_code, parent, _pad,
              comm) = values

@@ -263,6 +263,7 @@ class SessionCoverage:
                 self.delivered.forget(copy.pid)
 
     def _deliver_copy(self, copy: Copy, image: ProcessImage | None) -> None:
+        names = _copied_topic_names(copy, image)
         for copied in copy.entries:
             entry = copied.entry
             if image is not None:
@@ -270,7 +271,7 @@ class SessionCoverage:
                 # are decoded with these once its memory is gone.
                 image.remember(entry.format, copied.format or None)
                 image.remember(entry.where, copied.where or None)
-            name = copy.topics.get(entry.topic_id, f"topic{entry.topic_id}")
+            name = names.get(entry.topic_id, f"topic{entry.topic_id}")
             if not self.spec.armed(name):
                 continue
             if not self.delivered.first(copy.pid, entry, entry.shard):
@@ -331,6 +332,19 @@ class SessionCoverage:
         image = ProcessImage.offline(copy.pid, [])
         image.add_file(path, start_code - min(s.address for s in segments))
         return image
+
+
+def _copied_topic_names(copy: Copy, image: ProcessImage | None) -> dict[int, str]:
+    """Topic id -> name of a copy. BPF reads each name in the ending
+    process, where a fork that never touched a name's read-only page has it
+    unmapped (fork copies no page table of a file mapping): such a name is
+    read from the image (the parent's memory, or the executable's file)."""
+    names = {}
+    for topic_id, name in copy.topics.items():
+        if not name and image is not None:
+            name = image.string(copy.topic_names_at.get(topic_id, 0)) or ""
+        names[topic_id] = name or f"topic{topic_id}"
+    return names
 
 
 def _captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | None

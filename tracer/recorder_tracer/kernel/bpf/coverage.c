@@ -262,6 +262,7 @@ static __always_inline void send_topic(struct walk *walk)
     __u64 name = 0;
     bpf_probe_read_user(&name, sizeof(name),
                         (void *)(walk->topic + offsetof(struct recorder_topic, name)));
+    out->name_at = name;
     if (bpf_probe_read_user_str(out->name, sizeof(out->name), (void *)name) < 0)
         out->name[0] = 0;
     bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);

@@ -81,6 +81,9 @@ struct coverage_topic {
     __u32 tgid;
     __u32 id;
     __u32 pad;
+    __u64 name_at;          /* where the name is: a fork's page of it may
+                             * not be mapped yet (empty name), the
+                             * controller reads it from its files */
     char name[COVERAGE_NAME_MAX];
 };
 
