@@ -116,9 +116,11 @@ def kernel_follows_forks() -> bool:
     (this module) rather than per PID through the proc connector.
 
     Only where the copy at exit can run in sched_process_exit before
-    exit_mm() (Linux 6.16+, exit_tracepoint()): the path is untested on
-    older kernels (the CI's VM guest runs 6.1). RECORDER_COVERAGE=1 turns
-    it on there anyway, to try it.
+    exit_mm() (Linux 6.16+, exit_tracepoint()). The exit_group() variant
+    for older kernels is refused by 6.1's verifier (E2BIG on
+    raw_tracepoint__sys_enter, seen in the CI's VM guest), so older kernels
+    follow through the proc connector, without copies at exit.
+    RECORDER_COVERAGE=1 turns it on there anyway, to try it.
     """
     return os.environ.get("RECORDER_COVERAGE") == "1" or exit_tracepoint()
 
