@@ -321,3 +321,27 @@ def test_dump_shm_reads_rings_after_sigkill(progs: Path, tmp_path: Path) -> None
     removed = runner.invoke(main, ["dump", "--shm", "--share-dir", str(share),
                                    "--remove-stale"])
     assert "removed" in removed.output and not list(share.iterdir())
+
+
+@pytest.mark.bpf
+def test_the_copy_waits_for_the_exit_where_the_kernel_allows(
+        progs: Path, watcher: SnapshotWatcher) -> None:
+    """The kernel delivers a signal with interrupts off: where
+    sched_process_exit runs before exit_mm() (Linux 6.16+), signal_deliver
+    only marks the group dying and its last thread's exit makes the copy,
+    which leaves nothing marked; elsewhere the copy is made at delivery."""
+    from recorder_tracer.kernel.coverage import exit_tracepoint
+    assert watcher.bpf is not None
+    attached = set(watcher.bpf.raw_tracepoint_fds)
+    assert b"signal_deliver" in attached
+    assert (b"sched_process_exit" in attached) == exit_tracepoint()
+    victim = Victim(progs)
+    wait_known(watcher, victim.pid)
+    victim.record()
+    victim.send("segv")
+    assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
+    snapshot, _ = wait_for_file(watcher, victim.pid, time.monotonic())
+    assert len(snapshot["records"]) == N
+    if exit_tracepoint():
+        import ctypes
+        assert ctypes.c_uint32(victim.pid) not in watcher.bpf[b"dying"]

@@ -46,6 +46,7 @@ from recorder_tracer.abi import (
 from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.btf import member_offset
+from recorder_tracer.kernel.coverage import exit_tracepoint
 from recorder_tracer.kernel.loader import (
     load_program,
     possible_cpus,
@@ -144,6 +145,8 @@ class SnapshotWatcher:
                   *kernel_offsets()]
         if self.pins is not None:
             cflags.append(f'-DSNAPSHOT_PIN_DIR="{self.pins.path}"')
+        if exit_tracepoint():
+            cflags.append("-DSNAPSHOT_EXIT_TRACEPOINT")
         self.bpf = load_program("snapshot.c", cflags, "snapshot")
         try:
             import bcc

@@ -17,12 +17,19 @@
  * group ending by exit_group() or exec also kills its other threads with
  * SIGKILL, but with no signal in group_exit_code: not fatal.
  *
+ * Where sched_process_exit runs before exit_mm() (Linux 6.16+,
+ * SNAPSHOT_EXIT_TRACEPOINT), signal_deliver only sends the FAULT and marks
+ * the group `dying`; the copy is made at the group's exit, out of the
+ * signal lock's interrupts-off section (and it includes what the other
+ * threads recorded until they died).
+ *
  * Maps, and who reads them:
  *   registries  tgid -> address of `recorder_registry`   written by the
  *               controller (scan, exec events); copied to a forked child
  *               here, dropped at exec here
  *   captured    tgid -> fault time: one capture per death  deleted at fork
  *               (a reused pid) and exec
+ *   dying       tgid -> registry, a death to copy at exit  (6.16+) here
  *   snapshots   ring buffer of FAULT, ENTRY..., END       controller
  *   counters    per-CPU SNAPSHOT_COUNT_*                  controller
  *   layout_*    never written: carry the message layouts to Python
@@ -82,10 +89,16 @@ __attribute__((section("maps/ringbuf:" SNAPSHOT_PIN_DIR "/snapshots")))
 struct snapshots_table_t snapshots = {
     .max_entries = SNAPSHOT_RING_PAGES * PAGE_SIZE };
 BPF_ANNOTATE_KV_PAIR(snapshots, int, u32);
+#ifdef SNAPSHOT_EXIT_TRACEPOINT
+BPF_TABLE_PINNED("hash", __u32, __u64, dying, 65536, SNAPSHOT_PIN_DIR "/dying");
+#endif
 #else
 BPF_HASH(registries, __u32, __u64, 65536);
 BPF_HASH(captured, __u32, __u64, 65536);
 BPF_RINGBUF_OUTPUT(snapshots, SNAPSHOT_RING_PAGES);
+#ifdef SNAPSHOT_EXIT_TRACEPOINT
+BPF_HASH(dying, __u32, __u64, 65536);
+#endif
 #endif
 BPF_PERCPU_ARRAY(counters, __u64, SNAPSHOT_COUNT_COUNT);
 BPF_ARRAY(layout_fault, struct snapshot_fault, 1);
@@ -273,6 +286,25 @@ static __always_inline int fatal_signal(int sig, void *action,
     return handler == SIG_DFL ? sig : 0;
 }
 
+/* Copies the last records of every topic of the registry at `registry`. */
+static __always_inline int walk_registry(struct bpf_raw_tracepoint_args *ctx,
+                                         __u32 tgid, __u64 registry)
+{
+    __u32 zero = 0;
+    struct walk *walk = walks.lookup(&zero);
+    if (!walk)
+        return 0;
+    __builtin_memset(walk, 0, sizeof(*walk));
+    walk->tgid = tgid;
+    if (bpf_probe_read_user(&walk->topic, sizeof(walk->topic),
+                            (void *)(registry
+                                     + offsetof(struct recorder_registry, topics))))
+        walk->topic = 0;
+    if (walk->topic)
+        walk->topics = 1;
+    return walk_on(ctx, walk);
+}
+
 RAW_TRACEPOINT_PROBE(signal_deliver)
 {
     int sig = (int)ctx->args[0];
@@ -319,21 +351,35 @@ RAW_TRACEPOINT_PROBE(signal_deliver)
     bpf_get_current_comm(fault->comm, sizeof(fault->comm));
     bpf_ringbuf_submit(fault, BPF_RB_NO_WAKEUP);
     count(SNAPSHOT_COUNT_CAPTURED, 1);
-
-    __u32 zero = 0;
-    struct walk *walk = walks.lookup(&zero);
-    if (!walk)
-        return 0;
-    __builtin_memset(walk, 0, sizeof(*walk));
-    walk->tgid = tgid;
-    if (bpf_probe_read_user(&walk->topic, sizeof(walk->topic),
-                            (void *)(*registry
-                                     + offsetof(struct recorder_registry, topics))))
-        walk->topic = 0;
-    if (walk->topic)
-        walk->topics = 1;
-    return walk_on(ctx, walk);
+    __u64 address = *registry;
+#ifdef SNAPSHOT_EXIT_TRACEPOINT
+    /* The kernel delivers signals holding the signal lock with interrupts
+     * off, and a walk reads up to SNAPSHOT_CALLS x SNAPSHOT_STEPS user
+     * words: it waits for the group's exit (sched_process_exit below),
+     * where the memory is still there and interrupts are on. */
+    dying.update(&tgid, &address);
+    return 0;
+#else
+    return walk_registry(ctx, tgid, address);
+#endif
 }
+
+#ifdef SNAPSHOT_EXIT_TRACEPOINT
+/* sched_process_exit(task, group_dead): before exit_mm() since 6.16. The
+ * group's last thread walks what a fatal signal marked. */
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    if (!ctx->args[1])
+        return 0;           /* not the group's last thread */
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    __u64 *registry = dying.lookup(&tgid);
+    if (!registry)
+        return 0;
+    __u64 address = *registry;
+    dying.delete(&tgid);
+    return walk_registry(ctx, tgid, address);
+}
+#endif
 
 /* A forked process has its parent's memory, registry included. A new
  * process also means its pid may be reused: forget an old capture. */
@@ -349,6 +395,9 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     if (child_pid != child_tgid)
         return 0;           /* a thread */
     captured.delete(&child_tgid);
+#ifdef SNAPSHOT_EXIT_TRACEPOINT
+    dying.delete(&child_tgid);
+#endif
     __u64 *registry = registries.lookup(&parent_tgid);
     if (registry) {
         __u64 address = *registry;
@@ -365,5 +414,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     registries.delete(&tgid);
     captured.delete(&tgid);
+#ifdef SNAPSHOT_EXIT_TRACEPOINT
+    dying.delete(&tgid);
+#endif
     return 0;
 }
