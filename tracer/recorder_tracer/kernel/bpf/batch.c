@@ -658,6 +658,13 @@ RAW_TRACEPOINT_PROBE(signal_deliver)
         bpf_probe_read_kernel(&handler, sizeof(handler), action);
         final = handler == SIG_DFL;
     }
+#ifdef BATCH_EXIT_TRACEPOINT
+    /* The kernel delivers signals under the signal lock, interrupts off:
+     * a death's last harvest waits for its exit (above), where the memory
+     * is still there and interrupts are on. */
+    if (final)
+        return 0;
+#endif
     return harvest_raw(ctx, bpf_get_current_pid_tgid() >> 32, 1, final);
 }
 
