@@ -190,14 +190,17 @@ class Harvester:
 
     def flight_records(self) -> list[tuple[int, Any]]:
         """(cpu, record) of every filled slot of the kernel flight ring,
-        copied out, in no particular order."""
+        copied out, in no particular order; a slot read while a hit
+        rewrote it is left out (harvest.h's seqlock)."""
         if not self.flight_entries:
             return []
         table = self.bpf[b"flight"]
         found = []
         for slot in range(self.flight_entries):
             for cpu, record in enumerate(table[ctypes.c_int(slot)]):
-                if record.pid:      # a copy: bcc read the slot into it
+                # A copy (bcc read the slot into it); one whose seqlock
+                # words differ was being written meanwhile: left out.
+                if record.pid and record.flight_done == record.flight_begun:
                     found.append((cpu, record))
         return found
 

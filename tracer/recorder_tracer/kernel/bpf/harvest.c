@@ -274,11 +274,17 @@ static __always_inline int harvest_hit(struct pt_regs *ctx, int shared, int lega
     __u32 zero = 0;
     __u64 *head = flight_head.lookup(&zero);
     if (head) {
-        __u32 slot = *head % FLIGHT_ENTRIES;
+        /* Claimed atomically: a uprobe's program is preemptible, and
+         * another hit on this CPU may run before this one is done. */
+        __u64 claim = __sync_fetch_and_add(head, 1);
+        __u32 slot = claim % FLIGHT_ENTRIES;
         record = flight.lookup(&slot);
         if (record) {
+            record->flight_begun = claim + 1;
+            asm volatile("" ::: "memory");
             fill(record, ctx, pid);
-            *head += 1;
+            asm volatile("" ::: "memory");
+            record->flight_done = claim + 1;
             count(COUNTER_FLIGHT);
         }
     }

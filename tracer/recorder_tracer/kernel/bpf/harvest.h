@@ -32,8 +32,13 @@ struct harvest_string {
     char text[HARVEST_STRING_MAX];
 };
 
-/* One harvested record: a stream record and a flight ring slot alike. */
+/* One harvested record: a stream record and a flight ring slot alike.
+ * A flight slot is a seqlock of two words: its writer sets `flight_begun`
+ * (the last field) first and `flight_done` (the first) last, both to its
+ * claim + 1; a reader copies front to back, so a copy with the two equal
+ * was not written meanwhile. Stream records leave them undefined. */
 struct harvest_record {
+    __u64 flight_done;
     __u32 pid;                  /* tgid */
     __u32 status;               /* HARVEST_* below */
     __u64 harvest_ns;           /* bpf_ktime_get_ns() at the probe hit, taken
@@ -49,6 +54,7 @@ struct harvest_record {
     struct harvest_string strings[HARVEST_STRINGS];   /* one per %s
                                    argument, in order; slots past the
                                    entry's string arguments are undefined */
+    __u64 flight_begun;
 };
 _Static_assert(sizeof(struct harvest_record) % 8 == 0,
                "stream records are 8-byte multiples: ring slots have no tail");
