@@ -65,11 +65,11 @@ class Timings:
                                  - record.ts) / 1e6)
 
 
-def one_mode(path: Path, batch: bool, rate: int, seconds: float) -> Timings:
+def one_mode(path: Path, batch: bool, arguments: argparse.Namespace) -> Timings:
     """Trace one rate_load run in one mode; time every record."""
     from recorder_tracer.decode.spec import TopicSpec
     from recorder_tracer.session.loop import TraceOptions, TraceSession
-    load = subprocess.Popen([str(path), str(rate), str(seconds)],
+    load = subprocess.Popen([str(path), str(arguments.rate), str(arguments.seconds)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert load.stdin is not None and load.stdout is not None
     timings = Timings()
@@ -78,6 +78,8 @@ def one_mode(path: Path, batch: bool, rate: int, seconds: float) -> Timings:
         options = TraceOptions(pids=[pid], spec=TopicSpec.parse("load"),
                                latency=not batch)
         session = TraceSession(options, timings.on_emitted)
+        if arguments.window_ms is not None:     # what-if: another window
+            session.reorder.window_ns = int(arguments.window_ms * 1e6)
         # Records enter the reorder buffer through the sources' emit
         # callback, bound at construction: time them there.
         for source in session.sources:
@@ -86,7 +88,7 @@ def one_mode(path: Path, batch: bool, rate: int, seconds: float) -> Timings:
         try:
             load.stdin.write("go\n")
             load.stdin.flush()
-            while session.poll(timeout_ms=50):
+            while session.poll(timeout_ms=arguments.poll_ms):
                 pass
         finally:
             session.close()
@@ -114,6 +116,11 @@ def main(argv: list[str]) -> int:
                         help="records/s (default 1000)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="how long the program records (default 5)")
+    parser.add_argument("--poll-ms", type=int, default=50,
+                        help="the session's poll timeout (default 50, as "
+                        "TraceSession.run)")
+    parser.add_argument("--window-ms", type=float,
+                        help="a reorder window other than the default (what-if)")
     arguments = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("latency_bench: needs root (BPF)")
@@ -124,12 +131,14 @@ def main(argv: list[str]) -> int:
                                (str(programs.core_library(programs.PROBES)),))
     path = programs.build(program)
     from recorder_tracer.decode.reorder import REORDER_WINDOW_NS
+    window = (arguments.window_ms if arguments.window_ms is not None
+              else REORDER_WINDOW_NS / 1e6)
     print(f"record timestamp -> controller, rate_load paced at "
           f"{arguments.rate} records/s for {arguments.seconds:g} s "
-          f"(reorder window {REORDER_WINDOW_NS / 1e6:.0f} ms)")
+          f"(reorder window {window:g} ms, poll timeout {arguments.poll_ms} ms)")
     for mode, batch in (("live (trap per record, the default)", False),
                         ("--batch", True)):
-        timings = one_mode(path, batch, arguments.rate, arguments.seconds)
+        timings = one_mode(path, batch, arguments)
         print(f"{mode}:")
         for line in machine.tagged([describe("received", timings.received),
                                     describe("emitted", timings.emitted)], label):
