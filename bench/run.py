@@ -171,6 +171,9 @@ def main(argv: list[str]) -> int:
     import snapshot_bench
     status = snapshot_bench.main([]) or status
     print()
+    import latency_bench
+    status = latency_bench.main(["--seconds", "3"]) or status
+    print()
     import coverage_bench
     return coverage_bench.main(["--rounds", "1"]) or status
 

@@ -67,6 +67,8 @@ def one_start(target: int, cache: str) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cached-only", action="store_true",
+                        help="skip the compiled mode (bcc compiling every program)")
     options = parser.parse_args()
     program = programs.Program("rate_load", (f"-I{programs.PROBES / 'include'}",),
                                (str(programs.core_library(programs.PROBES)),))
@@ -82,7 +84,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="recorder-bench-cache-") as folder:
             cache = str(Path(folder) / "bpf")
             one_start(target, cache)         # fills the cache
-            for mode, directory in (("compiled", ""), ("cached", cache)):
+            modes = [("compiled", ""), ("cached", cache)]
+            for mode, directory in modes[1:] if options.cached_only else modes:
                 runs = [one_start(target, directory) for _ in range(options.rounds)]
                 firsts = [first for first, _ in runs]
                 rss = [kib / 1024 for _, kib in runs]

@@ -48,6 +48,17 @@ def test_version_is_the_installed_distributions(flag: str) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
 
 
+def test_trace_path_leaves_distribution_metadata_to_version() -> None:
+    # importlib.metadata pulls ~70 ms of imports (email, zipfile, csv) into
+    # every start; only --version (and the daemon's exposition) reads it.
+    probe = ("import sys, recorder_tracer.cli.app, recorder_tracer.session.loop, "
+             "recorder_tracer.output.sinks, recorder_tracer.session.batch_topics; "
+             "print('importlib.metadata' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                            text=True, timeout=scaled(60), check=True)
+    assert result.stdout == "False\n"
+
+
 @pytest.mark.parametrize(("command", "short", "long"), [
     ("trace", "-d", "--duration"), ("metrics", "-d", "--duration"),
     ("metrics", "-i", "--interval"), ("top", "-i", "--interval"),

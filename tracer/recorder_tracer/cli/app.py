@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from recorder_tracer import __version__
 from recorder_tracer.channel.host.command import collect
 from recorder_tracer.cli.metrics import daemon, metrics, top
 from recorder_tracer.cli.options import report
@@ -33,6 +32,16 @@ class RecorderGroup(click.Group):
             sys.exit(1)
 
 
+def _print_version(ctx: click.Context, wanted: bool) -> None:
+    """`recorder --version`: the installed distribution's version, read
+    only when asked (recorder_tracer.__version__ is lazy)."""
+    if not wanted or ctx.resilient_parsing:
+        return
+    import recorder_tracer
+    click.echo(f"recorder {recorder_tracer.__version__}")
+    ctx.exit()
+
+
 MAIN_EPILOG = """\b
 Examples:
   sudo recorder probes                    # processes with a recorder core
@@ -44,8 +53,9 @@ Examples:
 
 @click.group(cls=RecorderGroup, epilog=MAIN_EPILOG,
              context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="recorder",
-                      message="%(prog)s %(version)s")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _param, value: _print_version(ctx, value),
+              help="Show the version and exit.")
 def main() -> None:
     """recorder: a flight-recorder tracer for recorder topics and USDT probes."""
 

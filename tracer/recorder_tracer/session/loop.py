@@ -297,6 +297,9 @@ class TraceSession(SessionResults, CoverageSteps):
             try:
                 if start:
                     self.start()
+                # What arming read from the processes' own rings is due now:
+                # out before the first poll's wait.
+                self._flush()
                 while self.poll(timeout_ms=50):
                     pass
             finally:
