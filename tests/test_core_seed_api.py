@@ -200,6 +200,21 @@ def test_typed_ring_block_functions_decide_partial_reads_and_writes(
     ]
 
 
+def test_seed_recorder_entry_has_the_seed_fields_in_a_ring_of_them(
+    progs: Path,
+) -> None:
+    # Our rings hold struct recorder_record; the seed's recorder_entry
+    # (format, order, timestamp, where, args[4]) stays the seed's own.
+    result = run(progs / "seed_ring", "entries")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "entry size 64 read 3",
+        "order 100 value 0, 1, 2, 3 at tests/progs/seed_ring.c, stamped as written",
+        "order 101 value 10, 11, 12, 13 at tests/progs/seed_ring.c, stamped as written",
+        "order 102 value 20, 21, 22, 23 at tests/progs/seed_ring.c, stamped as written",
+    ]
+
+
 def test_concurrent_ring_writers_never_garble_messages(progs: Path) -> None:
     result = run(progs / "seed_ring", "threads", "4", "23000", timeout=scaled(120))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -81,6 +81,17 @@
 /* The trace value, an lvalue: <0 off, 0 record only, >0 also print. */
 #define RECORDER_TRACE(Name) (recorder_##Name##_topic.trace)
 
+/* The seed's public entry (its recorder.h), for programs that build or read
+ * entries themselves, e.g. in a ring of their own. Our rings hold struct
+ * recorder_record (recorder/entry.h), the layout BPF and snapshots read. */
+typedef struct recorder_entry {
+    const char *format;     /* printf-style format */
+    uintptr_t order;        /* global order of records, across topics */
+    uintptr_t timestamp;    /* recorder_tick() when recorded */
+    const char *where;      /* "file:line" */
+    uintptr_t args[4];
+} recorder_entry;
+
 /* The seed's names for a topic: RECORDER_INFO(Name) is its recorder_info
  * (`trace`, `name`, `description`, `next`), or a tweak's recorder_tweak;
  * recorder_list() the newest topic registered, whose `next` leads to the
@@ -131,7 +142,7 @@ void recorder_tweak_activate(recorder_tweak *tweak);
         struct recorder_topic *recorder_t_ = &recorder_##Name##_topic;      \
         if (__builtin_expect(recorder_t_->trace >= 0, 1)) {                 \
             __u64 recorder_s_;                                              \
-            struct recorder_entry *recorder_e_ =                            \
+            struct recorder_record *recorder_e_ =                            \
                 recorder_reserve(recorder_t_, Fast,                         \
                                  RECORDER_META_(__VA_ARGS__), &recorder_s_); \
             recorder_e_->format = (uintptr_t)(Format);                      \
@@ -489,10 +500,10 @@ void recorder_record_dynamic_flags(struct recorder_topic *topic,
 void recorder_topic_register(struct recorder_topic *topic);
 void recorder_tweak_register(struct recorder_tweak *tweak);
 void recorder_trace_entry(struct recorder_topic *topic,
-                          struct recorder_entry *entry);
+                          struct recorder_record *entry);
 /* Formats an entry's message the way printf would format its arguments;
  * a string that cannot be read shows as <unreadable 0x...>. */
-int recorder_format_entry(const struct recorder_entry *entry,
+int recorder_format_entry(const struct recorder_record *entry,
                           char *buffer, unsigned size);
 
 extern struct recorder_registry recorder_registry;

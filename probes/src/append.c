@@ -161,7 +161,7 @@ static ringidx_t append(recorder_info *rec, int fast, const char *where,
         location = where ? where : "?";
     __u64 sequence;
     __u64 meta = kinds_from_format(format, nargs) | RECORDER_META_NARGS(nargs);
-    struct recorder_entry *entry = recorder_reserve(rec, fast, meta, &sequence);
+    struct recorder_record *entry = recorder_reserve(rec, fast, meta, &sequence);
     entry->format = (uintptr_t)format;
     entry->where = (uintptr_t)location;
     for (unsigned i = 0; i < nargs; i++)

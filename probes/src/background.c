@@ -27,7 +27,7 @@ struct cursor {
 
 struct pending {
     const struct recorder_topic *topic;
-    struct recorder_entry entry;
+    struct recorder_record entry;
 };
 
 static pthread_mutex_t control = PTHREAD_MUTEX_INITIALIZER;

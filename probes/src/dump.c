@@ -35,7 +35,7 @@ static int dump_pattern_compiled;
 static const struct recorder_sink *dump_sink;
 
 static void print_entry(const struct recorder_topic *topic,
-                        const struct recorder_entry *entry,
+                        const struct recorder_record *entry,
                         const struct recorder_sink *sink, __s64 trace)
 {
     if (sink) {
@@ -59,7 +59,7 @@ static void print_entry(const struct recorder_topic *topic,
 }
 
 void recorder_trace_entry(struct recorder_topic *topic,
-                          struct recorder_entry *entry)
+                          struct recorder_record *entry)
 {
     /* Named channels only (RECORDER_TRACES="topic=x,y"): export, no print. */
     if (recorder_export_entry(topic, entry)
@@ -115,7 +115,7 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
     /* Repeatedly print the oldest next entry among all cursors. */
     for (;;) {
         struct cursor *oldest = NULL;
-        struct recorder_entry oldest_entry, candidate;
+        struct recorder_record oldest_entry, candidate;
         for (unsigned c = 0; c < count; c++) {
             struct cursor *cursor = &cursors[c];
             while (cursor->next < cursor->end
