@@ -92,6 +92,15 @@ typedef struct recorder_entry {
     uintptr_t args[4];
 } recorder_entry;
 
+/* The seed's global order counter: records made so far, across all topics
+ * (the `order` a format function receives is this count when the record
+ * was made). RECORD keeps no shared counter (a cache line every CPU would
+ * write on every record): reading sums the per-CPU ring heads. Increments
+ * a program makes itself (as the seed's own record functions do, with
+ * recorder_ring_fetch_add) count on top, from the next read on. */
+uintptr_t *recorder_order_counter(void);
+#define recorder_order (*recorder_order_counter())
+
 /* The seed's names for a topic: RECORDER_INFO(Name) is its recorder_info
  * (`trace`, `name`, `description`, `next`), or a tweak's recorder_tweak;
  * recorder_list() the newest topic registered, whose `next` leads to the

@@ -1,6 +1,6 @@
 /* append.c - the seed's out-of-line recording functions: recorder_append,
  * _append2, _append3 (4, 8 and 12 arguments) and their _fast forms, and
- * recorder_list / recorder_activate.
+ * recorder_list / recorder_activate, and the seed's recorder_order.
  *
  * The seed's RECORD calls them with `where` = the function and `format` =
  * "file:line:" followed by the format; a program may call them directly the
@@ -221,4 +221,37 @@ void recorder_activate(recorder_info *recorder)
 void recorder_tweak_activate(recorder_tweak *tweak)
 {
     recorder_tweak_register(tweak);
+}
+
+/* recorder_order: every shard's head (records ever made there) plus what
+ * programs added themselves. Each thread reads through a view of its own,
+ * so an increment through it (recorder_ring_fetch_add(recorder_order, 1),
+ * as the seed's record functions do) is counted at its next read. */
+static _Atomic uintptr_t order_added;
+static __thread uintptr_t order_view, order_given;
+
+uintptr_t recorder_order_count(void)
+{
+    uintptr_t heads = 0;
+    unsigned topics = 0;
+    for (struct recorder_topic *topic = recorder_list();
+         topic && topics < RECORDER_MAX_TOPICS; topic = topic->next, topics++)
+        for (unsigned s = 0; s < RECORDER_MAX_SHARDS; s++) {
+            struct recorder_shard *shard = atomic_load_explicit(
+                (_Atomic(struct recorder_shard *) *)&topic->shards[s],
+                memory_order_acquire);
+            if (shard)
+                heads += atomic_load_explicit((_Atomic __u64 *)&shard->head,
+                                              memory_order_acquire);
+        }
+    return heads + atomic_load_explicit(&order_added, memory_order_acquire);
+}
+
+uintptr_t *recorder_order_counter(void)
+{
+    if (order_view != order_given)
+        atomic_fetch_add_explicit(&order_added, order_view - order_given,
+                                  memory_order_acq_rel);
+    order_view = order_given = recorder_order_count();
+    return &order_view;
 }

@@ -80,7 +80,8 @@ const struct recorder_sink *recorder_configured_sink(void)
 
 void recorder_sink_entry(const struct recorder_sink *sink,
                          const struct recorder_topic *topic,
-                         const struct recorder_record *entry, __s64 trace)
+                         const struct recorder_record *entry, __s64 trace,
+                         uintptr_t order)
 {
     char message[1024], where[256];
     if (!sink)
@@ -91,7 +92,7 @@ void recorder_sink_entry(const struct recorder_sink *sink,
     const struct recorder_record *outer = showing;
     showing = entry;
     sink->format(sink->show ? sink->show : configured.show, sink->output,
-                 topic->name, where, entry->sequence, entry->timestamp,
+                 topic->name, where, order, entry->timestamp,
                  message);
     showing = outer;
 }

@@ -82,9 +82,12 @@ struct recorder_sink {
 };
 /* NULL while format, show and output are all the defaults. */
 const struct recorder_sink *recorder_configured_sink(void);
+/* `order`: the seed's global order of the record (recorder_order when it
+ * was made), what the format function receives. */
 void recorder_sink_entry(const struct recorder_sink *sink,
                          const struct recorder_topic *topic,
-                         const struct recorder_record *entry, __s64 trace);
+                         const struct recorder_record *entry, __s64 trace,
+                         uintptr_t order);
 
 /* channels.c: `topic=name1,name2` in a spec. */
 int recorder_channels_valid(const char *names);
@@ -109,6 +112,8 @@ int recorder_chans_command(recorder_chans_p chans, __u64 *seen, char *into,
 /* append.c: the letter of the `index`th conversion of a format (0 if it has
  * fewer); '*' counts as one. */
 char recorder_conversion_letter(const char *format, unsigned index);
+/* recorder_order without a thread's own pending increments. */
+uintptr_t recorder_order_count(void);
 
 /* dump.c: recorder_dump_for through `sink` (NULL: the configured one). */
 unsigned recorder_dump_through(const char *pattern,
