@@ -66,10 +66,18 @@
         &recorder_##Name##_topic;                                           \
     __attribute__((section(".probes"), used))                               \
     volatile unsigned short RECORDER_SEMAPHORE(Name) = 0;                   \
+    /* The topic's probe for records made out of line (recorder_append*): \
+     * one more site of recorder:Name, in the code that defines it. */      \
+    static void recorder_fire_##Name(const struct recorder_record *entry)  \
+    {                                                                       \
+        if (RECORDER_PROBE_ARMED(Name))                                     \
+            RECORDER_PROBE_FIRE(Name, entry);                               \
+    }                                                                       \
     __attribute__((constructor)) static void                                \
     recorder_register_##Name(void)                                          \
     {                                                                       \
-        recorder_topic_register(&recorder_##Name##_topic);                  \
+        recorder_topic_register_fire(&recorder_##Name##_topic,              \
+                                     recorder_fire_##Name);                 \
     }                                                                       \
     /* Takes the user's `;`, which ISO C forbids after a function body. */  \
     _Static_assert(1, "RECORDER_DEFINE is followed by a semicolon")
@@ -507,6 +515,11 @@ void recorder_record_dynamic_flags(struct recorder_topic *topic,
 
 /* Used by the macros. */
 void recorder_topic_register(struct recorder_topic *topic);
+/* Registers a topic with the function that fires its USDT probe for an
+ * entry recorded out of line (recorder_append*). */
+typedef void (*recorder_fire_fn)(const struct recorder_record *entry);
+void recorder_topic_register_fire(struct recorder_topic *topic,
+                                  recorder_fire_fn fire);
 void recorder_tweak_register(struct recorder_tweak *tweak);
 void recorder_trace_entry(struct recorder_topic *topic,
                           struct recorder_record *entry);

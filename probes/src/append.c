@@ -11,8 +11,8 @@
  * fixed arena (no malloc: a signal handler may record), and past the
  * arena's end the function name stands in.
  *
- * These records land in the topic's ring like RECORD's, but fire no USDT
- * probe: a tracer sees them through its batches (probes/PROBES.md).
+ * These records land in the topic's ring like RECORD's and fire the
+ * topic's USDT probe, at the site RECORDER_DEFINE adds for them.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -147,6 +147,17 @@ char recorder_conversion_letter(const char *format, unsigned index)
     return nth.letter;
 }
 
+/* Each C topic's probe, by topic id (RECORDER_DEFINE registers it). */
+static _Atomic recorder_fire_fn fires[RECORDER_MAX_TOPICS];
+
+void recorder_topic_register_fire(struct recorder_topic *topic,
+                                  recorder_fire_fn fire)
+{
+    recorder_topic_register(topic);
+    if (topic->id < RECORDER_MAX_TOPICS)
+        atomic_store_explicit(&fires[topic->id], fire, memory_order_release);
+}
+
 static ringidx_t append(recorder_info *rec, int fast, const char *where,
                         const char *format, unsigned nargs,
                         const uintptr_t *args)
@@ -167,6 +178,10 @@ static ringidx_t append(recorder_info *rec, int fast, const char *where,
     for (unsigned i = 0; i < nargs; i++)
         entry->args[i] = args[i];
     recorder_commit(entry, sequence);
+    recorder_fire_fn fire = rec->id < RECORDER_MAX_TOPICS
+        ? atomic_load_explicit(&fires[rec->id], memory_order_acquire) : NULL;
+    if (fire)
+        fire(entry);
     if (rec->trace > 0)
         recorder_trace_entry(rec, entry);
     return (ringidx_t)(sequence - 1);
