@@ -86,10 +86,10 @@ def header_defines() -> dict[str, int]:
 
 
 def entry_fields_from_header() -> list[Row]:
-    """(field, offset, size) of struct recorder_entry, read from entry.h."""
+    """(field, offset, size) of struct recorder_record, read from entry.h."""
     text = (HEADERS / "entry.h").read_text()
-    body = re.search(r"struct recorder_entry \{(.*?)\n\};", text, re.DOTALL)
-    assert body, "struct recorder_entry not found in entry.h"
+    body = re.search(r"struct recorder_record \{(.*?)\n\};", text, re.DOTALL)
+    assert body, "struct recorder_record not found in entry.h"
     defines = header_defines()
     fields: list[Row] = []
     offset = 0
@@ -106,7 +106,7 @@ def entry_fields_from_header() -> list[Row]:
 
 def test_probes_md_documents_every_contract_struct() -> None:
     assert set(documented_tables()) == {
-        "recorder_entry",
+        "recorder_record",
         "recorder_registry",
         "recorder_channels",
         "recorder_topic",
@@ -123,7 +123,7 @@ def test_field_table_matches_compiled_layout(
 ) -> None:
     layout = compiled[struct]
     *fields, (_, sizeof, _) = layout
-    entry_size = compiled["recorder_entry"][-1][1]
+    entry_size = compiled["recorder_record"][-1][1]
     flexible = f"{entry_size} \N{MULTIPLICATION SIGN} capacity"
     expected = [
         (name, offset, flexible if size == "-" else size)
@@ -136,13 +136,13 @@ def test_field_table_matches_compiled_layout(
 
 
 def test_entry_table_matches_entry_header_text() -> None:
-    assert documented_tables()["recorder_entry"] == entry_fields_from_header()
+    assert documented_tables()["recorder_record"] == entry_fields_from_header()
 
 
 def test_entry_size_constant_matches_layout(
     compiled: dict[str, list[tuple[str, int, str]]],
 ) -> None:
-    assert header_defines()["RECORDER_ENTRY_SIZE"] == compiled["recorder_entry"][-1][1]
+    assert header_defines()["RECORDER_ENTRY_SIZE"] == compiled["recorder_record"][-1][1]
     assert "fixed-size entry of 144 bytes" in PROBES_MD.read_text()
 
 
@@ -270,7 +270,7 @@ def test_abi_layouts_match_the_compiler(
         compiled: dict[str, list[tuple[str, int, str]]]) -> None:
     offsets = {struct: {field: offset for field, offset, _ in rows}
                for struct, rows in compiled.items()}
-    assert abi.ENTRY.size == offsets["recorder_entry"]["sizeof"] == abi.ENTRY_SIZE
+    assert abi.ENTRY.size == offsets["recorder_record"]["sizeof"] == abi.ENTRY_SIZE
     assert offsets["recorder_topic"]["armed"] == abi.TOPIC_ARMED_OFFSET
     assert offsets["recorder_topic"]["shards"] == abi.TOPIC_SHARDS_OFFSET
     assert abi.SHARD_HEADER.size <= offsets["recorder_shard"]["sizeof"]

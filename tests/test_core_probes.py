@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from timing import scaled
 
-# A probe is a RECORD site: a topic that a program never records into has a
-# semaphore but no note (core_spec only records `traced`, core_share never
-# `unused`).
+# Every topic defined has a probe, recorded into or not: RECORDER_DEFINE
+# adds the site recorder_append* fires (core_spec records only `traced`,
+# core_share never `unused`).
 CORE_TOPICS = {"recorder_core", "recorder_signals"}
 PROGRAM_TOPICS = {
     "core_ring": {"ring", "hammer", "churn"},
-    "core_spec": {"traced"},
+    "core_spec": {"traced", "net_send", "net_recv", "disk_io", "Mixed_Case"},
     "core_usdt": {"probed", "quiet"},
-    "core_share": {"shared"},
+    "core_share": {"shared", "unused"},
 }
 NOTE = re.compile(
     r"Provider: (?P<provider>\S+)\s+Name: (?P<name>\S+)\s+"
@@ -147,6 +147,35 @@ def test_bpftrace_counts_every_record_and_reads_arguments(progs: Path) -> None:
         "@register_timestamp": 23,
         "@register_topic": 23,
         "@register_nargs": 2,
+    }
+    assert output.strip() == "probed armed 1 quiet armed 0"
+
+
+@pytest.mark.bpf
+def test_bpftrace_sees_records_of_recorder_append_as_of_record(
+    progs: Path,
+) -> None:
+    # The seed's out-of-line recording fires the topic's probe too, with the
+    # same entry and register copies as RECORD's.
+    binary = progs / "core_usdt"
+    program = (
+        f"usdt:{binary}:recorder:probed {{"
+        " @count = count();"
+        " @sum = sum(*(int64 *)(arg0 + 48));"
+        " @sum_from_register = sum(arg1);"
+        " @second = sum(arg2);"
+        " @register_topic = sum((arg4 >> 32) == *(uint32 *)(arg0 + 20));"
+        " @own_tid = sum(*(uint32 *)(arg0 + 16) == tid);"
+        "}"
+    )
+    maps, output = bpftrace(program, f"{binary} 23 append")
+    assert maps == {
+        "@count": 23,
+        "@sum": 782,
+        "@sum_from_register": 782,
+        "@second": 253,     # 0 + 1 + ... + 22
+        "@register_topic": 23,
+        "@own_tid": 23,
     }
     assert output.strip() == "probed armed 1 quiet armed 0"
 

@@ -66,14 +66,18 @@ def test_traced_custom_conversion_sees_the_topic_trace_value(progs: Path) -> Non
 def test_sort_formats_and_shows_through_the_callers_functions(progs: Path) -> None:
     result = seed_api(progs, "sort")
     out = result.stdout.splitlines()
-    assert out[:7] == [
+    # The order field is the seed's global order (test_recorder_order_...):
+    # it grows with each record, across topics.
+    orders = [int(line.split("|")[2]) for line in out[1:7]]
+    assert orders == sorted(set(orders))
+    assert [re.sub(r"\|\d+\|", "|N|", line) for line in out[:7]] == [
         "sorted 6 shown 6",
-        "alpha|located|1|timed|alpha 0",
-        "beta|located|1|timed|beta 0",
-        "alpha|located|2|timed|alpha 1",
-        "beta|located|2|timed|beta 1",
-        "alpha|located|3|timed|alpha 2",
-        "beta|located|3|timed|beta 2",
+        "alpha|located|N|timed|alpha 0",
+        "beta|located|N|timed|beta 0",
+        "alpha|located|N|timed|alpha 1",
+        "beta|located|N|timed|beta 1",
+        "alpha|located|N|timed|alpha 2",
+        "beta|located|N|timed|beta 2",
     ]
     assert out[7] == "previous output NULL"
     # Output configured: the default line, on the FILE given.
@@ -86,7 +90,7 @@ def test_sort_formats_and_shows_through_the_callers_functions(progs: Path) -> No
     ]
     assert all(line.startswith("SHOW ") for line in shown)
     assert shown[3:] == [
-        f"SHOW alpha|located|{i}|timed|alpha {i - 1}" for i in (1, 2, 3)
+        f"SHOW alpha|located|{orders[2 * i]}|timed|alpha {i}" for i in (0, 1, 2)
     ]
     assert out[17:] == ["defaults returned yes"]
     # Back to the defaults: the same lines as before, on stderr.
@@ -197,6 +201,36 @@ def test_typed_ring_block_functions_decide_partial_reads_and_writes(
         "writable 5",
         "wrote 5 with a refusing write_block, refusals 2",
         "readable 8",
+    ]
+
+
+def test_recorder_order_counts_records_across_topics_as_the_seed(
+    progs: Path,
+) -> None:
+    # Three records into each of two topics, interleaved: recorder_order
+    # grew by 6, and the format function got each record's place in that
+    # count (the sort shows the topics merged in time order).
+    result = run(progs / "seed_api", "order")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "recorded 6",
+        "beta 0", "alpha 1", "beta 2", "alpha 3", "beta 4", "alpha 5",
+        "fetched the count, then 1 more",
+    ]
+
+
+def test_seed_recorder_entry_has_the_seed_fields_in_a_ring_of_them(
+    progs: Path,
+) -> None:
+    # Our rings hold struct recorder_record; the seed's recorder_entry
+    # (format, order, timestamp, where, args[4]) stays the seed's own.
+    result = run(progs / "seed_ring", "entries")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "entry size 64 read 3",
+        "order 100 value 0, 1, 2, 3 at tests/progs/seed_ring.c, stamped as written",
+        "order 101 value 10, 11, 12, 13 at tests/progs/seed_ring.c, stamped as written",
+        "order 102 value 20, 21, 22, 23 at tests/progs/seed_ring.c, stamped as written",
     ]
 
 

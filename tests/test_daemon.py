@@ -162,8 +162,9 @@ def test_daemon_killed_and_restarted_takes_over_links_and_counts(
         first.kill()
         first.wait(timeout=scaled(10))
         assert any(Path(pin_dir).glob("link:*"))
+        # Armed at both of tick's sites (its RECORD, its RECORDER_DEFINE).
         assert semaphore_value(workload.pid, str(progs / "workload_ticks"),
-                               "tick") == 1
+                               "tick") == 2
         workload.record("tick", 29)        # no daemon runs
         second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: f"{metric} 52.0" in (fetch(url) or ""), scaled(30))

@@ -99,7 +99,8 @@ def check_only_the_victim_armed(planted: Planted, counter: Counter,
     decoy_identity = (os.stat(planted.app).st_dev, os.stat(planted.app).st_ino)
     assert decoy_identity != probe.identity         # the swap happened
     try:
-        assert planted.semaphore(planted.victim.pid, probe, probe.identity) == 1
+        # Once per armed site: tick's RECORD and its RECORDER_DEFINE site.
+        assert planted.semaphore(planted.victim.pid, probe, probe.identity) == 2
         assert planted.semaphore(planted.other.pid, probe, decoy_identity) == 0
         counter.take()
         planted.victim.record("tick", 23)

@@ -137,8 +137,9 @@ def test_probes_match_readelf_notes_and_sections(name: str, progs: Path) -> None
 def test_wait_program_has_its_topics_sites_and_semaphores(wait_prog: Path) -> None:
     groups = {g.full_name: g for g in notes.group_probes(
         notes.probes_in_file(wait_prog))}
-    assert len(groups["recorder:wait_loop"].sites) == 1
-    assert len(groups["recorder:wait_edge"].sites) == 2
+    # Each RECORD, and the site RECORDER_DEFINE adds for recorder_append*.
+    assert len(groups["recorder:wait_loop"].sites) == 2
+    assert len(groups["recorder:wait_edge"].sites) == 3
     semaphores = {g.semaphore_offset for g in groups.values()}
     assert len(semaphores) == len(groups), "one semaphore per topic"
     assert all(site.arguments.startswith("8@%rax ") for g in groups.values()

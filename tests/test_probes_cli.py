@@ -22,10 +22,12 @@ RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 PYTHON = "/usr/bin/python3.11"
 LIBRECORDER = Path(__file__).resolve().parent.parent / "build" / "librecorder.so"
 NO_SUCH_PID = 4194305       # above the largest pid_max Linux allows
-WORKLOAD_TOPICS = {         # topic -> (sites, ring size), tests/progs/workload_ticks.c
-    "tick": (1, 64),
-    "tock": (1, 64),
-    "flood": (1, 1024),
+# topic -> (sites, ring size), tests/progs/workload_ticks.c: its one RECORD
+# and the site RECORDER_DEFINE adds for recorder_append*.
+WORKLOAD_TOPICS = {
+    "tick": (2, 64),
+    "tock": (2, 64),
+    "flood": (2, 1024),
 }
 CORE_TOPICS = {"recorder_core": 64, "recorder_signals": 32}    # probes/src/core.c
 # librecorder.so also has dynamic.c's probe, shared by run-time topics (no
@@ -101,7 +103,7 @@ def test_process_lists_its_topics_with_ring_sizes_and_trace_values(
     core = core_sites(path)
     expected = {**{t: (n, ring, 0) for t, (n, ring) in WORKLOAD_TOPICS.items()},
                 **{t: (core[t], ring, 0) for t, ring in CORE_TOPICS.items()}}
-    expected["tock"] = (1, 64, 5)
+    expected["tock"] = (2, 64, 5)
     assert [row["probe"] for row in rows] == sorted(expected)
     for row in rows:
         sites, ring, trace = expected[row["probe"]]
@@ -124,7 +126,7 @@ def test_text_columns_stay_under_80_characters(workload: Ready,
                                 "TRACE"]
     tick = next(line for line in lines if "recorder:tick " in line)
     assert tick.split() == [str(workload.pid), "workload_ticks", "recorder:tick",
-                            "1", "0", "64", "0"]
+                            "2", "0", "64", "0"]
     assert all(len(line) < 80 for line in lines)
     # Fixed columns: every value ends where its title ends.
     assert lines[0].index("TRACE") + 5 == len(tick)
@@ -205,8 +207,10 @@ def test_semaphore_shows_how_many_tracers_armed_a_topic(workload: Ready) -> None
         tracer.send_signal(2)
         tracer.communicate(timeout=scaled(20))
 
+    # The kernel counts each armed site: tick has two (its RECORD and the
+    # one RECORDER_DEFINE adds for recorder_append*).
     assert armed == {"flood": 0, "recorder_core": 0, "recorder_signals": 0,
-                     "tick": 1, "tock": 0}
+                     "tick": 2, "tock": 0}
     assert semaphores()["tick"] == 0
 
 

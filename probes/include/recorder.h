@@ -66,10 +66,18 @@
         &recorder_##Name##_topic;                                           \
     __attribute__((section(".probes"), used))                               \
     volatile unsigned short RECORDER_SEMAPHORE(Name) = 0;                   \
+    /* The topic's probe for records made out of line (recorder_append*): \
+     * one more site of recorder:Name, in the code that defines it. */      \
+    static void recorder_fire_##Name(const struct recorder_record *entry)  \
+    {                                                                       \
+        if (RECORDER_PROBE_ARMED(Name))                                     \
+            RECORDER_PROBE_FIRE(Name, entry);                               \
+    }                                                                       \
     __attribute__((constructor)) static void                                \
     recorder_register_##Name(void)                                          \
     {                                                                       \
-        recorder_topic_register(&recorder_##Name##_topic);                  \
+        recorder_topic_register_fire(&recorder_##Name##_topic,              \
+                                     recorder_fire_##Name);                 \
     }                                                                       \
     /* Takes the user's `;`, which ISO C forbids after a function body. */  \
     _Static_assert(1, "RECORDER_DEFINE is followed by a semicolon")
@@ -80,6 +88,26 @@
 
 /* The trace value, an lvalue: <0 off, 0 record only, >0 also print. */
 #define RECORDER_TRACE(Name) (recorder_##Name##_topic.trace)
+
+/* The seed's public entry (its recorder.h), for programs that build or read
+ * entries themselves, e.g. in a ring of their own. Our rings hold struct
+ * recorder_record (recorder/entry.h), the layout BPF and snapshots read. */
+typedef struct recorder_entry {
+    const char *format;     /* printf-style format */
+    uintptr_t order;        /* global order of records, across topics */
+    uintptr_t timestamp;    /* recorder_tick() when recorded */
+    const char *where;      /* "file:line" */
+    uintptr_t args[4];
+} recorder_entry;
+
+/* The seed's global order counter: records made so far, across all topics
+ * (the `order` a format function receives is this count when the record
+ * was made). RECORD keeps no shared counter (a cache line every CPU would
+ * write on every record): reading sums the per-CPU ring heads. Increments
+ * a program makes itself (as the seed's own record functions do, with
+ * recorder_ring_fetch_add) count on top, from the next read on. */
+uintptr_t *recorder_order_counter(void);
+#define recorder_order (*recorder_order_counter())
 
 /* The seed's names for a topic: RECORDER_INFO(Name) is its recorder_info
  * (`trace`, `name`, `description`, `next`), or a tweak's recorder_tweak;
@@ -131,7 +159,7 @@ void recorder_tweak_activate(recorder_tweak *tweak);
         struct recorder_topic *recorder_t_ = &recorder_##Name##_topic;      \
         if (__builtin_expect(recorder_t_->trace >= 0, 1)) {                 \
             __u64 recorder_s_;                                              \
-            struct recorder_entry *recorder_e_ =                            \
+            struct recorder_record *recorder_e_ =                            \
                 recorder_reserve(recorder_t_, Fast,                         \
                                  RECORDER_META_(__VA_ARGS__), &recorder_s_); \
             recorder_e_->format = (uintptr_t)(Format);                      \
@@ -487,12 +515,17 @@ void recorder_record_dynamic_flags(struct recorder_topic *topic,
 
 /* Used by the macros. */
 void recorder_topic_register(struct recorder_topic *topic);
+/* Registers a topic with the function that fires its USDT probe for an
+ * entry recorded out of line (recorder_append*). */
+typedef void (*recorder_fire_fn)(const struct recorder_record *entry);
+void recorder_topic_register_fire(struct recorder_topic *topic,
+                                  recorder_fire_fn fire);
 void recorder_tweak_register(struct recorder_tweak *tweak);
 void recorder_trace_entry(struct recorder_topic *topic,
-                          struct recorder_entry *entry);
+                          struct recorder_record *entry);
 /* Formats an entry's message the way printf would format its arguments;
  * a string that cannot be read shows as <unreadable 0x...>. */
-int recorder_format_entry(const struct recorder_entry *entry,
+int recorder_format_entry(const struct recorder_record *entry,
                           char *buffer, unsigned size);
 
 extern struct recorder_registry recorder_registry;

@@ -1,6 +1,6 @@
 /* append.c - the seed's out-of-line recording functions: recorder_append,
  * _append2, _append3 (4, 8 and 12 arguments) and their _fast forms, and
- * recorder_list / recorder_activate.
+ * recorder_list / recorder_activate, and the seed's recorder_order.
  *
  * The seed's RECORD calls them with `where` = the function and `format` =
  * "file:line:" followed by the format; a program may call them directly the
@@ -11,8 +11,8 @@
  * fixed arena (no malloc: a signal handler may record), and past the
  * arena's end the function name stands in.
  *
- * These records land in the topic's ring like RECORD's, but fire no USDT
- * probe: a tracer sees them through its batches (probes/PROBES.md).
+ * These records land in the topic's ring like RECORD's and fire the
+ * topic's USDT probe, at the site RECORDER_DEFINE adds for them.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -147,6 +147,17 @@ char recorder_conversion_letter(const char *format, unsigned index)
     return nth.letter;
 }
 
+/* Each C topic's probe, by topic id (RECORDER_DEFINE registers it). */
+static _Atomic recorder_fire_fn fires[RECORDER_MAX_TOPICS];
+
+void recorder_topic_register_fire(struct recorder_topic *topic,
+                                  recorder_fire_fn fire)
+{
+    recorder_topic_register(topic);
+    if (topic->id < RECORDER_MAX_TOPICS)
+        atomic_store_explicit(&fires[topic->id], fire, memory_order_release);
+}
+
 static ringidx_t append(recorder_info *rec, int fast, const char *where,
                         const char *format, unsigned nargs,
                         const uintptr_t *args)
@@ -161,12 +172,16 @@ static ringidx_t append(recorder_info *rec, int fast, const char *where,
         location = where ? where : "?";
     __u64 sequence;
     __u64 meta = kinds_from_format(format, nargs) | RECORDER_META_NARGS(nargs);
-    struct recorder_entry *entry = recorder_reserve(rec, fast, meta, &sequence);
+    struct recorder_record *entry = recorder_reserve(rec, fast, meta, &sequence);
     entry->format = (uintptr_t)format;
     entry->where = (uintptr_t)location;
     for (unsigned i = 0; i < nargs; i++)
         entry->args[i] = args[i];
     recorder_commit(entry, sequence);
+    recorder_fire_fn fire = rec->id < RECORDER_MAX_TOPICS
+        ? atomic_load_explicit(&fires[rec->id], memory_order_acquire) : NULL;
+    if (fire)
+        fire(entry);
     if (rec->trace > 0)
         recorder_trace_entry(rec, entry);
     return (ringidx_t)(sequence - 1);
@@ -221,4 +236,37 @@ void recorder_activate(recorder_info *recorder)
 void recorder_tweak_activate(recorder_tweak *tweak)
 {
     recorder_tweak_register(tweak);
+}
+
+/* recorder_order: every shard's head (records ever made there) plus what
+ * programs added themselves. Each thread reads through a view of its own,
+ * so an increment through it (recorder_ring_fetch_add(recorder_order, 1),
+ * as the seed's record functions do) is counted at its next read. */
+static _Atomic uintptr_t order_added;
+static __thread uintptr_t order_view, order_given;
+
+uintptr_t recorder_order_count(void)
+{
+    uintptr_t heads = 0;
+    unsigned topics = 0;
+    for (struct recorder_topic *topic = recorder_list();
+         topic && topics < RECORDER_MAX_TOPICS; topic = topic->next, topics++)
+        for (unsigned s = 0; s < RECORDER_MAX_SHARDS; s++) {
+            struct recorder_shard *shard = atomic_load_explicit(
+                (_Atomic(struct recorder_shard *) *)&topic->shards[s],
+                memory_order_acquire);
+            if (shard)
+                heads += atomic_load_explicit((_Atomic __u64 *)&shard->head,
+                                              memory_order_acquire);
+        }
+    return heads + atomic_load_explicit(&order_added, memory_order_acquire);
+}
+
+uintptr_t *recorder_order_counter(void)
+{
+    if (order_view != order_given)
+        atomic_fetch_add_explicit(&order_added, order_view - order_given,
+                                  memory_order_acq_rel);
+    order_view = order_given = recorder_order_count();
+    return &order_view;
 }

@@ -27,7 +27,7 @@ struct cursor {
 
 struct pending {
     const struct recorder_topic *topic;
-    struct recorder_entry entry;
+    struct recorder_record entry;
 };
 
 static pthread_mutex_t control = PTHREAD_MUTEX_INITIALIZER;
@@ -93,8 +93,11 @@ static void pass(struct pending *batch)
         }
     }
     qsort(batch, count, sizeof(*batch), by_time);
+    /* `order` here is the index in the shard: a pass sees only the
+     * selected topics' new records, not how many came before them. */
     for (unsigned i = 0; i < count; i++)
-        recorder_sink_entry(NULL, batch[i].topic, &batch[i].entry, 0);
+        recorder_sink_entry(NULL, batch[i].topic, &batch[i].entry, 0,
+                            (uintptr_t)batch[i].entry.sequence);
 }
 
 static void *background(void *unused)

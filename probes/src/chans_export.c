@@ -124,7 +124,7 @@ static recorder_type type_of(char letter)
 }
 
 int recorder_export_entry(const struct recorder_topic *topic,
-                          const struct recorder_entry *entry)
+                          const struct recorder_record *entry)
 {
     struct export *export = __atomic_load_n(&exports, __ATOMIC_ACQUIRE);
     while (export && export->topic != topic)

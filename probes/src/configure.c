@@ -27,7 +27,7 @@ static _Atomic int customized;
 
 /* The entry being shown, for the default format's thread id (the seed's
  * format function has no parameter for it). */
-static __thread const struct recorder_entry *showing;
+static __thread const struct recorder_record *showing;
 
 uintptr_t recorder_tick(void)
 {
@@ -80,7 +80,8 @@ const struct recorder_sink *recorder_configured_sink(void)
 
 void recorder_sink_entry(const struct recorder_sink *sink,
                          const struct recorder_topic *topic,
-                         const struct recorder_entry *entry, __s64 trace)
+                         const struct recorder_record *entry, __s64 trace,
+                         uintptr_t order)
 {
     char message[1024], where[256];
     if (!sink)
@@ -88,10 +89,10 @@ void recorder_sink_entry(const struct recorder_sink *sink,
     recorder_format_entry_traced(entry, message, sizeof(message), trace);
     if (recorder_read_string(entry->where, where, sizeof(where)) < 0)
         strcpy(where, "?");
-    const struct recorder_entry *outer = showing;
+    const struct recorder_record *outer = showing;
     showing = entry;
     sink->format(sink->show ? sink->show : configured.show, sink->output,
-                 topic->name, where, entry->sequence, entry->timestamp,
+                 topic->name, where, order, entry->timestamp,
                  message);
     showing = outer;
 }

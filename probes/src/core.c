@@ -198,7 +198,7 @@ static __u32 power_of_two_at_least(__u32 size)
 static union {
     struct recorder_shard shard;    /* ISO C: no flexible member inside */
     unsigned char bytes[sizeof(struct recorder_shard)     /* a struct */
-                        + 16 * sizeof(struct recorder_entry)];
+                        + 16 * sizeof(struct recorder_record)];
 } spare_shard = {
     /* cpu ~0: no CPU's own, so writers take the locked fetch-add on it. */
     .shard = { .mask = 15, .keep = 16, .topic_id = ~0u, .cpu = ~0u },
@@ -249,7 +249,7 @@ struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
     __u32 keep = topic->size ? topic->size : 1;
     __u32 capacity = power_of_two_at_least(keep);
     size_t bytes = sizeof(struct recorder_shard)
-                 + (size_t)capacity * sizeof(struct recorder_entry);
+                 + (size_t)capacity * sizeof(struct recorder_record);
 
     /* mmap, not malloc: RECORD may run in a signal handler. Populated at
      * once: BPF reads entries with faults disabled, and an entry ending on

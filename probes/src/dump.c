@@ -20,6 +20,7 @@ struct cursor {
     const struct recorder_shard *shard;
     __u64 next;         /* index of the next entry to consider */
     __u64 end;          /* head when the dump started */
+    int shown;          /* selected; the others only count for `order` */
 };
 
 static struct cursor cursors[MAX_DUMP_SHARDS];
@@ -35,11 +36,12 @@ static int dump_pattern_compiled;
 static const struct recorder_sink *dump_sink;
 
 static void print_entry(const struct recorder_topic *topic,
-                        const struct recorder_entry *entry,
-                        const struct recorder_sink *sink, __s64 trace)
+                        const struct recorder_record *entry,
+                        const struct recorder_sink *sink, __s64 trace,
+                        uintptr_t order)
 {
     if (sink) {
-        recorder_sink_entry(sink, topic, entry, trace);
+        recorder_sink_entry(sink, topic, entry, trace, order);
         return;
     }
     char message[1024], where[256], line[1400];
@@ -59,13 +61,17 @@ static void print_entry(const struct recorder_topic *topic,
 }
 
 void recorder_trace_entry(struct recorder_topic *topic,
-                          struct recorder_entry *entry)
+                          struct recorder_record *entry)
 {
     /* Named channels only (RECORDER_TRACES="topic=x,y"): export, no print. */
     if (recorder_export_entry(topic, entry)
         && topic->trace == RECORDER_CHAN_MAGIC)
         return;
-    print_entry(topic, entry, recorder_configured_sink(), topic->trace);
+    const struct recorder_sink *sink = recorder_configured_sink();
+    /* Just committed: every record counted so far came before it (exact
+     * unless other threads record meanwhile). */
+    print_entry(topic, entry, sink, topic->trace,
+                sink ? recorder_order_count() - 1 : 0);
 }
 
 /* Which topics a dump shows: those a regex matches, those RECORDER_DUMP
@@ -96,8 +102,7 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
     unsigned count = 0, shown = 0;
     for (struct recorder_topic *topic = recorder_registry.topics; topic;
          topic = topic->next) {
-        if (!selected(topic, how, regex))
-            continue;
+        int shown = selected(topic, how, regex);
         for (unsigned s = 0; s < RECORDER_MAX_SHARDS; s++) {
             const struct recorder_shard *shard = topic->shards[s];
             if (!shard || count == MAX_DUMP_SHARDS)
@@ -107,15 +112,20 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
             cursors[count++] = (struct cursor) {
                 .topic = topic, .shard = shard,
                 .next = head > shard->keep ? head - shard->keep : 0,
-                .end = head,
+                .end = head, .shown = shown,
             };
         }
     }
 
-    /* Repeatedly print the oldest next entry among all cursors. */
+    /* Repeatedly print the oldest next entry among all cursors. Its order
+     * (the seed's recorder_order when it was made) is how many entries
+     * every shard holds before it, overwritten ones included: the sum of
+     * the cursors' indices. Unselected topics' cursors advance too, only
+     * to keep that count. */
     for (;;) {
         struct cursor *oldest = NULL;
-        struct recorder_entry oldest_entry, candidate;
+        uintptr_t order = 0;
+        struct recorder_record oldest_entry, candidate;
         for (unsigned c = 0; c < count; c++) {
             struct cursor *cursor = &cursors[c];
             while (cursor->next < cursor->end
@@ -130,9 +140,13 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
         }
         if (!oldest)
             break;
-        print_entry(oldest->topic, &oldest_entry, dump_sink, 0);
+        for (unsigned c = 0; c < count; c++)
+            order += cursors[c].next;
+        if (oldest->shown) {
+            print_entry(oldest->topic, &oldest_entry, dump_sink, 0, order);
+            shown++;
+        }
         oldest->next++;
-        shown++;
     }
 
     /* Per topic: how much was recorded and how much the ring overwrote. */
@@ -147,7 +161,7 @@ static unsigned dump_topics(enum selection how, const regex_t *regex,
                                (unsigned long long)overwritten);
             if (c == count)
                 break;
-            topic = cursors[c].topic;
+            topic = cursors[c].shown ? cursors[c].topic : NULL;
             recorded = overwritten = 0;
         }
         __u64 end = cursors[c].end, keep = cursors[c].shard->keep;

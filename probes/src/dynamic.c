@@ -74,7 +74,7 @@ void recorder_record_dynamic_flags(struct recorder_topic *topic,
     __u64 sequence;
     __u64 meta = arg_types | RECORDER_META_NARGS(nargs)
                  | RECORDER_META_FLAGS(flags & 0xff);
-    struct recorder_entry *entry = recorder_reserve(topic, 0, meta, &sequence);
+    struct recorder_record *entry = recorder_reserve(topic, 0, meta, &sequence);
     entry->format = (uintptr_t)format;
     entry->where = (uintptr_t)where;
     for (unsigned i = 0; i < nargs; i++)

@@ -111,7 +111,7 @@ static void emitf(struct output *out, const char *format, ...)
                  ? (size_t)length : sizeof(piece) - 1);
 }
 
-static double as_double(const struct recorder_entry *entry, unsigned index)
+static double as_double(const struct recorder_record *entry, unsigned index)
 {
     __u64 bits = entry->args[index];
     if (RECORDER_ARG_KIND(entry->arg_types, index) != RECORDER_ARG_DOUBLE)
@@ -120,7 +120,7 @@ static double as_double(const struct recorder_entry *entry, unsigned index)
     return value.d;
 }
 
-static long long as_signed(const struct recorder_entry *entry,
+static long long as_signed(const struct recorder_record *entry,
                            unsigned index)
 {
     if (RECORDER_ARG_KIND(entry->arg_types, index) == RECORDER_ARG_DOUBLE)
@@ -145,7 +145,7 @@ static const char *custom_conversion(const char *after_percent)
 
 /* Calls the custom conversion ending at `letter`; every '*' before it
  * consumes an argument, as in the seed. */
-static void emit_custom(struct output *out, const struct recorder_entry *entry,
+static void emit_custom(struct output *out, const struct recorder_record *entry,
                         const char *start, const char *letter,
                         unsigned *next_arg, unsigned nargs, __s64 trace)
 {
@@ -175,13 +175,13 @@ static void emit_custom(struct output *out, const struct recorder_entry *entry,
     emit(out, piece, shown < sizeof(piece) ? shown : sizeof(piece) - 1);
 }
 
-int recorder_format_entry(const struct recorder_entry *entry, char *buffer,
+int recorder_format_entry(const struct recorder_record *entry, char *buffer,
                           unsigned size)
 {
     return recorder_format_entry_traced(entry, buffer, size, 0);
 }
 
-int recorder_format_entry_traced(const struct recorder_entry *entry,
+int recorder_format_entry_traced(const struct recorder_record *entry,
                                  char *buffer, unsigned size, __s64 trace)
 {
     struct output out = { buffer, size, 0 };

@@ -68,7 +68,7 @@ int recorder_read_string(__u64 address, char *buffer, size_t size);
 
 /* format.c: recorder_format_entry, with the trace value custom conversions
  * receive (the topic's while tracing, 0 in dumps). */
-int recorder_format_entry_traced(const struct recorder_entry *entry,
+int recorder_format_entry_traced(const struct recorder_record *entry,
                                  char *buffer, unsigned size, __s64 trace);
 
 /* configure.c: the seed's configure hooks. */
@@ -82,9 +82,12 @@ struct recorder_sink {
 };
 /* NULL while format, show and output are all the defaults. */
 const struct recorder_sink *recorder_configured_sink(void);
+/* `order`: the seed's global order of the record (recorder_order when it
+ * was made), what the format function receives. */
 void recorder_sink_entry(const struct recorder_sink *sink,
                          const struct recorder_topic *topic,
-                         const struct recorder_entry *entry, __s64 trace);
+                         const struct recorder_record *entry, __s64 trace,
+                         uintptr_t order);
 
 /* channels.c: `topic=name1,name2` in a spec. */
 int recorder_channels_valid(const char *names);
@@ -98,7 +101,7 @@ void recorder_export_channels(struct recorder_topic *topic, const char *names,
                               int pattern);
 /* Writes an entry's arguments to its topic's channels; 1 if it has any. */
 int recorder_export_entry(const struct recorder_topic *topic,
-                          const struct recorder_entry *entry);
+                          const struct recorder_record *entry);
 
 /* chans.c, for the export: the type of a channel learned at its first value,
  * and the specs recorder_chans_configure left since `*seen`. */
@@ -109,6 +112,8 @@ int recorder_chans_command(recorder_chans_p chans, __u64 *seen, char *into,
 /* append.c: the letter of the `index`th conversion of a format (0 if it has
  * fewer); '*' counts as one. */
 char recorder_conversion_letter(const char *format, unsigned index);
+/* recorder_order without a thread's own pending increments. */
+uintptr_t recorder_order_count(void);
 
 /* dump.c: recorder_dump_for through `sink` (NULL: the configured one). */
 unsigned recorder_dump_through(const char *pattern,
@@ -117,9 +122,9 @@ unsigned recorder_dump_through(const char *pattern,
 /* Copies entry `index` of a shard (the seqlock reader of dumps and the
  * background dump); 0 if it was overwritten meanwhile. */
 static inline int recorder_read_entry(const struct recorder_shard *shard,
-                                      __u64 index, struct recorder_entry *copy)
+                                      __u64 index, struct recorder_record *copy)
 {
-    const struct recorder_entry *slot = &shard->entries[index & shard->mask];
+    const struct recorder_record *slot = &shard->entries[index & shard->mask];
     __u64 expected = index + 1;
     if (atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
                              memory_order_acquire) != expected)

@@ -28,7 +28,7 @@ static __u64 monotonic_ns(void)
 }
 
 /* The entry this thread just wrote: it is pinned, so one shard has it. */
-static const struct recorder_entry *last_entry(void)
+static const struct recorder_record *last_entry(void)
 {
     const struct recorder_shard *shard = recorder_clocked_topic.shards[0];
     return &shard->entries[(shard->head - 1) & shard->mask];
@@ -37,11 +37,11 @@ static const struct recorder_entry *last_entry(void)
 static int fast_test(void)
 {
     RECORD(clocked, "slow %d", 1);
-    const struct recorder_entry *first = last_entry();
+    const struct recorder_record *first = last_entry();
     __u64 first_time = first->timestamp;
     unsigned first_flags = first->flags;
     RECORD_FAST(clocked, "fast %d", 2);
-    const struct recorder_entry *second = last_entry();
+    const struct recorder_record *second = last_entry();
     printf("slow_flags %u fast_flags %u same_time %d\n", first_flags,
            second->flags, second->timestamp == first_time);
     return 0;
@@ -68,7 +68,7 @@ int main(int argc, char **argv)
         __u64 before = monotonic_ns();
         RECORD(clocked, "sample %d", i);
         __u64 after = monotonic_ns();
-        const struct recorder_entry *entry = last_entry();
+        const struct recorder_record *entry = last_entry();
         if (entry->args[0] != (__u64)i) {
             mismatched++;
             continue;

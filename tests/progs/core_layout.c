@@ -21,18 +21,18 @@
 
 int main(void)
 {
-    FIELD(recorder_entry, timestamp);
-    FIELD(recorder_entry, sequence);
-    FIELD(recorder_entry, tid);
-    FIELD(recorder_entry, topic_id);
-    FIELD(recorder_entry, arg_types);
-    FIELD(recorder_entry, cpu);
-    FIELD(recorder_entry, nargs);
-    FIELD(recorder_entry, flags);
-    FIELD(recorder_entry, format);
-    FIELD(recorder_entry, where);
-    FIELD(recorder_entry, args);
-    SIZE(recorder_entry);
+    FIELD(recorder_record, timestamp);
+    FIELD(recorder_record, sequence);
+    FIELD(recorder_record, tid);
+    FIELD(recorder_record, topic_id);
+    FIELD(recorder_record, arg_types);
+    FIELD(recorder_record, cpu);
+    FIELD(recorder_record, nargs);
+    FIELD(recorder_record, flags);
+    FIELD(recorder_record, format);
+    FIELD(recorder_record, where);
+    FIELD(recorder_record, args);
+    SIZE(recorder_record);
 
     FIELD(recorder_registry, magic);
     FIELD(recorder_registry, version);

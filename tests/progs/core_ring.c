@@ -86,9 +86,9 @@ static void *writer(void *arg)
 
 /* Seqlock read of entry `index`: 1 with a whole copy, 0 if overwritten. */
 static int read_entry(const struct recorder_shard *shard, __u64 index,
-                      struct recorder_entry *copy)
+                      struct recorder_record *copy)
 {
-    const struct recorder_entry *slot = &shard->entries[index & shard->mask];
+    const struct recorder_record *slot = &shard->entries[index & shard->mask];
     if (atomic_load_explicit((_Atomic __u64 *)&slot->sequence,
                              memory_order_acquire) != index + 1)
         return 0;
@@ -100,7 +100,7 @@ static int read_entry(const struct recorder_shard *shard, __u64 index,
 }
 
 /* 1 if the entry is whole and consistent with itself. */
-static int entry_is_whole(const struct recorder_entry *entry,
+static int entry_is_whole(const struct recorder_record *entry,
                           const struct recorder_topic *topic,
                           unsigned threads)
 {
@@ -146,7 +146,7 @@ static void read_back(const struct recorder_topic *topic, unsigned threads,
         heads += head;
         __u64 first = head > shard->keep ? head - shard->keep : 0;
         for (__u64 index = first; index < head; index++) {
-            struct recorder_entry entry;
+            struct recorder_record entry;
             if (!read_entry(shard, index, &entry)) {
                 skipped++;
                 continue;
@@ -212,7 +212,7 @@ static int churn_test(unsigned threads)
             __u64 head = atomic_load((_Atomic __u64 *)&shard->head);
             __u64 first = head > shard->keep ? head - shard->keep : 0;
             for (__u64 index = first; index < head; index++) {
-                struct recorder_entry entry;
+                struct recorder_record entry;
                 if (!read_entry(shard, index, &entry))
                     continue;
                 accepted++;

@@ -17,7 +17,7 @@ RECORDER(present, 8, "A topic of the current contract, never recorded");
 
 int main(void)
 {
-    struct recorder_entry entry;
+    struct recorder_record entry;
     char line[64];
     memset(&entry, 0, sizeof(entry));
     entry.nargs = 1;

@@ -14,6 +14,8 @@
  *   timing   RECORD_TIMING_BEGIN/END around 23 loops of 2 units, 1 ms each
  *   background  recorder_background_dump prints new records of `bg` as
  *            they come, each once; nothing after recorder_background_dump_stop
+ *   order    recorder_order counts records across topics; the `order` a
+ *            format function receives is recorder_order when each was made
  */
 #include "recorder.h"
 
@@ -195,6 +197,49 @@ static int timing_mode(void)
     return 0;
 }
 
+static recorder_entry ordered[8];
+static unsigned ordered_count;
+
+/* Keeps what the seed's format function receives, as a recorder_entry. */
+static void keep_order(recorder_show_fn show, void *output, const char *label,
+                       const char *location, uintptr_t order,
+                       uintptr_t timestamp, const char *message)
+{
+    (void)show; (void)output; (void)message;
+    if (ordered_count < 8) {
+        ordered[ordered_count] = (recorder_entry) {
+            .format = label, .order = order, .timestamp = timestamp,
+            .where = location,
+        };
+        ordered_count++;
+    }
+}
+
+static int order_mode(void)
+{
+    /* A topic's first record on a CPU makes its ring, which the core
+     * records (recorder_core): that counts too, so make them first. */
+    record(alpha, "first");
+    record(beta, "first");
+    uintptr_t before = recorder_order;
+    for (int i = 0; i < 3; i++) {
+        record(beta, "beta %d", i);
+        record(alpha, "alpha %d", i);
+    }
+    uintptr_t after = recorder_order;
+    printf("recorded %lu\n", (unsigned long)(after - before));
+    recorder_sort("alpha|beta", keep_order, NULL, NULL);
+    for (unsigned i = 0; i < ordered_count; i++)
+        if (ordered[i].order >= before)
+            printf("%s %lu\n", ordered[i].format,
+                   (unsigned long)(ordered[i].order - before));
+    /* The seed's own record functions take their order this way. */
+    uintptr_t mine = recorder_ring_fetch_add(recorder_order, 1);
+    printf("fetched %s, then %lu more\n", mine == after ? "the count" : "else",
+           (unsigned long)(recorder_order - after));
+    return 0;
+}
+
 static int version_mode(void)
 {
     printf("version %u.%u.%u\n",
@@ -213,12 +258,12 @@ int main(int argc, char **argv)
         { "tweak", tweak_mode }, { "fast", fast_mode },
         { "tick", tick_mode }, { "signal", signal_mode },
         { "version", version_mode }, { "background", background_mode },
-        { "timing", timing_mode },
+        { "timing", timing_mode }, { "order", order_mode },
     };
     for (size_t i = 0; argc > 1 && i < sizeof(modes) / sizeof(*modes); i++)
         if (strcmp(argv[1], modes[i].name) == 0)
             return modes[i].run();
     fprintf(stderr, "usage: seed_api format|sort|tweak|fast|tick|signal|"
-            "version\n");
+            "version|background|timing|order\n");
     return 2;
 }

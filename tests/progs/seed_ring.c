@@ -9,6 +9,8 @@
  *   threads  N writers of variable-length messages (the message's first
  *            letter gives its length) and one reader: every message read
  *            must be one of the known strings, whole
+ *   entries  a ring of the seed's recorder_entry, filled and read back
+ *            field by field (the seed's recorders are such rings)
  */
 #include "recorder.h"
 #include "recorder_ring.h"
@@ -186,14 +188,49 @@ static int threads_mode(int count, unsigned total)
     return garbled != 0;
 }
 
+/* ------------------------------------------------------------------------ */
+
+RECORDER_RING_TYPE_DECLARE(entry_ring, recorder_entry);
+
+static int entries_mode(void)
+{
+    entry_ring *ring = entry_ring_new(4);
+    recorder_entry in[3], out[3];
+    for (unsigned i = 0; i < 3; i++) {
+        recorder_entry *entry = &in[i];
+        entry->format = "value %d, %d, %d, %d";
+        entry->order = 100 + i;
+        entry->timestamp = recorder_tick();
+        entry->where = __FILE__;
+        for (unsigned a = 0; a < 4; a++)
+            entry->args[a] = 10 * i + a;
+    }
+    entry_ring_write(ring, in, 3, NULL, NULL, NULL);
+    size_t got = entry_ring_read(ring, out, 3, NULL, NULL, NULL);
+    printf("entry size %zu read %zu\n", sizeof(recorder_entry), got);
+    for (size_t i = 0; i < got; i++) {
+        char message[64];
+        snprintf(message, sizeof(message), out[i].format, (int)out[i].args[0],
+                 (int)out[i].args[1], (int)out[i].args[2],
+                 (int)out[i].args[3]);
+        printf("order %lu %s at %s, stamped %s\n", (unsigned long)out[i].order,
+               message, out[i].where,
+               out[i].timestamp == in[i].timestamp ? "as written" : "wrongly");
+    }
+    entry_ring_delete(ring);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "entries") == 0)
+        return entries_mode();
     if (argc > 1 && strcmp(argv[1], "basic") == 0)
         return basic_mode();
     if (argc > 1 && strcmp(argv[1], "typed") == 0)
         return typed_mode();
     if (argc > 3 && strcmp(argv[1], "threads") == 0)
         return threads_mode(atoi(argv[2]), (unsigned)atoi(argv[3]));
-    fprintf(stderr, "usage: seed_ring basic|typed|threads WRITERS MESSAGES\n");
+    fprintf(stderr, "usage: seed_ring basic|typed|entries|threads WRITERS MESSAGES\n");
     return 2;
 }

@@ -14,7 +14,7 @@ import struct
 MAX_ARGS = 12                           # RECORDER_MAX_ARGS
 ENTRY_VERSION = 1                       # RECORDER_ENTRY_VERSION
 ENTRY_SIZE = 144                        # RECORDER_ENTRY_SIZE
-# struct recorder_entry: timestamp, sequence, tid, topic_id, arg_types, cpu,
+# struct recorder_record: timestamp, sequence, tid, topic_id, arg_types, cpu,
 # nargs, flags, format, where, args[12]
 ENTRY = struct.Struct("<QQIIIHBBQQ12Q")
 ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_POINTER = range(4)     # recorder_arg_kind

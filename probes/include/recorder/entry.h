@@ -17,7 +17,7 @@
 #define RECORDER_MAX_ARGS       12
 #define RECORDER_ENTRY_VERSION  1
 
-/* Argument kinds, two bits per argument in recorder_entry.arg_types. They are
+/* Argument kinds, two bits per argument in recorder_record.arg_types. They are
  * computed at compile time from the C type of each argument (_Generic), so a
  * reader knows which 64-bit slots are strings to fetch and which are doubles
  * without parsing the format. */
@@ -29,7 +29,7 @@ enum recorder_arg_kind {
 };
 #define RECORDER_ARG_KIND(types, i)  (((types) >> (2 * (i))) & 3u)
 
-struct recorder_entry {
+struct recorder_record {
     __u64 timestamp;    /* ns, CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns */
     __u64 sequence;     /* 1 + index of this entry in its shard; written last
                            (release), so a reader that sees the index it expects
@@ -55,13 +55,13 @@ struct recorder_entry {
 #define RECORDER_ENTRY_SPAN_END       0x4
 
 #define RECORDER_ENTRY_SIZE 144
-_Static_assert(sizeof(struct recorder_entry) == RECORDER_ENTRY_SIZE,
-               "recorder_entry size is part of the probe ABI");
-_Static_assert(__builtin_offsetof(struct recorder_entry, sequence) == 8,
+_Static_assert(sizeof(struct recorder_record) == RECORDER_ENTRY_SIZE,
+               "recorder_record size is part of the probe ABI");
+_Static_assert(__builtin_offsetof(struct recorder_record, sequence) == 8,
                "sequence offset is part of the probe ABI");
-_Static_assert(__builtin_offsetof(struct recorder_entry, format) == 32,
+_Static_assert(__builtin_offsetof(struct recorder_record, format) == 32,
                "format offset is part of the probe ABI");
-_Static_assert(__builtin_offsetof(struct recorder_entry, args) == 48,
+_Static_assert(__builtin_offsetof(struct recorder_record, args) == 48,
                "args offset is part of the probe ABI");
 
 #endif /* RECORDER_ENTRY_H */

@@ -159,14 +159,14 @@ struct recorder_shard *recorder_shard_create(struct recorder_topic *topic,
 /* The header word at arg_types: arg_types | cpu << 32 | nargs << 48 |
  * flags << 56, written with one store (as is tid | topic_id << 32). */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-_Static_assert(__builtin_offsetof(struct recorder_entry, topic_id)
-               == __builtin_offsetof(struct recorder_entry, tid) + 4
-               && __builtin_offsetof(struct recorder_entry, cpu)
-               == __builtin_offsetof(struct recorder_entry, arg_types) + 4
-               && __builtin_offsetof(struct recorder_entry, nargs)
-               == __builtin_offsetof(struct recorder_entry, arg_types) + 6
-               && __builtin_offsetof(struct recorder_entry, flags)
-               == __builtin_offsetof(struct recorder_entry, arg_types) + 7,
+_Static_assert(__builtin_offsetof(struct recorder_record, topic_id)
+               == __builtin_offsetof(struct recorder_record, tid) + 4
+               && __builtin_offsetof(struct recorder_record, cpu)
+               == __builtin_offsetof(struct recorder_record, arg_types) + 4
+               && __builtin_offsetof(struct recorder_record, nargs)
+               == __builtin_offsetof(struct recorder_record, arg_types) + 6
+               && __builtin_offsetof(struct recorder_record, flags)
+               == __builtin_offsetof(struct recorder_record, arg_types) + 7,
                "recorder_reserve writes the header as two 64-bit words");
 #else
 #error "recorder_reserve assumes a little-endian entry header"
@@ -193,7 +193,7 @@ RECORDER_INLINE void recorder_prefetch_ahead(const struct recorder_shard *shard,
 
 /* Reserves and stamps the next slot of this CPU's shard. `meta` holds the
  * argument kinds and RECORDER_META_NARGS(count), known at compile time. */
-RECORDER_INLINE struct recorder_entry *
+RECORDER_INLINE struct recorder_record *
 recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
                  __u64 *sequence)
 {
@@ -231,7 +231,7 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
         index = atomic_fetch_add_explicit((_Atomic __u64 *)&shard->head, 1,
                                           memory_order_relaxed);
     }
-    struct recorder_entry *entry = &shard->entries[index & shard->mask];
+    struct recorder_record *entry = &shard->entries[index & shard->mask];
     if (__builtin_expect(shard->mask >= RECORDER_PREFETCH_MASK, 0))
         recorder_prefetch_ahead(shard, index);
     /* Invalidate the slot before rewriting it (seqlock writer side). */
@@ -257,7 +257,7 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
 }
 
 /* Publishes the entry: readers accept it once `sequence` is set. */
-RECORDER_INLINE void recorder_commit(struct recorder_entry *entry,
+RECORDER_INLINE void recorder_commit(struct recorder_record *entry,
                                    __u64 sequence)
 {
     atomic_store_explicit((_Atomic __u64 *)&entry->sequence, sequence,

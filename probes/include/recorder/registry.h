@@ -26,7 +26,7 @@ struct recorder_shard {
     __u32 topic_id;
     __u32 cpu;
     __u64 reserved[5];
-    struct recorder_entry entries[];
+    struct recorder_record entries[];
 };
 _Static_assert(sizeof(struct recorder_shard) == RECORDER_SHARD_HEADER,
                "entries start on their own cache line");

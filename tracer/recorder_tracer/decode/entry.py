@@ -1,4 +1,4 @@
-"""The one entry decoder: a struct recorder_entry becomes a Record.
+"""The one entry decoder: a struct recorder_record becomes a Record.
 
 Every reader ends here: the live stream and the kernel flight ring
 (session/topics.py, with the strings BPF copied at the hit), crash and
@@ -43,7 +43,7 @@ class RawEntry:
 
     @classmethod
     def unpack(cls, data: bytes, offset: int = 0, shard: int = 0) -> RawEntry:
-        """Decode ENTRY_SIZE bytes of a struct recorder_entry."""
+        """Decode ENTRY_SIZE bytes of a struct recorder_record."""
         values = ENTRY.unpack_from(data, offset)
         return cls(*values[:10], tuple(values[10:]), shard)
 

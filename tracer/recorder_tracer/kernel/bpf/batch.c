@@ -52,7 +52,7 @@
 #define BATCH_CALLS   30        /* tail calls (the kernel allows 33) */
 #define SHARD_ENTRIES RECORDER_SHARD_HEADER
 #define BATCH_CHUNK_STRINGS 16   /* %s arguments sent per chunk */
-#define ENTRY_SIZE    sizeof(struct recorder_entry)
+#define ENTRY_SIZE    sizeof(struct recorder_record)
 #define FATAL_SIGNALS ((1u << SIGSEGV) | (1u << SIGBUS) | (1u << SIGILL) \
                        | (1u << SIGFPE) | (1u << SIGABRT) | (1u << SIGTRAP) \
                        | (1u << SIGSYS))
@@ -205,7 +205,7 @@ static __always_inline void note_strings(struct walk *walk,
     walk->string_first = chunk->first;
     walk->string_shard = chunk->shard;
     for (__u32 i = 0; i < BATCH_CHUNK; i++) {
-        struct recorder_entry *entry = &chunk->entries[i];
+        struct recorder_record *entry = &chunk->entries[i];
         __u32 types = entry->arg_types;
         __u32 nargs = entry->nargs;
         if (nargs > RECORDER_MAX_ARGS)

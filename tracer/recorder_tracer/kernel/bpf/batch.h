@@ -41,7 +41,7 @@ struct batch_chunk {
     __u32 reserved;
     __u64 first;                /* index in its shard of entries[0] */
     char comm[16];              /* of the thread the batch ran in */
-    struct recorder_entry entries[BATCH_CHUNK];
+    struct recorder_record entries[BATCH_CHUNK];
 };
 
 /* The text of a %s argument of an entry sent in a chunk before it. */

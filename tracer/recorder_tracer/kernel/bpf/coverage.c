@@ -165,7 +165,7 @@ static __always_inline void copy_entry(struct walk *walk)
 {
     __u64 index = walk->next;
     __u64 address = walk->shard + RECORDER_SHARD_HEADER
-                    + (index & walk->mask) * sizeof(struct recorder_entry);
+                    + (index & walk->mask) * sizeof(struct recorder_record);
     walk->next++;
     walk->remaining--;
     struct { __u64 timestamp; __u64 sequence; } head = {};
@@ -186,19 +186,19 @@ static __always_inline void copy_entry(struct walk *walk)
         /* The unused tail may lie on a page never touched (harvest.c):
          * read the header and the arguments the writer wrote. */
         __builtin_memset(&out->entry, 0, sizeof(out->entry));
-        bpf_probe_read_user(&out->entry, offsetof(struct recorder_entry, args),
+        bpf_probe_read_user(&out->entry, offsetof(struct recorder_record, args),
                             (void *)address);
         __u32 size = out->entry.nargs * sizeof(__u64);
         if (size > sizeof(out->entry.args))
             size = sizeof(out->entry.args);
         bpf_probe_read_user(out->entry.args, size,
-                            (void *)(address + offsetof(struct recorder_entry, args)));
+                            (void *)(address + offsetof(struct recorder_record, args)));
         out->status = COVERAGE_ENTRY_PARTIAL;
     }
     /* The seqlock check: another thread may be rewriting the slot. */
     __u64 after = 0;
     bpf_probe_read_user(&after, sizeof(after),
-                        (void *)(address + offsetof(struct recorder_entry, sequence)));
+                        (void *)(address + offsetof(struct recorder_record, sequence)));
     if (out->entry.sequence != index + 1 || after != index + 1) {
         bpf_ringbuf_discard(out, BPF_RB_NO_WAKEUP);
         return;
@@ -240,7 +240,7 @@ static __always_inline void open_shard(struct walk *walk)
         bpf_probe_read_user(&oldest, sizeof(oldest),
                             (void *)(shard + RECORDER_SHARD_HEADER
                                      + (walk->next & header.mask)
-                                       * sizeof(struct recorder_entry)));
+                                       * sizeof(struct recorder_record)));
         if (oldest >= walk->since)
             walk->overwritten += header.head - capacity;
     }

@@ -93,7 +93,7 @@ struct coverage_entry {
     __u32 shard;            /* the shard's slot (CPU % 64) */
     __u32 status;           /* COVERAGE_ENTRY_* */
     __u64 index;            /* index in the shard (sequence - 1) */
-    struct recorder_entry entry;
+    struct recorder_record entry;
     struct harvest_string strings[HARVEST_STRINGS];
     /* Read while the process lives: a format made at run time (Python's)
      * is in its heap, gone with it. */

@@ -222,11 +222,11 @@ static __always_inline void fetch_strings(struct harvest_record *record)
  * the kernel has not mapped yet, and the whole read fails (the helper may not
  * fault pages in). Then the part the writer wrote is read instead; the rest
  * stays zero. Returns 0 when the entry was read. */
-static __always_inline int read_entry(struct recorder_entry *entry, __u64 address)
+static __always_inline int read_entry(struct recorder_record *entry, __u64 address)
 {
     if (bpf_probe_read_user(entry, sizeof(*entry), (void *)address) == 0)
         return 0;
-    const __u32 header = offsetof(struct recorder_entry, args);
+    const __u32 header = offsetof(struct recorder_record, args);
     if (bpf_probe_read_user(entry, header, (void *)address) != 0
         || entry->nargs > RECORDER_MAX_ARGS)
         return -1;
@@ -321,7 +321,7 @@ static __always_inline int harvest_hit(struct pt_regs *ctx, int shared, int lega
         topic_id = PROBE_TOPIC_ID(ctx);
     else if (shared && bpf_probe_read_user(&topic_id, sizeof(topic_id),
                                            (void *)PT_REGS_RC(ctx)
-                                           + offsetof(struct recorder_entry, topic_id)))
+                                           + offsetof(struct recorder_record, topic_id)))
         topic_id = HARVEST_NO_TOPIC;
     count_site(ctx, pid, PT_REGS_IP(ctx), topic_id, legacy);
 #endif

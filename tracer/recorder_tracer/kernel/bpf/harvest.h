@@ -50,7 +50,7 @@ struct harvest_record {
                                    load base, to read a process that exited */
     char comm[16];              /* the stream's records only: empty in a
                                    flight ring kept without a stream */
-    struct recorder_entry entry;
+    struct recorder_record entry;
     struct harvest_string strings[HARVEST_STRINGS];   /* one per %s
                                    argument, in order; slots past the
                                    entry's string arguments are undefined */

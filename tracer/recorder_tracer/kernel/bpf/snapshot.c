@@ -136,7 +136,7 @@ static __always_inline void copy_entry(struct walk *walk)
 {
     __u64 index = walk->next;
     __u64 address = walk->shard + RECORDER_SHARD_HEADER
-                    + (index & walk->mask) * sizeof(struct recorder_entry);
+                    + (index & walk->mask) * sizeof(struct recorder_record);
     walk->next++;
     walk->remaining--;
     struct snapshot_entry *out = snapshots.ringbuf_reserve(sizeof(*out));
@@ -158,7 +158,7 @@ static __always_inline void copy_entry(struct walk *walk)
          * rewriting the slot. */
         __u64 after = 0;
         bpf_probe_read_user(&after, sizeof(after),
-                            (void *)(address + offsetof(struct recorder_entry,
+                            (void *)(address + offsetof(struct recorder_record,
                                                         sequence)));
         if (out->entry.sequence != index + 1 || after != index + 1)
             out->status = SNAPSHOT_ENTRY_TORN;

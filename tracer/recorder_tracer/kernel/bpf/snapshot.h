@@ -46,7 +46,7 @@ struct snapshot_entry {
     __u32 shard_cpu;            /* the shard's CPU (index in topic->shards) */
     __u32 status;               /* SNAPSHOT_ENTRY_* */
     __u64 index;                /* index in the shard (sequence - 1) */
-    struct recorder_entry entry;
+    struct recorder_record entry;
 };
 #define SNAPSHOT_ENTRY_UNREADABLE  0x1  /* the read failed (zeroes) */
 #define SNAPSHOT_ENTRY_TORN        0x2  /* being rewritten: seqlock mismatch */
