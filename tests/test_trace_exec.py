@@ -2,10 +2,10 @@
 program that made them, not with the one it became.
 
 The follower's thread handles the EXEC at once and arms the new program
-under the same pid; the loop decodes what the old one left in the stream
-later. Decoded with the new image, an old format address reads the new
-program's memory (another string, or none): the old records showed
-garbage or "unreadable".
+under the same pid (the batch harvest: at its next rescan); the loop
+decodes what the old one left in the stream later. Decoded with the new
+image, an old format address reads the new program's memory (another
+string, or none): the old records showed garbage or "unreadable".
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from recorder_tracer.session.loop import TraceOptions, TraceSession
 pytestmark = pytest.mark.bpf
 
 
+@pytest.mark.parametrize("latency", [True, False], ids=["trap", "batch"])
 def test_records_before_an_exec_are_decoded_with_the_program_that_made_them(
-        progs: Path) -> None:
+        progs: Path, latency: bool) -> None:
     workload = Workload(progs)
     records: list = []
-    session = TraceSession(TraceOptions(pids=[workload.pid],
+    session = TraceSession(TraceOptions(pids=[workload.pid], latency=latency,
                                         spec=TopicSpec.parse("tick")),
                            records.append, lambda message: None)
     session.start()
+    assert session.options.batch is not latency
     try:
         before = session.recorder.processes[workload.pid]
         workload.record("tick", 3)          # in the stream, not decoded yet
@@ -38,9 +40,13 @@ def test_records_before_an_exec_are_decoded_with_the_program_that_made_them(
         stdin.write(f"exec {progs / 'tracer_wait'}\n")
         stdin.flush()
         assert stdout.readline().strip() == "ready"     # tracer_wait's
-        # The follower armed the new program under the same pid.
-        wait_for(lambda: session.recorder.processes.get(workload.pid)
-                 not in (None, before))
+        # The new program armed under the same pid (by the follower; in
+        # batch mode by the rescan, here before the stream is read, as when
+        # its records wait below the stream's wakeup threshold).
+        def armed_again() -> bool:
+            session.recorder.rescan()
+            return session.recorder.processes.get(workload.pid) not in (None, before)
+        wait_for(armed_again)
         deadline = time.monotonic() + scaled(10)
         while len([r for r in records if r.topic == "tick"]) < 3:
             assert time.monotonic() < deadline, records

@@ -225,7 +225,10 @@ class BatchTopics:
             return
         self.exec_pending.add(pid)
         self.disarm(pid)
+        # Its records still in the stream are the old program's: decoded
+        # with its files even once the new one is armed (harvest_records).
         self.exited[pid].image.close()
+        self.exited[pid].exec_ns = exec_ns
 
     def disarm(self, pid: int) -> None:
         """Stop harvesting `pid`; what BPF had not taken from a live
