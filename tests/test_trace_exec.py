@@ -57,3 +57,43 @@ def test_records_before_an_exec_are_decoded_with_the_program_that_made_them(
         workload.process.wait(timeout=scaled(10))
     assert [r.message for r in records if r.pid == workload.pid] == [
         f"tick {i} of tick-string half {i * 0.5:.1f}" for i in range(3)]
+
+
+def test_a_copy_of_the_program_it_execd_leaves_the_old_image_alone(
+        progs: Path) -> None:
+    """The old program exec's short_job, which records and ends before it
+    can be armed: coverage copies its records at its end. Its texts are
+    not cached in the old program's image (the one its records still in
+    the stream decode with), where they would stand at addresses of the
+    old program's memory."""
+    for _attempt in range(5):       # short_job armed in time: no copy
+        workload = Workload(progs)
+        records: list = []
+        session = TraceSession(TraceOptions(pids=[workload.pid],
+                                            spec=TopicSpec.parse("tick:job")),
+                               records.append, lambda message: None)
+        session.start()
+        try:
+            workload.record("tick", 3)
+            old = session.recorder.processes[workload.pid]
+            stdin = workload.process.stdin
+            stdin.write(f"exec {progs / 'short_job'}\n")
+            stdin.flush()
+            workload.process.wait(timeout=scaled(10))
+            deadline = time.monotonic() + scaled(10)
+            while len([r for r in records if r.topic == "job"]) < 10:
+                assert time.monotonic() < deadline, records
+                session.poll(timeout_ms=20)
+            coverage = session.coverage
+            copied = coverage is not None and coverage.copied > 0
+        finally:
+            session.close()
+        assert [r.message for r in records if r.topic == "tick"] == [
+            f"tick {i} of tick-string half {i * 0.5:.1f}" for i in range(3)]
+        assert [r.message for r in records if r.topic == "job"] == [
+            f"job 0 record {i}" for i in range(10)]
+        if copied:
+            cached = set(old.image._strings.values())
+            assert not any(text and text.startswith("job ") for text in cached)
+            return
+    pytest.fail("short_job was armed before its end in 5 of 5 runs")

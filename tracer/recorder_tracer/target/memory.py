@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
@@ -135,12 +136,15 @@ class ProcessImage:
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
     _offline: bool = False      # /proc/PID/map_files may be another's now
+    # When `of` bound it to the address space (CLOCK_MONOTONIC ns): an
+    # image bound before a program began is an earlier program's.
+    bound_ns: int | None = field(default=None, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
                                   compare=False)    # _memory: read vs close
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
-        image = cls(pid)
+        image = cls(pid, bound_ns=time.monotonic_ns())
         image._bind()               # the memory first, then its maps
         image.mappings = read_maps(pid)
         return image
