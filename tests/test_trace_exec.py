@@ -19,6 +19,7 @@ from timing import scaled
 
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.session.loop import TraceOptions, TraceSession
+from recorder_tracer.target.memory import ProcessImage, read_maps
 
 pytestmark = pytest.mark.bpf
 
@@ -97,3 +98,25 @@ def test_a_copy_of_the_program_it_execd_leaves_the_old_image_alone(
             assert not any(text and text.startswith("job ") for text in cached)
             return
     pytest.fail("short_job was armed before its end in 5 of 5 runs")
+
+
+def test_a_rescan_before_the_exec_is_handled_keeps_the_old_maps(
+        progs: Path) -> None:
+    """A rescan may read the maps of a process that exec'd before its EXEC
+    is handled: the old image keeps its own (its records still in the
+    stream decode with them), and takes later maps of the same program."""
+    workload = Workload(progs)
+    try:
+        image = ProcessImage.of(workload.pid)
+        old = list(image.mappings)
+        assert image.refresh_maps(read_maps(workload.pid))
+        stdin, stdout = workload.process.stdin, workload.process.stdout
+        stdin.write(f"exec {progs / 'tracer_wait'}\n")
+        stdin.flush()
+        assert stdout.readline().strip() == "ready"     # tracer_wait's
+        assert not image.refresh_maps(read_maps(workload.pid))
+        assert image.mappings == old
+        image.close()
+    finally:
+        workload.process.stdin.close()
+        workload.process.wait(timeout=scaled(10))

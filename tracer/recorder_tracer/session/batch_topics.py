@@ -211,8 +211,9 @@ class BatchTopics:
                     maps = read_maps(process.pid)
                 except OSError:
                     continue
-                if maps:    # a zombie's are empty: keep what it had
-                    process.image.mappings = maps
+                # A zombie's are empty, an exec'd one's another program's:
+                # keep what it had.
+                if maps and process.image.refresh_maps(maps):
                     self._arm(process)
 
     def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:

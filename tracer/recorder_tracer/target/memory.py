@@ -159,6 +159,20 @@ class ProcessImage:
         image._offline = True
         return image
 
+    def refresh_maps(self, mappings: list[Mapping]) -> bool:
+        """Take `mappings`, the process's maps read again (libraries loaded
+        since), unless this image's first file mapping is not among them:
+        the process exec'd another program (its EXEC not handled yet), and
+        this program's records still in a stream decode with its own maps.
+        """
+        first = next((m for m in self.mappings if m.inode), None)
+        if first is not None and not any(
+                (m.start, m.device, m.inode) == (first.start, first.device, first.inode)
+                for m in mappings):
+            return False
+        self.mappings = mappings
+        return True
+
     def _bind(self) -> None:
         self._bound = True
         try:
