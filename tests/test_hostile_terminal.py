@@ -10,16 +10,21 @@ terminal raw, and no name may forge an output line.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers.tracer import Workload
+from helpers.tracer import Workload, wait_for
 from hostile_helpers import AS_NOBODY, as_nobody, public_dir
+from timing import scaled
 
 from recorder_tracer.cli.app import main
 from recorder_tracer.kernel.harvest import SiteStats
@@ -27,6 +32,7 @@ from recorder_tracer.metrics.aggregates import TopicMetrics
 from recorder_tracer.metrics.table import console, metrics_table
 
 pytestmark = pytest.mark.host
+RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 
 # Clear the screen, red, back to column 0, then a forged line; the comm
 # keeps the first 15 bytes.
@@ -124,3 +130,45 @@ def test_metrics_table_shows_markup_and_controls_in_names_as_text() -> None:
     text = stream.getvalue()
     assert_safe(text)
     assert "[/x]\\x1b[2J" in text and "[bold]\\x0d[/]" in text
+
+
+# What JSON leaves raw with ensure_ascii=False but a terminal acts on: a
+# C1 CSI, a right-to-left override, a line separator, an isolate (14
+# bytes of UTF-8: the whole comm).
+JSON_NAME = "\u009b2J\u202e\u2028\u2066x"
+JSON_RAW = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                      "\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.mark.bpf
+def test_json_lines_and_snapshots_escape_what_json_leaves_raw(
+        progs: Path, tmp_path: Path) -> None:
+    with public_dir() as root:
+        program = root / "nobody" / JSON_NAME
+        copied = as_nobody("cp", str(progs / "workload_ticks"), str(program))
+        assert copied.returncode == 0, copied.stderr
+        workload = Workload(progs, command=[*AS_NOBODY, str(program)])
+        try:
+            trace = subprocess.Popen(
+                [*RECORDER, "trace", "-p", str(workload.pid), "--json", "tick"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert trace.stderr is not None
+            wait_for(lambda: b"Tracing" in trace.stderr.readline())
+            workload.record("tick", 3)
+            status, written = run("snapshot", str(workload.pid),
+                                  "--snapshot-dir", str(tmp_path))
+            assert status == 0, written
+            trace.send_signal(signal.SIGINT)
+            output, errors = trace.communicate(timeout=scaled(30))
+        finally:
+            workload.close()
+    assert trace.returncode == 0, errors
+    snapshot = Path(written.strip()).read_bytes()
+    for data in (output, snapshot):
+        text = data.decode()            # still UTF-8
+        assert not JSON_RAW.search(text), repr(text)
+        assert "\\u009b2J\\u202e\\u2028\\u2066x" in text
+    records = [json.loads(line) for line in output.decode().splitlines()]
+    ticks = [r for r in records if r["type"] == "record"]
+    assert [r["comm"] for r in ticks] == [JSON_NAME] * 3
+    assert json.loads(snapshot)["comm"] == JSON_NAME

@@ -28,6 +28,29 @@ def escape_controls(text: str) -> str:
                          else f"\\x{ord(match.group()):02x}", text)
 
 
+# What json.dumps(ensure_ascii=False) leaves raw but a terminal acts on:
+# DEL and the C1 controls (json escapes only C0), the line and paragraph
+# separators, the bidi marks, embeddings, overrides and isolates that
+# reorder what is shown (Trojan Source), and lone surrogates (a name
+# decoded with surrogateescape, which would not encode as UTF-8).
+_JSON_HOSTILE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                           "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def json_escaped(text: str) -> str:
+    r"""JSON text `text` (json.dumps's, ensure_ascii=False) with the code
+    points a terminal acts on written as \uXXXX: the same JSON value, the
+    rest still UTF-8. Outside its strings JSON text is ASCII, so every
+    such code point lies inside a string, where \uXXXX means itself.
+
+    >>> json_escaped('"\x9b31m\u202e\u00e9"')
+    '"\\u009b31m\\u202eé"'
+    """
+    if not _JSON_HOSTILE.search(text):
+        return text
+    return _JSON_HOSTILE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
 def printable(value: object) -> str:
     """str(value) with its control characters escaped (None: "-").
 

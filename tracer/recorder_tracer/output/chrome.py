@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.output.writer import CpuCounts, Writer, json_value, summary_json
+from recorder_tracer.terminal import json_escaped
 
 
 def record_event(record: Record) -> dict[str, Any]:
@@ -86,4 +87,4 @@ class ChromeTraceWriter(Writer):
 
 
 def _dumps(value: dict[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return json_escaped(json.dumps(value, ensure_ascii=False, allow_nan=False))

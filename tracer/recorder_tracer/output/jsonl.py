@@ -16,6 +16,7 @@ from typing import Any
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.output.writer import CpuCounts, Writer, json_value, summary_json
+from recorder_tracer.terminal import json_escaped
 
 
 def record_json(record: Record) -> dict[str, Any]:
@@ -68,5 +69,5 @@ class JsonLinesWriter(Writer):
 
 
 def _dumps(value: dict[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False,
-                      separators=(", ", ": "))
+    return json_escaped(json.dumps(value, ensure_ascii=False, allow_nan=False,
+                                   separators=(", ", ": ")))

@@ -64,13 +64,14 @@ from recorder_tracer.postmortem.build import (
     share_dir_of,
 )
 from recorder_tracer.postmortem.captures import Capture, Captures
+from recorder_tracer.postmortem.rescan import MappedScan
 from recorder_tracer.postmortem.snapshot_file import (
     file_name,
     signal_name,
     write_snapshot,
 )
 from recorder_tracer.selftrace import SESSION
-from recorder_tracer.target import notes, procs
+from recorder_tracer.target import procs
 from recorder_tracer.target.memory import ProcessImage
 from recorder_tracer.target.rings import last_entries
 
@@ -120,6 +121,7 @@ class SnapshotWatcher:
         self._retry_at: dict[int, float] = {}
         self._next_rescan = 0.0
         self._misses = RegistryMisses()     # mapped a core, had no registry
+        self._scan = MappedScan()           # mapped none when last read
         self._new_files: list[Path] = []
         self._follower: Any = None
         self.bpf: Any = None
@@ -218,6 +220,7 @@ class SnapshotWatcher:
         if known is not None:
             known.image.close()
         self._misses.forget(pid)
+        self._scan.forget(pid)
         if self.pins is not None:
             (self._memory_dir / f"{pid}.json").unlink(missing_ok=True)
         with contextlib.suppress(KeyError):
@@ -229,9 +232,9 @@ class SnapshotWatcher:
         without a registry is looked at less and less often (backoff.py)."""
         now = time.monotonic() if now is None else now
         self._next_rescan = now + RESCAN_INTERVAL_S
-        for pid in notes.mapped_recorder_processes():
-            if (pid not in self.known and self._misses.due(pid, now)
-                    and not self.register(pid)):
+        for pid in self._scan.recorder_processes(
+                lambda pid: pid not in self.known and self._misses.due(pid, now), now):
+            if not self.register(pid):
                 self._misses.missed(pid, now)
 
     # -- running --------------------------------------------------------------

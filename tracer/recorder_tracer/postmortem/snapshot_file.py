@@ -21,7 +21,7 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.output.safe_write import write_new_file
 from recorder_tracer.output.writer import json_value
 from recorder_tracer.target.safe_open import read_untrusted
-from recorder_tracer.terminal import printable
+from recorder_tracer.terminal import json_escaped, printable
 
 SNAPSHOT_KIND = "recorder-snapshot"
 SNAPSHOT_VERSION = 1
@@ -72,8 +72,8 @@ def write_snapshot(directory: str | Path, name: str, snapshot: dict[str, Any]) -
     TracerError for a directory someone else owns."""
     # Compact: with `indent`, json falls back to its pure-Python encoder,
     # ~40 ms for 256 records here (`recorder show --json` indents).
-    data = json.dumps(snapshot, ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":")).encode() + b"\n"
+    data = json_escaped(json.dumps(snapshot, ensure_ascii=False, allow_nan=False,
+                                   separators=(",", ":"))).encode() + b"\n"
     return write_new_file(directory, name, data)
 
 

@@ -211,8 +211,9 @@ class BatchTopics:
                     maps = read_maps(process.pid)
                 except OSError:
                     continue
-                if maps:    # a zombie's are empty: keep what it had
-                    process.image.mappings = maps
+                # A zombie's are empty, an exec'd one's another program's:
+                # keep what it had.
+                if maps and process.image.refresh_maps(maps):
                     self._arm(process)
 
     def on_exec(self, pid: int, started: bool, exec_ns: int) -> None:
@@ -225,7 +226,10 @@ class BatchTopics:
             return
         self.exec_pending.add(pid)
         self.disarm(pid)
+        # Its records still in the stream are the old program's: decoded
+        # with its files even once the new one is armed (harvest_records).
         self.exited[pid].image.close()
+        self.exited[pid].exec_ns = exec_ns
 
     def disarm(self, pid: int) -> None:
         """Stop harvesting `pid`; what BPF had not taken from a live

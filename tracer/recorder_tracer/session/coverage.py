@@ -253,7 +253,7 @@ class SessionCoverage:
         if not self.records:
             return
         live = self._image_of(copy.pid)
-        image = live or self._copy_image(copy)
+        image = self._copy_image(copy)
         try:
             self._deliver_copy(copy, image)
         finally:
@@ -317,10 +317,14 @@ class SessionCoverage:
         """Where a copied process's formats can be read: its own image if it
         was seen, its parent's for a fork (the same memory), else its
         executable's file at the load bias its start_code gives."""
-        for pid in (copy.pid, copy.parent):
-            image = self._image_of(pid) if pid else None
-            if image is not None:
-                return image
+        own = self._image_of(copy.pid)
+        if own is not None and own.bound_ns is not None and own.bound_ns >= copy.since:
+            return own      # not a program it exec'd away from since
+        parent = self._image_of(copy.parent) if copy.parent else None
+        if (parent is not None and parent.bound_ns is not None
+                and parent.bound_ns <= copy.since):
+            return parent   # the program it forked from, not one exec'd later
+
         known = self._execs.pop(copy.pid, None)
         if known is None:
             return None

@@ -199,7 +199,8 @@ class RecorderTopics:
             self._arm_after_exec()
             for process in list(self.processes.values()):
                 try:
-                    process.image.mappings = read_maps(process.pid)
+                    if not process.image.refresh_maps(read_maps(process.pid)):
+                        continue    # exec'd: armed again at its EXEC
                     probes = recorder_probes(process.pid)
                 except (OSError, notes.ProcessGone):
                     continue

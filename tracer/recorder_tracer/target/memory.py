@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 from recorder_tracer.abi import MAX_TOPICS, REGISTRY_MAGIC
@@ -135,12 +136,15 @@ class ProcessImage:
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
     _offline: bool = False      # /proc/PID/map_files may be another's now
+    # When `of` bound it to the address space (CLOCK_MONOTONIC ns): an
+    # image bound before a program began is an earlier program's.
+    bound_ns: int | None = field(default=None, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
                                   compare=False)    # _memory: read vs close
 
     @classmethod
     def of(cls, pid: int) -> ProcessImage:
-        image = cls(pid)
+        image = cls(pid, bound_ns=time.monotonic_ns())
         image._bind()               # the memory first, then its maps
         image.mappings = read_maps(pid)
         return image
@@ -154,6 +158,20 @@ class ProcessImage:
         image._bound = True
         image._offline = True
         return image
+
+    def refresh_maps(self, mappings: list[Mapping]) -> bool:
+        """Take `mappings`, the process's maps read again (libraries loaded
+        since), unless this image's first file mapping is not among them:
+        the process exec'd another program (its EXEC not handled yet), and
+        this program's records still in a stream decode with its own maps.
+        """
+        first = next((m for m in self.mappings if m.inode), None)
+        if first is not None and not any(
+                (m.start, m.device, m.inode) == (first.start, first.device, first.inode)
+                for m in mappings):
+            return False
+        self.mappings = mappings
+        return True
 
     def _bind(self) -> None:
         self._bound = True

@@ -228,8 +228,9 @@ def mapped_recorder_processes() -> list[int]:
     """List the PIDs of the host that map a file with recorder probes.
 
     Each distinct file is read once per (device, inode, mtime, size) across
-    calls, so a rescan costs one read of each /proc/PID/maps and one stat
-    per distinct mapped executable file.
+    calls, so a scan costs one read of each /proc/PID/maps and one stat
+    per distinct mapped executable file. The snapshot watcher's rescans
+    skip most maps (postmortem/rescan.py).
     """
     verdicts: dict[tuple[int, int], bool] = {}
     result = []
@@ -238,19 +239,26 @@ def mapped_recorder_processes() -> list[int]:
             continue
         pid = int(entry.name)
         try:
-            files = mapped_files(pid, executable_only=True)
+            if maps_recorder_probes(pid, verdicts):
+                result.append(pid)
         except (ProcessGone, PermissionError):
             continue
-        for mapped in files:
-            identity = (mapped.device, mapped.inode)
-            verdict = verdicts.get(identity)
-            if verdict is None:
-                verdict = _has_recorder_probes(mapped)
-                verdicts[identity] = verdict
-            if verdict:
-                result.append(pid)
-                break
     return sorted(result)
+
+
+def maps_recorder_probes(pid: int, verdicts: dict[tuple[int, int], bool]) -> bool:
+    """Whether process `pid` maps an executable file with recorder probes;
+    `verdicts` keeps each file's answer by (device, inode) for one scan.
+    Raises ProcessGone."""
+    for mapped in mapped_files(pid, executable_only=True):
+        identity = (mapped.device, mapped.inode)
+        verdict = verdicts.get(identity)
+        if verdict is None:
+            verdict = _has_recorder_probes(mapped)
+            verdicts[identity] = verdict
+        if verdict:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -370,6 +378,7 @@ __all__ = [
     "group_probes",
     "mapped_files",
     "mapped_recorder_processes",
+    "maps_recorder_probes",
     "probes_in_file",
     "probes_in_mapped",
     "probes_in_process",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from recorder_tracer.errors import TracerError
+from recorder_tracer.terminal import json_escaped
 
 PIDS_PER_GUEST = 1 << 22     # Linux pid_max at most: guest pids stay apart
 
@@ -52,7 +53,8 @@ def merge_chrome(out: str | Path, stream: TextIO) -> int:
 
     def emit(event: dict[str, Any]) -> None:
         nonlocal events, first
-        stream.write(("" if first else ",\n") + json.dumps(event, ensure_ascii=False))
+        text = json_escaped(json.dumps(event, ensure_ascii=False))
+        stream.write(("" if first else ",\n") + text)
         first = False
         events += 1
 

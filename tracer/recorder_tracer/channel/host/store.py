@@ -33,6 +33,7 @@ import threading
 from typing import Any
 
 from recorder_tracer.errors import TracerError
+from recorder_tracer.terminal import json_escaped
 
 DATA_FILES = ("records.jsonl", "console.jsonl", "metrics.jsonl", "snapshots.jsonl",
               "gaps.jsonl")
@@ -147,8 +148,8 @@ class StreamStore:
             view = view[os.write(fd, view):]
 
     def write_json(self, name: str, value: dict[str, Any]) -> None:
-        self.write(name, (json.dumps(value, separators=(",", ":"),
-                                     ensure_ascii=False) + "\n").encode())
+        self.write(name, (json_escaped(json.dumps(value, separators=(",", ":"),
+                                                  ensure_ascii=False)) + "\n").encode())
 
     def write_snapshot(self, name: str, content: bytes) -> str:
         """Write a snapshot file (replacing one of the same name, as the
