@@ -37,8 +37,9 @@ RECORDER = [sys.executable, "-m", "recorder_tracer.cli"]
 # Clear the screen, red, back to column 0, then a forged line; the comm
 # keeps the first 15 bytes.
 NAME = "\x1b[2J\x1b[31m\r\nforged\x07"
-FOLDER = "\x1b]0;owned\x07dir"
-RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # newlines end lines
+FOLDER = "\x1b]0;owned\x07\u202erid\u2028dir"   # and a bidi override
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f"     # newlines end lines
+                 "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass
@@ -93,7 +94,7 @@ def test_snapshot_listing_and_header_escape_the_process_names(
     assert_safe(shown)
     header = shown.splitlines()[0]
     assert header.startswith(f"pid {pid} (\\x1b[2J\\x1b[31m")
-    assert "\\x1b]0;owned\\x07dir/" in header
+    assert "\\x1b]0;owned\\x07\\u202erid\\u2028dir/" in header
 
 
 def test_share_file_listing_escapes_the_name_in_the_file_name(

@@ -12,20 +12,30 @@ from __future__ import annotations
 
 import re
 
-# C0 and C1 controls and DEL, but tab.
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0 and C1 controls and DEL, but tab; the line and paragraph separators
+# and the bidi marks, embeddings, overrides and isolates, which reorder
+# what is shown (Trojan Source).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                       "\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code == 0x0a:
+        return "\\n"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def escape_controls(text: str) -> str:
-    r"""`text` with control characters shown as \xNN (\n for a newline).
+    r"""`text` with control characters shown as \xNN (\n for a newline),
+    and the separators and bidi controls as \uXXXX.
 
-    >>> escape_controls("red \x1b[31m\rover")
-    'red \\x1b[31m\\x0dover'
+    >>> escape_controls("red \x1b[31m\rover \u202eevil")
+    'red \\x1b[31m\\x0dover \\u202eevil'
     """
     if not _CONTROLS.search(text):
         return text
-    return _CONTROLS.sub(lambda match: "\\n" if match.group() == "\n"
-                         else f"\\x{ord(match.group()):02x}", text)
+    return _CONTROLS.sub(_shown, text)
 
 
 # What json.dumps(ensure_ascii=False) leaves raw but a terminal acts on:
