@@ -231,7 +231,12 @@ def test_guest_daemon_killed_9_with_unsent_records_is_counted_lost(
         collector.stop()
         collector = CollectorProcess(out, [url])
         second = DaemonProcess(*argv)
-        wait_for(lambda: len(stream_dirs(out)) == 2, scaled(30))
+        try:
+            wait_for(lambda: len(stream_dirs(out)) == 2, scaled(30))
+        except AssertionError:
+            raise AssertionError(f"no second stream: {stream_dirs(out)}; collector "
+                                 f"said {collector.said()}; daemon said "
+                                 f"{second.said()}") from None
         line = collector.wait_line("ended before sending them")
     finally:
         for daemon in (first, second):

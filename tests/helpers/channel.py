@@ -75,6 +75,14 @@ class CollectorProcess:
             raise AssertionError(f"no line matching {pattern!r} in "
                                  f"{self.lines}") from None
 
+    def said(self) -> list[str]:
+        """Every stderr line so far (for a failure's message)."""
+        while True:
+            try:
+                self.lines.append(self._queue.get_nowait())
+            except queue.Empty:
+                return self.lines
+
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=scaled(10))
@@ -131,6 +139,12 @@ class DaemonProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.put(line.rstrip("\n"))
+
+    def said(self) -> list[str]:
+        """Every stderr line so far (for a failure's message)."""
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
 
     def wait_line(self, pattern: str) -> str:
         def found() -> str | None:
