@@ -160,7 +160,10 @@ def test_armed_victim_snapshot_holds_the_same_records(
         victim.record()
         victim.send("segv")
         assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
-        deadline = time.monotonic() + scaled(5)
+        # What this test checks is the content: the bound is loose (5 s at
+        # scale 4 ran out in the TCG guest beside a busy host, the session
+        # decoding the armed stream while the watcher wrote).
+        deadline = time.monotonic() + scaled(30)
         while not list(directory.glob(f"*.{victim.pid}.*")):
             assert time.monotonic() < deadline
             time.sleep(0.02)
