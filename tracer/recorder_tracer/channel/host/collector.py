@@ -229,11 +229,6 @@ class GuestLink:
         self.connection.set_timeout(None)
         label = f"guest {store.hostname!r:.80} ({store.folder})"
         first = checked(hello, "first_seq", int)
-        self.collector.report(
-            f"collect: {label} connected from {self.connection.peer}, "
-            f"resuming at item {resume}; clock offset "
-            f"{round(state.clock.offset_at(time.monotonic_ns()))} ns "
-            f"+- {state.clock.uncertainty_ns()} ns")
         if first > store.last_seq + 1:
             # Gone from the guest's backlog before we wrote them: said once.
             self._gap(state, first - 1, "dropped by the guest's full backlog")
@@ -241,6 +236,13 @@ class GuestLink:
         if isinstance(previous, dict) and previous.get("stream") != hello["stream"]:
             self._previous_stream(hello, previous)
         self._write_guest(state, hello)
+        # Said once the guest's folder is whole: a collector killed right
+        # after this line leaves a folder with its guest.json.
+        self.collector.report(
+            f"collect: {label} connected from {self.connection.peer}, "
+            f"resuming at item {resume}; clock offset "
+            f"{round(state.clock.offset_at(time.monotonic_ns()))} ns "
+            f"+- {state.clock.uncertainty_ns()} ns")
         return label
 
     def _probe(self) -> None:
