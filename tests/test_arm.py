@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from helpers.counter import Counter
-from helpers.tracer import Workload, require_uprobe_multi_links, semaphore_value
+from helpers.tracer import Workload, semaphore_value, uprobe_multi_links_here
 from timing import scaled
 
 from recorder_tracer.kernel import arm, link
@@ -67,11 +67,6 @@ def bpf_program_fds() -> int:
                if os.path.exists(f"/proc/self/fd/{fd}"))
 
 
-def kernel_at_least(major: int, minor: int) -> bool:
-    numbers = os.uname().release.split("-")[0].split(".")
-    return (int(numbers[0]), int(numbers[1])) >= (major, minor)
-
-
 def check_one_process_armed(counter: Counter, progs: Path,
                             workloads: tuple[Workload, Workload],
                             method: arm.Method, fd_kinds: set[str]) -> None:
@@ -99,9 +94,12 @@ def check_one_process_armed(counter: Counter, progs: Path,
 
 def test_this_kernel_attaches_through_uprobe_multi_links(counter, progs,
                                                          workloads) -> None:
-    if not kernel_at_least(6, 9):
-        pytest.skip("process-filtered uprobe_multi links need Linux 6.9")
-    assert link.uprobe_multi_supported()
+    if not uprobe_multi_links_here():
+        # Before 6.9: every attachment falls back to a perf event.
+        assert not link.uprobe_multi_supported()
+        check_one_process_armed(counter, progs, workloads, arm.Method.PERF_EVENT,
+                                {"anon_inode:[perf_event]"})
+        return
     check_one_process_armed(counter, progs, workloads, arm.Method.LINK,
                             {"anon_inode:bpf_link"})
     # The kernel's own view of one link: its type, process and file.
@@ -128,12 +126,14 @@ def test_perf_events_when_forced(counter, progs, workloads, monkeypatch) -> None
 def test_a_link_and_a_perf_event_share_a_site(counter, progs, workloads,
                                               monkeypatch) -> None:
     """As with bpftrace beside us: both count, the semaphore stays up until
-    the last one goes."""
-    require_uprobe_multi_links()
+    the last one goes. (Before 6.9, two perf events share it.)"""
+    first_method = (arm.Method.LINK if uprobe_multi_links_here()
+                    else arm.Method.PERF_EVENT)
     armed = workloads[0]
     path, _ = ticks(progs)
     counter.take()
     links = arm_ticks(counter, progs, armed.pid)
+    assert {attachment.method for attachment in links} == {first_method}
     monkeypatch.setenv(arm.NO_UPROBE_MULTI, "1")
     perf_events = arm_ticks(counter, progs, armed.pid)
     armed.record("tick", 11)
@@ -150,14 +150,15 @@ def test_a_link_and_a_perf_event_share_a_site(counter, progs, workloads,
 
 def test_the_program_copy_lives_as_long_as_its_links(counter, progs,
                                                      workloads) -> None:
-    require_uprobe_multi_links()
+    # Perf events (before 6.9) attach the program itself: no copy.
+    copies = 1 if uprobe_multi_links_here() else 0
     before = bpf_program_fds()
     first = arm_ticks(counter, progs, workloads[0].pid)
     second = arm_ticks(counter, progs, workloads[1].pid)
-    assert bpf_program_fds() == before + 1       # one copy for every link
+    assert bpf_program_fds() == before + copies     # one copy for every link
     for attachment in first:
         arm.detach(attachment)
-    assert bpf_program_fds() == before + 1
+    assert bpf_program_fds() == before + copies
     for attachment in second:
         arm.detach(attachment)
         arm.detach(attachment)                   # twice: nothing more

@@ -15,13 +15,14 @@ from helpers.tracer import (
     RECORDS,
     Victim,
     Workload,
-    require_uprobe_multi_links,
     semaphore_value,
+    uprobe_multi_links_here,
 )
 from timing import scaled
 
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.errors import TracerError
+from recorder_tracer.kernel.arm import NO_UPROBE_MULTI
 from recorder_tracer.kernel.pins import PinDir
 from recorder_tracer.postmortem.snapshot import SnapshotOptions, SnapshotWatcher
 from recorder_tracer.postmortem.snapshot_file import read_snapshot
@@ -43,9 +44,15 @@ def pin_dir() -> str:
 
 
 @pytest.mark.bpf
+@pytest.mark.parametrize("forced", [False, True], ids=["kernel", "perf-events"])
 def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
-        progs: Path, pin_dir: str) -> None:
-    require_uprobe_multi_links(" (pinned links need them)")
+        progs: Path, pin_dir: str, forced: bool, monkeypatch) -> None:
+    """With uprobe_multi links (6.9+) the armed topics outlive a kill -9;
+    with perf events (older kernels, or forced) they end with the
+    controller, and the pinned flight ring keeps what came before."""
+    if forced:
+        monkeypatch.setenv(NO_UPROBE_MULTI, "1")  # the controller inherits it
+    links = uprobe_multi_links_here() and not forced
     workload = Workload(progs)
     exe = str(progs / "workload_ticks")
     try:
@@ -57,12 +64,16 @@ def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
         workload.record("tick", 23)
         controller.kill()
         assert controller.wait(timeout=scaled(10)) == -9
-        # No controller: the pinned links keep the topics armed (one count
-        # per site: tock's RECORD and its RECORDER_DEFINE site)...
-        assert semaphore_value(workload.pid, exe, "tock") == 2
         pinned = PinDir(pin_dir).links()
-        assert {(link.pid, link.topic) for link in pinned} == {
-            (workload.pid, "tick"), (workload.pid, "tock")}
+        if links:
+            # No controller: the pinned links keep the topics armed (one
+            # count per site: tock's RECORD and its RECORDER_DEFINE site)...
+            assert semaphore_value(workload.pid, exe, "tock") == 2
+            assert {(link.pid, link.topic) for link in pinned} == {
+                (workload.pid, "tick"), (workload.pid, "tock")}
+        else:   # the perf events closed with the controller: disarmed
+            assert semaphore_value(workload.pid, exe, "tock") == 0
+            assert pinned == []
         workload.record("tock", 29)     # ...and BPF keeps these records
         reports: list[str] = []
         session = TraceSession(TraceOptions(pids=[workload.pid],
@@ -71,13 +82,17 @@ def test_killed_controller_keeps_links_and_flight_ring_for_the_next(
                                lambda record: None, reports.append)
         try:
             session.start()
-            assert any("took over from a previous controller" in line
-                       for line in reports)
+            said_no_links = [line for line in reports
+                             if line.startswith("pins: no uprobe_multi links")]
+            assert len(said_no_links) == (0 if links else 1), reports
             flight = session.flight_records()
-            assert [r.message for r in flight if r.topic == "tock"] == [
-                f"tock {i}" for i in range(29)]
+            assert [r.message for r in flight if r.topic == "tock"] == (
+                [f"tock {i}" for i in range(29)] if links else [])
             assert len([r for r in flight if r.topic == "tick"]) == 23
-            # One link per site now: ours (the previous ones were dropped).
+            if links:
+                assert any("took over from a previous controller" in line
+                           for line in reports)
+                # One link per site now: ours (the previous ones dropped).
             assert semaphore_value(workload.pid, exe, "tock") == 2
         finally:
             session.close()

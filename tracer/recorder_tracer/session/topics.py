@@ -83,6 +83,12 @@ class RecorderTopics:
             from recorder_tracer.kernel.pins import PinDir
             self.pins = PinDir(options.pin_dir)
             self._previous_links = self.pins.links()
+            if not arm.links_enabled(-1):
+                # Perf events close with this process: nothing to pin.
+                report("pins: no uprobe_multi links on this kernel (Linux 6.9+), "
+                       "so armed topics end with this controller; the flight "
+                       f"ring and metrics pinned in {self.pins.path} keep what "
+                       "they hold, and crash snapshots go on")
         try:
             self.harvester = Harvester(
                 stream=not options.metrics_only, flight=not options.metrics_only,
