@@ -16,6 +16,10 @@
 
 RECORDER(traced, 16, "Entries traced by hand");
 
+/* The seed's recorder.h declares it so: a redeclaration compiles only if
+ * ours has the same type. */
+extern void recorder_trace_entry(recorder_info *info, recorder_entry *entry);
+
 /* A hook of the seed's own type, around the library's function. */
 typedef void (*trace_hook)(recorder_info *info, recorder_entry *entry);
 static trace_hook next_hook = recorder_trace_entry;
