@@ -170,7 +170,7 @@ void recorder_tweak_activate(recorder_tweak *tweak);
             if (RECORDER_PROBE_ARMED(Name))                                 \
                 RECORDER_PROBE_FIRE(Name, recorder_e_);                     \
             if (__builtin_expect(recorder_t_->trace > 0, 0))                \
-                recorder_trace_entry(recorder_t_, recorder_e_);             \
+                recorder_trace_record(recorder_t_, recorder_e_);            \
         }                                                                   \
     } while (0)
 
@@ -521,8 +521,15 @@ typedef void (*recorder_fire_fn)(const struct recorder_record *entry);
 void recorder_topic_register_fire(struct recorder_topic *topic,
                                   recorder_fire_fn fire);
 void recorder_tweak_register(struct recorder_tweak *tweak);
-void recorder_trace_entry(struct recorder_topic *topic,
-                          struct recorder_record *entry);
+/* Prints (and exports) a record RECORD just made, as its topic's trace
+ * asks; RECORD calls it when the trace is on. */
+void recorder_trace_record(struct recorder_topic *topic,
+                           struct recorder_record *entry);
+/* The seed's: shows one seed entry (its format may start with the
+ * seed's "file:line:" head) through the configured format, show and
+ * output, and writes its arguments to the topic's channels; only exports
+ * when the topic's trace is the channels' magic value, as in the seed. */
+void recorder_trace_entry(recorder_info *info, recorder_entry *entry);
 /* Formats an entry's message the way printf would format its arguments;
  * a string that cannot be read shows as <unreadable 0x...>. */
 int recorder_format_entry(const struct recorder_record *entry,

@@ -1,6 +1,7 @@
 /* append.c - the seed's out-of-line recording functions: recorder_append,
  * _append2, _append3 (4, 8 and 12 arguments) and their _fast forms, and
- * recorder_list / recorder_activate, and the seed's recorder_order.
+ * recorder_list / recorder_activate, the seed's recorder_order and its
+ * recorder_trace_entry.
  *
  * The seed's RECORD calls them with `where` = the function and `format` =
  * "file:line:" followed by the format; a program may call them directly the
@@ -183,7 +184,7 @@ static ringidx_t append(recorder_info *rec, int fast, const char *where,
     if (fire)
         fire(entry);
     if (rec->trace > 0)
-        recorder_trace_entry(rec, entry);
+        recorder_trace_record(rec, entry);
     return (ringidx_t)(sequence - 1);
 }
 
@@ -220,6 +221,42 @@ APPEND_12(recorder_append3, 0)
 APPEND_4(recorder_append_fast, 1)
 APPEND_8(recorder_append_fast2, 1)
 APPEND_12(recorder_append_fast3, 1)
+
+/* The seed's recorder_trace_entry: a seed entry (which no ring of ours
+ * holds) shown as RECORD's records are, through the configured format,
+ * show and output, with the seed's own `order`. Like the seed, it shows
+ * whenever called (callers check `trace`) unless the topic only exports. */
+void recorder_trace_entry(recorder_info *info, recorder_entry *entry)
+{
+    if (!info || !entry || !entry->format)
+        return;             /* the seed's later parts of a long entry */
+    const char *format = entry->format;
+    size_t head = location_length(format);
+    char location[LOCATION_MAX + 1];
+    if (head) {
+        memcpy(location, format, head - 1);
+        location[head - 1] = 0;             /* over the last ':' */
+        format += head;
+    }
+    unsigned nargs = 0;
+    while (nargs < 4 && recorder_conversion_letter(format, nargs))
+        nargs++;
+    struct recorder_record record = {
+        .timestamp = entry->timestamp,
+        .tid = recorder_tid(),
+        .topic_id = info->id,
+        .arg_types = kinds_from_format(format, nargs),
+        .nargs = (__u8)nargs,
+        .format = (uintptr_t)format,
+        .where = (uintptr_t)(head ? location
+                             : entry->where ? entry->where : "?"),
+    };
+    for (unsigned i = 0; i < nargs; i++)
+        record.args[i] = entry->args[i];
+    recorder_export_entry(info, &record);
+    if (info->trace != RECORDER_CHAN_MAGIC)
+        recorder_trace_show(info, &record, entry->order);
+}
 
 recorder_info *recorder_list(void)
 {

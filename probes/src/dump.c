@@ -60,8 +60,14 @@ static void print_entry(const struct recorder_topic *topic,
         recorder_write_all(2, line, (size_t)length);
 }
 
-void recorder_trace_entry(struct recorder_topic *topic,
-                          struct recorder_record *entry)
+void recorder_trace_show(const struct recorder_topic *topic,
+                         const struct recorder_record *entry, uintptr_t order)
+{
+    print_entry(topic, entry, recorder_configured_sink(), topic->trace, order);
+}
+
+void recorder_trace_record(struct recorder_topic *topic,
+                           struct recorder_record *entry)
 {
     /* Named channels only (RECORDER_TRACES="topic=x,y"): export, no print. */
     if (recorder_export_entry(topic, entry)

@@ -84,5 +84,5 @@ void recorder_record_dynamic_flags(struct recorder_topic *topic,
         && __atomic_load_n(&topic->armed, __ATOMIC_RELAXED))
         RECORDER_PROBE_FIRE(recorder_dynamic, entry);
     if (topic->trace > 0)
-        recorder_trace_entry(topic, entry);
+        recorder_trace_record(topic, entry);
 }

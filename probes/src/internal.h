@@ -115,6 +115,10 @@ char recorder_conversion_letter(const char *format, unsigned index);
 /* recorder_order without a thread's own pending increments. */
 uintptr_t recorder_order_count(void);
 
+/* dump.c: shows a record as a trace does (the configured sink, or the
+ * default line), the seed's `order` given. */
+void recorder_trace_show(const struct recorder_topic *topic,
+                         const struct recorder_record *entry, uintptr_t order);
 /* dump.c: recorder_dump_for through `sink` (NULL: the configured one). */
 unsigned recorder_dump_through(const char *pattern,
                                const struct recorder_sink *sink);
