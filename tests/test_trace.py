@@ -430,8 +430,8 @@ def test_runs_the_kernel_skipped_are_read_as_bpftool_reads_them(workloads) -> No
     offsets) is what bpftool shows. The same read's run_cnt and run_time_ns,
     counting while stats are enabled, bracket bpftool's: a wrong offset or
     a short read would not. The session reports the misses, in --json too."""
-    from recorder_tracer.kernel.arm import copy_fd
-    from recorder_tracer.kernel.link import PROG_COUNTS, bpf, prog_counts, prog_info
+    from recorder_tracer.kernel.arm import PROG_COUNTS, copy_fd, prog_counts
+    from recorder_tracer.kernel.link import bpf, prog_info
 
     BPF_ENABLE_STATS = 32
     workload = workloads()

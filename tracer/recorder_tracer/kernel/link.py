@@ -22,9 +22,6 @@ import os
 import platform
 from collections.abc import Sequence
 
-from recorder_tracer.errors import TracerError
-from recorder_tracer.kernel.btf import member_offset
-
 # bpf(2)'s system call number; the C library exports no wrapper for it.
 _SYSCALL_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 
@@ -191,33 +188,16 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
-# bpf_prog_info's run statistics: run_cnt and run_time_ns count while
-# stats are enabled (BPF_ENABLE_STATS, kernel.bpf_stats_enabled);
-# recursion_misses always.
-PROG_COUNTS = ("run_time_ns", "run_cnt", "recursion_misses")
-
-
-def prog_counts(fd: int) -> dict[str, int]:
-    """The run statistics (PROG_COUNTS) of the program behind `fd`, read
-    at the offsets the kernel's BTF gives; a field this kernel lacks is 0."""
-    offsets = {}
-    for name in PROG_COUNTS:
-        try:
-            offsets[name] = member_offset("bpf_prog_info", name)
-        except (TracerError, OSError):
-            continue
+def prog_info_u64s(fd: int, offsets: dict[str, int]) -> dict[str, int]:
+    """The 64-bit fields of the program's `struct bpf_prog_info` at
+    `offsets` (name -> byte offset, from BTF: kernel/arm.py prog_counts);
+    a field past what this kernel fills is 0."""
     buffer = ctypes.create_string_buffer(max(offsets.values(), default=0) + 8)
     attr = ObjInfoAttr(bpf_fd=fd, info_len=len(buffer), info=ctypes.addressof(buffer))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return {name: int.from_bytes(buffer.raw[offsets[name]:offsets[name] + 8], "little")
-            if name in offsets and offsets[name] + 8 <= attr.info_len else 0
-            for name in PROG_COUNTS}
-
-
-def recursion_misses(fd: int) -> int:
-    """Runs of the program behind `fd` the kernel skipped because it was
-    already running on that CPU (`bpf_prog_info.recursion_misses`)."""
-    return prog_counts(fd)["recursion_misses"]
+    return {name: int.from_bytes(buffer.raw[offset:offset + 8], "little")
+            if offset + 8 <= attr.info_len else 0
+            for name, offset in offsets.items()}
 
 
 def uprobe_multi_link(prog_fd: int, path: str, offsets: Sequence[int],
