@@ -250,3 +250,48 @@ def test_capture_file_renders_every_record_later(progs: Path, tmp_path: Path) ->
                              timeout=scaled(60))
     assert refused.returncode != 0
     assert "-w takes recorder topics in batches only" in refused.stderr
+
+
+def _poll_until(session: TraceSession, condition, seconds: float) -> bool:
+    for _ in range(int(scaled(seconds) / 0.02)):
+        if condition():
+            return True
+        session.poll(timeout_ms=20)
+    return bool(condition())
+
+
+@pytest.mark.parametrize("touched", [False, True], ids=["untouched", "touched"])
+def test_batch_arms_a_topic_a_fork_registers_under_a_name_it_never_read(
+        progs: Path, touched: bool) -> None:
+    """A forked child registers a topic whose name is on a read-only page
+    it never touched: fork copies no page table of a file mapping, so BPF
+    cannot read the name there. Discovery must not give up on it: the
+    topic is harvested from its first record all the same. (`touched`: the
+    child reads the name first, as a control.)"""
+    argv = [str(progs / "fork_late_topic")] + (["touch"] if touched else [])
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        pid = int(process.stdout.readline().split()[1])
+        records: list[Record] = []
+        session = batch_session(records, pids=[pid], spec=TopicSpec.parse("late"))
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        child = int(process.stdout.readline().split()[1])
+        assert _poll_until(session, lambda: child in session.recorder.processes, 10)
+        process.stdin.write("a")        # armed: register and record
+        process.stdin.flush()
+        found = _poll_until(session, lambda: any(r.pid == child for r in records), 5)
+        process.stdin.write("s")
+        process.stdin.flush()
+        recorded = int(process.stdout.readline().split()[1])
+        assert process.stdout.readline().split() == ["done", "0"]
+        session.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    assert found, "no record of the child's topic while it ran"
+    assert [r.args[0] for r in records if r.pid == child] == list(range(recorded))
+    assert all(r.topic == "late" for r in records)

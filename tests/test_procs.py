@@ -213,3 +213,23 @@ def test_docstring_examples_hold() -> None:
     from recorder_tracer.target import procs
 
     assert doctest.testmod(procs).failed == 0
+
+
+def test_stat_fields_are_read_past_a_command_that_mimics_the_line() -> None:
+    """The command in /proc/PID/stat is the process's to choose: one that
+    looks like the end of the field and more fields must not shift them."""
+    from recorder_tracer.target.procs import start_time, stat_fields
+
+    code = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, b'x) R 1 2 (3', 0, 0, 0);"
+            "print('named', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "named\n"
+        assert Path(f"/proc/{child.pid}/comm").read_text() == "x) R 1 2 (3\n"
+        fields = stat_fields(child.pid, 1, 4, 22)
+        assert fields is not None and fields[:2] == (child.pid, os.getpid())
+        assert fields[2] == start_time(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -418,3 +419,60 @@ def test_closed_sessions_leave_no_kernel_objects_behind(workloads) -> None:
     for _ in range(3):
         one_session()
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+class _EnableStatsAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32)]     # BPF_STATS_RUN_TIME = 0
+
+
+def test_runs_the_kernel_skipped_are_read_as_bpftool_reads_them(workloads) -> None:
+    """recursion_misses of the session's programs (bpf_prog_info at BTF's
+    offsets) is what bpftool shows. The same read's run_cnt and run_time_ns,
+    counting while stats are enabled, bracket bpftool's: a wrong offset or
+    a short read would not. The session reports the misses, in --json too."""
+    from recorder_tracer.kernel.arm import PROG_COUNTS, copy_fd, prog_counts
+    from recorder_tracer.kernel.link import bpf, prog_info
+
+    BPF_ENABLE_STATS = 32
+    workload = workloads()
+    session = BackgroundSession(TraceOptions(pids=[workload.pid],
+                                             spec=TopicSpec.parse("tick")))
+    stats = bpf(BPF_ENABLE_STATS, _EnableStatsAttr(0))  # until closed
+    try:
+        workload.record("tick", 50)
+        loaded = session.session.program_fds()
+        copies = [copy_fd(fd) for fd in loaded]    # what uprobe_multi links run
+        fds = loaded + [fd for fd in copies if fd is not None]
+        assert loaded
+        misses = 0
+        for fd in fds:
+            before = prog_counts(fd)
+            shown = json.loads(subprocess.run(
+                ["bpftool", "prog", "show", "id", str(prog_info(fd).id), "--json"],
+                capture_output=True, text=True, check=True).stdout)
+            after = prog_counts(fd)
+            for name in PROG_COUNTS:
+                assert before[name] <= shown.get(name, 0) <= after[name], (name, shown)
+            misses += after["recursion_misses"]
+        assert any(prog_counts(fd)["run_cnt"] >= 50 for fd in fds)
+        assert session.session.kernel_skipped() >= misses
+    finally:
+        os.close(stats)
+    session.stop()
+    assert session.session.kernel_skipped() >= misses
+
+
+def test_cli_json_summary_says_what_the_kernel_skipped(workloads) -> None:
+    workload = workloads()
+    trace = subprocess.Popen([*RECORDER, "trace", "-p", str(workload.pid), "--json",
+                              "tick"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert trace.stderr is not None
+    wait_for(lambda: "Tracing" in trace.stderr.readline())
+    workload.record("tick", 5)
+    trace.send_signal(signal.SIGINT)
+    output, errors = trace.communicate(timeout=scaled(30))
+    assert trace.returncode == 0, errors
+    summary = [json.loads(line) for line in output.splitlines()][-1]
+    assert summary["type"] == "summary"
+    assert isinstance(summary["kernel_skipped"], int) and summary["kernel_skipped"] >= 0

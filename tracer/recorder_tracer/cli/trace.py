@@ -189,11 +189,17 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                 {"pid": pid, "topic": topic, "produced": loss.produced,
                  "streamed": loss.streamed, "overwritten": loss.overwritten,
                  "refused": loss.refused}
-                for (pid, topic), loss in sorted(losses.items())] if losses else None)
+                for (pid, topic), loss in sorted(losses.items())] if losses else None,
+                kernel_skipped=session.kernel_skipped())
             sink.close(summaries)
             for cpu in summaries:
                 click.echo(f"CPU {cpu.cpu}: {cpu.received} received, {cpu.lost} "
                            f"lost ({cpu.produced} produced)", err=True)
+            if summaries.kernel_skipped:
+                click.echo(f"{summaries.kernel_skipped} BPF program runs skipped "
+                           "by the kernel (the program was already running on "
+                           "that CPU): with the per-record trap, records not "
+                           "harvested, outside the counts above", err=True)
             for (pid, topic), loss in sorted(losses.items()):
                 if loss.lost:
                     click.echo(f"pid {pid} {escape_controls(topic)}: {loss.lost} "

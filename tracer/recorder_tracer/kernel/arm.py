@@ -39,6 +39,7 @@ other tools (bpftrace) can attach to the same sites meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import enum
@@ -49,7 +50,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel import link
+from recorder_tracer.kernel.btf import member_offset
 from recorder_tracer.selftrace import ARM
 from recorder_tracer.target import safe_open
 from recorder_tracer.target.memory import read_maps
@@ -129,6 +132,8 @@ class _Copy:
 _lock = threading.Lock()
 _copies: dict[int, _Copy] = {}          # by source id
 _no_copy: set[int] = set()              # source ids links cannot carry
+_released_misses: dict[int, int] = {}   # source id -> recursion misses of
+                                        # its copies closed (links gone)
 _live: dict[int, Attachment] = {}       # by fd: attached, not yet detached
 
 
@@ -156,6 +161,50 @@ def forget_bcc_program(program_fd: int) -> None:
     """The program is about to be closed: stop copying it for links (its fd
     number may be reused by another program)."""
     _bcc_programs.pop(program_fd, None)
+    with contextlib.suppress(OSError), _lock:
+        _released_misses.pop(link.prog_info(program_fd).id, None)
+
+
+# bpf_prog_info's run statistics: run_cnt and run_time_ns count while
+# stats are enabled (BPF_ENABLE_STATS, kernel.bpf_stats_enabled);
+# recursion_misses always.
+PROG_COUNTS = ("run_time_ns", "run_cnt", "recursion_misses")
+
+
+def prog_counts(fd: int) -> dict[str, int]:
+    """The run statistics (PROG_COUNTS) of the program behind `fd`, read
+    at the offsets the kernel's BTF gives; a field this kernel lacks is 0."""
+    offsets = {}
+    for name in PROG_COUNTS:
+        try:
+            offsets[name] = member_offset("bpf_prog_info", name)
+        except (TracerError, OSError):
+            continue
+    counts = link.prog_info_u64s(fd, offsets)
+    return {name: counts.get(name, 0) for name in PROG_COUNTS}
+
+
+def copy_fd(program_fd: int) -> int | None:
+    """The fd of the copy of `program_fd` that links run now, if any."""
+    with _lock:
+        copy = _copies.get(link.prog_info(program_fd).id)
+        return copy.fd if copy is not None else None
+
+
+def _misses(fd: int) -> int:
+    return prog_counts(fd)["recursion_misses"]
+
+
+def recursion_misses(program_fd: int) -> int:
+    """Runs the kernel skipped (the program already running on that CPU)
+    of `program_fd` and of every copy links ran of it."""
+    with _lock:
+        source_id = link.prog_info(program_fd).id
+        misses = _misses(program_fd) + _released_misses.get(source_id, 0)
+        copy = _copies.get(source_id)
+        if copy is not None:
+            misses += _misses(copy.fd)
+        return misses
 
 
 def _bcc_source(program_fd: int) -> tuple[bytes, bytes, int] | None:
@@ -219,6 +268,9 @@ def _release(source_id: int) -> None:
     copy = _copies[source_id]
     copy.links -= 1
     if copy.links == 0:
+        with contextlib.suppress(OSError):  # its runs skipped stay counted
+            _released_misses[source_id] = (_released_misses.get(source_id, 0)
+                                           + _misses(copy.fd))
         os.close(copy.fd)
         del _copies[source_id]
 

@@ -41,7 +41,7 @@ _TOPIC_SHARDS = 48              # offsetof(struct recorder_topic, shards)
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
 COUNTER_NAMES = ("streamed", "lost", "harvests", "chunks", "strings_lost", "busy",
-                 "full")
+                 "full", "unnamed")
 
 
 @dataclass(frozen=True)

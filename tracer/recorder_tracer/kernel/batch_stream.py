@@ -39,7 +39,8 @@ from recorder_tracer.target.memory import ProcessImage, Topic
 RING_HEADER = 8
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
-MSG_CHUNK, MSG_STRING, MSG_TOPIC = 1, 2, 3   # enum batch_kind, kernel/bpf/batch.h
+MSG_CHUNK, MSG_STRING, MSG_TOPIC, MSG_UNNAMED = 1, 2, 3, 4   # enum batch_kind,
+                                                              # kernel/bpf/batch.h
 _U64 = struct.Struct("<Q")
 _HEAD = struct.Struct("<II")        # kind, pid
 
@@ -54,6 +55,8 @@ ENTRY_SIZE = 144
 RecordHandler = Callable[[int, Any], None]
 MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
+# pid, topic id, where its name is: BPF could not read it (batch.c discover)
+UnnamedHandler = Callable[[int, int, int], None]
 
 
 class CapturedString:
@@ -140,13 +143,15 @@ class BatchStream:
     def __init__(self, harvester: BatchHarvester, on_record: RecordHandler,
                  pages_per_cpu: int = 1024,
                  on_topic: TopicHandler | None = None,
-                 on_message: MessageHandler | None = None) -> None:
+                 on_message: MessageHandler | None = None,
+                 on_unnamed: UnnamedHandler | None = None) -> None:
         self.harvester = harvester
         self.on_record = on_record
         # Raw mode (a capture file): every message as BPF wrote it, with
         # its kind; nothing decoded here.
         self.on_message = on_message
         self.on_topic = on_topic
+        self.on_unnamed = on_unnamed
         self._topic = struct.Struct("<IIIIQ")   # kind pid id size address
         self._topic_name = harvester.bpf[b"layout_topic"].Leaf.name.offset
         self.received: dict[int, int] = {}
@@ -202,6 +207,8 @@ class BatchStream:
                     self._keep_string(message)
                 elif kind == MSG_TOPIC and self.on_topic is not None:
                     self._announce(message)
+                elif kind == MSG_UNNAMED:
+                    self._unnamed(message)
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
         for cpu, message in fresh:
@@ -230,8 +237,16 @@ class BatchStream:
                     count, skip = CHUNK_HEAD.unpack_from(message, 0)[3:5]
                     self.received[ring.cpu] += count - skip
                     delivered += count - skip
+                if kind == MSG_UNNAMED:
+                    self._unnamed(message)
+                    continue
                 self.on_message(ring.cpu, kind, message)
         return delivered
+
+    def _unnamed(self, message: memoryview) -> None:
+        if self.on_unnamed is not None:
+            _kind, pid, topic_id, _size, name_at = self._topic.unpack_from(message, 0)
+            self.on_unnamed(pid, topic_id, name_at)
 
     def _keep_string(self, message: memoryview) -> None:
         _kind, pid, topic, shard, index, arg, length = self._string_head.unpack_from(

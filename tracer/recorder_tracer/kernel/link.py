@@ -188,6 +188,18 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
+def prog_info_u64s(fd: int, offsets: dict[str, int]) -> dict[str, int]:
+    """The 64-bit fields of the program's `struct bpf_prog_info` at
+    `offsets` (name -> byte offset, from BTF: kernel/arm.py prog_counts);
+    a field past what this kernel fills is 0."""
+    buffer = ctypes.create_string_buffer(max(offsets.values(), default=0) + 8)
+    attr = ObjInfoAttr(bpf_fd=fd, info_len=len(buffer), info=ctypes.addressof(buffer))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return {name: int.from_bytes(buffer.raw[offset:offset + 8], "little")
+            if offset + 8 <= attr.info_len else 0
+            for name, offset in offsets.items()}
+
+
 def uprobe_multi_link(prog_fd: int, path: str, offsets: Sequence[int],
                       ref_ctr_offsets: Sequence[int] | None, pid: int) -> int:
     """Attach `prog_fd` at `offsets` of `path` in process `pid` (0: all).

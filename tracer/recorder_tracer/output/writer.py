@@ -61,7 +61,8 @@ class Writer:
             return
         self.closed = True
         chosen = self.summary if summary is None else summary
-        self._finish(Summary(chosen, getattr(chosen, "topics", None)))
+        self._finish(Summary(chosen, getattr(chosen, "topics", None),
+                             getattr(chosen, "kernel_skipped", None)))
         self.stream.flush()
 
     def _finish(self, summary: list[CpuCounts]) -> None:
@@ -91,14 +92,18 @@ def json_value(value: Arg) -> Arg:
 
 
 class Summary(list):  # type: ignore[type-arg]
-    """Per-CPU counts, and in batch mode per (pid, topic) counts
-    (`topics`: dicts of pid, topic, produced, streamed, overwritten,
-    refused), which JSON summaries carry."""
+    """Per-CPU counts, in batch mode per (pid, topic) counts (`topics`:
+    dicts of pid, topic, produced, streamed, overwritten, refused), and the
+    program runs the kernel skipped, which JSON summaries carry."""
 
     def __init__(self, counts: Iterable[CpuCounts] = (),
-                 topics: list[dict[str, Any]] | None = None) -> None:
+                 topics: list[dict[str, Any]] | None = None,
+                 kernel_skipped: int | None = None) -> None:
         super().__init__(counts)
         self.topics = topics
+        # Program runs the kernel skipped (BPF recursion), outside the
+        # per-CPU counts: session/results.py kernel_skipped().
+        self.kernel_skipped = kernel_skipped
 
 
 def clock_anchor() -> dict[str, int | str]:
@@ -137,4 +142,7 @@ def summary_json(summary: Iterable[CpuCounts]) -> dict[str, Any]:
     topics = getattr(summary, "topics", None)   # batch mode: per (pid, topic)
     if topics is not None:
         result["topics"] = topics
+    skipped = getattr(summary, "kernel_skipped", None)
+    if skipped is not None:
+        result["kernel_skipped"] = skipped
     return result

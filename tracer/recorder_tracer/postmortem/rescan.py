@@ -22,40 +22,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from recorder_tracer.target import notes
+from recorder_tracer.postmortem.backoff import Backoff
+from recorder_tracer.target import notes, procs
 
 FIRST_S = 2.0
 LIMIT_S = 300.0
 SIZE = 65536
-
-
-@dataclass
-class _Plain:
-    """A process whose maps showed no recorder file."""
-
-    start: int              # with the pid, which process
-    vsize: int              # its virtual size then
-    delay: float            # until the next read of unchanged maps
-    due: float              # time.monotonic() of that read
-
-
-def stat_identity(pid: int) -> tuple[int, int] | None:
-    """(start time, virtual size) of process `pid` (/proc/PID/stat fields
-    22 and 23), None if it is gone or unreadable."""
-    try:
-        # os.open: a third of open()'s cost, which is most of a scan's.
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        # After the command (in parentheses, any bytes): fields 3 onward.
-        fields = data.rsplit(b")", 1)[1].split()
-        return int(fields[19]), int(fields[20])
-    except (OSError, IndexError, ValueError):
-        return None
+START_TIME, VIRTUAL_SIZE = 22, 23       # /proc/PID/stat fields (proc(5))
 
 
 class MappedScan:
@@ -63,10 +37,9 @@ class MappedScan:
 
     def __init__(self, first_s: float = FIRST_S, limit_s: float = LIMIT_S,
                  size: int = SIZE) -> None:
-        self.first_s = first_s
-        self.limit_s = limit_s
-        self.size = size
-        self._plain: dict[int, _Plain] = {}
+        # Keyed by (start time, virtual size): the same process (start
+        # time) keeps doubling its delay; a new size is read at once.
+        self._plain = Backoff(first_s, limit_s, size, same=1)
         self.maps_read = 0      # for tests and measurements
 
     def __len__(self) -> int:
@@ -82,36 +55,31 @@ class MappedScan:
         `wanted` accepts (asked before their maps are read)."""
         now = time.monotonic() if now is None else now
         found = []
-        alive: dict[int, _Plain] = {}
+        living = []
         verdicts: dict[tuple[int, int], bool] = {}     # per file, this scan
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
             pid = int(entry.name)
-            identity = stat_identity(pid)
+            identity = procs.stat_fields(pid, START_TIME, VIRTUAL_SIZE)
             if identity is None or identity[1] == 0:
                 continue        # gone, or no address space
-            plain = self._plain.pop(pid, None)
-            if (plain is not None and (plain.start, plain.vsize) == identity
-                    and now < plain.due):
-                alive[pid] = plain
+            living.append(pid)
+            if not self._plain.due(pid, identity, now):
                 continue
             if not wanted(pid):
-                continue
-            if self._maps_recorder(pid, verdicts):
+                self._plain.forget(pid)
+            elif self._maps_recorder(pid, verdicts):
+                self._plain.forget(pid)
                 found.append(pid)
-                continue
-            delay = (min(plain.delay * 2, self.limit_s)
-                     if plain is not None and plain.start == identity[0]
-                     else self.first_s)
-            if len(alive) < self.size:      # the rest: read at the next scan
-                alive[pid] = _Plain(*identity, delay, now + delay)
-        self._plain = alive     # only the living
+            else:
+                self._plain.missed(pid, identity, now)
+        self._plain.keep_only(living)     # only the living
         return sorted(found)
 
     def forget(self, pid: int) -> None:
         """`pid` exec'd or exited: read its maps at the next scan."""
-        self._plain.pop(pid, None)
+        self._plain.forget(pid)
 
     def _maps_recorder(self, pid: int, verdicts: dict[tuple[int, int], bool]) -> bool:
         self.maps_read += 1

@@ -24,7 +24,7 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.decode.usdt_args import symbol_resolver
 from recorder_tracer.errors import TracerError
-from recorder_tracer.kernel.batch import BatchHarvester, TopicLoss
+from recorder_tracer.kernel.batch import NAME_MAX, BatchHarvester, TopicLoss
 from recorder_tracer.kernel.batch_stream import BatchStream
 from recorder_tracer.output.capture import CaptureWriter
 from recorder_tracer.selftrace import SESSION
@@ -112,7 +112,8 @@ class BatchTopics:
                  else max(1, options.pages_per_cpu // 4))
         self.stream = BatchStream(
             self.batch, self._on_record, pages_per_cpu=pages, on_topic=self._on_topic,
-            on_message=self.capture.message if self.capture is not None else None)
+            on_message=self.capture.message if self.capture is not None else None,
+            on_unnamed=self._on_unnamed)
         self.streams: list[Any] = [self.stream]
         self._final_losses: dict[tuple[int, str], TopicLoss] | None = None
 
@@ -287,6 +288,21 @@ class BatchTopics:
             process.topics.setdefault(topic.id, topic)
             process.armed_topics.add(topic.name)
         self.seen_topics.add(topic.name)
+
+    def _on_unnamed(self, pid: int, topic_id: int, name_at: int) -> None:
+        """BPF could not read the name of topic `topic_id` of `pid` (its
+        page not mapped there: a fork that never touched it). Read it through
+        /proc/PID/mem, which maps the page, so BPF's next look reads it too;
+        publish it if the spec arms it and no image had it."""
+        with self.lock:
+            process = self.processes.get(pid)
+            if process is None:
+                return
+            name = process.image.string(name_at, NAME_MAX, cached=False)
+            SESSION.record("batch: pid %d topic %d named %s from memory", pid,
+                           topic_id, name if name is not None else "(unreadable)")
+            if name and self.options.spec.armed(name):
+                self.batch.arm_names([name])
 
     def _text(self, pid: int, address: int) -> str | None:
         """For a capture: the text at `address` in `pid` (a format or a

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from recorder_tracer.decode.record import Record
+from recorder_tracer.kernel.arm import recursion_misses
 from recorder_tracer.kernel.harvest import SiteKey, SiteStats
 from recorder_tracer.kernel.stream import CpuSummary, Stream
 from recorder_tracer.selftrace import SESSION
@@ -27,6 +28,7 @@ class SessionResults:
     _lock: threading.RLock
     _final_summaries: list[CpuSummary] | None
     _final_stats: dict[SiteKey, SiteStats] | None
+    _final_recursion: int | None = None
 
     def _streams(self) -> list[Stream]:
         raise NotImplementedError
@@ -76,6 +78,37 @@ class SessionResults:
                     seen.received + cpu.received, seen.lost + cpu.lost)
         return [totals[cpu] for cpu in sorted(totals)]
 
+    def kernel_skipped(self) -> int:
+        """Runs of the session's harvest and stream programs the kernel
+        skipped, each already running on that CPU (`recursion_misses`):
+        outside the streams' counters, so outside their exact accounting.
+        With the per-record trap each one is a record not harvested; a
+        skipped batch harvest only delays its records. Final after close()."""
+        if self._final_recursion is not None:
+            return self._final_recursion
+        skipped = 0
+        for fd in self.program_fds():
+            try:
+                skipped += recursion_misses(fd)
+            except OSError:     # unloaded meanwhile
+                continue
+        return skipped
+
+    def program_fds(self) -> list[int]:
+        """The fds of the programs bcc loaded for the session's streams
+        (harvest, batch, USDT), while they are loaded (links run copies of
+        some: kernel/arm.py copy_fd)."""
+        seen: set[int] = set()
+        fds = []
+        for stream in self._streams():
+            bpf = getattr(getattr(stream, "harvester", None), "bpf", None)
+            if bpf is None or id(bpf) in seen:
+                continue
+            seen.add(id(bpf))
+            functions = list(getattr(bpf, "funcs", {}).values())
+            fds.extend(function.fd for function in functions)
+        return fds
+
     def topic_losses(self) -> dict[tuple[int, str], Any]:
         """Batch mode: per (pid, topic), what became of the records made
         since armed (kernel/batch.py TopicLoss); final after close()."""
@@ -89,9 +122,13 @@ class SessionResults:
 
     def _keep_totals(self) -> None:
         self._final_summaries = self._sum_streams()
+        self._final_recursion = None
+        self._final_recursion = self.kernel_skipped()
         self._final_stats = self.site_stats()
 
     def _record_totals(self) -> None:
         for cpu in self.summaries():
             SESSION.record("closed: CPU %d produced %d, received %d, lost %d",
                            cpu.cpu, cpu.produced, cpu.received, cpu.lost)
+        SESSION.record("closed: %d program runs skipped by the kernel",
+                       self.kernel_skipped())

@@ -401,28 +401,43 @@ static __always_inline int walk_steps(struct walk *walk)
 
 #define BATCH_DISCOVER 16        /* topics looked at per harvest */
 
-/* Tells the controller the name of a topic armed here. */
-static __always_inline void announce(__u32 tgid, __u64 address, __u32 id,
-                                     __u32 size, struct batch_name *name)
+#define BATCH_RETRY_NS 4000000  /* first look again at an unreadable name */
+#define BATCH_RETRIES  11       /* then twice as late each time: ~16 s */
+
+/* Tells the controller the name of a topic armed here (BATCH_MSG_TOPIC),
+ * or where the name is of one whose name we could not read
+ * (BATCH_MSG_UNNAMED, `address` the name's, `name` empty). */
+static __always_inline void announce(__u32 kind, __u32 tgid, __u64 address,
+                                     __u32 id, __u32 size, struct batch_name *name)
 {
     __u32 cpu = bpf_get_smp_processor_id();
     void *ring = stream_rings.lookup(&cpu);
     struct batch_topic *out = ring ? bpf_ringbuf_reserve(ring, sizeof(*out), 0) : 0;
     if (!out)
         return;
-    out->kind = BATCH_MSG_TOPIC;
+    out->kind = kind;
     out->pid = tgid;
     out->topic_id = id;
     out->size = size;
     out->address = address;
     __builtin_memcpy(out->name, name->name, sizeof(out->name));
-    bpf_ringbuf_submit(out, BPF_RB_NO_WAKEUP);
+    bpf_ringbuf_submit(out, kind == BATCH_MSG_UNNAMED ? BPF_RB_FORCE_WAKEUP
+                                                      : BPF_RB_NO_WAKEUP);
 }
 
 /* Arms the topics registered since the process was armed (id >= base)
  * whose names the spec arms: a library loaded later, a Python topic. They
  * are harvested from their first record. Runs only when the registry's
- * topic count or the armed names changed since the last look. */
+ * topic count or the armed names changed since the last look.
+ *
+ * A name we cannot read (its page not mapped in this process: a fork that
+ * never touched the read-only page holding it, as fork copies no page
+ * table of a file mapping; bpf_probe_read_user cannot fault it in) leaves
+ * the look incomplete: the controller is told where it is, reads it
+ * through /proc/PID/mem (which maps the page) and publishes the name if
+ * the spec arms it, and we look again after a backoff. A name still
+ * unreadable after BATCH_RETRIES looks is given up and counted
+ * (BATCH_COUNT_UNNAMED): a process cannot make us look forever. */
 static __always_inline void discover(__u32 tgid, struct batch_target *target)
 {
     __u32 zero = 0;
@@ -435,11 +450,15 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
         return;
     if (head.topic_count == target->known && now == target->generation)
         return;
+    __u64 time = bpf_ktime_get_ns();
+    if (time < target->retry_ns)
+        return;
     if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
         return;
     struct batch_cursor *blank = blank_cursor.lookup(&zero);
     __u64 topic = head.topics;
     int complete = 0;
+    int unread = 0;
     for (int i = 0; i < BATCH_DISCOVER; i++) {
         if (!topic) {
             complete = 1;
@@ -455,14 +474,20 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
         struct cursor_key key = {.tgid = tgid, .topic_id = found.id};
         if (!cursors.lookup(&key)) {
             struct batch_name name = {};
-            bpf_probe_read_user_str(name.name, sizeof(name.name), (void *)found.name);
             __u32 used = target->topics;
-            if (blank && used < BATCH_TOPICS && armed_names.lookup(&name)) {
+            if (bpf_probe_read_user_str(name.name, sizeof(name.name),
+                                        (void *)found.name) < 0) {
+                unread = 1;
+                name.name[0] = 0;
+                if (target->unread < BATCH_RETRIES)
+                    announce(BATCH_MSG_UNNAMED, tgid, found.name, found.id,
+                             found.size, &name);
+            } else if (blank && used < BATCH_TOPICS && armed_names.lookup(&name)) {
                 blank->topic = topic;
                 if (cursors.insert(&key, blank) == 0) {
                     target->ids[used & (BATCH_TOPICS - 1)] = found.id;
                     __sync_fetch_and_add(&target->topics, 1);
-                    announce(tgid, topic, found.id, found.size, &name);
+                    announce(BATCH_MSG_TOPIC, tgid, topic, found.id, found.size, &name);
                 }
             }
         }
@@ -470,9 +495,15 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
                                 (void *)(topic + offsetof(struct recorder_topic, next))))
             break;
     }
-    if (complete) {
+    if (complete && unread && target->unread < BATCH_RETRIES) {
+        target->retry_ns = time + ((__u64)BATCH_RETRY_NS << (target->unread & 15));
+        target->unread++;
+    } else if (complete) {
+        if (unread)
+            count(BATCH_COUNT_UNNAMED, 1);
         target->known = head.topic_count;
         target->generation = now;
+        target->unread = 0;
     }
     __sync_lock_test_and_set(&target->lock, 0);
 }

@@ -28,6 +28,7 @@ enum batch_kind {
     BATCH_MSG_CHUNK = 1,
     BATCH_MSG_STRING = 2,
     BATCH_MSG_TOPIC = 3,
+    BATCH_MSG_UNNAMED = 4,      /* struct batch_topic: a name BPF could not read */
 };
 
 struct batch_chunk {
@@ -65,7 +66,8 @@ struct batch_topic {
     __u32 pid;
     __u32 topic_id;
     __u32 size;                 /* entries kept per shard */
-    __u64 address;              /* struct recorder_topic in the process */
+    __u64 address;              /* struct recorder_topic in the process;
+                                   BATCH_MSG_UNNAMED: where its name is */
     char name[BATCH_NAME_MAX];
 };
 
@@ -79,6 +81,9 @@ struct batch_target {
     __u32 generation;           /* `generation` when BPF last looked */
     __u32 topics;               /* ids used */
     __u64 lock;                 /* a discovery runs */
+    __u64 retry_ns;             /* a name was unreadable: look again then */
+    __u32 unread;               /* looks in a row that found one */
+    __u32 pad;
     __u32 ids[BATCH_TOPICS];    /* armed topic ids: cursors keys */
 };
 
@@ -116,7 +121,8 @@ enum batch_counter {
     BATCH_COUNT_STRINGS_LOST = 4,   /* string messages refused */
     BATCH_COUNT_BUSY = 5,           /* shards skipped: another CPU had them */
     BATCH_COUNT_FULL = 6,           /* harvests stopped by a full stream */
-    BATCH_COUNT_COUNT = 7,
+    BATCH_COUNT_UNNAMED = 7,        /* topics given up: name never readable */
+    BATCH_COUNT_COUNT = 8,
 };
 
 #endif
