@@ -4,9 +4,16 @@ Each per-CPU stream is in order (a BPF ring buffer per CPU for recorder
 topics, a perf buffer per CPU for USDT probes: kernel/stream.py), but the
 controller reads them one after another, and with --usdt beside recorder
 topics two programs' streams: a record read now may be older than one read
-a moment ago. So
-records wait in a heap for a short window and leave oldest first; one
-buffer shared by every stream gives one merged output.
+a moment ago. So records wait in a heap and leave oldest first; one buffer
+shared by every stream gives one merged output.
+
+How long they wait: once every stream was read empty at time T (its
+`drained_ns`), no record committed before T can still come, so what is
+stamped before T, less `margin_ns` (a record is stamped in the traced
+process a moment before the kernel commits it), leaves at once. The
+window is the upper bound: a stream that is never read empty (a flood)
+holds nothing longer than `window_ns`. A record that still comes after a
+newer one left is counted `late`, and widens the margin.
 
 >>> out = []
 >>> buffer = ReorderBuffer(out.append)
@@ -16,6 +23,8 @@ buffer shared by every stream gives one merged output.
 >>> buffer.flush(until_ns=20)
 >>> [r.ts for r in out]
 [10, 20]
+>>> buffer.ready_until(drained_ns=30 + buffer.margin_ns, now_ns=0)
+30
 >>> buffer.flush_all()
 >>> [r.ts for r in out]
 [10, 20, 30]
@@ -29,7 +38,10 @@ from collections.abc import Callable
 
 from recorder_tracer.decode.record import Record
 
-REORDER_WINDOW_NS = 150_000_000
+REORDER_WINDOW_NS = 150_000_000   # the most a record waits for older ones
+# Stamp to commit: the trap commits within microseconds unless the thread is
+# preempted in between; the batch harvest within its 1 ms tick.
+REORDER_MARGIN_NS = 30_000_000
 
 
 def monotonic_ns() -> int:
@@ -38,7 +50,8 @@ def monotonic_ns() -> int:
 
 
 class ReorderBuffer:
-    """Records wait `window_ns` in a heap, then go to `sink` oldest first.
+    """Records wait in a heap (see ready_until()), then go to `sink` oldest
+    first.
 
     Records with equal timestamps leave in the order they came. Every
     `batch` records pushed, `between_batches()` runs: a session flushes and
@@ -50,9 +63,12 @@ class ReorderBuffer:
     def __init__(self, sink: Callable[[Record], None],
                  window_ns: int = REORDER_WINDOW_NS,
                  between_batches: Callable[[], None] | None = None,
-                 batch: int = 4096) -> None:
+                 batch: int = 4096, margin_ns: int = REORDER_MARGIN_NS) -> None:
         self.sink = sink
         self.window_ns = window_ns
+        self.margin_ns = min(margin_ns, window_ns)
+        self.late = 0           # records that came after a newer one left
+        self._last_ts = -1      # the newest timestamp emitted
         self.between_batches = between_batches
         self.batch = batch
         self._heap: list[tuple[int, int, Record]] = []
@@ -64,19 +80,46 @@ class ReorderBuffer:
     def push(self, record: Record) -> None:
         """Hold `record` until its turn."""
         self._arrivals += 1
+        if record.ts < self._last_ts:
+            # Stamped longer before its commit than the margin allows:
+            # leave more room from now on.
+            self.late += 1
+            self.margin_ns = min(self.window_ns,
+                                 self.margin_ns + 2 * (self._last_ts - record.ts))
         heapq.heappush(self._heap, (record.ts, self._arrivals, record))
         if self.between_batches is not None and self._arrivals % self.batch == 0:
             self.between_batches()
+
+    def ready_until(self, drained_ns: int | None = None,
+                    now_ns: int | None = None) -> int:
+        """The newest timestamp that may leave now: the margin before the
+        moment every stream was last read empty (`drained_ns`; None: not
+        known), and never longer ago than the window."""
+        if now_ns is None:
+            now_ns = monotonic_ns()
+        until = now_ns - self.window_ns
+        if drained_ns is not None:
+            until = max(until, drained_ns - self.margin_ns)
+        return until
+
+    def next_due_ns(self) -> int | None:
+        """When the oldest record held may leave, if the streams are read
+        empty then (None: none held)."""
+        return self._heap[0][0] + self.margin_ns if self._heap else None
 
     def flush(self, until_ns: int | None = None) -> None:
         """Emit the records stamped at or before `until_ns` (default: the
         window before now)."""
         if until_ns is None:
-            until_ns = monotonic_ns() - self.window_ns
+            until_ns = self.ready_until()
         while self._heap and self._heap[0][0] <= until_ns:
-            self.sink(heapq.heappop(self._heap)[2])
+            self._emit(heapq.heappop(self._heap)[2])
 
     def flush_all(self) -> None:
         """Emit everything held (at the end of a trace)."""
         while self._heap:
-            self.sink(heapq.heappop(self._heap)[2])
+            self._emit(heapq.heappop(self._heap)[2])
+
+    def _emit(self, record: Record) -> None:
+        self._last_ts = max(self._last_ts, record.ts)
+        self.sink(record)

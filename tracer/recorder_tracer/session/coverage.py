@@ -111,6 +111,9 @@ class SessionCoverage:
         self._stopping = threading.Event()
         self._reading = threading.Lock()    # one reader of the kernel's rings
         self.pending: dict[int, int] = {}       # pid -> since, not armed yet
+        # Every report committed before it is handled (its forks pending or
+        # armed, its records in `ready`); None: not yet.
+        self.drained_ns: int | None = None
         self._execs: dict[int, tuple[str, int]] = {}   # pid -> file, start_code
         self.backfilled = 0
         self.copied = 0
@@ -195,11 +198,14 @@ class SessionCoverage:
         while not self._stopping.is_set():
             with self._reading:
                 self.kernel.poll(READ_TIMEOUT_MS)
+            self.sync()
 
     def sync(self) -> None:
         """Handle what the kernel reported up to now, in this thread."""
         with self._reading:
-            self.kernel.poll(0)
+            started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self.kernel.poll(0)     # bcc reads each ring empty
+            self.drained_ns = started
 
     def stop(self) -> None:
         """Stop the reading thread (sync() still reads)."""
@@ -427,17 +433,12 @@ class CoverageSteps:
             return
         if sync:
             self.coverage.sync()
+        drained = self.coverage.drained_ns      # before taking what it covers
         for record in self.coverage.poll():
             self.reorder.push(record)
+        self._coverage_drained = drained
 
-    def _flush(self, until: int | None = None) -> None:
-        """Deliver what the reordering window lets go (or up to `until`),
-        but nothing newer than a process still to be armed or copied could
-        bring."""
-        hold = self.coverage.hold_until() if self.coverage is not None else None
-        if until is None:
-            until = time.monotonic_ns() - self.reorder.window_ns
-        self.reorder.flush(until_ns=until if hold is None else min(until, hold))
+    _coverage_drained: int | None = None   # as of the records taken
 
 
 def _comm(pid: int) -> str:
