@@ -42,11 +42,24 @@ REORDER_WINDOW_NS = 150_000_000   # the most a record waits for older ones
 # Stamp to commit: the trap commits within microseconds unless the thread is
 # preempted in between; the batch harvest within its 1 ms tick.
 REORDER_MARGIN_NS = 30_000_000
+MIN_WAIT_MS = 5     # a poll waits at least this: no spinning on a held record
 
 
 def monotonic_ns() -> int:
     """CLOCK_MONOTONIC in ns: the clock of records and of bpf_ktime_get_ns."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def oldest_mark(marks: list[int | None]) -> int | None:
+    """The moment every source was read empty: the oldest of their marks
+    (None if one has none yet, or there is none).
+
+    >>> oldest_mark([30, 20]), oldest_mark([30, None]), oldest_mark([])
+    (20, None, None)
+    """
+    if not marks or None in marks:
+        return None
+    return min(mark for mark in marks if mark is not None)
 
 
 class ReorderBuffer:
@@ -101,6 +114,16 @@ class ReorderBuffer:
         if drained_ns is not None:
             until = max(until, drained_ns - self.margin_ns)
         return until
+
+    def wait_ms(self, timeout_ms: int) -> int:
+        """How long a poll may wait for records: at most `timeout_ms`, and
+        no longer than until the oldest record held may leave (streams
+        read empty then let it go)."""
+        due = self.next_due_ns()
+        if due is None:
+            return timeout_ms
+        wait = (due - monotonic_ns()) // 1_000_000 + 1
+        return max(MIN_WAIT_MS, min(timeout_ms, wait))
 
     def next_due_ns(self) -> int | None:
         """When the oldest record held may leave, if the streams are read

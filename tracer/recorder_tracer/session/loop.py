@@ -61,7 +61,6 @@ __all__ = ["REORDER_WINDOW_NS", "TraceOptions", "TraceSession", "monotonic_ns",
            "poll_streams", "stop_on_signals"]
 
 Sink = Callable[[Record], None]
-MIN_WAIT_MS = 5     # a poll waits at least this: no spinning on a held record
 Reporter = Callable[[str], None]
 
 
@@ -246,7 +245,7 @@ class TraceSession(SessionResults, CoverageSteps):
         self._poll_coverage()
         streams = self._streams()
         if streams:
-            poll_streams(streams, self._wait_ms(timeout_ms))
+            poll_streams(streams, self.reorder.wait_ms(timeout_ms))
         else:       # metrics only: the kernel aggregates, nothing to read
             self._stop.wait(timeout_ms / 1000)
         self._report_snapshots()
@@ -261,37 +260,6 @@ class TraceSession(SessionResults, CoverageSteps):
             self._end_process(pid, status, when_ns)
         self._flush()
         return not self._ended()
-
-    def _wait_ms(self, timeout_ms: int) -> int:
-        """At most `timeout_ms`, and no longer than until the oldest record
-        held may leave: the streams read empty then let it go."""
-        due = self.reorder.next_due_ns()
-        if due is None:
-            return timeout_ms
-        wait = (due - monotonic_ns()) // 1_000_000 + 1
-        return max(MIN_WAIT_MS, min(timeout_ms, wait))
-
-    def _drained_ns(self) -> int | None:
-        """The moment before which every record that can still come was
-        taken: the oldest of the streams' and the coverage reports'
-        (None: not known, the window alone decides)."""
-        if self.tracker.following and self.coverage is None:
-            return None     # the proc connector arms late, with backfills
-        marks = [stream.drained_ns for stream in self._streams()]
-        if self.coverage is not None:
-            marks.append(self._coverage_drained)
-        if not marks or None in marks:
-            return None
-        return min(mark for mark in marks if mark is not None)
-
-    def _flush(self, until: int | None = None) -> None:
-        """Deliver what the reorder buffer lets go (or up to `until`), but
-        nothing newer than a process still to be armed or copied could
-        bring."""
-        hold = self.coverage.hold_until() if self.coverage is not None else None
-        if until is None:
-            until = self.reorder.ready_until(self._drained_ns())
-        self.reorder.flush(until_ns=until if hold is None else min(until, hold))
 
     def _report_snapshots(self) -> None:
         if self.snapshots is not None:
