@@ -421,7 +421,6 @@ class CoverageSteps:
 
     _coverage_drained: int | None = None   # as of the records taken
 
-
     def _drained_ns(self) -> int | None:
         """The moment before which every record that can still come was
         taken: the oldest of the streams' and the coverage reports'
