@@ -7,7 +7,8 @@ traces bench/rate_load.c, which records one entry a millisecond and sleeps
 between them. Each record is timed twice, in the controller's process:
 - received: when the session has decoded it (it enters the reorder buffer);
 - emitted: when the reorder buffer hands it to the sink (what a user sees
-  printed), which waits for the reordering window (decode/reorder.py).
+  printed): once every stream was read empty after its timestamp, less a
+  margin, or at the latest the reorder window after it (decode/reorder.py).
 Modes: the default live path (a trap per record, kernel/harvest.py) and
 --batch (the processes' own rings, kernel/batch.py).
 
@@ -50,6 +51,7 @@ class Timings:
     def __init__(self) -> None:
         self.received: list[float] = []
         self.emitted: list[float] = []
+        self.late = 0           # records that came after a newer one left
 
     def on_received(self, push: Any) -> Any:
         def timed(record: Any) -> None:
@@ -80,6 +82,8 @@ def one_mode(path: Path, batch: bool, arguments: argparse.Namespace) -> Timings:
         session = TraceSession(options, timings.on_emitted)
         if arguments.window_ms is not None:     # what-if: another window
             session.reorder.window_ns = int(arguments.window_ms * 1e6)
+        if arguments.margin_ms is not None:     # what-if: another margin
+            session.reorder.margin_ns = int(arguments.margin_ms * 1e6)
         # Records enter the reorder buffer through the sources' emit
         # callback, bound at construction: time them there.
         for source in session.sources:
@@ -92,6 +96,7 @@ def one_mode(path: Path, batch: bool, arguments: argparse.Namespace) -> Timings:
                 pass
         finally:
             session.close()
+            timings.late = session.reorder.late
     finally:
         if load.poll() is None:
             load.kill()
@@ -121,6 +126,8 @@ def main(argv: list[str]) -> int:
                         "TraceSession.run)")
     parser.add_argument("--window-ms", type=float,
                         help="a reorder window other than the default (what-if)")
+    parser.add_argument("--margin-ms", type=float,
+                        help="a reorder margin other than the default (what-if)")
     arguments = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("latency_bench: needs root (BPF)")
@@ -130,12 +137,15 @@ def main(argv: list[str]) -> int:
     program = programs.Program("rate_load", (f"-I{programs.PROBES / 'include'}",),
                                (str(programs.core_library(programs.PROBES)),))
     path = programs.build(program)
-    from recorder_tracer.decode.reorder import REORDER_WINDOW_NS
+    from recorder_tracer.decode.reorder import REORDER_MARGIN_NS, REORDER_WINDOW_NS
     window = (arguments.window_ms if arguments.window_ms is not None
               else REORDER_WINDOW_NS / 1e6)
+    margin = (arguments.margin_ms if arguments.margin_ms is not None
+              else REORDER_MARGIN_NS / 1e6)
     print(f"record timestamp -> controller, rate_load paced at "
           f"{arguments.rate} records/s for {arguments.seconds:g} s "
-          f"(reorder window {window:g} ms, poll timeout {arguments.poll_ms} ms)")
+          f"(reorder margin {margin:g} ms, window {window:g} ms at most, "
+          f"poll timeout {arguments.poll_ms} ms)")
     for mode, batch in (("live (trap per record, the default)", False),
                         ("--batch", True)):
         timings = one_mode(path, batch, arguments)
@@ -143,8 +153,9 @@ def main(argv: list[str]) -> int:
         for line in machine.tagged([describe("received", timings.received),
                                     describe("emitted", timings.emitted)], label):
             print(line)
-    print("(received: decoded by the session; emitted: handed to the sink after "
-          "the reorder window)")
+        print(f"  late      {timings.late} records came after a newer one left")
+    print("(received: decoded by the session; emitted: handed to the sink by "
+          "the reorder buffer)")
     return 0
 
 

@@ -92,6 +92,7 @@ class _Ring:
         self.cpu = cpu
         self.size = size
         self.fd = _create_ring(f"batch_cpu{cpu}", size)
+        self.caught_up = True   # the last take() reached the producer
         page = mmap.PAGESIZE
         self._page = page
         self._mask = size - 1
@@ -110,6 +111,7 @@ class _Ring:
         copied out in one slice; their space is released."""
         consumer = self._consumer.value
         available = _U64.unpack_from(self._data, 0)[0] - consumer
+        self.caught_up = available <= 0
         if available <= 0:
             return []
         start = self._page + (consumer & self._mask)
@@ -127,6 +129,7 @@ class _Ring:
                 messages.append(view[position + RING_HEADER:
                                      position + RING_HEADER + length])
             position += (length + RING_HEADER + 7) & ~7
+        self.caught_up = position >= available
         self._consumer.value = consumer + position
         return messages
 
@@ -174,6 +177,10 @@ class BatchStream:
         assert self._string_text == STRING_HEAD.size
         self._strings: dict[tuple[int, int, int, int], dict[int, CapturedString]] = {}
         self._held: list[tuple[int, memoryview]] = []     # chunks awaiting strings
+        # Every message committed before it is delivered (decode/reorder.py);
+        # None: not known yet. `_read_ns`: when the last whole read began.
+        self.drained_ns: int | None = None
+        self._read_ns: int | None = None
         self._reading = threading.RLock()
         size = mmap.PAGESIZE * _power_of_two_at_least(max(1, pages_per_cpu))
         harvester.bpf[b"stream_config"][ctypes.c_int(0)] = ctypes.c_uint64(size // 4)
@@ -193,6 +200,20 @@ class BatchStream:
     def _read(self, final: bool = False) -> int:
         """Deliver what the rings hold; a chunk with %s arguments waits one
         read for its strings (sent after it), unless `final`."""
+        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        delivered = self._read_once(final)
+        whole = all(ring.caught_up for ring in self._rings)
+        # A chunk held for its strings is delivered by the next read: what
+        # came before the previous whole read is out, and, with none held,
+        # what came before this one.
+        if whole and not self._held:
+            self.drained_ns = started
+        elif self._read_ns is not None:
+            self.drained_ns = max(self.drained_ns or 0, self._read_ns)
+        self._read_ns = started if whole else None
+        return delivered
+
+    def _read_once(self, final: bool) -> int:
         delivered = 0
         held, self._held = self._held, []
         fresh: list[tuple[int, memoryview]] = []

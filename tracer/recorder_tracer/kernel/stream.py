@@ -118,6 +118,7 @@ class _RingBuffer:
                                mmap.PROT_READ, offset=page)
         self._view = memoryview(self._data)
         self._committed = stride - RING_HEADER     # a header's len, committed
+        self.caught_up = True   # the last take() reached the producer
 
     def pending(self) -> int:
         """Bytes reserved in the ring and not yet released by us."""
@@ -128,6 +129,7 @@ class _RingBuffer:
         written, release their space; None when there is none."""
         consumer = self._consumer.value
         available = _U64.unpack_from(self._data, 0)[0] - consumer
+        self.caught_up = available <= 0
         if available <= 0:
             return None
         start = self._page + (consumer & self._mask)
@@ -144,6 +146,7 @@ class _RingBuffer:
             if not lengths[ready] & RING_BUSY:     # harvest.c never discards
                 raise TracerError(f"stream ring {self.cpu}: unexpected record "
                                   f"header {lengths[ready]:#x}")
+        self.caught_up = ready == slots
         if ready == 0:
             return None
         data = self._data[start:start + ready * stride]
@@ -179,6 +182,11 @@ class Stream:
     The program wakes us every `wakeup_events` records per CPU (a power of
     two; by default a quarter of a ring), and `poll` reads what is there
     after at most its timeout anyway.
+
+    `drained_ns` (CLOCK_MONOTONIC) is the last moment before a read that
+    took every record of every ring: all committed before it have been
+    delivered (None: no such read yet). The reorder buffer lets records
+    go by it (decode/reorder.py).
     """
 
     def __init__(
@@ -199,6 +207,7 @@ class Stream:
         self._rings: list[_RingBuffer] = []
         self._epoll: select.epoll | None = None
         self._unfinished: tuple[RecordBatch, int] | None = None
+        self.drained_ns: int | None = None
         # poll() and drain() may come from different threads (a process's
         # exit drains the stream): one reader at a time moves the rings'
         # consumer positions.
@@ -238,6 +247,14 @@ class Stream:
 
     def _read_rings(self) -> int:
         """Deliver what every ring holds now; returns the records delivered."""
+        started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        delivered = self._read_each_ring()
+        # A record still being written stopped a ring's read: not drained.
+        if all(ring.caught_up for ring in self._rings):
+            self.drained_ns = started
+        return delivered
+
+    def _read_each_ring(self) -> int:
         delivered = self._deliver_unfinished()
         for ring in self._rings:
             taken = ring.take()
@@ -317,7 +334,9 @@ class Stream:
         the wakeup threshold."""
         if self._epoll is None:
             self.harvester.bpf.perf_buffer_poll(timeout=timeout_ms)
-            self.harvester.bpf.perf_buffer_consume()
+            started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self.harvester.bpf.perf_buffer_consume()    # reads each buffer empty
+            self.drained_ns = started
             return
         self._epoll.poll(timeout_ms / 1000)
         with self._reading:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from recorder_tracer.abi import MAX_SHARDS
 from recorder_tracer.decode.entry import entry_record
 from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.reorder import oldest_mark
 from recorder_tracer.kernel.coverage import (
     WATCH_ARMED,
     WATCH_NO_CORE,
@@ -39,6 +40,10 @@ from recorder_tracer.kernel.coverage import (
     Selection,
 )
 from recorder_tracer.selftrace import PROCS
+from recorder_tracer.session.harvest_records import (
+    captured_strings,
+    copied_topic_names,
+)
 from recorder_tracer.target import procs
 from recorder_tracer.target.memory import ProcessImage, load_segments
 from recorder_tracer.target.rings import shard_window, topic_shards
@@ -111,6 +116,9 @@ class SessionCoverage:
         self._stopping = threading.Event()
         self._reading = threading.Lock()    # one reader of the kernel's rings
         self.pending: dict[int, int] = {}       # pid -> since, not armed yet
+        # Every report committed before it is handled (its forks pending or
+        # armed, its records in `ready`); None: not yet.
+        self.drained_ns: int | None = None
         self._execs: dict[int, tuple[str, int]] = {}   # pid -> file, start_code
         self.backfilled = 0
         self.copied = 0
@@ -195,11 +203,14 @@ class SessionCoverage:
         while not self._stopping.is_set():
             with self._reading:
                 self.kernel.poll(READ_TIMEOUT_MS)
+            self.sync()
 
     def sync(self) -> None:
         """Handle what the kernel reported up to now, in this thread."""
         with self._reading:
-            self.kernel.poll(0)
+            started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self.kernel.poll(0)     # bcc reads each ring empty
+            self.drained_ns = started
 
     def stop(self) -> None:
         """Stop the reading thread (sync() still reads)."""
@@ -263,7 +274,7 @@ class SessionCoverage:
                 self.delivered.forget(copy.pid)
 
     def _deliver_copy(self, copy: Copy, image: ProcessImage | None) -> None:
-        names = _copied_topic_names(copy, image)
+        names = copied_topic_names(copy, image)
         for copied in copy.entries:
             entry = copied.entry
             if image is not None:
@@ -285,7 +296,7 @@ class SessionCoverage:
                     else image.string(address)
             self.ready.put(entry_record(
                 entry, pid=copy.pid, comm=copy.comm, topic=name, text=text,
-                string=_captured_strings(copied.strings, image)))
+                string=captured_strings(copied.strings, image)))
             self.copied += 1
 
     # -- backfill and images ---------------------------------------------------
@@ -338,36 +349,10 @@ class SessionCoverage:
         return image
 
 
-def _copied_topic_names(copy: Copy, image: ProcessImage | None) -> dict[int, str]:
-    """Topic id -> name of a copy. BPF reads each name in the ending
-    process, where a fork that never touched a name's read-only page has it
-    unmapped (fork copies no page table of a file mapping): such a name is
-    read from the image (the parent's memory, or the executable's file)."""
-    names = {}
-    for topic_id, name in copy.topics.items():
-        if not name and image is not None:
-            name = image.string(copy.topic_names_at.get(topic_id, 0)) or ""
-        names[topic_id] = name or f"topic{topic_id}"
-    return names
-
-
-def _captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | None
-                      ) -> Callable[[int], str | None]:
-    """The `string(address)` of a copied entry: the strings BPF read, in
-    order, then (for literals) the process's files."""
-    captured = iter(strings)
-
-    def string(address: int) -> str | None:
-        length, text = next(captured, (0, b""))
-        if length > 0:
-            return bytes(text)[:length - 1].decode("utf-8", "replace")
-        return image.string(address, cached=False) if image else None
-    return string
-
-
 class CoverageSteps:
     """A trace session's (session/loop.py) coverage steps: start it, take
-    its records, hold output back for the processes it waits for."""
+    its records, hold output back for the processes it waits for, and let
+    records go once every source was read empty after them."""
 
     options: TraceOptions
     coverage: SessionCoverage | None
@@ -379,6 +364,8 @@ class CoverageSteps:
     exited: dict[int, Any]
     traced_pids: Callable[[], set[int]]
     trace_process: Callable[..., bool]
+    tracker: Any
+    _streams: Callable[[], list[Any]]
 
     def _start_coverage(self) -> None:
         """Follow the selection in the kernel: forks, execs, and copies of
@@ -427,18 +414,31 @@ class CoverageSteps:
             return
         if sync:
             self.coverage.sync()
+        drained = self.coverage.drained_ns      # before taking what it covers
         for record in self.coverage.poll():
             self.reorder.push(record)
+        self._coverage_drained = drained
+
+    _coverage_drained: int | None = None   # as of the records taken
+
+    def _drained_ns(self) -> int | None:
+        """The moment before which every record that can still come was
+        taken: the oldest of the streams' and the coverage reports'
+        (None: not known, the window alone decides)."""
+        if self.tracker.following and self.coverage is None:
+            return None     # the proc connector arms late, with backfills
+        marks = [stream.drained_ns for stream in self._streams()]
+        return oldest_mark(marks if self.coverage is None
+                           else [*marks, self._coverage_drained])
 
     def _flush(self, until: int | None = None) -> None:
-        """Deliver what the reordering window lets go (or up to `until`),
-        but nothing newer than a process still to be armed or copied could
+        """Deliver what the reorder buffer lets go (or up to `until`), but
+        nothing newer than a process still to be armed or copied could
         bring."""
         hold = self.coverage.hold_until() if self.coverage is not None else None
         if until is None:
-            until = time.monotonic_ns() - self.reorder.window_ns
+            until = self.reorder.ready_until(self._drained_ns())
         self.reorder.flush(until_ns=until if hold is None else min(until, hold))
-
 
 def _comm(pid: int) -> str:
     try:

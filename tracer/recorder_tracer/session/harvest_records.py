@@ -19,6 +19,7 @@ from recorder_tracer.target import procs
 from recorder_tracer.target.memory import ProcessImage
 
 if TYPE_CHECKING:
+    from recorder_tracer.kernel.coverage import Copy
     from recorder_tracer.kernel.harvest import Harvester
 
 
@@ -96,3 +97,32 @@ def flight_records(harvester: Harvester,
             seen.add(key)
             records.append(record)
     return sorted(records, key=lambda record: record.ts)
+
+
+# -- copies at exit and backfills (session/coverage.py) ----------------------
+
+def copied_topic_names(copy: Copy, image: ProcessImage | None) -> dict[int, str]:
+    """Topic id -> name of a copy. BPF reads each name in the ending
+    process, where a fork that never touched a name's read-only page has it
+    unmapped (fork copies no page table of a file mapping): such a name is
+    read from the image (the parent's memory, or the executable's file)."""
+    names = {}
+    for topic_id, name in copy.topics.items():
+        if not name and image is not None:
+            name = image.string(copy.topic_names_at.get(topic_id, 0)) or ""
+        names[topic_id] = name or f"topic{topic_id}"
+    return names
+
+
+def captured_strings(strings: list[tuple[int, bytes]], image: ProcessImage | None
+                      ) -> Callable[[int], str | None]:
+    """The `string(address)` of a copied entry: the strings BPF read, in
+    order, then (for literals) the process's files."""
+    captured = iter(strings)
+
+    def string(address: int) -> str | None:
+        length, text = next(captured, (0, b""))
+        if length > 0:
+            return bytes(text)[:length - 1].decode("utf-8", "replace")
+        return image.string(address, cached=False) if image else None
+    return string

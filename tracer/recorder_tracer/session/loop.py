@@ -17,7 +17,9 @@ programs' USDT probes (session/usdt.py). The process tracker
 (session/tracker.py) says which processes start, exec and end. Every
 source's stream is polled in the same loop and their records go through
 one reorder buffer into one sink, in timestamp order across processes,
-CPUs and programs (decode/reorder.py).
+CPUs and programs (decode/reorder.py). A record leaves it once every
+stream and the coverage reports were read empty after its timestamp (less
+a margin), not a fixed window later: then nothing older can still come.
 
 A traced process that exits is normal: the session drains what it recorded,
 reports "process PID (comm) exited: STATUS", and still decodes its records
@@ -243,7 +245,7 @@ class TraceSession(SessionResults, CoverageSteps):
         self._poll_coverage()
         streams = self._streams()
         if streams:
-            poll_streams(streams, timeout_ms)
+            poll_streams(streams, self.reorder.wait_ms(timeout_ms))
         else:       # metrics only: the kernel aggregates, nothing to read
             self._stop.wait(timeout_ms / 1000)
         self._report_snapshots()
