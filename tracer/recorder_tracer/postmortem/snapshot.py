@@ -173,7 +173,7 @@ class SnapshotWatcher:
         self.bpf[b"snapshots"].open_ring_buffer(self._on_message)
         self._registries = self.bpf[b"registries"]
         if self._remembered:
-            self.bpf.ring_buffer_poll(0)    # captures made while none ran
+            self.bpf.ring_buffer_consume()  # captures made while none ran
         follower = procs.ProcessFollower(self._events.put)
         try:
             follower.start()
@@ -248,6 +248,10 @@ class SnapshotWatcher:
         """Read captures (waiting up to `timeout_ms`), write their files,
         handle process events; returns the files written or rewritten."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        # The ring's wakeup comes by irq_work: late where the capture ran
+        # with interrupts off (6.1's signal_deliver walk), after the exit
+        # event that may end a session. Read what is there regardless.
+        self.bpf.ring_buffer_consume()
         for capture, walk in self._captures.expired():  # their END was lost
             self._finish(capture, walk)
         self._handle_events()
@@ -371,7 +375,7 @@ class SnapshotWatcher:
     def close(self) -> None:
         """Write what was captured, detach and unload; stop following."""
         if self.bpf is not None:    # captures still waiting for their END
-            self.bpf.ring_buffer_poll(0)
+            self.bpf.ring_buffer_consume()
             for capture, walk in self._captures.expired(float("inf")):
                 self._finish(capture, walk)
         if self._follower is not None:

@@ -248,7 +248,6 @@ class TraceSession(SessionResults, CoverageSteps):
             poll_streams(streams, self.reorder.wait_ms(timeout_ms))
         else:       # metrics only: the kernel aggregates, nothing to read
             self._stop.wait(timeout_ms / 1000)
-        self._report_snapshots()
         if self.tracker.due(time.monotonic()):
             self.tracker.check_alive()
             for source in self.sources:
@@ -259,10 +258,11 @@ class TraceSession(SessionResults, CoverageSteps):
         for pid, status, when_ns in self.tracker.exits():
             self._end_process(pid, status, when_ns)
         self._flush()
+        self._report_snapshots()    # after exits: a crashed -p process's too
         return not self._ended()
 
     def _report_snapshots(self) -> None:
-        if self.snapshots is not None:
+        if self.snapshots is not None:      # its capture precedes its exit
             self.snapshots.report_written(self.report)
 
     def _while_flooded(self) -> None:
