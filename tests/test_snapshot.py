@@ -161,9 +161,8 @@ def test_armed_victim_snapshot_holds_the_same_records(
         victim.send("segv")
         assert victim.process.wait(timeout=scaled(10)) == -signal.SIGSEGV
         # The session ends at the victim's exit (its only -p process), so
-        # the capture must be read then: on 6.1 the walk runs with IRQs
-        # off and the ring's wakeup came after the exit event, and the
-        # file never came (4 of 25 rounds in the guest, before the fix).
+        # the capture must be read by then: before that fix, the file never
+        # came in 4 of 25 rounds in the 6.1 guest.
         deadline = time.monotonic() + scaled(30)
         while not list(directory.glob(f"*.{victim.pid}.*")):
             assert time.monotonic() < deadline
