@@ -115,20 +115,23 @@ class ReorderBuffer:
             until = max(until, drained_ns - self.margin_ns)
         return until
 
-    def wait_ms(self, timeout_ms: int) -> int:
+    def wait_ms(self, timeout_ms: int, drained_known: bool = True) -> int:
         """How long a poll may wait for records: at most `timeout_ms`, and
         no longer than until the oldest record held may leave (streams
-        read empty then let it go)."""
-        due = self.next_due_ns()
+        read empty then let it go; with `drained_known` False, only the
+        window lets it go)."""
+        due = self.next_due_ns(drained_known)
         if due is None:
             return timeout_ms
         wait = (due - monotonic_ns()) // 1_000_000 + 1
         return max(MIN_WAIT_MS, min(timeout_ms, wait))
 
-    def next_due_ns(self) -> int | None:
+    def next_due_ns(self, drained_known: bool = True) -> int | None:
         """When the oldest record held may leave, if the streams are read
         empty then (None: none held)."""
-        return self._heap[0][0] + self.margin_ns if self._heap else None
+        if not self._heap:
+            return None
+        return self._heap[0][0] + (self.margin_ns if drained_known else self.window_ns)
 
     def flush(self, until_ns: int | None = None) -> None:
         """Emit the records stamped at or before `until_ns` (default: the

@@ -30,6 +30,7 @@ from recorder_tracer.kernel.loader import (
     possible_cpus,
     require_bpf,
 )
+from recorder_tracer.selftrace import SESSION
 from recorder_tracer.target.memory import ProcessImage, Topic
 
 TOPICS_MAX = 32                 # BATCH_TOPICS in kernel/bpf/batch.h
@@ -159,8 +160,14 @@ class BatchHarvester:
             key = name.encode()[:NAME_MAX - 1]
             if key in self._armed_names:
                 continue
+            try:
+                self._names[self._names.Key(key)] = ctypes.c_uint8(1)
+            except Exception as error:  # bcc's, when the table is full
+                # Names come from traced processes (a glob spec arms what
+                # they make): a full table stops discovery, not the session.
+                SESSION.record("batch: armed_names full at %s: %s", name, error)
+                break
             self._armed_names.add(key)
-            self._names[self._names.Key(key)] = ctypes.c_uint8(1)
             added = True
         if added:
             table = self.bpf[b"generation"]

@@ -1,10 +1,9 @@
 """Every record of every process a selection names: forks, short lives and
 records made before arming (kernel/coverage.py does the kernel's part).
 
-A process the selection follows gets records into its in-process rings
-before the session can arm it: a forked worker between its fork and its
-arming, a process that lives a millisecond, a run-time topic made while
-the trace runs. They reach the session three ways, each exactly once:
+A followed process records before the session can arm it: a forked worker
+before its arming, a process that lives a millisecond, a run-time topic
+made while the trace runs. Records reach the session three ways, once each:
 
   live       the harvest program, once armed (the per-record trap)
   backfill   read from the process's rings when it is armed: entries
@@ -13,9 +12,8 @@ the trace runs. They reach the session three ways, each exactly once:
   copy       made by BPF in the process's own context when it ends before
              it was armed
 
-An entry is named by (pid, topic id, shard, sequence); `Delivered` keeps the
-names recently delivered per process, and whichever way brings an entry
-second drops it.
+An entry is named by (pid, topic id, shard, sequence); `Delivered` keeps
+recent names per process, and a way that brings an entry second drops it.
 """
 
 from __future__ import annotations
@@ -422,14 +420,19 @@ class CoverageSteps:
     _coverage_drained: int | None = None   # as of the records taken
 
     def _drained_ns(self) -> int | None:
-        """The moment before which every record that can still come was
-        taken: the oldest of the streams' and the coverage reports'
-        (None: not known, the window alone decides)."""
+        """When every stream and coverage report was last read empty (the
+        oldest mark); None: not known, the window alone decides."""
         if self.tracker.following and self.coverage is None:
             return None     # the proc connector arms late, with backfills
         marks = [stream.drained_ns for stream in self._streams()]
         return oldest_mark(marks if self.coverage is None
                            else [*marks, self._coverage_drained])
+
+    def _wait_ms(self, timeout_ms: int) -> int:
+        """The next poll's wait, by the bound _flush() applies."""
+        if self.coverage is not None and self.coverage.hold_until() is not None:
+            return timeout_ms       # a process to arm decides, not the clock
+        return self.reorder.wait_ms(timeout_ms, self._drained_ns() is not None)
 
     def _flush(self, until: int | None = None) -> None:
         """Deliver what the reorder buffer lets go (or up to `until`), but

@@ -245,7 +245,7 @@ class TraceSession(SessionResults, CoverageSteps):
         self._poll_coverage()
         streams = self._streams()
         if streams:
-            poll_streams(streams, self.reorder.wait_ms(timeout_ms))
+            poll_streams(streams, self._wait_ms(timeout_ms))
         else:       # metrics only: the kernel aggregates, nothing to read
             self._stop.wait(timeout_ms / 1000)
         if self.tracker.due(time.monotonic()):

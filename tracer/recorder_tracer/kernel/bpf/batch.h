@@ -83,7 +83,7 @@ struct batch_target {
     __u64 lock;                 /* a discovery runs */
     __u64 retry_ns;             /* a name was unreadable: look again then */
     __u32 unread;               /* looks in a row that found one */
-    __u32 pad;
+    __u32 unread_now;           /* the current look found one */
     __u32 ids[BATCH_TOPICS];    /* armed topic ids: cursors keys */
 };
 
