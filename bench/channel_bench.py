@@ -134,13 +134,13 @@ def clock_error(seconds: float, work: Path) -> None:
           f"{all(abs(p['offset_ns']) <= p['rtt_ns'] / 2 for p in points)}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--transport", choices=["tcp", "unix", "both"],
                         default="both")
     parser.add_argument("--clock-seconds", type=float, default=10.0)
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     print(describe())
     load = Load()
     rates = []
@@ -154,7 +154,8 @@ def main() -> None:
     best = max(rates)
     print(f"{'PASS' if best >= TARGET else 'FAIL'}: channel {best:,.0f} records/s "
           f"(target >= {TARGET:,})")
+    return 0 if best >= TARGET else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -175,7 +175,10 @@ def main(argv: list[str]) -> int:
     status = latency_bench.main(["--seconds", "3"]) or status
     print()
     import coverage_bench
-    return coverage_bench.main(["--rounds", "1"]) or status
+    status = coverage_bench.main(["--rounds", "1"]) or status
+    print()
+    import channel_bench
+    return channel_bench.main(["--clock-seconds", "5"]) or status
 
 
 if __name__ == "__main__":
