@@ -113,9 +113,10 @@ def test_exited_process_is_dropped_after_the_grace_period(progs: Path) -> None:
         rows = {(row.pid, row.topic): row.stats.count
                 for row in daemon.snapshot().rows}
         assert rows[(pid, "tick")] == 23        # still exported, in grace
-        assert daemon.expire() == []
+        # (`in`: any workload_ticks of the machine is the daemon's too)
+        assert pid not in daemon.expire()
         time.sleep(scaled(1.0) + 0.1)
-        assert daemon.expire() == [pid]
+        assert pid in daemon.expire()
         assert all(row.pid != pid for row in daemon.snapshot().rows)
     finally:
         daemon.close()

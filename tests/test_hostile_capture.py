@@ -93,7 +93,8 @@ def test_a_capture_without_end_is_written_incomplete(
     messages = [record["message"] for record in snapshot["records"]]
     assert all(message.startswith("victim ") for message in messages)
     assert snapshot["signal"] == signal.SIGSEGV
-    assert watcher.counts.incomplete == 1
+    # (>=: the watcher sees the whole machine, other crashes too)
+    assert watcher.counts.incomplete >= 1
     assert any(f"capture of pid {victim.pid} never ended" in line
                for line in reports)
     # Let go of: nothing of the victim pending or known once its exit came.
