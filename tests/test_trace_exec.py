@@ -10,6 +10,7 @@ string, or none): the old records showed garbage or "unreadable".
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from timing import scaled
 
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.session.loop import TraceOptions, TraceSession
+from recorder_tracer.session.tracker import ProcessTracker
 from recorder_tracer.target.memory import ProcessImage, read_maps
 
 pytestmark = pytest.mark.bpf
@@ -124,3 +126,24 @@ def test_a_rescan_before_the_exec_is_handled_keeps_the_old_maps(
     finally:
         workload.process.stdin.close()
         workload.process.wait(timeout=scaled(10))
+
+
+def test_the_commands_exec_event_after_its_reap_is_still_the_commands() -> None:
+    """The follower thread can read the -c command's EXEC after the loop has
+    reaped it (a busy machine). Taken for another process's new program,
+    it disarmed the command before its exit was reported: `trace -c
+    script.sh` then said nothing of how it ended (1 host run in 10)."""
+    lock = threading.RLock()
+    traced: set[int] = set()
+    execs: list[tuple[int, bool, int]] = []
+    tracker = ProcessTracker(TraceOptions(command=["sh"]), lock,
+                             traced=lambda: set(traced),
+                             trace=lambda pid: False,
+                             on_exec=lambda *event: execs.append(event),
+                             report=lambda message: None)
+    pid = tracker.start_command(["sh", "-c", "exit 7"], traced.add)
+    exits: list = []
+    wait_for(lambda: exits.extend(tracker.exits()) or exits, scaled(10))
+    assert [(exited, status) for exited, status, _ in exits] == [(pid, "exit code 7")]
+    tracker._on_exec(pid, 1)           # its EXEC, read late
+    assert execs == [(pid, True, 1)]

@@ -61,7 +61,11 @@ class ProcessTracker:
         self.trace = trace
         self.on_exec = on_exec
         self.report = report
-        self.child: int | None = None
+        self.child: int | None = None       # the -c command until reaped
+        # The -c command's pid, kept once reaped: its EXEC event can come
+        # after waitpid (a busy follower thread), and must still be known
+        # as the command's, not a traced process's new program.
+        self.command: int | None = None
         self.child_status: int | None = None
         self._follower: Any = None
         self._exits: queue.SimpleQueue[Exit] = queue.SimpleQueue()
@@ -128,7 +132,7 @@ class ProcessTracker:
     def _on_exec(self, pid: int, exec_ns: int) -> None:
         with self.lock:
             if pid in self.traced():
-                self.on_exec(pid, pid == self.child, exec_ns)
+                self.on_exec(pid, pid == self.command, exec_ns)
                 return
             if self.wants(pid) and self.trace(pid):
                 comm = "?"
@@ -207,14 +211,14 @@ class ProcessTracker:
         if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP):
             raise TracerError(f"cannot run {command[0]}: "
                               f"{procs.describe_status(status)}")
-        self.child = pid
+        self.child = self.command = pid
         try:
             arm(pid)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             ptrace(_PTRACE_DETACH, pid, None, None)
             os.waitpid(pid, 0)
-            self.child = None
+            self.child = self.command = None
             raise
         ptrace(_PTRACE_DETACH, pid, None, None)
         return pid
