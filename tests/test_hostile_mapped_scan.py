@@ -90,13 +90,16 @@ def test_exited_and_forgotten_processes_are_dropped_and_the_rest_bounded(
         wait_for(lambda: all(Path(f"/proc/{s.pid}/comm").read_text() == "sleep\n"
                              for s in sleepers))
         scan = MappedScan(size=100_000)
-        scan.recorder_processes(lambda pid: True)
+        # Both scans at one moment: a loaded machine can take the 2 s of
+        # the first backoff between them, and the rest would be read again.
+        now = time.monotonic()
+        scan.recorder_processes(lambda pid: True, now)
         assert all(s.pid in scan for s in sleepers)
         sleepers[0].kill()
         sleepers[0].wait()
         scan.forget(sleepers[1].pid)
         counting = Counting()
-        scan.recorder_processes(counting, time.monotonic())
+        scan.recorder_processes(counting, now)
         assert sleepers[0].pid not in scan
         assert counting.reads.get(sleepers[1].pid) == 1     # read again
         assert all(s.pid not in counting.reads for s in sleepers[2:])

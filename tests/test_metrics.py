@@ -115,13 +115,14 @@ def test_interval_histogram_matches_a_known_period(workloads) -> None:
     stats = rows[(workload.pid, "beat")].stats
     intervals = stats.intervals
     # 23 records, 22 intervals of 3 ms and a little more (sleep overshoot,
-    # more on a busy machine): mostly [2^21, 2^22) ns = [2.1 ms, 4.2 ms),
-    # the rest in later buckets (how many depends on the machine's load),
-    # none below: a sleep never ends early. A record that changed CPU starts
-    # that CPU's chain afresh (intervals are per CPU), so allow a few less.
+    # more on a busy machine): in [2^21, 2^22) ns = [2.1 ms, 4.2 ms), or
+    # later buckets (how many depends on the machine's load: 11 of 22 were
+    # past 4.2 ms beside a VM run), none below: a sleep never ends early.
+    # A record that changed CPU starts that CPU's chain afresh (intervals
+    # are per CPU), so allow a few less.
     assert 18 <= sum(intervals) <= 22
     assert sum(intervals[:22]) == 0
-    assert intervals[22] > 0.5 * sum(intervals)
+    assert intervals[22] >= 1
     # Their exact total (the Prometheus histogram's _sum): at least 3 ms
     # each, and no more than the time the workload took to make them, per
     # CPU's chain (a fixed 6 ms mean failed beside a VM run: 9.7 ms).
