@@ -59,10 +59,14 @@ def server_argv(progs: Path) -> list[str]:
             str(INTERVAL_US)]
 
 
-def assert_every_worker_record(records: list[Record], workers: int) -> None:
+def assert_every_worker_record(records: list[Record], workers: int,
+                               late: int = 0) -> None:
     """WORKERS x RECORDS records from `workers` processes (other processes
     of the machine may record `work` too), each worker's in order, none
-    twice, none unreadable, all in timestamp order."""
+    twice, none unreadable, all in timestamp order but the `late` the
+    session counted (decode/reorder.py: a worker starved of CPU between
+    its stamp and its trap for longer than the margin, as beside a VM run
+    with the suite at nice 19)."""
     work = [record for record in records
             if record.topic == "work" and record.comm == "prefork_server"]
     by_pid = collections.defaultdict(list)
@@ -78,7 +82,13 @@ def assert_every_worker_record(records: list[Record], workers: int) -> None:
         assert mine[7].message == f"worker {worker} record 7"
         assert mine[7].where.endswith("prefork_server.c:48")
     assert not [record for record in work if "unreadable" in record.message]
-    assert [record.ts for record in records] == sorted(r.ts for r in records)
+    newest, out_of_order = 0, 0
+    for record in records:
+        out_of_order += record.ts < newest
+        newest = max(newest, record.ts)
+    assert out_of_order <= late
+    if not late:
+        assert [record.ts for record in records] == sorted(r.ts for r in records)
 
 
 @pytest.mark.parametrize("selection", ["pid", "comm", "all"])
@@ -97,7 +107,7 @@ def test_forked_workers_are_traced_from_their_first_record(progs, selection) -> 
         records = session.stop()
     finally:
         server.close()
-    assert_every_worker_record(records, len(workers))
+    assert_every_worker_record(records, len(workers), session.session.reorder.late)
     assert workers <= {record.pid for record in records}
 
 
@@ -130,7 +140,7 @@ def test_workers_in_a_private_mount_and_pid_namespace_are_traced(
     finally:
         server.close()
     workers = [line for line in lines if line.startswith("worker")]
-    assert_every_worker_record(records, len(workers))
+    assert_every_worker_record(records, len(workers), session.session.reorder.late)
     mine = [record for record in records if record.comm == "prefork_server"]
     assert all(record.pid > 4 for record in mine)   # host pids, not 2, 3, 4
     # JSON adds the pid each worker has in its own namespace: the one the

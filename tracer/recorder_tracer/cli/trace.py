@@ -206,6 +206,12 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                                f"of {loss.produced} "
                                "lost (overwritten in its ring before a harvest, "
                                "or refused at its end)", err=True)
+            if session.reorder.late:
+                click.echo(f"{session.reorder.late} records came after newer ones "
+                           "had left, so out of timestamp order (stamped longer "
+                           "before their commit than the reordering margin: a "
+                           "thread preempted in between); the margin grew to "
+                           f"{session.reorder.margin_ns // 1_000_000} ms", err=True)
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)
