@@ -34,8 +34,17 @@ $(BUILD)/obj/%.o: probes/src/%.c $(CORE_HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CORE_CFLAGS) -c $< -o $@
 
-$(BUILD)/librecorder.so: $(CORE_OBJECTS)
-	$(CC) -shared -o $@ $^ -lpthread -Wl,-soname,librecorder.so
+# The shared library's ABI is versioned by symbol (probes/abi/librecorder.map):
+# an entry point whose signature changed keeps its old version for programs
+# linked before (probes/abi/compat.c), under the same soname they ask for.
+ABI_MAP := probes/abi/librecorder.map
+$(BUILD)/obj/abi/%.o: probes/abi/%.c $(CORE_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CORE_CFLAGS) -c $< -o $@
+
+$(BUILD)/librecorder.so: $(CORE_OBJECTS) $(BUILD)/obj/abi/compat.o $(ABI_MAP)
+	$(CC) -shared -o $@ $(CORE_OBJECTS) $(BUILD)/obj/abi/compat.o -lpthread \
+	    -Wl,-soname,librecorder.so -Wl,--version-script=$(ABI_MAP)
 
 $(BUILD)/librecorder.a: $(CORE_OBJECTS)
 	@rm -f $@

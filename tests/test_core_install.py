@@ -1,4 +1,5 @@
-"""probes/recorder.pc.in: an installed core is found through pkg-config."""
+"""probes/recorder.pc.in: an installed core is found through pkg-config;
+probes/abi/: librecorder.so keeps the entry points of its earlier ABI."""
 
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ int main(void)
 {
     RECORD(installed, "installed %d", 23);
     return recorder_dump_for("installed") == 1 ? 0 : 1;
+}
+"""
+
+
+# RECORD as the header expanded it before recorder_trace_entry took the seed's
+# signature: the record just made passed to recorder_trace_entry(struct
+# recorder_topic *, struct recorder_record *). The asm label gives today's
+# recorder_trace_record that symbol name, as the old header's RECORD had.
+PROGRAM_OF_THE_FIRST_ABI = """\
+struct recorder_topic;
+struct recorder_record;
+void first_abi_trace_entry(struct recorder_topic *, struct recorder_record *)
+    __asm__("recorder_trace_entry");
+#define recorder_trace_record first_abi_trace_entry
+#include <recorder.h>
+RECORDER(linked_before, 8, "Linked against the unversioned library");
+int main(void)
+{
+    RECORD(linked_before, "first ABI %d", 42);
+    return 0;
 }
 """
 
@@ -77,3 +98,59 @@ def test_pkg_config_builds_a_program_against_the_installed_core(
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.endswith("installed: installed 23\n")
+
+
+def test_program_linked_before_symbol_versions_keeps_its_trace_entry(
+    tmp_path: Path,
+) -> None:
+    """A program linked against librecorder.so before it had symbol versions
+    (its references unversioned) binds to recorder_trace_entry@RECORDER_1,
+    the old signature, and traces its record as it did."""
+    if not (BUILD / "librecorder.so").exists():
+        pytest.fail("build/librecorder.so is missing: run `make lib`")
+    unversioned = tmp_path / "unversioned"
+    unversioned.mkdir()
+    include = f"-I{REPO / 'probes' / 'include'}"
+    # The library as it was built then: same soname, no version script.
+    subprocess.run(["cc", "-std=gnu11", "-shared", "-fPIC", "-O2", include,
+                    "-o", str(unversioned / "librecorder.so"),
+                    *sorted(map(str, (REPO / "probes" / "src").glob("*.c"))),
+                    "-lpthread", "-Wl,-soname,librecorder.so"], check=True)
+    source = tmp_path / "first_abi.c"
+    source.write_text(PROGRAM_OF_THE_FIRST_ABI)
+    program = tmp_path / "first_abi"
+    subprocess.run(["cc", "-O2", include, str(source), f"-L{unversioned}",
+                    "-lrecorder", "-lpthread", "-o", str(program)], check=True)
+    symbols = subprocess.run(["readelf", "--dyn-syms", "-W", str(program)],
+                             capture_output=True, text=True, check=True).stdout
+    [reference] = [line for line in symbols.splitlines()
+                   if "recorder_trace_entry" in line]
+    assert reference.split()[-1] == "recorder_trace_entry"     # no @version
+    result = subprocess.run(
+        [str(program)], capture_output=True, text=True, timeout=scaled(30),
+        env={"LD_LIBRARY_PATH": str(BUILD), "RECORDER_TRACES": "linked_before"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.endswith("linked_before: first ABI 42\n"), result.stderr
+
+
+def test_program_linked_now_calls_the_seeds_trace_entry(tmp_path: Path) -> None:
+    """tests/progs/seed_trace.c linked against librecorder.so gets
+    recorder_trace_entry@RECORDER_2, the seed's signature."""
+    if not (BUILD / "librecorder.so").exists():
+        pytest.fail("build/librecorder.so is missing: run `make lib`")
+    program = tmp_path / "seed_trace"
+    subprocess.run(["cc", "-std=gnu11", "-O2", f"-I{REPO / 'probes' / 'include'}",
+                    str(REPO / "tests" / "progs" / "seed_trace.c"), f"-L{BUILD}",
+                    "-lrecorder", "-lpthread", "-o", str(program)], check=True)
+    symbols = subprocess.run(["readelf", "--dyn-syms", "-W", str(program)],
+                             capture_output=True, text=True, check=True).stdout
+    assert "recorder_trace_entry@RECORDER_2" in symbols
+    result = subprocess.run(
+        [str(program), "hook"], capture_output=True, text=True,
+        timeout=scaled(30),
+        env={"LD_LIBRARY_PATH": str(BUILD), "RECORDER_TRACES": "traced"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hook traced order 7\n"
+    assert "traced: value 23 name str ratio 0.50\n" in result.stderr

@@ -119,6 +119,7 @@ def test_sdist_holds_the_tests_and_what_they_build(dist: Dist) -> None:
     for needed in ("LICENSE", "Makefile", "README.md", "docs/cli.md",
                    "tests/conftest.py", "tests/helpers/tracer.py", "tests/timing.py",
                    "tests/progs/smoke.c", "probes/src", "probes/PROBES.md",
+                   "probes/abi/librecorder.map", "probes/abi/compat.c",
                    "vagrant/provision.sh", "packaging/recorder-daemon.service",
                    "pyapi/recorder/_core.c", "demo/recorder_demo.c"):
         assert needed in names, needed

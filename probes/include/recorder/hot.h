@@ -107,11 +107,13 @@ RECORDER_INLINE unsigned recorder_cpu(void) { return recorder_cpu_slow(); }
  * migrated or signalled before the store. Every writer of a shard runs on
  * its CPU, so no locked instruction is needed. Only valid while every
  * shard has one CPU (recorder_clock.use_rseq, set once at start-up).
- * Returns 0 and the old head, or -1 if the thread left `cpu`. */
+ * Returns 0, the old head and the new one (the record's sequence: the
+ * increment's own register: one instruction fewer per RECORD than
+ * recomputing it), or -1 if the thread left `cpu`. */
 RECORDER_INLINE int recorder_rseq_increment(__u64 *head, unsigned cpu,
-                                            __u64 *old)
+                                            __u64 *old, __u64 *sequence)
 {
-    __u64 value;
+    __u64 value, next;
     __asm__ goto(
         ".pushsection __rseq_cs, \"aw\"\n\t"
         ".balign 32\n\t"
@@ -125,8 +127,8 @@ RECORDER_INLINE int recorder_rseq_increment(__u64 *head, unsigned cpu,
         "cmpl %[cpu], %%fs:4(%[area])\n\t"      /* rseq->cpu_id */
         "jnz 4f\n\t"
         "movq %[head], %[value]\n\t"
-        "leaq 1(%[value]), %%rax\n\t"
-        "movq %%rax, %[head]\n\t"               /* commit */
+        "leaq 1(%[value]), %[next]\n\t"
+        "movq %[next], %[head]\n\t"             /* commit */
         "2:\n\t"
         ".pushsection __rseq_failure, \"ax\"\n\t"
         ".byte 0x0f, 0xb9, 0x3d\n\t"             /* ud1 <sig>(%%rip), %%edi */
@@ -134,11 +136,12 @@ RECORDER_INLINE int recorder_rseq_increment(__u64 *head, unsigned cpu,
         "4:\n\t"
         "jmp %l[abort]\n\t"
         ".popsection\n\t"
-        : [value] "=&r"(value), [head] "+m"(*head)
+        : [value] "=&r"(value), [next] "=&r"(next), [head] "+m"(*head)
         : [cpu] "r"(cpu), [area] "r"(__rseq_offset)
         : "rax", "memory", "cc"
         : abort);
     *old = value;
+    *sequence = next;
     return 0;
 abort:
     return -1;
@@ -218,7 +221,8 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
     if (__builtin_expect(recorder_clock.use_rseq
                          && shard->cpu == cpu % RECORDER_MAX_SHARDS, 1)) {
         while (__builtin_expect(
-                   recorder_rseq_increment(&shard->head, cpu, &index), 0)) {
+                   recorder_rseq_increment(&shard->head, cpu, &index,
+                                           sequence), 0)) {
             cpu = recorder_cpu();
             shard = topic->shards[cpu % RECORDER_MAX_SHARDS];
             if (__builtin_expect(shard == NULL, 0))
@@ -226,6 +230,7 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
             if (__builtin_expect(shard->cpu != cpu % RECORDER_MAX_SHARDS, 0)) {
                 index = atomic_fetch_add_explicit(
                     (_Atomic __u64 *)&shard->head, 1, memory_order_relaxed);
+                *sequence = index + 1;
                 break;
             }
         }
@@ -234,6 +239,7 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
     {
         index = atomic_fetch_add_explicit((_Atomic __u64 *)&shard->head, 1,
                                           memory_order_relaxed);
+        *sequence = index + 1;
     }
     struct recorder_record *entry = &shard->entries[index & shard->mask];
     /* One register for the slot: GCC otherwise recomputes index * 144 for
@@ -245,7 +251,6 @@ recorder_reserve(struct recorder_topic *topic, int fast, __u64 meta,
     atomic_store_explicit((_Atomic __u64 *)&entry->sequence, 0,
                           memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
-    *sequence = index + 1;
     __u64 flags = 0;
     if (fast) {
         if (__builtin_expect(index != 0, 1)) {
