@@ -54,6 +54,7 @@ from recorder_tracer.session.topics import RecorderTopics
 from recorder_tracer.session.tracker import ProcessTracker
 
 if TYPE_CHECKING:
+    from recorder_tracer.output.json_plans import JsonPlans
     from recorder_tracer.postmortem.snapshot import SnapshotWatcher
     from recorder_tracer.session.usdt import UsdtSource
 
@@ -73,13 +74,18 @@ class TraceSession(SessionResults, CoverageSteps):
 
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None,
+                 lines: JsonPlans | None = None) -> None:
         if not (options.topics or options.usdt):
             raise TracerError("nothing to trace: no topics and no USDT probe")
         self.options = options
         self.sink = sink
         self.report = report
-        self.reorder = ReorderBuffer(sink, between_batches=self._while_flooded)
+        # `lines`: the sink renders batch-mode records by plans
+        # (output/json_plans.py), lines leaving the buffer in runs.
+        self.reorder = ReorderBuffer(
+            sink, between_batches=self._while_flooded,
+            lines=lines.write_lines if lines is not None else None)
         self._stop = stopping if stopping is not None else threading.Event()
         self._lock = threading.RLock()  # the follower's thread arms too
         self._deadline: float | None = None
@@ -97,8 +103,9 @@ class TraceSession(SessionResults, CoverageSteps):
             self._on_exec, report)
         if options.batch:
             from recorder_tracer.session.batch_topics import BatchTopics
-            self.recorder = BatchTopics(options, self.reorder.push, report,
-                                        self._lock)   # type: ignore[assignment]
+            self.recorder = BatchTopics(  # type: ignore[assignment]
+                options, self.reorder.push, report, self._lock, plans=lines,
+                emit_many=self.reorder.push_many)
             self.sources.append(self.recorder)
         elif options.topics:
             self.recorder = RecorderTopics(options, self.reorder.push, report,

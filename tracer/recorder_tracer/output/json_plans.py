@@ -1,0 +1,151 @@
+"""JSON lines at batch speed: one compiled line plan per kind of entry.
+
+`recorder trace --json` renders every record the same way (output/jsonl.py:
+a Record, a dict, json.dumps), ~20 us a record in Python. Most entries of
+one process, topic, format and CPU differ only in their timestamp, thread
+and integer arguments, so a plan built once for them (a %-template with
+their constant fields JSON-encoded, and one expression per varying field)
+renders each with one string formatting: `JsonPlans.plan()` builds it from
+an entry in the layout of abi.ENTRY, unpacked into one flat tuple.
+
+Only what a plan renders exactly as the writer does gets one: a format
+whose conversions are plain integer ones (%d %i %u %o %x %X, any length
+modifier, no flags, width or precision, each with its argument), with every
+argument an integer or pointer; anything else (doubles, strings, `%5d`,
+`<missing>`) keeps the Record path. The session checks each new plan on its
+first entry against the writer's own line, and drops a plan that differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.render import _INT_BITS, _SPEC
+from recorder_tracer.output.jsonl import JsonLinesWriter, _dumps, record_json
+from recorder_tracer.target.notes import RECORDER_PROVIDER
+from recorder_tracer.terminal import json_escaped
+
+LinePlan = Callable[[tuple[int, ...]], str]
+ARGS_AT = 10            # the first argument's index in an ENTRY tuple
+_PRINTF = {"d": "%d", "i": "%d", "u": "%d", "o": "%o", "x": "%x", "X": "%X"}
+
+
+def _quoted(text: str) -> str:
+    """`text` as the writer's JSON has it, quoted, '%' doubled for a template."""
+    return json_escaped(json.dumps(text, ensure_ascii=False)).replace("%", "%%")
+
+
+def _inner(text: str) -> str:
+    """Part of a JSON string: escaped as the writer escapes it, unquoted."""
+    return json_escaped(json.dumps(text, ensure_ascii=False)[1:-1]).replace("%", "%%")
+
+
+def _signed64(index: int) -> str:
+    value = f"t[{ARGS_AT + index}]"
+    return (f"({value} - 18446744073709551616 if {value} >= 9223372036854775808"
+            f" else {value})")
+
+
+def _converted(index: int, conversion: str, length: str) -> str:
+    """The expression of a printf integer conversion of argument `index`,
+    as decode/render.py's _convert gives it (wrapped to its length)."""
+    bits = _INT_BITS.get(length, 64)
+    mask, half = (1 << bits) - 1, 1 << (bits - 1)
+    value = f"t[{ARGS_AT + index}]"
+    if conversion in "di":
+        return f"((({value} & {mask}) ^ {half}) - {half})"
+    return f"({value} & {mask})"
+
+
+def message_template(fmt: str, nargs: int) -> tuple[str, list[str]] | None:
+    """The message's part of a line template and its expressions; None
+    when the format has more than plain integer conversions."""
+    parts: list[str] = []
+    values: list[str] = []
+    next_arg = position = 0
+    while True:
+        start = fmt.find("%", position)
+        if start < 0:
+            parts.append(_inner(fmt[position:]))
+            return "".join(parts), values
+        parts.append(_inner(fmt[position:start]))
+        match = _SPEC.match(fmt, start)
+        assert match is not None    # the pattern matches any "%"
+        position = match.end()
+        if (match["flags"] or match["width"] is not None
+                or match["precision"] is not None):
+            return None
+        conversion = match["conversion"]
+        if conversion == "%":
+            parts.append("%%")
+            continue
+        if conversion not in _PRINTF or next_arg >= nargs:
+            return None
+        parts.append(_PRINTF[conversion])
+        values.append(_converted(next_arg, conversion, match["length"]))
+        next_arg += 1
+
+
+class JsonPlans:
+    """Line plans and the line sink for a JSON lines writer."""
+
+    def __init__(self, writer: JsonLinesWriter) -> None:
+        self.writer = writer
+        self.built = 0          # plans compiled
+        self.refused = 0        # kinds of entry left to the Record path
+
+    def plan(self, entry: tuple[int, ...], *, pid: int, comm: str, cpu: int,
+             topic: str, where: str, fmt: str,
+             ns_pid: int | None) -> LinePlan | None:
+        """The plan for entries like `entry` (same format, location,
+        argument kinds, flags) of this process, comm, topic and CPU."""
+        arg_types, nargs, flags = entry[4], min(entry[6], MAX_ARGS), entry[7]
+        kinds = [(arg_types >> (2 * i)) & 3 for i in range(nargs)]
+        message = message_template(fmt, nargs)
+        if message is None or any(k not in (ARG_INT, ARG_POINTER) for k in kinds):
+            self.refused += 1
+            return None
+        text, values = message
+        args = [_signed64(i) if kind == ARG_INT else f"t[{ARGS_AT + i}]"
+                for i, kind in enumerate(kinds)]
+        template = (
+            '{"type": "record", "ts": %d, "pid": ' + str(pid) + ', "tid": %d, '
+            '"comm": ' + _quoted(comm) + ', "cpu": ' + str(cpu) + ', '
+            '"provider": ' + _quoted(RECORDER_PROVIDER) + ', '
+            '"topic": ' + _quoted(topic) + ', "where": ' + _quoted(where) + ', '
+            '"message": "' + text + '", "args": [' + ", ".join(["%d"] * nargs)
+            + '], "flags": ' + str(flags)
+            + (f', "ns_pid": {ns_pid}' if ns_pid is not None else ""))
+        fields = ["t[0]", "t[2]", *values, *args]
+        if flags & ENTRY_SPAN_END and nargs:
+            template += ', "duration_ns": %d'
+            fields.append(args[0])
+        template += "}\n"
+        # Only indices and our own names reach the code: the texts a
+        # process chose are in the template, a constant.
+        code = f"lambda t: _template % ({', '.join(fields)},)"
+        self.built += 1
+        return eval(code, {"_template": template})
+
+    @staticmethod
+    def render(record: Record) -> str:
+        """The writer's own line for `record` (what a plan must equal)."""
+        return _dumps(record_json(record)) + "\n"
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Write rendered lines at once (one flush, when flushing)."""
+        writer = self.writer
+        writer._header()
+        writer._emit("".join(lines))
+        writer.count += len(lines)
+
+
+def entry_plan_key(entry: tuple[int, ...]) -> tuple[Any, ...]:
+    """What entries sharing a plan have in common (of one process, comm
+    and CPU): topic, argument kinds, entry CPU, count, flags, format and
+    location addresses."""
+    return entry[3:10]
