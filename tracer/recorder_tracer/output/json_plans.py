@@ -26,10 +26,16 @@ from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.render import _INT_BITS, _SPEC
 from recorder_tracer.output.jsonl import JsonLinesWriter, _dumps, record_json
+from recorder_tracer.selftrace import SESSION
 from recorder_tracer.target.notes import RECORDER_PROVIDER
 from recorder_tracer.terminal import json_escaped
 
 LinePlan = Callable[[tuple[int, ...]], str]
+Entry = tuple[int, ...]
+EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
+PLANS_KEPT = 256        # line plans per (process, comm, CPU): a process
+CONTEXTS_KEPT = 4096    # chooses its formats; past these, Records
+_NOT_BUILT = object()
 ARGS_AT = 10            # the first argument's index in an ENTRY tuple
 _PRINTF = {"d": "%d", "i": "%d", "u": "%d", "o": "%o", "x": "%x", "X": "%X"}
 
@@ -144,8 +150,63 @@ class JsonPlans:
         writer.count += len(lines)
 
 
-def entry_plan_key(entry: tuple[int, ...]) -> tuple[Any, ...]:
-    """What entries sharing a plan have in common (of one process, comm
-    and CPU): topic, argument kinds, entry CPU, count, flags, format and
-    location addresses."""
-    return entry[3:10]
+class ChunkLines:
+    """A batch stream's chunks (kernel/batch_stream.py `on_chunk`) to
+    `emit_many`: each entry as a line by its plan where one fits, as a
+    Record (`entry_record`) where none does (every one without `plans`).
+    `process_of(pid)` gives the process (session/armed.py) whose image and
+    topics name its entries, None to take the Record path for the chunk."""
+
+    def __init__(self, plans: JsonPlans | None,
+                 emit_many: Callable[[list[tuple[int, Any]]], None],
+                 process_of: Callable[[int], Any], entry_record: EntryRecord) -> None:
+        self.plans = plans
+        self.emit_many = emit_many
+        self.process_of = process_of
+        self.entry_record = entry_record
+        self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
+
+    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry]) -> None:
+        process = self.process_of(pid) if self.plans is not None else None
+        if process is None:
+            self.emit_many([(entry[0], self.entry_record(cpu, pid, comm, entry))
+                            for entry in entries])
+            return
+        key = (pid, comm, cpu)
+        context = self._contexts.get(key)
+        if (context is None or context[0] is not process
+                or context[1] is not process.image):
+            if len(self._contexts) >= CONTEXTS_KEPT:
+                self._contexts.clear()
+            context = self._contexts[key] = (process, process.image, {})
+        plans = context[2]
+        items: list[tuple[int, Any]] = []
+        for entry in entries:
+            # Its kind: topic, argument kinds, CPU, count, flags, format
+            # and location addresses.
+            plan = plans.get(entry[3:10], _NOT_BUILT)
+            if plan is _NOT_BUILT:
+                plan = self._new_plan(process, plans, cpu, pid, comm, entry)
+            items.append((entry[0], plan(entry) if plan is not None
+                          else self.entry_record(cpu, pid, comm, entry)))
+        self.emit_many(items)
+
+    def _new_plan(self, process: Any, plans: dict, cpu: int, pid: int,
+                  comm: bytes, entry: Entry) -> LinePlan | None:
+        """The line plan of `entry`'s kind, checked on it against the
+        writer's own line (None: Records for this kind)."""
+        if len(plans) >= PLANS_KEPT or self.plans is None:
+            return None
+        record = self.entry_record(cpu, pid, comm, entry)
+        fmt = process.image.string(entry[8])
+        plan = None
+        if fmt is not None and entry[3] in process.topics:
+            plan = self.plans.plan(entry, pid=pid, comm=record.comm, cpu=cpu,
+                                   topic=record.topic, where=record.where,
+                                   fmt=fmt, ns_pid=record.ns_pid)
+        if plan is not None and plan(entry) != self.plans.render(record):
+            SESSION.record("json plans: a plan of pid %d differs from its "
+                           "record's line: dropped", pid)
+            plan = None
+        plans[entry[3:10]] = plan
+        return plan

@@ -22,13 +22,14 @@ from typing import Any
 
 from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.decode.usdt_args import symbol_resolver
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.batch import NAME_MAX, BatchHarvester, TopicLoss
 from recorder_tracer.kernel.batch_stream import BatchRecord, BatchStream
 from recorder_tracer.output.capture import CaptureWriter
-from recorder_tracer.output.json_plans import JsonPlans
+from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
 from recorder_tracer.selftrace import SESSION
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
@@ -38,10 +39,6 @@ from recorder_tracer.target import notes, procs
 from recorder_tracer.target.memory import ProcessImage, Topic, load_bias, read_maps
 
 Emit = Callable[[Record], None]
-EmitMany = Callable[[list[tuple[int, Any]]], None]
-PLANS_KEPT = 256        # line plans per (process, comm, CPU): a process
-CONTEXTS_KEPT = 4096    # chooses its formats; past these, Records
-_NOT_BUILT = object()
 Reporter = Callable[[str], None]
 
 # -- arming a process: which topics, from which index ----------------------
@@ -95,16 +92,15 @@ class BatchTopics:
     pins = None         # a pinned session traps (session/topics.py)
     harvester = None    # no per-record program: no flight ring, no metrics
 
-    def __init__(self, options: TraceOptions, emit: Emit, report: Reporter,
-                 lock: threading.RLock, plans: JsonPlans | None = None,
-                 emit_many: EmitMany | None = None) -> None:
+    def __init__(self, options: TraceOptions, reorder: ReorderBuffer,
+                 report: Reporter, lock: threading.RLock,
+                 plans: JsonPlans | None = None) -> None:
         self.options = options
-        self.emit = emit
-        # Decoding in batches: chunks of entries become lines by plans
-        # (output/json_plans.py), pushed on at once.
-        self.plans = plans if emit_many is not None else None
-        self.emit_many = emit_many
-        self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
+        self.emit = reorder.push
+        # Decoding in batches: a chunk's entries are decoded at once and
+        # pushed on together; with `plans` (a JSON sink), as lines.
+        self.lines = ChunkLines(plans, reorder.push_many, self._chunk_process,
+                                self._entry_record)
         self.report = report
         self.lock = lock
         self.processes: dict[int, ArmedProcess] = {}
@@ -126,7 +122,7 @@ class BatchTopics:
             self.batch, self._on_record, pages_per_cpu=pages, on_topic=self._on_topic,
             on_message=self.capture.message if self.capture is not None else None,
             on_unnamed=self._on_unnamed,
-            on_chunk=self._on_chunk if self.plans is not None else None)
+            on_chunk=self.lines.on_chunk)
         self.streams: list[Any] = [self.stream]
         self._final_losses: dict[tuple[int, str], TopicLoss] | None = None
 
@@ -334,55 +330,13 @@ class BatchTopics:
         return self.decode(cpu, BatchRecord(
             pid, comm, RawEntry(*entry[:10], entry[10:22]), []))
 
-    def _on_chunk(self, cpu: int, pid: int, comm: bytes,
-                  entries: list[tuple[int, ...]]) -> None:
-        """A chunk's entries (no %s argument), rendered by plans where one
-        fits, as Records where none does, pushed on together."""
-        assert self.emit_many is not None
-        process = self.processes.get(pid) or self.exited.get(pid)
+    def _chunk_process(self, pid: int) -> ArmedProcess | None:
+        """The process whose image decodes a chunk of `pid` (None: the
+        Record path decides, as around an exec, where time picks it)."""
         earlier = self.exited.get(pid)
-        if process is None or (earlier is not None and earlier.exec_ns is not None):
-            # Unknown, or around an exec (an entry's time picks its image).
-            self.emit_many([(entry[0], self._entry_record(cpu, pid, comm, entry))
-                            for entry in entries])
-            return
-        key = (pid, comm, cpu)
-        context = self._contexts.get(key)
-        if (context is None or context[0] is not process
-                or context[1] is not process.image):
-            if len(self._contexts) >= CONTEXTS_KEPT:
-                self._contexts.clear()
-            context = self._contexts[key] = (process, process.image, {})
-        plans = context[2]
-        items: list[tuple[int, Any]] = []
-        for entry in entries:
-            plan = plans.get(entry[3:10], _NOT_BUILT)
-            if plan is _NOT_BUILT:
-                plan = self._new_plan(process, plans, cpu, pid, comm, entry)
-            items.append((entry[0], plan(entry) if plan is not None
-                          else self._entry_record(cpu, pid, comm, entry)))
-        self.emit_many(items)
-
-    def _new_plan(self, process: ArmedProcess, plans: dict, cpu: int, pid: int,
-                  comm: bytes, entry: tuple[int, ...]) -> Any:
-        """The line plan of `entry`'s kind, checked on it against the
-        writer's own line (None: Records for this kind)."""
-        assert self.plans is not None
-        if len(plans) >= PLANS_KEPT:
+        if earlier is not None and earlier.exec_ns is not None:
             return None
-        record = self._entry_record(cpu, pid, comm, entry)
-        fmt = process.image.string(entry[8])
-        plan = None
-        if fmt is not None and entry[3] in process.topics:
-            plan = self.plans.plan(entry, pid=pid, comm=record.comm, cpu=cpu,
-                                   topic=record.topic, where=record.where,
-                                   fmt=fmt, ns_pid=record.ns_pid)
-        if plan is not None and plan(entry) != self.plans.render(record):
-            SESSION.record("batch: a line plan of pid %d differs from its "
-                           "record: dropped", pid)
-            plan = None
-        plans[entry[3:10]] = plan
-        return plan
+        return self.processes.get(pid) or self.exited.get(pid)
 
     def flight_records(self) -> list[Record]:
         return []       # no kernel flight ring: the processes' rings are it

@@ -66,11 +66,10 @@ Reporter = Callable[[str], None]
 
 
 class TraceSession(SessionResults, CoverageSteps):
-    """Arms, streams and reorders; the CLI renders what `sink` receives.
-
-    `stopping`, when given, is the event that stop() sets (the CLI passes
-    the one its signal handlers set, so Ctrl-C during start-up counts).
-    """
+    """Arms, streams and reorders; the CLI renders what `sink` receives
+    (`lines`: a JSON sink's plans, output/json_plans.py). `stopping`: the
+    event stop() sets (the CLI's, set by its signal handlers: Ctrl-C
+    during start-up counts)."""
 
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
@@ -81,11 +80,8 @@ class TraceSession(SessionResults, CoverageSteps):
         self.options = options
         self.sink = sink
         self.report = report
-        # `lines`: the sink renders batch-mode records by plans
-        # (output/json_plans.py), lines leaving the buffer in runs.
-        self.reorder = ReorderBuffer(
-            sink, between_batches=self._while_flooded,
-            lines=lines.write_lines if lines is not None else None)
+        self.reorder = ReorderBuffer(sink, between_batches=self._while_flooded,
+                                     lines=lines and lines.write_lines)
         self._stop = stopping if stopping is not None else threading.Event()
         self._lock = threading.RLock()  # the follower's thread arms too
         self._deadline: float | None = None
@@ -103,9 +99,8 @@ class TraceSession(SessionResults, CoverageSteps):
             self._on_exec, report)
         if options.batch:
             from recorder_tracer.session.batch_topics import BatchTopics
-            self.recorder = BatchTopics(  # type: ignore[assignment]
-                options, self.reorder.push, report, self._lock, plans=lines,
-                emit_many=self.reorder.push_many)
+            self.recorder = BatchTopics(options, self.reorder, report,
+                                        self._lock, lines)  # type: ignore[assignment]
             self.sources.append(self.recorder)
         elif options.topics:
             self.recorder = RecorderTopics(options, self.reorder.push, report,
@@ -141,8 +136,7 @@ class TraceSession(SessionResults, CoverageSteps):
 
     @property
     def lock(self) -> threading.RLock:
-        """Held while processes are armed, disarmed or forgotten: a reader
-        in another thread takes it to see them consistently."""
+        """Held while arming, disarming or forgetting: for other threads."""
         return self._lock
 
     @property
