@@ -52,6 +52,7 @@ CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")  # kind pid topic count skip shard
                                             # reserved first comm
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
+TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
 
 RecordHandler = Callable[[int, Any], None]
 # cpu, pid, comm, entries (abi.ENTRY tuples): a chunk without %s arguments
@@ -113,10 +114,13 @@ class _Ring:
         """The committed messages up to the first still being written,
         copied out in one slice; their space is released."""
         consumer = self._consumer.value
-        available = _U64.unpack_from(self._data, 0)[0] - consumer
-        self.caught_up = available <= 0
-        if available <= 0:
+        committed = _U64.unpack_from(self._data, 0)[0] - consumer
+        self.caught_up = committed <= 0
+        if committed <= 0:
             return []
+        # At most TAKE_MAX at a time: a large ring read whole would be
+        # copied whole, and held decoded (resident memory).
+        available = min(committed, TAKE_MAX)
         start = self._page + (consumer & self._mask)
         region = self._data[start:start + available]
         view = memoryview(region)
@@ -128,11 +132,13 @@ class _Ring:
             if header & BUSY_BIT:
                 break
             length = header & ~(BUSY_BIT | DISCARD_BIT)
+            if position + RING_HEADER + length > available:
+                break       # past TAKE_MAX: the next take() has it
             if not header & DISCARD_BIT:
                 messages.append(view[position + RING_HEADER:
                                      position + RING_HEADER + length])
             position += (length + RING_HEADER + 7) & ~7
-        self.caught_up = position >= available
+        self.caught_up = position >= committed
         self._consumer.value = consumer + position
         return messages
 
