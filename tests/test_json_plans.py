@@ -1,0 +1,156 @@
+"""`recorder trace --batch --json` renders entries by line plans
+(output/json_plans.py): every line a plan writes is the line the JSON
+writer writes for the same record, byte for byte; what no plan fits keeps
+the Record path; lines and records leave the reorder buffer in time order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from helpers.tracer import Workload
+
+from recorder_tracer.abi import ENTRY, ENTRY_SPAN_END
+from recorder_tracer.decode.entry import RawEntry, entry_record
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.reorder import ReorderBuffer
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.output.json_plans import JsonPlans
+from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.session.loop import TraceOptions, TraceSession
+
+VALUES = [0, 1, 7, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
+          2**63 - 1, 2**63, 2**64 - 1, 2**64 - 300, 1234567890123]
+INTEGER_FORMATS = [
+    "load %ld %ld", "%d|%i", "%u and %lu", "%x %lx", "%X%llX", "%o-%lo",
+    "%hhd %hhu", "%hd %hx", "%zd %jx", "100%% %d%%", "%qd %Lu",
+    'quote " backslash \\ tab \t nl \n %d', "csi \x9b31m bidi \u202e %d",
+    "é ü 漢 %d", "",
+]
+
+
+def entry(fmt_address: int, values: list[int], arg_types: int = 0,
+          flags: int = 0, nargs: int | None = None) -> tuple[int, ...]:
+    nargs = len(values) if nargs is None else nargs
+    args = [*values, *[0] * (12 - len(values))]
+    return ENTRY.unpack(ENTRY.pack(123_456_789, 5, 4242, 3, arg_types, 1, nargs,
+                                   flags, fmt_address, 0x2000, *args))
+
+
+def writer_line(raw: tuple[int, ...], fmt: str, *, comm: str, topic: str,
+                where: str, ns_pid: int | None = None) -> str:
+    """The JSON writer's line for `raw`, decoded as the session decodes."""
+    texts = {raw[8]: fmt, raw[9]: where}
+    record = entry_record(RawEntry(*raw[:10], raw[10:22]), pid=77, comm=comm,
+                          topic=topic, text=texts.get, string=lambda a: None,
+                          cpu=1, ns_pid=ns_pid)
+    return JsonPlans.render(record)
+
+
+def plan_line(raw: tuple[int, ...], fmt: str, *, comm: str = "app",
+              topic: str = "net", where: str = "a.c:3",
+              ns_pid: int | None = None) -> str | None:
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    plan = plans.plan(raw, pid=77, comm=comm, cpu=1, topic=topic, where=where,
+                      fmt=fmt, ns_pid=ns_pid)
+    return None if plan is None else plan(raw)
+
+
+@pytest.mark.parametrize("fmt", INTEGER_FORMATS)
+def test_a_plan_writes_the_writers_line_for_integer_formats(fmt: str) -> None:
+    conversions = fmt.replace("%%", "").count("%")
+    for first in VALUES:
+        for second in (0, 2**64 - 1, 3):
+            values = [*[first, second][:conversions], first ^ 0x55]
+            for kinds in (0, 0b11 << (2 * conversions)):    # int, then pointer
+                raw = entry(0x1000, values, arg_types=kinds)
+                expected = writer_line(raw, fmt, comm="app", topic="net",
+                                       where="a.c:3")
+                assert plan_line(raw, fmt) == expected, (fmt, values)
+
+
+def test_a_plan_escapes_names_a_process_chose_as_the_writer_does() -> None:
+    names = {"comm": 'a"%d\\\x1b[2J', "topic": "t%s\u2028", "where": "w\u202e%%.c:1"}
+    raw = entry(0x1000, [5])
+    assert plan_line(raw, "v=%d", **names) == writer_line(raw, "v=%d", **names)
+
+
+def test_a_plan_writes_a_span_ends_duration_and_the_namespace_pid() -> None:
+    raw = entry(0x1000, [2**64 - 5, 9], flags=ENTRY_SPAN_END)
+    expected = writer_line(raw, "end %d", comm="c", topic="t", where="w", ns_pid=3)
+    assert '"duration_ns": -5' in expected and '"ns_pid": 3' in expected
+    assert plan_line(raw, "end %d", comm="c", topic="t", where="w",
+                     ns_pid=3) == expected
+
+
+@pytest.mark.parametrize(("fmt", "values", "arg_types"), [
+    ("%5d", [1], 0), ("%-d", [1], 0), ("%.3d", [1], 0), ("%*d", [3, 1], 0),
+    ("%s", [0x3000], 0b10), ("%f", [0], 0b01), ("%d %d", [1], 0),
+    ("%d", [1, 0], 0b0100), ("%c", [65], 0), ("%p", [1], 0), ("%k", [1], 0),
+])
+def test_no_plan_for_what_only_the_record_path_renders(fmt: str, values: list[int],
+                                                       arg_types: int) -> None:
+    assert plan_line(entry(0x1000, values, arg_types=arg_types), fmt) is None
+
+
+def test_lines_and_records_leave_the_reorder_buffer_in_time_order() -> None:
+    out: list[object] = []
+    buffer = ReorderBuffer(out.append, lines=lambda lines: out.append(list(lines)))
+
+    def record(ts: int) -> Record:
+        return Record(ts=ts, pid=1, tid=1, comm="a", topic="t", where="?",
+                      message=str(ts))
+    buffer.push_many([(10, "a10"), (30, "a30"), (50, "a50")])
+    buffer.push_many([(20, record(20)), (30, "b30"), (40, "b40")])
+    buffer.push(record(5))
+    buffer.flush(until_ns=30)
+    assert [item if isinstance(item, list) else item.ts for item in out] == [
+        5, ["a10"], 20, ["a30", "b30"]]
+    out.clear()
+    buffer.flush_all()
+    assert out == [["b40", "a50"]]
+
+
+@pytest.mark.bpf
+@pytest.mark.host   # the batch harvest is host-only for now (test_batch.py)
+def test_a_batch_trace_writes_by_plans_what_the_writer_writes(progs: Path,
+                                                               tmp_path: Path) -> None:
+    workload = Workload(progs)
+    path = tmp_path / "trace.json"
+    try:
+        with open(path, "w") as stream:
+            writer = JsonLinesWriter(stream)
+            plans = JsonPlans(writer)
+            session = TraceSession(
+                TraceOptions(latency=False, pids=[workload.pid],
+                             spec=TopicSpec.parse("tick:tock:flood")),
+                writer.write, lines=plans)
+            session.start()
+            workload.record("flood", 997)      # within its 1024-entry ring
+            workload.record("tick", 20)       # %s and %f: the Record path
+            workload.record("tock", 50)
+            session.close()
+            writer.close(session.summaries())
+    finally:
+        workload.process.kill()
+        workload.process.wait()
+    lines = path.read_text().splitlines(keepends=True)
+    values = [json.loads(line) for line in lines]
+    records = [v for v in values if v["type"] == "record"]
+    assert plans.built >= 2      # flood's and tock's
+    for line, value in zip(lines, values, strict=True):
+        if value["type"] != "record":
+            continue
+        fields = {key: value[key] for key in ("ts", "pid", "tid", "comm", "topic",
+                                              "where", "message", "args", "cpu",
+                                              "flags")}
+        assert JsonPlans.render(Record(**fields)) == line
+    by_topic = {topic: [r["args"][0] for r in records if r["topic"] == topic]
+                for topic in ("flood", "tick", "tock")}
+    assert by_topic == {"flood": list(range(997)), "tick": list(range(20)),
+                        "tock": list(range(50))}
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    assert values[-1]["received"] == len(records) and values[-1]["lost"] == 0
