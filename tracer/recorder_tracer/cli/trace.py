@@ -172,10 +172,13 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     # then detaches, drains and prints the summary, even mid-start.
     with stop_on_signals() as stopping:
         sink = open_sink(output, as_json=as_json, chrome=chrome)
-        lines = None
-        if isinstance(sink, JsonLinesWriter):   # batch mode renders by plans
+        lines: Any = None     # batch mode renders by plans
+        if isinstance(sink, JsonLinesWriter):
             from recorder_tracer.output.json_plans import JsonPlans
             lines = JsonPlans(sink)
+        elif isinstance(sink, TextPrinter):
+            from recorder_tracer.output.text_plans import TextPlans
+            lines = TextPlans(sink)
         session = TraceSession(options, sink.write, report, stopping=stopping,
                                lines=lines)
         try:

@@ -80,15 +80,17 @@ class ReorderBuffer:
     (stably, by timestamp: equal ones keep their order of arrival): a
     batch source pushes its runs, already nearly sorted, with push_many(),
     at no per-record cost here. An item is a Record, or a line its source
-    rendered already (a str, through the `lines` sink: decode in batches,
-    session/batch_topics.py), which leaves in the same order.
+    rendered already (a str: decode in batches, output/json_plans.py),
+    which leaves in the same order, in runs of (timestamp, line) pairs
+    through the `lines` sink.
     """
 
     def __init__(self, sink: Callable[[Record], None],
                  window_ns: int = REORDER_WINDOW_NS,
                  between_batches: Callable[[], None] | None = None,
                  batch: int = 4096, margin_ns: int = REORDER_MARGIN_NS,
-                 lines: Callable[[list[str]], None] | None = None) -> None:
+                 lines: Callable[[list[tuple[int, str]]], None] | None = None
+                 ) -> None:
         self.sink = sink
         self.lines = lines
         self.window_ns = window_ns
@@ -188,10 +190,11 @@ class ReorderBuffer:
         if not ready:
             return
         self._last_ts = max(self._last_ts, ready[-1][0])
-        lines: list[str] = []
-        for _ts, item in ready:
+        lines: list[tuple[int, str]] = []
+        for pair in ready:
+            item = pair[1]
             if type(item) is str:
-                lines.append(item)
+                lines.append(pair)
                 continue
             if lines:
                 self._send_lines(lines)
@@ -200,6 +203,6 @@ class ReorderBuffer:
         if lines:
             self._send_lines(lines)
 
-    def _send_lines(self, lines: list[str]) -> None:
+    def _send_lines(self, lines: list[tuple[int, str]]) -> None:
         assert self.lines is not None, "a rendered line needs a lines sink"
         self.lines(lines)

@@ -67,18 +67,20 @@ def _converted(index: int, conversion: str, length: str) -> str:
     return f"({value} & {mask})"
 
 
-def message_template(fmt: str, nargs: int) -> tuple[str, list[str]] | None:
-    """The message's part of a line template and its expressions; None
-    when the format has more than plain integer conversions."""
+def message_template(fmt: str, nargs: int, escape: Callable[[str], str] = _inner
+                     ) -> tuple[str, list[str]] | None:
+    """The message's part of a line template (its literal parts through
+    `escape`, which doubles '%') and its expressions; None when the format
+    has more than plain integer conversions."""
     parts: list[str] = []
     values: list[str] = []
     next_arg = position = 0
     while True:
         start = fmt.find("%", position)
         if start < 0:
-            parts.append(_inner(fmt[position:]))
+            parts.append(escape(fmt[position:]))
             return "".join(parts), values
-        parts.append(_inner(fmt[position:start]))
+        parts.append(escape(fmt[position:start]))
         match = _SPEC.match(fmt, start)
         assert match is not None    # the pattern matches any "%"
         position = match.end()
@@ -142,22 +144,24 @@ class JsonPlans:
         """The writer's own line for `record` (what a plan must equal)."""
         return _dumps(record_json(record)) + "\n"
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Write rendered lines at once (one flush, when flushing)."""
+    def write_lines(self, lines: list[tuple[int, str]]) -> None:
+        """Write rendered (timestamp, line) pairs at once (one flush, when
+        flushing)."""
         writer = self.writer
         writer._header()
-        writer._emit("".join(lines))
+        writer._emit("".join([line for _ts, line in lines]))
         writer.count += len(lines)
 
 
 class ChunkLines:
     """A batch stream's chunks (kernel/batch_stream.py `on_chunk`) to
-    `emit_many`: each entry as a line by its plan where one fits, as a
+    `emit_many`: each entry as a line by its plan (`plans`: JsonPlans, or
+    output/text_plans.py's TextPlans) where one fits, as a
     Record (`entry_record`) where none does (every one without `plans`).
     `process_of(pid)` gives the process (session/armed.py) whose image and
     topics name its entries, None to take the Record path for the chunk."""
 
-    def __init__(self, plans: JsonPlans | None,
+    def __init__(self, plans: Any,
                  emit_many: Callable[[list[tuple[int, Any]]], None],
                  process_of: Callable[[int], Any], entry_record: EntryRecord) -> None:
         self.plans = plans

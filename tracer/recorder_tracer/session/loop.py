@@ -55,6 +55,7 @@ from recorder_tracer.session.tracker import ProcessTracker
 
 if TYPE_CHECKING:
     from recorder_tracer.output.json_plans import JsonPlans
+    from recorder_tracer.output.text_plans import TextPlans
     from recorder_tracer.postmortem.snapshot import SnapshotWatcher
     from recorder_tracer.session.usdt import UsdtSource
 
@@ -67,14 +68,14 @@ Reporter = Callable[[str], None]
 
 class TraceSession(SessionResults, CoverageSteps):
     """Arms, streams and reorders; the CLI renders what `sink` receives
-    (`lines`: a JSON sink's plans, output/json_plans.py). `stopping`: the
+    (`lines`: its line plans, output/json_plans.py). `stopping`: the
     event stop() sets (the CLI's, set by its signal handlers: Ctrl-C
     during start-up counts)."""
 
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
                  stopping: threading.Event | None = None,
-                 lines: JsonPlans | None = None) -> None:
+                 lines: JsonPlans | TextPlans | None = None) -> None:
         if not (options.topics or options.usdt):
             raise TracerError("nothing to trace: no topics and no USDT probe")
         self.options = options

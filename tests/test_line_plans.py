@@ -1,7 +1,8 @@
-"""`recorder trace --batch --json` renders entries by line plans
-(output/json_plans.py): every line a plan writes is the line the JSON
-writer writes for the same record, byte for byte; what no plan fits keeps
-the Record path; lines and records leave the reorder buffer in time order.
+"""`recorder trace --batch` renders entries by line plans
+(output/json_plans.py, output/text_plans.py): every line a plan writes is
+the line the JSON writer (or the text printer) writes for the same record,
+byte for byte; what no plan fits keeps the Record path; lines and records
+leave the reorder buffer in time order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.output.json_plans import JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.output.text import TextPrinter, format_record
+from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 VALUES = [0, 1, 7, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
@@ -72,6 +75,41 @@ def test_a_plan_writes_the_writers_line_for_integer_formats(fmt: str) -> None:
                 assert plan_line(raw, fmt) == expected, (fmt, values)
 
 
+def text_lines(raw: tuple[int, ...], fmt: str, **names: str) -> tuple[str, str | None]:
+    """format_record's line for `raw` (TIME relative to itself) and the
+    text plan's, TIME rendered as write_lines renders it."""
+    texts = {raw[8]: fmt, raw[9]: names["where"]}
+    record = entry_record(RawEntry(*raw[:10], raw[10:22]), pid=77,
+                          comm=names["comm"], topic=names["topic"],
+                          text=texts.get, string=lambda a: None, cpu=1)
+    stream = io.StringIO()
+    printer = TextPrinter(stream, header=False)
+    plans = TextPlans(printer)
+    plan = plans.plan(raw, pid=77, cpu=1, fmt=fmt, ns_pid=None, **names)
+    if plan is None:
+        return format_record(record, origin_ns=raw[0]) + "\n", None
+    plans.write_lines([(raw[0], plan(raw))])
+    return format_record(record, origin_ns=raw[0]) + "\n", stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [*INTEGER_FORMATS, "ends in a newline %d\n",
+                                 "two\n\n", "%d\n%d\n"])
+def test_a_text_plan_prints_the_printers_line(fmt: str) -> None:
+    conversions = fmt.replace("%%", "").count("%")
+    for first in VALUES:
+        values = [first, 2**64 - 1][:conversions]
+        expected, line = text_lines(entry(0x1000, values), fmt, comm="app",
+                                    topic="net", where="src/a.c:3")
+        assert line == expected, (fmt, values)
+
+
+def test_a_text_plan_cuts_and_escapes_columns_as_the_printer_does() -> None:
+    names = {"comm": "a%d\x1b[2J\u202e", "topic": "function__entry_of_a_long_name",
+             "where": "/very/long/path/to/some/source\x9b.c:1234"}
+    expected, line = text_lines(entry(0x1000, [5]), "v=%d", **names)
+    assert line == expected
+
+
 def test_a_plan_escapes_names_a_process_chose_as_the_writer_does() -> None:
     names = {"comm": 'a"%d\\\x1b[2J', "topic": "t%s\u2028", "where": "w\u202e%%.c:1"}
     raw = entry(0x1000, [5])
@@ -98,7 +136,8 @@ def test_no_plan_for_what_only_the_record_path_renders(fmt: str, values: list[in
 
 def test_lines_and_records_leave_the_reorder_buffer_in_time_order() -> None:
     out: list[object] = []
-    buffer = ReorderBuffer(out.append, lines=lambda lines: out.append(list(lines)))
+    buffer = ReorderBuffer(out.append, lines=lambda lines: out.append(
+        [line for _ts, line in lines]))
 
     def record(ts: int) -> Record:
         return Record(ts=ts, pid=1, tid=1, comm="a", topic="t", where="?",
@@ -112,6 +151,42 @@ def test_lines_and_records_leave_the_reorder_buffer_in_time_order() -> None:
     out.clear()
     buffer.flush_all()
     assert out == [["b40", "a50"]]
+
+
+@pytest.mark.bpf
+@pytest.mark.host   # the batch harvest is host-only for now (test_batch.py)
+def test_a_batch_trace_prints_by_plans_what_the_printer_prints(progs: Path) -> None:
+    workload = Workload(progs)
+    stream = io.StringIO()
+    printer = TextPrinter(stream)
+    plans = TextPlans(printer)
+    records: list[Record] = []
+    try:
+        session = TraceSession(
+            TraceOptions(latency=False, pids=[workload.pid],
+                         spec=TopicSpec.parse("tick:tock:flood")),
+            lambda record: (records.append(record), printer.write(record)),
+            lines=plans)
+        session.start()
+        workload.record("flood", 997)
+        workload.record("tick", 20)       # %s and %f: the Record path
+        workload.record("tock", 50)
+        session.close()
+    finally:
+        workload.process.kill()
+        workload.process.wait()
+    lines = stream.getvalue().splitlines()[1:]      # under the header
+    assert plans.built >= 2 and len(records) == 20
+    assert len(lines) == 997 + 20 + 50
+    columns = [line.split(maxsplit=6) for line in lines]
+    times = [float(column[0]) for column in columns]
+    assert times == sorted(times) and times[0] == 0.0
+    assert [c[6] for c in columns if c[4] == "flood"] == [
+        f"flood {i}" for i in range(997)]
+    assert [c[6] for c in columns if c[4] == "tock"] == [f"tock {i}" for i in range(50)]
+    printed = {line for line in lines if " tick " in line}
+    assert {format_record(r, origin_ns=printer.origin_ns,
+                          topic_width=printer.topic_width) for r in records} == printed
 
 
 @pytest.mark.bpf
