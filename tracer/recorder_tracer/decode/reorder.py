@@ -4,8 +4,9 @@ Each per-CPU stream is in order (a BPF ring buffer per CPU for recorder
 topics, a perf buffer per CPU for USDT probes: kernel/stream.py), but the
 controller reads them one after another, and with --usdt beside recorder
 topics two programs' streams: a record read now may be older than one read
-a moment ago. So records wait in a heap and leave oldest first; one buffer
-shared by every stream gives one merged output.
+a moment ago. So records wait, and leave oldest first (a stable sort of
+what is held at each flush: runs that came in order cost it little); one
+buffer shared by every stream gives one merged output.
 
 How long they wait: once every stream was read empty at time T (its
 `drained_ns`), no record committed before T can still come, so what is
