@@ -31,7 +31,7 @@ INTEGER_FORMATS = [
     "load %ld %ld", "%d|%i", "%u and %lu", "%x %lx", "%X%llX", "%o-%lo",
     "%hhd %hhu", "%hd %hx", "%zd %jx", "100%% %d%%", "%qd %Lu",
     'quote " backslash \\ tab \t nl \n %d', "csi \x9b31m bidi \u202e %d",
-    "é ü 漢 %d", "",
+    "é ü 漢 %d", "{braces} {t[0]} 'single' %d", "",
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from recorder_tracer.abi import ARG_INT, ARG_POINTER, MAX_ARGS
 from recorder_tracer.decode.record import Record
-from recorder_tracer.output.json_plans import LinePlan, message_template
+from recorder_tracer.output.json_plans import LinePlan, compile_plan, message_parts
 from recorder_tracer.output.text import (
     TIME_COLUMN,
     WHERE_WIDTH,
@@ -24,14 +24,9 @@ from recorder_tracer.output.text import (
 from recorder_tracer.terminal import escape_controls
 
 
-def _constant(text: str) -> str:
-    """A column's text a process chose, escaped, '%' doubled."""
-    return escape_controls(text).replace("%", "%%")
-
-
 def _message_part(text: str) -> str:
     """A literal part of a message, as format_record shows it."""
-    return escape_controls(text.replace("\n", "\\n")).replace("%", "%%")
+    return escape_controls(text.replace("\n", "\\n"))
 
 
 class TextPlans:
@@ -50,20 +45,19 @@ class TextPlans:
                for i in range(nargs)):
             return None
         # format_record drops a final newline: a plan's is in a literal part.
-        message = message_template(fmt.removesuffix("\n"), nargs, _message_part)
+        message = message_parts(fmt.removesuffix("\n"), nargs, _message_part)
         if message is None:
             return None
-        text, values = message
         width = self.printer.topic_width
         if len(where) > WHERE_WIDTH:
             where = ".." + where[-(WHERE_WIDTH - 2):]
-        template = " ".join([
-            str(pid).ljust(7), "%-7d", _constant(comm).ljust(16),
-            _constant(shorten(topic, width)).ljust(width),
-            _constant(where).ljust(WHERE_WIDTH), text]) + "\n"
-        code = f"lambda t: _template % (t[2], {', '.join(values)})"
         self.built += 1
-        return eval(code, {"_template": template})
+        return compile_plan([
+            str(pid).ljust(7) + " ", ("t[2]", "<7"), " " + " ".join([
+                escape_controls(comm).ljust(16),
+                escape_controls(shorten(topic, width)).ljust(width),
+                escape_controls(where).ljust(WHERE_WIDTH), ""]),
+            *message, "\n"])
 
     def render(self, record: Record) -> str:
         """format_record's line for `record` after its TIME column (what a
