@@ -33,9 +33,12 @@ from recorder_tracer.terminal import json_escaped
 LinePlan = Callable[[tuple[int, ...]], str]
 Entry = tuple[int, ...]
 EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
-PLANS_KEPT = 256        # line plans per (process, comm, CPU): a process
-CONTEXTS_KEPT = 4096    # chooses its formats; past these, Records
-_NOT_BUILT = object()
+# A process chooses its entries' kinds (it writes its own format addresses):
+# a kind gets a plan only when seen a second time (one-off kinds stay on the
+# Record path, not compiled), and all kinds known are forgotten past these.
+KINDS_KEPT = 4096
+CONTEXTS_KEPT = 1024
+_SEEN_ONCE = object()
 ARGS_AT = 10            # the first argument's index in an ENTRY tuple
 _SPECS = {"d": "", "i": "", "u": "", "o": "o", "x": "x", "X": "X"}
 # A plan's parts: constant text, or (expression of `t`, format spec)
@@ -191,6 +194,7 @@ class ChunkLines:
         self.process_of = process_of
         self.entry_record = entry_record
         self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
+        self._kinds = 0     # kinds known, in all contexts
 
     def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry]) -> None:
         process = self.process_of(pid) if self.plans is not None else None
@@ -202,13 +206,15 @@ class ChunkLines:
         context = self._contexts.get(key)
         if (context is None or context[0] is not process
                 or context[1] is not process.image):
-            if len(self._contexts) >= CONTEXTS_KEPT:
+            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
                 self._contexts.clear()
+                self._kinds = 0
             context = self._contexts[key] = (process, process.image, {})
         plans = context[2]
         kind = entries[0][3:10]
         plan = plans.get(kind)
-        if plan is not None and all(entry[3:10] == kind for entry in entries):
+        if (plan is not None and plan is not _SEEN_ONCE
+                and all(entry[3:10] == kind for entry in entries)):
             # The common chunk: one kind of entry throughout.
             self.emit_many([(entry[0], plan(entry)) for entry in entries])
             return
@@ -216,19 +222,21 @@ class ChunkLines:
         for entry in entries:
             # Its kind: topic, argument kinds, CPU, count, flags, format
             # and location addresses.
-            plan = plans.get(entry[3:10], _NOT_BUILT)
-            if plan is _NOT_BUILT:
-                plan = self._new_plan(process, plans, cpu, pid, comm, entry)
+            kind = entry[3:10]
+            plan = plans.get(kind)
+            if plan is _SEEN_ONCE:
+                plan = plans[kind] = self._new_plan(process, cpu, pid, comm, entry)
+            elif plan is None and kind not in plans:
+                plans[kind] = _SEEN_ONCE
+                self._kinds += 1
             items.append((entry[0], plan(entry) if plan is not None
                           else self.entry_record(cpu, pid, comm, entry)))
         self.emit_many(items)
 
-    def _new_plan(self, process: Any, plans: dict, cpu: int, pid: int,
-                  comm: bytes, entry: Entry) -> LinePlan | None:
+    def _new_plan(self, process: Any, cpu: int, pid: int, comm: bytes,
+                  entry: Entry) -> LinePlan | None:
         """The line plan of `entry`'s kind, checked on it against the
         writer's own line (None: Records for this kind)."""
-        if len(plans) >= PLANS_KEPT or self.plans is None:
-            return None
         record = self.entry_record(cpu, pid, comm, entry)
         fmt = process.image.string(entry[8])
         plan = None
@@ -240,5 +248,4 @@ class ChunkLines:
             SESSION.record("json plans: a plan of pid %d differs from its "
                            "record's line: dropped", pid)
             plan = None
-        plans[entry[3:10]] = plan
         return plan
