@@ -172,10 +172,7 @@ class JsonPlans:
     def write_lines(self, lines: list[tuple[int, str]]) -> None:
         """Write rendered (timestamp, line) pairs at once (one flush, when
         flushing)."""
-        writer = self.writer
-        writer._header()
-        writer._emit("".join([line for _ts, line in lines]))
-        writer.count += len(lines)
+        self.writer.write_lines("".join([line for _ts, line in lines]), len(lines))
 
 
 class ChunkLines:
