@@ -129,6 +129,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     Exit status: 0; 1 on an error, or if an item of SPEC matched no topic
     of the traced processes by the end (a mistyped topic); 2 on bad usage."""
     from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.output.jsonl import JsonLinesWriter
     from recorder_tracer.output.sinks import open_sink
     from recorder_tracer.output.text import TextPrinter
     from recorder_tracer.output.writer import Summary
@@ -171,7 +172,15 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     # then detaches, drains and prints the summary, even mid-start.
     with stop_on_signals() as stopping:
         sink = open_sink(output, as_json=as_json, chrome=chrome)
-        session = TraceSession(options, sink.write, report, stopping=stopping)
+        lines: Any = None     # batch mode renders by plans
+        if isinstance(sink, JsonLinesWriter):
+            from recorder_tracer.output.json_plans import JsonPlans
+            lines = JsonPlans(sink)
+        elif isinstance(sink, TextPrinter):
+            from recorder_tracer.output.text_plans import TextPlans
+            lines = TextPlans(sink)
+        session = TraceSession(options, sink.write, report, stopping=stopping,
+                               lines=lines)
         try:
             session.start()
         except BaseException:
