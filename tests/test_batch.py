@@ -128,6 +128,36 @@ def test_batch_harvests_a_process_at_its_exit(workloads) -> None:
     assert_balanced(session)
 
 
+def test_batch_exit_harvest_accounts_every_topic_after_a_full_ring(progs: Path) -> None:
+    # Pinned to one CPU, it fills flood's whole 1,024-entry shard (64
+    # chunks: more than a walk's steps) and then tock's, and exits at once:
+    # the harvest at its exit copies what it can, counts the rest lost,
+    # and reaches tock's shard too (it used to run out of steps there, and
+    # tock's records were counted nowhere: produced came out short).
+    workload = Workload(progs, command=["taskset", "-c", "0",
+                                        str(progs / "workload_ticks")])
+    try:
+        records: list[Record] = []
+        session = batch_session(records, pids=[workload.pid],
+                                spec=TopicSpec.parse("flood:tock"))
+        assert workload.process.stdin is not None
+        workload.process.stdin.write("flood 1024\ntock 60\nexit\n")
+        workload.process.stdin.flush()
+        assert workload.process.wait(timeout=scaled(30)) == 0
+        session.close()
+    finally:
+        if workload.process.poll() is None:
+            workload.process.kill()
+            workload.process.wait()
+    losses = session.topic_losses()
+    assert losses[(workload.pid, "flood")].produced == 1024
+    assert losses[(workload.pid, "tock")].produced == 60
+    for topic in ("flood", "tock"):
+        loss = losses[(workload.pid, topic)]
+        assert loss.streamed == len([r for r in records if r.topic == topic])
+    assert_balanced(session)
+
+
 def test_batch_harvests_a_command_from_its_first_record(progs: Path) -> None:
     records: list[Record] = []
     session = TraceSession(
