@@ -100,12 +100,17 @@ class ReorderBuffer:
         self._last_ts = -1      # the newest timestamp emitted
         self.between_batches = between_batches
         self.batch = batch
+        # What the last flush left, sorted; and what came since, in order
+        # of arrival: each flush sorts only the new (a record is sorted once
+        # at its arrival, not at every flush while it waits), and merges by
+        # a full sort only when they reach back before the newest kept.
         self._held: list[tuple[int, Any]] = []
+        self._fresh: list[tuple[int, Any]] = []
         self._oldest: int | None = None     # the oldest timestamp held
         self._arrivals = 0
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self._held) + len(self._fresh)
 
     def push(self, record: Record) -> None:
         """Hold `record` until its turn."""
@@ -125,7 +130,7 @@ class ReorderBuffer:
                     self.late += 1
                     self.margin_ns = min(self.window_ns,
                                          self.margin_ns + 2 * (self._last_ts - ts))
-        self._held.extend(items)
+        self._fresh.extend(items)
         if self._oldest is None or oldest < self._oldest:
             self._oldest = oldest
         before = self._arrivals
@@ -171,8 +176,7 @@ class ReorderBuffer:
             until_ns = self.ready_until()
         if self._oldest is None or self._oldest > until_ns:
             return
-        held = self._held
-        held.sort(key=_TS)
+        held = self._merged()
         cut = bisect_right(held, until_ns, key=_TS)
         ready = held[:cut]
         del held[:cut]
@@ -181,10 +185,24 @@ class ReorderBuffer:
 
     def flush_all(self) -> None:
         """Emit everything held (at the end of a trace)."""
-        held, self._held = self._held, []
+        held = self._merged()
+        self._held = []
         self._oldest = None
-        held.sort(key=_TS)
         self._emit(held)
+
+    def _merged(self) -> list[tuple[int, Any]]:
+        """Everything held, sorted stably by timestamp (equal ones in their
+        order of arrival)."""
+        held, fresh = self._held, self._fresh
+        if fresh:
+            self._fresh = []
+            fresh.sort(key=_TS)
+            if held and fresh[0][0] < held[-1][0]:
+                held.extend(fresh)
+                held.sort(key=_TS)      # stable: the kept ones came first
+            else:
+                held.extend(fresh)
+        return held
 
     def _emit(self, ready: list[tuple[int, Any]]) -> None:
         """Send `ready` (sorted) on: runs of lines in one call."""
