@@ -48,7 +48,7 @@
 #include <linux/signal.h>
 #include "batch.h"
 
-#define BATCH_STEPS   2         /* chunks or shard openings per program run */
+#define BATCH_STEPS   4         /* chunks or shard openings per program run */
 #define BATCH_CALLS   30        /* tail calls (the kernel allows 33) */
 /* A final walk (exit, fatal signal) keeps its last runs for counting: a
  * shard it opens then is counted lost (refused) instead of copied, so a
