@@ -215,6 +215,11 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                                f"of {loss.produced} "
                                "lost (overwritten in its ring before a harvest, "
                                "or refused at its end)", err=True)
+            unfinished = getattr(session.recorder, "unfinished_walks", 0)
+            if unfinished:
+                click.echo(f"{unfinished} harvests at a process's end ran out of "
+                           "steps before its last shard: what those shards held "
+                           "is outside the counts above", err=True)
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)

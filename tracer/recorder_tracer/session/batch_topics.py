@@ -15,6 +15,7 @@ arm_at_exec() arms a command stopped at its exec by its registry's symbol.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -354,9 +355,14 @@ class BatchTopics:
         for process in self.exited.values():
             process.image.close()
 
+    unfinished_walks = 0    # final harvests that ended before a shard (batch.c)
+
     def release(self) -> None:
         """Keep the loss counts, then free the stream and the program."""
         self._final_losses = self.topic_losses()
+        with contextlib.suppress(Exception):   # a count: never in the way
+            self.unfinished_walks = sum(cpu.get("unfinished", 0)
+                                        for cpu in self.batch.counters())
         self.stream.close()
         self.batch.close()
         if self.capture is not None:
