@@ -128,6 +128,38 @@ def test_batch_harvests_a_process_at_its_exit(workloads) -> None:
     assert_balanced(session)
 
 
+def test_batch_exit_harvest_counts_a_shard_after_a_full_one(progs: Path) -> None:
+    # On CPU 1 it fills that CPU's stream (nothing reads it before close()),
+    # so its last records stay in its CPU-1 shard; moved to CPU 0, it fills
+    # its CPU-0 shard (1,024 entries: 64 chunks) and exits at once. The
+    # harvest at its exit copies shard 0 into CPU 0's empty stream, then
+    # must still reach shard 1: a walk that spent its steps on shard 0 used
+    # to end there, shard 1's records counted nowhere (produced short).
+    workload = Workload(progs, command=["taskset", "-c", "1",
+                                        str(progs / "workload_ticks")])
+    try:
+        records: list[Record] = []
+        session = batch_session(records, pids=[workload.pid],
+                                spec=TopicSpec.parse("flood"))
+        for _ in range(12):         # ~14,000 entries: more than 1 MiB of stream
+            workload.record("flood", 1000)
+        workload.record("flood", 500)
+        os.sched_setaffinity(workload.pid, {0})
+        assert workload.process.stdin is not None
+        workload.process.stdin.write("flood 1024\nexit\n")
+        workload.process.stdin.flush()
+        assert workload.process.wait(timeout=scaled(30)) == 0
+        session.close()
+    finally:
+        if workload.process.poll() is None:
+            workload.process.kill()
+            workload.process.wait()
+    loss = session.topic_losses()[(workload.pid, "flood")]
+    assert loss.produced == 12 * 1000 + 500 + 1024
+    assert loss.streamed == len(records)
+    assert_balanced(session)
+
+
 def test_batch_harvests_a_command_from_its_first_record(progs: Path) -> None:
     records: list[Record] = []
     session = TraceSession(

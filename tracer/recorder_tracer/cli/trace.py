@@ -129,6 +129,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     Exit status: 0; 1 on an error, or if an item of SPEC matched no topic
     of the traced processes by the end (a mistyped topic); 2 on bad usage."""
     from recorder_tracer.decode.spec import TopicSpec
+    from recorder_tracer.output.jsonl import JsonLinesWriter
     from recorder_tracer.output.sinks import open_sink
     from recorder_tracer.output.text import TextPrinter
     from recorder_tracer.output.writer import Summary
@@ -171,7 +172,15 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     # then detaches, drains and prints the summary, even mid-start.
     with stop_on_signals() as stopping:
         sink = open_sink(output, as_json=as_json, chrome=chrome)
-        session = TraceSession(options, sink.write, report, stopping=stopping)
+        lines: Any = None     # batch mode renders by plans
+        if isinstance(sink, JsonLinesWriter):
+            from recorder_tracer.output.json_plans import JsonPlans
+            lines = JsonPlans(sink)
+        elif isinstance(sink, TextPrinter):
+            from recorder_tracer.output.text_plans import TextPlans
+            lines = TextPlans(sink)
+        session = TraceSession(options, sink.write, report, stopping=stopping,
+                               lines=lines)
         try:
             session.start()
         except BaseException:
@@ -212,6 +221,11 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                            "before their commit than the reordering margin: a "
                            "thread preempted in between); the margin grew to "
                            f"{session.reorder.margin_ns // 1_000_000} ms", err=True)
+            unfinished = getattr(session.recorder, "unfinished_walks", 0)
+            if unfinished:
+                click.echo(f"{unfinished} harvests at a process's end ran out of "
+                           "steps before its last shard: what those shards held "
+                           "is outside the counts above", err=True)
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)

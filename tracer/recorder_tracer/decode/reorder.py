@@ -4,8 +4,9 @@ Each per-CPU stream is in order (a BPF ring buffer per CPU for recorder
 topics, a perf buffer per CPU for USDT probes: kernel/stream.py), but the
 controller reads them one after another, and with --usdt beside recorder
 topics two programs' streams: a record read now may be older than one read
-a moment ago. So records wait in a heap and leave oldest first; one buffer
-shared by every stream gives one merged output.
+a moment ago. So records wait, and leave oldest first (a stable sort of
+what is held at each flush: runs that came in order cost it little); one
+buffer shared by every stream gives one merged output.
 
 How long they wait: once every stream was read empty at time T (its
 `drained_ns`), no record committed before T can still come, so what is
@@ -32,9 +33,11 @@ newer one left is counted `late`, and widens the margin.
 
 from __future__ import annotations
 
-import heapq
 import time
+from bisect import bisect_right
 from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
 
 from recorder_tracer.decode.record import Record
 
@@ -62,45 +65,78 @@ def oldest_mark(marks: list[int | None]) -> int | None:
     return min(mark for mark in marks if mark is not None)
 
 
+_TS = itemgetter(0)
+
+
 class ReorderBuffer:
-    """Records wait in a heap (see ready_until()), then go to `sink` oldest
-    first.
+    """Records wait (see ready_until()), then go to `sink` oldest first.
 
     Records with equal timestamps leave in the order they came. Every
     `batch` records pushed, `between_batches()` runs: a session flushes and
     checks for a stop there, because under a flood bcc's perf-buffer poll
     does not return (it reads until the buffer is empty, and producers
     refill it faster than Python reads it).
+
+    Held records are (timestamp, item) pairs in a list, sorted at a flush
+    (stably, by timestamp: equal ones keep their order of arrival): a
+    batch source pushes its runs, already nearly sorted, with push_many(),
+    at no per-record cost here. An item is a Record, or a line its source
+    rendered already (a str: decode in batches, output/json_plans.py),
+    which leaves in the same order, in runs of (timestamp, line) pairs
+    through the `lines` sink.
     """
 
     def __init__(self, sink: Callable[[Record], None],
                  window_ns: int = REORDER_WINDOW_NS,
                  between_batches: Callable[[], None] | None = None,
-                 batch: int = 4096, margin_ns: int = REORDER_MARGIN_NS) -> None:
+                 batch: int = 4096, margin_ns: int = REORDER_MARGIN_NS,
+                 lines: Callable[[list[tuple[int, str]]], None] | None = None
+                 ) -> None:
         self.sink = sink
+        self.lines = lines
         self.window_ns = window_ns
         self.margin_ns = min(margin_ns, window_ns)
         self.late = 0           # records that came after a newer one left
         self._last_ts = -1      # the newest timestamp emitted
         self.between_batches = between_batches
         self.batch = batch
-        self._heap: list[tuple[int, int, Record]] = []
+        # What the last flush left, sorted; and what came since, in order
+        # of arrival: each flush sorts only the new (a record is sorted once
+        # at its arrival, not at every flush while it waits), and merges by
+        # a full sort only when they reach back before the newest kept.
+        self._held: list[tuple[int, Any]] = []
+        self._fresh: list[tuple[int, Any]] = []
+        self._oldest: int | None = None     # the oldest timestamp held
         self._arrivals = 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._held) + len(self._fresh)
 
     def push(self, record: Record) -> None:
         """Hold `record` until its turn."""
-        self._arrivals += 1
-        if record.ts < self._last_ts:
-            # Stamped longer before its commit than the margin allows:
-            # leave more room from now on.
-            self.late += 1
-            self.margin_ns = min(self.window_ns,
-                                 self.margin_ns + 2 * (self._last_ts - record.ts))
-        heapq.heappush(self._heap, (record.ts, self._arrivals, record))
-        if self.between_batches is not None and self._arrivals % self.batch == 0:
+        self.push_many([(record.ts, record)])
+
+    def push_many(self, items: list[tuple[int, Any]]) -> None:
+        """Hold each (timestamp, record or rendered line) of `items`, in
+        this order of arrival."""
+        if not items:
+            return
+        oldest = min(map(_TS, items))
+        if oldest < self._last_ts:
+            for ts, _item in items:
+                if ts < self._last_ts:
+                    # Stamped longer before its commit than the margin
+                    # allows: leave more room from now on.
+                    self.late += 1
+                    self.margin_ns = min(self.window_ns,
+                                         self.margin_ns + 2 * (self._last_ts - ts))
+        self._fresh.extend(items)
+        if self._oldest is None or oldest < self._oldest:
+            self._oldest = oldest
+        before = self._arrivals
+        self._arrivals += len(items)
+        if (self.between_batches is not None
+                and self._arrivals // self.batch != before // self.batch):
             self.between_batches()
 
     def ready_until(self, drained_ns: int | None = None,
@@ -129,23 +165,63 @@ class ReorderBuffer:
     def next_due_ns(self, drained_known: bool = True) -> int | None:
         """When the oldest record held may leave, if the streams are read
         empty then (None: none held)."""
-        if not self._heap:
+        if self._oldest is None:
             return None
-        return self._heap[0][0] + (self.margin_ns if drained_known else self.window_ns)
+        return self._oldest + (self.margin_ns if drained_known else self.window_ns)
 
     def flush(self, until_ns: int | None = None) -> None:
         """Emit the records stamped at or before `until_ns` (default: the
         window before now)."""
         if until_ns is None:
             until_ns = self.ready_until()
-        while self._heap and self._heap[0][0] <= until_ns:
-            self._emit(heapq.heappop(self._heap)[2])
+        if self._oldest is None or self._oldest > until_ns:
+            return
+        held = self._merged()
+        cut = bisect_right(held, until_ns, key=_TS)
+        ready = held[:cut]
+        del held[:cut]
+        self._oldest = held[0][0] if held else None
+        self._emit(ready)
 
     def flush_all(self) -> None:
         """Emit everything held (at the end of a trace)."""
-        while self._heap:
-            self._emit(heapq.heappop(self._heap)[2])
+        held = self._merged()
+        self._held = []
+        self._oldest = None
+        self._emit(held)
 
-    def _emit(self, record: Record) -> None:
-        self._last_ts = max(self._last_ts, record.ts)
-        self.sink(record)
+    def _merged(self) -> list[tuple[int, Any]]:
+        """Everything held, sorted stably by timestamp (equal ones in their
+        order of arrival)."""
+        held, fresh = self._held, self._fresh
+        if fresh:
+            self._fresh = []
+            fresh.sort(key=_TS)
+            if held and fresh[0][0] < held[-1][0]:
+                held.extend(fresh)
+                held.sort(key=_TS)      # stable: the kept ones came first
+            else:
+                held.extend(fresh)
+        return held
+
+    def _emit(self, ready: list[tuple[int, Any]]) -> None:
+        """Send `ready` (sorted) on: runs of lines in one call."""
+        if not ready:
+            return
+        self._last_ts = max(self._last_ts, ready[-1][0])
+        lines: list[tuple[int, str]] = []
+        for pair in ready:
+            item = pair[1]
+            if type(item) is str:
+                lines.append(pair)
+                continue
+            if lines:
+                self._send_lines(lines)
+                lines = []
+            self.sink(item)
+        if lines:
+            self._send_lines(lines)
+
+    def _send_lines(self, lines: list[tuple[int, str]]) -> None:
+        assert self.lines is not None, "a rendered line needs a lines sink"
+        self.lines(lines)

@@ -42,7 +42,7 @@ _TOPIC_SHARDS = 48              # offsetof(struct recorder_topic, shards)
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
 COUNTER_NAMES = ("streamed", "lost", "harvests", "chunks", "strings_lost", "busy",
-                 "full", "unnamed")
+                 "full", "unnamed", "unfinished")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from recorder_tracer.abi import ENTRY
 from recorder_tracer.kernel.batch import BatchHarvester
 from recorder_tracer.kernel.stream import (
     CpuSummary,
@@ -51,8 +52,11 @@ CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")  # kind pid topic count skip shard
                                             # reserved first comm
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
+TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
 
 RecordHandler = Callable[[int, Any], None]
+# cpu, pid, comm, entries (abi.ENTRY tuples): a chunk without %s arguments
+ChunkHandler = Callable[[int, int, bytes, list[tuple[int, ...]]], None]
 MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
 # pid, topic id, where its name is: BPF could not read it (batch.c discover)
@@ -110,10 +114,13 @@ class _Ring:
         """The committed messages up to the first still being written,
         copied out in one slice; their space is released."""
         consumer = self._consumer.value
-        available = _U64.unpack_from(self._data, 0)[0] - consumer
-        self.caught_up = available <= 0
-        if available <= 0:
+        committed = _U64.unpack_from(self._data, 0)[0] - consumer
+        self.caught_up = committed <= 0
+        if committed <= 0:
             return []
+        # At most TAKE_MAX at a time: a large ring read whole would be
+        # copied whole, and held decoded (resident memory).
+        available = min(committed, TAKE_MAX)
         start = self._page + (consumer & self._mask)
         region = self._data[start:start + available]
         view = memoryview(region)
@@ -125,11 +132,13 @@ class _Ring:
             if header & BUSY_BIT:
                 break
             length = header & ~(BUSY_BIT | DISCARD_BIT)
+            if position + RING_HEADER + length > available:
+                break       # past TAKE_MAX: the next take() has it
             if not header & DISCARD_BIT:
                 messages.append(view[position + RING_HEADER:
                                      position + RING_HEADER + length])
             position += (length + RING_HEADER + 7) & ~7
-        self.caught_up = position >= available
+        self.caught_up = position >= committed
         self._consumer.value = consumer + position
         return messages
 
@@ -147,9 +156,13 @@ class BatchStream:
                  pages_per_cpu: int = 1024,
                  on_topic: TopicHandler | None = None,
                  on_message: MessageHandler | None = None,
-                 on_unnamed: UnnamedHandler | None = None) -> None:
+                 on_unnamed: UnnamedHandler | None = None,
+                 on_chunk: ChunkHandler | None = None) -> None:
         self.harvester = harvester
         self.on_record = on_record
+        # Batch mode: a chunk's entries unpacked at once, handed over whole
+        # (those with %s arguments still go one by one to on_record).
+        self.on_chunk = on_chunk
         # Raw mode (a capture file): every message as BPF wrote it, with
         # its kind; nothing decoded here.
         self.on_message = on_message
@@ -233,6 +246,11 @@ class BatchStream:
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
         for cpu, message in fresh:
+            if self.on_chunk is not None:
+                taken = self._deliver_chunk(cpu, message)
+                if taken is not None:
+                    delivered += taken
+                    continue
             if not final and self._has_strings(message):
                 self._held.append((cpu, message))
             else:
@@ -287,6 +305,23 @@ class BatchStream:
             if types & ~(types << 1) & 0xAAAAAA:
                 return True
         return False
+
+    def _deliver_chunk(self, cpu: int, message: memoryview) -> int | None:
+        """A chunk's entries unpacked at once, to on_chunk; None (nothing
+        done) when one has a %s argument: on_record takes those."""
+        assert self.on_chunk is not None
+        _kind, pid, _topic, count, skip, _shard, _r, _first, comm = (
+            self._header.unpack_from(message, 0))
+        offset = self._entries_offset
+        entries = list(ENTRY.iter_unpack(
+            message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]))
+        # No %s argument (kind 2: bits 10) in any: nothing to wait for.
+        if any(e[4] & ~(e[4] << 1) & 0xAAAAAA for e in entries):
+            return None
+        self.received[cpu] += len(entries)
+        if entries:
+            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries)
+        return len(entries)
 
     def _deliver(self, cpu: int, message: memoryview) -> int:
         _kind, pid, topic, count, skip, shard, _r, first, comm = (

@@ -57,6 +57,13 @@ class JsonLinesWriter(Writer):
         self._emit(_dumps(record_json(record)) + "\n")
         self.count += 1
 
+    def write_lines(self, text: str, count: int) -> None:
+        """Write `count` record lines rendered already (output/json_plans.py),
+        as one piece (after the header, first)."""
+        self._header()
+        self._emit(text)
+        self.count += count
+
     def _header(self) -> None:
         if not self._header_out:
             self._header_out = True

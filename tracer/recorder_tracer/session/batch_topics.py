@@ -15,18 +15,23 @@ arm_at_exec() arms a command stopped at its exec by its registry's symbol.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.decode.usdt_args import symbol_resolver
 from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.batch import NAME_MAX, BatchHarvester, TopicLoss
-from recorder_tracer.kernel.batch_stream import BatchStream
+from recorder_tracer.kernel.batch_stream import BatchRecord, BatchStream
 from recorder_tracer.output.capture import CaptureWriter
+from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
+from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.selftrace import SESSION
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
@@ -89,10 +94,15 @@ class BatchTopics:
     pins = None         # a pinned session traps (session/topics.py)
     harvester = None    # no per-record program: no flight ring, no metrics
 
-    def __init__(self, options: TraceOptions, emit: Emit, report: Reporter,
-                 lock: threading.RLock) -> None:
+    def __init__(self, options: TraceOptions, reorder: ReorderBuffer,
+                 report: Reporter, lock: threading.RLock,
+                 plans: JsonPlans | TextPlans | None = None) -> None:
         self.options = options
-        self.emit = emit
+        self.emit = reorder.push
+        # Decoding in batches: a chunk's entries are decoded at once and
+        # pushed on together; with `plans` (the sink's), as lines.
+        self.lines = ChunkLines(plans, reorder.push_many, self._chunk_process,
+                                self._entry_record)
         self.report = report
         self.lock = lock
         self.processes: dict[int, ArmedProcess] = {}
@@ -113,7 +123,8 @@ class BatchTopics:
         self.stream = BatchStream(
             self.batch, self._on_record, pages_per_cpu=pages, on_topic=self._on_topic,
             on_message=self.capture.message if self.capture is not None else None,
-            on_unnamed=self._on_unnamed)
+            on_unnamed=self._on_unnamed,
+            on_chunk=self.lines.on_chunk)
         self.streams: list[Any] = [self.stream]
         self._final_losses: dict[tuple[int, str], TopicLoss] | None = None
 
@@ -316,6 +327,19 @@ class BatchTopics:
     def decode(self, cpu: int, raw: Any) -> Record:
         return harvest_record(self.processes, self.exited, cpu, raw)
 
+    def _entry_record(self, cpu: int, pid: int, comm: bytes,
+                      entry: tuple[int, ...]) -> Record:
+        return self.decode(cpu, BatchRecord(
+            pid, comm, RawEntry(*entry[:10], entry[10:22]), []))
+
+    def _chunk_process(self, pid: int) -> ArmedProcess | None:
+        """The process whose image decodes a chunk of `pid` (None: the
+        Record path decides, as around an exec, where time picks it)."""
+        earlier = self.exited.get(pid)
+        if earlier is not None and earlier.exec_ns is not None:
+            return None
+        return self.processes.get(pid) or self.exited.get(pid)
+
     def flight_records(self) -> list[Record]:
         return []       # no kernel flight ring: the processes' rings are it
 
@@ -331,9 +355,14 @@ class BatchTopics:
         for process in self.exited.values():
             process.image.close()
 
+    unfinished_walks = 0    # final harvests that ended before a shard (batch.c)
+
     def release(self) -> None:
         """Keep the loss counts, then free the stream and the program."""
         self._final_losses = self.topic_losses()
+        with contextlib.suppress(Exception):   # a count: never in the way
+            self.unfinished_walks = sum(cpu.get("unfinished", 0)
+                                        for cpu in self.batch.counters())
         self.stream.close()
         self.batch.close()
         if self.capture is not None:

@@ -54,6 +54,8 @@ from recorder_tracer.session.topics import RecorderTopics
 from recorder_tracer.session.tracker import ProcessTracker
 
 if TYPE_CHECKING:
+    from recorder_tracer.output.json_plans import JsonPlans
+    from recorder_tracer.output.text_plans import TextPlans
     from recorder_tracer.postmortem.snapshot import SnapshotWatcher
     from recorder_tracer.session.usdt import UsdtSource
 
@@ -65,21 +67,22 @@ Reporter = Callable[[str], None]
 
 
 class TraceSession(SessionResults, CoverageSteps):
-    """Arms, streams and reorders; the CLI renders what `sink` receives.
-
-    `stopping`, when given, is the event that stop() sets (the CLI passes
-    the one its signal handlers set, so Ctrl-C during start-up counts).
-    """
+    """Arms, streams and reorders; the CLI renders what `sink` receives
+    (`lines`: its line plans, output/json_plans.py). `stopping`: the
+    event stop() sets (the CLI's, set by its signal handlers: Ctrl-C
+    during start-up counts)."""
 
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None,
+                 lines: JsonPlans | TextPlans | None = None) -> None:
         if not (options.topics or options.usdt):
             raise TracerError("nothing to trace: no topics and no USDT probe")
         self.options = options
         self.sink = sink
         self.report = report
-        self.reorder = ReorderBuffer(sink, between_batches=self._while_flooded)
+        self.reorder = ReorderBuffer(sink, between_batches=self._while_flooded,
+                                     lines=lines and lines.write_lines)
         self._stop = stopping if stopping is not None else threading.Event()
         self._lock = threading.RLock()  # the follower's thread arms too
         self._deadline: float | None = None
@@ -97,8 +100,8 @@ class TraceSession(SessionResults, CoverageSteps):
             self._on_exec, report)
         if options.batch:
             from recorder_tracer.session.batch_topics import BatchTopics
-            self.recorder = BatchTopics(options, self.reorder.push, report,
-                                        self._lock)   # type: ignore[assignment]
+            self.recorder = BatchTopics(options, self.reorder, report,
+                                        self._lock, lines)  # type: ignore[assignment]
             self.sources.append(self.recorder)
         elif options.topics:
             self.recorder = RecorderTopics(options, self.reorder.push, report,
@@ -134,8 +137,7 @@ class TraceSession(SessionResults, CoverageSteps):
 
     @property
     def lock(self) -> threading.RLock:
-        """Held while processes are armed, disarmed or forgotten: a reader
-        in another thread takes it to see them consistently."""
+        """Held while arming, disarming or forgetting: for other threads."""
         return self._lock
 
     @property

@@ -48,8 +48,13 @@
 #include <linux/signal.h>
 #include "batch.h"
 
-#define BATCH_STEPS   2         /* chunks or shard openings per program run */
+#define BATCH_STEPS   4         /* chunks or shard openings per program run */
 #define BATCH_CALLS   30        /* tail calls (the kernel allows 33) */
+/* A final walk (exit, fatal signal) keeps its last runs for counting: a
+ * shard it opens then is counted lost (refused) instead of copied, so a
+ * walk that spent its steps copying one full ring still reaches the other
+ * shards and topics, and streamed + lost = produced stays exact. */
+#define BATCH_FINAL_RESERVE 8
 #define SHARD_ENTRIES RECORDER_SHARD_HEADER
 #define BATCH_CHUNK_STRINGS 16   /* %s arguments sent per chunk */
 #define ENTRY_SIZE    sizeof(struct recorder_record)
@@ -105,6 +110,7 @@ struct walk {
     __u32 chunk_wanted;
     __u32 chunk_skip;
     __u32 chunk_complete;
+    __u32 counting;     /* final walk near its budget: count, do not copy */
 };
 BPF_PERCPU_ARRAY(walks, struct walk, 1);
 BPF_PROG_ARRAY(walk_raw, 1);        /* [0]: raw tracepoints' continuation */
@@ -368,14 +374,36 @@ static __always_inline int copy_chunk(struct walk *walk, void *ring)
     return 0;
 }
 
+/* A final walk out of copying budget: what the open shard holds still is
+ * counted refused (there is no later harvest), and it is closed. */
+static __always_inline void count_rest(struct walk *walk)
+{
+    struct batch_cursor *cursor = walk_cursor(walk);
+    if (!cursor) {
+        walk->open = 0;
+        walk->slot = walk->slot_end;
+        return;
+    }
+    if (walk->head > walk->next)
+        lose(cursor, walk->head - walk->next, 1);
+    walk->next = walk->head;
+    close_shard(walk, cursor);
+}
+
 /* Up to BATCH_STEPS steps; returns 1 when the walk is over. */
 static __always_inline int walk_steps(struct walk *walk)
 {
     __u32 cpu = bpf_get_smp_processor_id();
     void *ring = stream_rings.lookup(&cpu);
+    if (walk->final && walk->calls >= BATCH_CALLS - BATCH_FINAL_RESERVE)
+        walk->counting = 1;
     for (int step = 0; step < BATCH_STEPS; step++) {
         if (walk->strings) {
             send_strings(walk, ring);
+            continue;
+        }
+        if (walk->open && walk->counting) {
+            count_rest(walk);
             continue;
         }
         if (walk->open) {
@@ -529,6 +557,7 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
     walk->open = 0;
     walk->calls = 0;
     walk->strings = 0;
+    walk->counting = 0;
     if (all) {
         walk->slot_first = 0;
         walk->slot_end = BATCH_CPUS;
@@ -559,6 +588,10 @@ static __always_inline void walk_end(struct walk *walk)
             close_shard(walk, cursor);
         }
     }
+    /* A final walk that ended before its last topic's last shard: what
+     * those shards held is counted nowhere (the account is short). */
+    if (walk->final && (walk->slot < walk->slot_end || walk->topic + 1 < walk->topics))
+        count(BATCH_COUNT_UNFINISHED, 1);
     walk->active = 0;
 }
 

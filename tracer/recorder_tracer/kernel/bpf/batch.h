@@ -122,7 +122,8 @@ enum batch_counter {
     BATCH_COUNT_BUSY = 5,           /* shards skipped: another CPU had them */
     BATCH_COUNT_FULL = 6,           /* harvests stopped by a full stream */
     BATCH_COUNT_UNNAMED = 7,        /* topics given up: name never readable */
-    BATCH_COUNT_COUNT = 8,
+    BATCH_COUNT_UNFINISHED = 8,     /* final walks that ended before every shard */
+    BATCH_COUNT_COUNT = 9,
 };
 
 #endif

@@ -1,0 +1,266 @@
+"""`recorder trace --batch` renders entries by line plans
+(output/json_plans.py, output/text_plans.py): every line a plan writes is
+the line the JSON writer (or the text printer) writes for the same record,
+byte for byte; what no plan fits keeps the Record path; lines and records
+leave the reorder buffer in time order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers.tracer import Workload
+
+from recorder_tracer.abi import ENTRY, ENTRY_SPAN_END
+from recorder_tracer.decode.entry import RawEntry, entry_record
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.reorder import ReorderBuffer
+from recorder_tracer.decode.spec import TopicSpec
+from recorder_tracer.kernel.batch_stream import BatchRecord
+from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
+from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.output.text import TextPrinter, format_record
+from recorder_tracer.output.text_plans import TextPlans
+from recorder_tracer.session.armed import ArmedProcess
+from recorder_tracer.session.harvest_records import harvest_record
+from recorder_tracer.session.loop import TraceOptions, TraceSession
+from recorder_tracer.target.memory import ProcessImage, Topic
+
+VALUES = [0, 1, 7, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
+          2**63 - 1, 2**63, 2**64 - 1, 2**64 - 300, 1234567890123]
+INTEGER_FORMATS = [
+    "load %ld %ld", "%d|%i", "%u and %lu", "%x %lx", "%X%llX", "%o-%lo",
+    "%hhd %hhu", "%hd %hx", "%zd %jx", "100%% %d%%", "%qd %Lu",
+    'quote " backslash \\ tab \t nl \n %d', "csi \x9b31m bidi \u202e %d",
+    "é ü 漢 %d", "{braces} {t[0]} 'single' %d", "",
+]
+
+
+def entry(fmt_address: int, values: list[int], arg_types: int = 0,
+          flags: int = 0, nargs: int | None = None) -> tuple[int, ...]:
+    nargs = len(values) if nargs is None else nargs
+    args = [*values, *[0] * (12 - len(values))]
+    return ENTRY.unpack(ENTRY.pack(123_456_789, 5, 4242, 3, arg_types, 1, nargs,
+                                   flags, fmt_address, 0x2000, *args))
+
+
+def writer_line(raw: tuple[int, ...], fmt: str, *, comm: str, topic: str,
+                where: str, ns_pid: int | None = None) -> str:
+    """The JSON writer's line for `raw`, decoded as the session decodes."""
+    texts = {raw[8]: fmt, raw[9]: where}
+    record = entry_record(RawEntry(*raw[:10], raw[10:22]), pid=77, comm=comm,
+                          topic=topic, text=texts.get, string=lambda a: None,
+                          cpu=1, ns_pid=ns_pid)
+    return JsonPlans.render(record)
+
+
+def plan_line(raw: tuple[int, ...], fmt: str, *, comm: str = "app",
+              topic: str = "net", where: str = "a.c:3",
+              ns_pid: int | None = None) -> str | None:
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    plan = plans.plan(raw, pid=77, comm=comm, cpu=1, topic=topic, where=where,
+                      fmt=fmt, ns_pid=ns_pid)
+    return None if plan is None else plan(raw)
+
+
+@pytest.mark.parametrize("fmt", INTEGER_FORMATS)
+def test_a_plan_writes_the_writers_line_for_integer_formats(fmt: str) -> None:
+    conversions = fmt.replace("%%", "").count("%")
+    for first in VALUES:
+        for second in (0, 2**64 - 1, 3):
+            values = [*[first, second][:conversions], first ^ 0x55]
+            for kinds in (0, 0b11 << (2 * conversions)):    # int, then pointer
+                raw = entry(0x1000, values, arg_types=kinds)
+                expected = writer_line(raw, fmt, comm="app", topic="net",
+                                       where="a.c:3")
+                assert plan_line(raw, fmt) == expected, (fmt, values)
+
+
+def text_lines(raw: tuple[int, ...], fmt: str, **names: str) -> tuple[str, str | None]:
+    """format_record's line for `raw` (TIME relative to itself) and the
+    text plan's, TIME rendered as write_lines renders it."""
+    texts = {raw[8]: fmt, raw[9]: names["where"]}
+    record = entry_record(RawEntry(*raw[:10], raw[10:22]), pid=77,
+                          comm=names["comm"], topic=names["topic"],
+                          text=texts.get, string=lambda a: None, cpu=1)
+    stream = io.StringIO()
+    printer = TextPrinter(stream, header=False)
+    plans = TextPlans(printer)
+    plan = plans.plan(raw, pid=77, cpu=1, fmt=fmt, ns_pid=None, **names)
+    if plan is None:
+        return format_record(record, origin_ns=raw[0]) + "\n", None
+    plans.write_lines([(raw[0], plan(raw))])
+    return format_record(record, origin_ns=raw[0]) + "\n", stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [*INTEGER_FORMATS, "ends in a newline %d\n",
+                                 "two\n\n", "%d\n%d\n"])
+def test_a_text_plan_prints_the_printers_line(fmt: str) -> None:
+    conversions = fmt.replace("%%", "").count("%")
+    for first in VALUES:
+        values = [first, 2**64 - 1][:conversions]
+        expected, line = text_lines(entry(0x1000, values), fmt, comm="app",
+                                    topic="net", where="src/a.c:3")
+        assert line == expected, (fmt, values)
+
+
+def test_a_text_plan_cuts_and_escapes_columns_as_the_printer_does() -> None:
+    names = {"comm": "a%d\x1b[2J\u202e", "topic": "function__entry_of_a_long_name",
+             "where": "/very/long/path/to/some/source\x9b.c:1234"}
+    expected, line = text_lines(entry(0x1000, [5]), "v=%d", **names)
+    assert line == expected
+
+
+def test_a_plan_escapes_names_a_process_chose_as_the_writer_does() -> None:
+    names = {"comm": 'a"%d\\\x1b[2J', "topic": "t%s\u2028", "where": "w\u202e%%.c:1"}
+    raw = entry(0x1000, [5])
+    assert plan_line(raw, "v=%d", **names) == writer_line(raw, "v=%d", **names)
+
+
+def test_a_plan_writes_a_span_ends_duration_and_the_namespace_pid() -> None:
+    raw = entry(0x1000, [2**64 - 5, 9], flags=ENTRY_SPAN_END)
+    expected = writer_line(raw, "end %d", comm="c", topic="t", where="w", ns_pid=3)
+    assert '"duration_ns": -5' in expected and '"ns_pid": 3' in expected
+    assert plan_line(raw, "end %d", comm="c", topic="t", where="w",
+                     ns_pid=3) == expected
+
+
+@pytest.mark.parametrize(("fmt", "values", "arg_types"), [
+    ("%5d", [1], 0), ("%-d", [1], 0), ("%.3d", [1], 0), ("%*d", [3, 1], 0),
+    ("%s", [0x3000], 0b10), ("%f", [0], 0b01), ("%d %d", [1], 0),
+    ("%d", [1, 0], 0b0100), ("%c", [65], 0), ("%p", [1], 0), ("%k", [1], 0),
+])
+def test_no_plan_for_what_only_the_record_path_renders(fmt: str, values: list[int],
+                                                       arg_types: int) -> None:
+    assert plan_line(entry(0x1000, values, arg_types=arg_types), fmt) is None
+
+
+def test_lines_and_records_leave_the_reorder_buffer_in_time_order() -> None:
+    out: list[object] = []
+    buffer = ReorderBuffer(out.append, lines=lambda lines: out.append(
+        [line for _ts, line in lines]))
+
+    def record(ts: int) -> Record:
+        return Record(ts=ts, pid=1, tid=1, comm="a", topic="t", where="?",
+                      message=str(ts))
+    buffer.push_many([(10, "a10"), (30, "a30"), (50, "a50")])
+    buffer.push_many([(20, record(20)), (30, "b30"), (40, "b40")])
+    buffer.push(record(5))
+    buffer.flush(until_ns=30)
+    assert [item if isinstance(item, list) else item.ts for item in out] == [
+        5, ["a10"], 20, ["a30", "b30"]]
+    out.clear()
+    buffer.flush_all()
+    assert out == [["b40", "a50"]]
+
+
+def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:
+    """A process writes its entries' format addresses: one-off kinds stay
+    on the Record path, a kind seen again gets its plan, and the lines are
+    the writer's either way. Formats are read from this process's memory."""
+    formats = [ctypes.create_string_buffer(f"f{i} %d".encode()) for i in range(40)]
+    pid = os.getpid()
+    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
+                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
+    processes = {pid: process}
+
+    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
+        return harvest_record(processes, {}, cpu, BatchRecord(
+            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    out: list[tuple[int, object]] = []
+    chunks = ChunkLines(plans, out.extend, processes.get, record)
+    one_offs = [entry(ctypes.addressof(f), [i]) for i, f in enumerate(formats)]
+    chunks.on_chunk(1, pid, b"me", one_offs)
+    assert plans.built == 0 and all(isinstance(item, Record) for _ts, item in out)
+    again = [entry(ctypes.addressof(formats[0]), [7])] * 3
+    chunks.on_chunk(1, pid, b"me", again)
+    assert plans.built == 1
+    assert [item for _ts, item in out[40:]] == [JsonPlans.render(record(
+        1, pid, b"me", again[0]))] * 3
+
+
+@pytest.mark.bpf
+@pytest.mark.host   # the batch harvest is host-only for now (test_batch.py)
+def test_a_batch_trace_prints_by_plans_what_the_printer_prints(progs: Path) -> None:
+    workload = Workload(progs)
+    stream = io.StringIO()
+    printer = TextPrinter(stream)
+    plans = TextPlans(printer)
+    records: list[Record] = []
+    try:
+        session = TraceSession(
+            TraceOptions(latency=False, pids=[workload.pid],
+                         spec=TopicSpec.parse("tick:tock:flood")),
+            lambda record: (records.append(record), printer.write(record)),
+            lines=plans)
+        session.start()
+        workload.record("flood", 997)
+        workload.record("tick", 20)       # %s and %f: the Record path
+        workload.record("tock", 50)
+        session.close()
+    finally:
+        workload.process.kill()
+        workload.process.wait()
+    lines = stream.getvalue().splitlines()[1:]      # under the header
+    ticks = [r for r in records if r.topic == "tick"]
+    # The Record path: every tick, and the first entry of each other kind
+    # (flood, tock) per ring CPU and entry CPU.
+    assert plans.built >= 2 and len(ticks) == 20 and len(records) <= 20 + 2 * 2 * 2
+    assert len(lines) == 997 + 20 + 50
+    columns = [line.split(maxsplit=6) for line in lines]
+    times = [float(column[0]) for column in columns]
+    assert times == sorted(times) and times[0] == 0.0
+    assert [c[6] for c in columns if c[4] == "flood"] == [
+        f"flood {i}" for i in range(997)]
+    assert [c[6] for c in columns if c[4] == "tock"] == [f"tock {i}" for i in range(50)]
+    printed = {line for line in lines if " tick " in line}
+    assert {format_record(r, origin_ns=printer.origin_ns,
+                          topic_width=printer.topic_width) for r in ticks} == printed
+
+
+@pytest.mark.bpf
+@pytest.mark.host   # the batch harvest is host-only for now (test_batch.py)
+def test_a_batch_trace_writes_by_plans_what_the_writer_writes(progs: Path,
+                                                               tmp_path: Path) -> None:
+    workload = Workload(progs)
+    path = tmp_path / "trace.json"
+    try:
+        with open(path, "w") as stream:
+            writer = JsonLinesWriter(stream)
+            plans = JsonPlans(writer)
+            session = TraceSession(
+                TraceOptions(latency=False, pids=[workload.pid],
+                             spec=TopicSpec.parse("tick:tock:flood")),
+                writer.write, lines=plans)
+            session.start()
+            workload.record("flood", 997)      # within its 1024-entry ring
+            workload.record("tick", 20)       # %s and %f: the Record path
+            workload.record("tock", 50)
+            session.close()
+            writer.close(session.summaries())
+    finally:
+        workload.process.kill()
+        workload.process.wait()
+    lines = path.read_text().splitlines(keepends=True)
+    values = [json.loads(line) for line in lines]
+    records = [v for v in values if v["type"] == "record"]
+    assert plans.built >= 2      # flood's and tock's
+    for line, value in zip(lines, values, strict=True):
+        if value["type"] != "record":
+            continue
+        fields = {key: value[key] for key in ("ts", "pid", "tid", "comm", "topic",
+                                              "where", "message", "args", "cpu",
+                                              "flags")}
+        assert JsonPlans.render(Record(**fields)) == line
+    by_topic = {topic: [r["args"][0] for r in records if r["topic"] == topic]
+                for topic in ("flood", "tick", "tock")}
+    assert by_topic == {"flood": list(range(997)), "tick": list(range(20)),
+                        "tock": list(range(50))}
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    assert values[-1]["received"] == len(records) and values[-1]["lost"] == 0

@@ -1,0 +1,248 @@
+"""JSON lines at batch speed: one compiled line plan per kind of entry.
+
+`recorder trace --json` renders every record the same way (output/jsonl.py:
+a Record, a dict, json.dumps), ~20 us a record in Python. Most entries of
+one process, topic, format and CPU differ only in their timestamp, thread
+and integer arguments, so a plan compiled once for them (an f-string of
+their constant fields, JSON-encoded, and one expression per varying field)
+renders each with one call: `JsonPlans.plan()` builds it from an entry in
+the layout of abi.ENTRY, unpacked into one flat tuple.
+
+Only what a plan renders exactly as the writer does gets one: a format
+whose conversions are plain integer ones (%d %i %u %o %x %X, any length
+modifier, no flags, width or precision, each with its argument), with every
+argument an integer or pointer; anything else (doubles, strings, `%5d`,
+`<missing>`) keeps the Record path. The session checks each new plan on its
+first entry against the writer's own line, and drops a plan that differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
+from recorder_tracer.decode.record import Record
+from recorder_tracer.decode.render import _INT_BITS, _SPEC
+from recorder_tracer.output.jsonl import JsonLinesWriter, _dumps, record_json
+from recorder_tracer.selftrace import SESSION
+from recorder_tracer.target.notes import RECORDER_PROVIDER
+from recorder_tracer.terminal import json_escaped
+
+LinePlan = Callable[[tuple[int, ...]], str]
+Entry = tuple[int, ...]
+EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
+# A process chooses its entries' kinds (it writes its own format addresses):
+# a kind gets a plan only when seen a second time (one-off kinds stay on the
+# Record path, not compiled), and all kinds known are forgotten past these.
+KINDS_KEPT = 4096
+CONTEXTS_KEPT = 1024
+_SEEN_ONCE = object()
+ARGS_AT = 10            # the first argument's index in an ENTRY tuple
+_SPECS = {"d": "", "i": "", "u": "", "o": "o", "x": "x", "X": "X"}
+# A plan's parts: constant text, or (expression of `t`, format spec)
+Parts = list["str | tuple[str, str]"]
+
+
+def _quoted(text: str) -> str:
+    """`text` as the writer's JSON has it, quoted."""
+    return json_escaped(json.dumps(text, ensure_ascii=False))
+
+
+def _inner(text: str) -> str:
+    """Part of a JSON string: escaped as the writer escapes it, unquoted."""
+    return json_escaped(json.dumps(text, ensure_ascii=False)[1:-1])
+
+
+def _signed64(index: int) -> str:
+    value = f"t[{ARGS_AT + index}]"
+    return (f"({value} - 18446744073709551616 if {value} >= 9223372036854775808"
+            f" else {value})")
+
+
+def _converted(index: int, conversion: str, length: str) -> str:
+    """The expression of a printf integer conversion of argument `index`,
+    as decode/render.py's _convert gives it (wrapped to its length)."""
+    bits = _INT_BITS.get(length, 64)
+    mask, half = (1 << bits) - 1, 1 << (bits - 1)
+    value = f"t[{ARGS_AT + index}]"
+    if bits == 64:      # the slot as it is (a u64): no mask, one comparison
+        return _signed64(index) if conversion in "di" else value
+    if conversion in "di":
+        return f"((({value} & {mask}) ^ {half}) - {half})"
+    return f"({value} & {mask})"
+
+
+def message_parts(fmt: str, nargs: int, escape: Callable[[str], str] = _inner
+                  ) -> Parts | None:
+    """The message's parts (literal text through `escape`); None when the
+    format has more than plain integer conversions."""
+    parts: Parts = []
+    next_arg = position = 0
+    while True:
+        start = fmt.find("%", position)
+        if start < 0:
+            parts.append(escape(fmt[position:]))
+            return parts
+        parts.append(escape(fmt[position:start]))
+        match = _SPEC.match(fmt, start)
+        assert match is not None    # the pattern matches any "%"
+        position = match.end()
+        if (match["flags"] or match["width"] is not None
+                or match["precision"] is not None):
+            return None
+        conversion = match["conversion"]
+        if conversion == "%":
+            parts.append("%")
+            continue
+        if conversion not in _SPECS or next_arg >= nargs:
+            return None
+        parts.append((_converted(next_arg, conversion, match["length"]),
+                      _SPECS[conversion]))
+        next_arg += 1
+
+
+def compile_plan(parts: Parts) -> LinePlan:
+    """One function of an entry tuple `t` making the line of `parts`: an
+    f-string (about twice as fast as %-formatting here). Only indices and
+    our own names reach the code: the texts a process chose are constants
+    it reads by name."""
+    constants: dict[str, str] = {}
+    code: list[str] = []
+    text = ""
+    for part in [*parts, None]:
+        if isinstance(part, str):
+            text += part
+            continue
+        if text:
+            name = f"_k{len(constants)}"
+            constants[name] = text
+            code.append("{" + name + "}")
+            text = ""
+        if part is not None:
+            expression, spec = part
+            code.append("{" + expression + (":" + spec if spec else "") + "}")
+    return eval("lambda t: f'" + "".join(code) + "'", constants)
+
+
+class JsonPlans:
+    """Line plans and the line sink for a JSON lines writer."""
+
+    def __init__(self, writer: JsonLinesWriter) -> None:
+        self.writer = writer
+        self.built = 0          # plans compiled
+        self.refused = 0        # kinds of entry left to the Record path
+
+    def plan(self, entry: tuple[int, ...], *, pid: int, comm: str, cpu: int,
+             topic: str, where: str, fmt: str,
+             ns_pid: int | None) -> LinePlan | None:
+        """The plan for entries like `entry` (same format, location,
+        argument kinds, flags) of this process, comm, topic and CPU."""
+        arg_types, nargs, flags = entry[4], min(entry[6], MAX_ARGS), entry[7]
+        kinds = [(arg_types >> (2 * i)) & 3 for i in range(nargs)]
+        message = message_parts(fmt, nargs)
+        if message is None or any(k not in (ARG_INT, ARG_POINTER) for k in kinds):
+            self.refused += 1
+            return None
+        args: Parts = [(_signed64(i) if kind == ARG_INT else f"t[{ARGS_AT + i}]", "")
+                       for i, kind in enumerate(kinds)]
+        parts: Parts = [
+            '{"type": "record", "ts": ', ("t[0]", ""), f', "pid": {pid}, "tid": ',
+            ("t[2]", ""), ', "comm": ' + _quoted(comm) + f', "cpu": {cpu}, '
+            '"provider": ' + _quoted(RECORDER_PROVIDER) + ', "topic": '
+            + _quoted(topic) + ', "where": ' + _quoted(where) + ', "message": "',
+            *message, '", "args": [']
+        for number, arg in enumerate(args):
+            parts += [", "] * bool(number) + [arg]
+        parts.append(f'], "flags": {flags}')
+        if ns_pid is not None:
+            parts.append(f', "ns_pid": {ns_pid}')
+        if flags & ENTRY_SPAN_END and nargs:
+            parts += [', "duration_ns": ', args[0]]
+        parts.append("}\n")
+        self.built += 1
+        return compile_plan(parts)
+
+    @staticmethod
+    def render(record: Record) -> str:
+        """The writer's own line for `record` (what a plan must equal)."""
+        return _dumps(record_json(record)) + "\n"
+
+    def write_lines(self, lines: list[tuple[int, str]]) -> None:
+        """Write rendered (timestamp, line) pairs at once (one flush, when
+        flushing)."""
+        self.writer.write_lines("".join([line for _ts, line in lines]), len(lines))
+
+
+class ChunkLines:
+    """A batch stream's chunks (kernel/batch_stream.py `on_chunk`) to
+    `emit_many`: each entry as a line by its plan (`plans`: JsonPlans, or
+    output/text_plans.py's TextPlans) where one fits, as a
+    Record (`entry_record`) where none does (every one without `plans`).
+    `process_of(pid)` gives the process (session/armed.py) whose image and
+    topics name its entries, None to take the Record path for the chunk."""
+
+    def __init__(self, plans: Any,
+                 emit_many: Callable[[list[tuple[int, Any]]], None],
+                 process_of: Callable[[int], Any], entry_record: EntryRecord) -> None:
+        self.plans = plans
+        self.emit_many = emit_many
+        self.process_of = process_of
+        self.entry_record = entry_record
+        self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
+        self._kinds = 0     # kinds known, in all contexts
+
+    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry]) -> None:
+        process = self.process_of(pid) if self.plans is not None else None
+        if process is None:
+            self.emit_many([(entry[0], self.entry_record(cpu, pid, comm, entry))
+                            for entry in entries])
+            return
+        key = (pid, comm, cpu)
+        context = self._contexts.get(key)
+        if (context is None or context[0] is not process
+                or context[1] is not process.image):
+            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
+                self._contexts.clear()
+                self._kinds = 0
+            context = self._contexts[key] = (process, process.image, {})
+        plans = context[2]
+        kind = entries[0][3:10]
+        plan = plans.get(kind)
+        if (plan is not None and plan is not _SEEN_ONCE
+                and all(entry[3:10] == kind for entry in entries)):
+            # The common chunk: one kind of entry throughout.
+            self.emit_many([(entry[0], plan(entry)) for entry in entries])
+            return
+        items: list[tuple[int, Any]] = []
+        for entry in entries:
+            # Its kind: topic, argument kinds, CPU, count, flags, format
+            # and location addresses.
+            kind = entry[3:10]
+            plan = plans.get(kind)
+            if plan is _SEEN_ONCE:
+                plan = plans[kind] = self._new_plan(process, cpu, pid, comm, entry)
+            elif plan is None and kind not in plans:
+                plans[kind] = _SEEN_ONCE
+                self._kinds += 1
+            items.append((entry[0], plan(entry) if plan is not None
+                          else self.entry_record(cpu, pid, comm, entry)))
+        self.emit_many(items)
+
+    def _new_plan(self, process: Any, cpu: int, pid: int, comm: bytes,
+                  entry: Entry) -> LinePlan | None:
+        """The line plan of `entry`'s kind, checked on it against the
+        writer's own line (None: Records for this kind)."""
+        record = self.entry_record(cpu, pid, comm, entry)
+        fmt = process.image.string(entry[8])
+        plan = None
+        if fmt is not None and entry[3] in process.topics:
+            plan = self.plans.plan(entry, pid=pid, comm=record.comm, cpu=cpu,
+                                   topic=record.topic, where=record.where,
+                                   fmt=fmt, ns_pid=record.ns_pid)
+        if plan is not None and plan(entry) != self.plans.render(record):
+            SESSION.record("json plans: a plan of pid %d differs from its "
+                           "record's line: dropped", pid)
+            plan = None
+        return plan
