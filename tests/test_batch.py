@@ -98,6 +98,9 @@ def test_batch_reads_string_arguments_at_harvest(workloads) -> None:
 
 def test_batch_counts_loss_exactly_when_a_small_ring_wraps(workloads) -> None:
     workload = workloads()
+    # On one CPU: moved mid-burst, it would fill two shards, each keeping
+    # its own newest (1 run in 4 on a loaded machine).
+    os.sched_setaffinity(workload.pid, {min(os.sched_getaffinity(0))})
     records: list[Record] = []
     session = batch_session(records, pids=[workload.pid], spec=TopicSpec.parse("tick"))
     workload.record("tick", 1009)      # tick keeps 64 a CPU: most are overwritten

@@ -154,3 +154,21 @@ def test_program_linked_now_calls_the_seeds_trace_entry(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hook traced order 7\n"
     assert "traced: value 23 name str ratio 0.50\n" in result.stderr
+
+
+def test_a_link_time_optimised_library_keeps_the_first_abi_entry(
+        tmp_path: Path) -> None:
+    """-flto drops a top-level .symver asm: built so (as distributions may
+    build it), the library must still export recorder_trace_entry@RECORDER_1
+    beside the default, or old programs bind to the seed's signature."""
+    build = tmp_path / "lto"
+    subprocess.run(["make", "-s", "-C", str(REPO), f"BUILD={build}",
+                    "CFLAGS=-O2 -flto -fPIC", str(build / "librecorder.so")],
+                   check=True, capture_output=True, timeout=scaled(300))
+    symbols = subprocess.run(["readelf", "--dyn-syms", "-W",
+                              str(build / "librecorder.so")],
+                             capture_output=True, text=True, check=True).stdout
+    entries = {line.split()[-1] for line in symbols.splitlines()
+               if "recorder_trace_entry" in line}
+    assert entries == {"recorder_trace_entry@@RECORDER_2",
+                       "recorder_trace_entry@RECORDER_1"}

@@ -398,9 +398,12 @@ class BatchStream:
             self._read()
 
     def drain(self) -> None:
-        """Deliver everything the rings hold now."""
+        """Deliver everything the rings hold now: as many reads as a full
+        ring takes at TAKE_MAX a read (a -w capture's rings can hold 1 GiB
+        each), and 100 more for messages still being written."""
+        full_ring = max((ring.size for ring in self._rings), default=0) // TAKE_MAX + 1
         with self._reading:
-            for _ in range(100):
+            for _ in range(full_ring + 100):
                 self._read()
                 if not any(ring.pending() for ring in self._rings):
                     break
