@@ -54,6 +54,13 @@ STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg len
 ENTRY_SIZE = 144
 TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
 
+
+def has_string_argument(arg_types: int) -> bool:
+    """True if an argument of these kinds (2 bits each) is a %s string
+    (kind 2, binary 10: its high bit set, its low bit clear)."""
+    return bool(arg_types & ~(arg_types << 1) & 0xAAAAAA)
+
+
 RecordHandler = Callable[[int, Any], None]
 # cpu, pid, comm, entries (abi.ENTRY tuples): a chunk without %s arguments
 ChunkHandler = Callable[[int, int, bytes, list[tuple[int, ...]]], None]
@@ -302,7 +309,7 @@ class BatchStream:
         types_at = entry_type.arg_types.offset
         for i in range(count):
             (types,) = struct.unpack_from("<I", message, offset + i * size + types_at)
-            if types & ~(types << 1) & 0xAAAAAA:
+            if has_string_argument(types):
                 return True
         return False
 
@@ -315,8 +322,8 @@ class BatchStream:
         offset = self._entries_offset
         entries = list(ENTRY.iter_unpack(
             message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]))
-        # No %s argument (kind 2: bits 10) in any: nothing to wait for.
-        if any(e[4] & ~(e[4] << 1) & 0xAAAAAA for e in entries):
+        # No %s argument in any: nothing to wait for.
+        if any(has_string_argument(entry[4]) for entry in entries):
             return None
         self.received[cpu] += len(entries)
         if entries:

@@ -126,6 +126,13 @@ def compile_plan(parts: Parts) -> LinePlan:
     return eval("lambda t: f'" + "".join(code) + "'", constants)
 
 
+def integer_argument_kinds(entry: Entry) -> list[int] | None:
+    """The kinds of `entry`'s arguments; None when one is not an integer or
+    a pointer (a plan renders only those)."""
+    kinds = [(entry[4] >> (2 * i)) & 3 for i in range(min(entry[6], MAX_ARGS))]
+    return kinds if all(k in (ARG_INT, ARG_POINTER) for k in kinds) else None
+
+
 class JsonPlans:
     """Line plans and the line sink for a JSON lines writer."""
 
@@ -139,10 +146,10 @@ class JsonPlans:
              ns_pid: int | None) -> LinePlan | None:
         """The plan for entries like `entry` (same format, location,
         argument kinds, flags) of this process, comm, topic and CPU."""
-        arg_types, nargs, flags = entry[4], min(entry[6], MAX_ARGS), entry[7]
-        kinds = [(arg_types >> (2 * i)) & 3 for i in range(nargs)]
+        nargs, flags = min(entry[6], MAX_ARGS), entry[7]
+        kinds = integer_argument_kinds(entry)
         message = message_parts(fmt, nargs)
-        if message is None or any(k not in (ARG_INT, ARG_POINTER) for k in kinds):
+        if message is None or kinds is None:
             self.refused += 1
             return None
         args: Parts = [(_signed64(i) if kind == ARG_INT else f"t[{ARGS_AT + i}]", "")

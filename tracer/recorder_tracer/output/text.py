@@ -66,6 +66,11 @@ def topic_width_for(names: Iterable[str]) -> int:
     return min(max(longest, TOPIC_WIDTH), TOPIC_WIDTH_MAX)
 
 
+def shorten_where(where: str) -> str:
+    """A location cut to WHERE_WIDTH, keeping its end (file and line)."""
+    return where if len(where) <= WHERE_WIDTH else ".." + where[-(WHERE_WIDTH - 2):]
+
+
 def shorten(text: str, width: int) -> str:
     """`text` cut to `width` in its middle, where names differ least (both
     `import__find__load__start` and `__done` keep their ends).
@@ -120,8 +125,7 @@ def format_record(record: Record, time_mode: TimeMode = TimeMode.RELATIVE,
     >>> format_record(r, origin_ns=1_000_000_000).split(maxsplit=6)
     ['1.000123', '42', '43', 'app', 'net', 'src/net.c:12', 'sent 4']
     """
-    where = record.where if len(record.where) <= WHERE_WIDTH \
-        else ".." + record.where[-(WHERE_WIDTH - 2):]
+    where = shorten_where(record.where)
     message = record.message.removesuffix("\n").replace("\n", "\\n")
     return _columns(time_mode, [
         format_time(record.ts, time_mode, origin_ns, wall_offset_ns),

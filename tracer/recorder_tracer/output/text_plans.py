@@ -10,9 +10,14 @@ first entry against format_record's line.
 
 from __future__ import annotations
 
-from recorder_tracer.abi import ARG_INT, ARG_POINTER, MAX_ARGS
+from recorder_tracer.abi import MAX_ARGS
 from recorder_tracer.decode.record import Record
-from recorder_tracer.output.json_plans import LinePlan, compile_plan, message_parts
+from recorder_tracer.output.json_plans import (
+    LinePlan,
+    compile_plan,
+    integer_argument_kinds,
+    message_parts,
+)
 from recorder_tracer.output.text import (
     TIME_COLUMN,
     WHERE_WIDTH,
@@ -20,6 +25,7 @@ from recorder_tracer.output.text import (
     format_record,
     format_time,
     shorten,
+    shorten_where,
 )
 from recorder_tracer.terminal import escape_controls
 
@@ -41,16 +47,14 @@ class TextPlans:
              ns_pid: int | None) -> LinePlan | None:
         """The plan of the columns after TIME for entries like `entry`."""
         nargs = min(entry[6], MAX_ARGS)
-        if any(((entry[4] >> (2 * i)) & 3) not in (ARG_INT, ARG_POINTER)
-               for i in range(nargs)):
+        if integer_argument_kinds(entry) is None:
             return None
         # format_record drops a final newline: a plan's is in a literal part.
         message = message_parts(fmt.removesuffix("\n"), nargs, _message_part)
         if message is None:
             return None
         width = self.printer.topic_width
-        if len(where) > WHERE_WIDTH:
-            where = ".." + where[-(WHERE_WIDTH - 2):]
+        where = shorten_where(where)
         self.built += 1
         return compile_plan([
             str(pid).ljust(7) + " ", ("t[2]", "<7"), " " + " ".join([
