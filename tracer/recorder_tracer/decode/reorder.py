@@ -66,6 +66,7 @@ def oldest_mark(marks: list[int | None]) -> int | None:
 
 
 _TS = itemgetter(0)
+_RENDERED = (str, tuple)    # the types of rendered lines (a Record is neither)
 
 
 class ReorderBuffer:
@@ -81,16 +82,16 @@ class ReorderBuffer:
     (stably, by timestamp: equal ones keep their order of arrival): a
     batch source pushes its runs, already nearly sorted, with push_many(),
     at no per-record cost here. An item is a Record, or a line its source
-    rendered already (a str: decode in batches, output/json_plans.py),
-    which leaves in the same order, in runs of (timestamp, line) pairs
-    through the `lines` sink.
+    rendered already (a str, or a tuple for Chrome's events: decode in
+    batches, output/json_plans.py), which leaves in the same order, in runs
+    of (timestamp, line) pairs through the `lines` sink.
     """
 
     def __init__(self, sink: Callable[[Record], None],
                  window_ns: int = REORDER_WINDOW_NS,
                  between_batches: Callable[[], None] | None = None,
                  batch: int = 4096, margin_ns: int = REORDER_MARGIN_NS,
-                 lines: Callable[[list[tuple[int, str]]], None] | None = None
+                 lines: Callable[[list[tuple[int, Any]]], None] | None = None
                  ) -> None:
         self.sink = sink
         self.lines = lines
@@ -209,10 +210,10 @@ class ReorderBuffer:
         if not ready:
             return
         self._last_ts = max(self._last_ts, ready[-1][0])
-        lines: list[tuple[int, str]] = []
+        lines: list[tuple[int, Any]] = []
         for pair in ready:
             item = pair[1]
-            if type(item) is str:
+            if type(item) in _RENDERED:
                 lines.append(pair)
                 continue
             if lines:
@@ -222,6 +223,6 @@ class ReorderBuffer:
         if lines:
             self._send_lines(lines)
 
-    def _send_lines(self, lines: list[tuple[int, str]]) -> None:
+    def _send_lines(self, lines: list[tuple[int, Any]]) -> None:
         assert self.lines is not None, "a rendered line needs a lines sink"
         self.lines(lines)
