@@ -14,7 +14,6 @@ event.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
@@ -22,16 +21,17 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.output.chrome import ChromeTraceWriter, _dumps, record_event
 from recorder_tracer.output.json_plans import (
     ARGS_AT,
+    LinePlan,
     Parts,
     _quoted,
     _signed64,
+    compile_lines,
     fstring,
     message_parts,
 )
 from recorder_tracer.target.notes import RECORDER_PROVIDER
 
 ChromeLine = tuple[int, int, str, str]     # tid, pid, comm, event
-ChromePlan = Callable[[tuple[int, ...]], ChromeLine]
 
 
 class ChromePlans:
@@ -45,7 +45,7 @@ class ChromePlans:
 
     def plan(self, entry: tuple[int, ...], *, pid: int, comm: str, cpu: int,
              topic: str, where: str, fmt: str,
-             ns_pid: int | None) -> ChromePlan | None:
+             ns_pid: int | None) -> LinePlan | None:
         """The plan for entries like `entry` (same format, location,
         argument kinds, flags) of this process and comm."""
         arg_types, nargs, flags = entry[4], min(entry[6], MAX_ARGS), entry[7]
@@ -76,7 +76,7 @@ class ChromePlans:
                            constants)
             code = f"({span} if {duration} <= t[0] else {code})"
         self.built += 1
-        return eval(f"lambda t: (t[2], _pid, _comm, {code})", constants)
+        return compile_lines(f"(t[2], _pid, _comm, {code})", constants)
 
     @staticmethod
     def render(record: Record) -> ChromeLine:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
 from recorder_tracer.decode.record import Record
@@ -30,8 +31,19 @@ from recorder_tracer.selftrace import SESSION
 from recorder_tracer.target.notes import RECORDER_PROVIDER
 from recorder_tracer.terminal import json_escaped
 
-LinePlan = Callable[[tuple[int, ...]], str]
 Entry = tuple[int, ...]
+
+
+class LinePlan(Protocol):
+    """A compiled plan: the line of one entry, and `chunk`, the (timestamp,
+    line) pairs of a list of entries in one comprehension (no call per
+    entry)."""
+
+    chunk: Callable[[list[Entry]], list[tuple[int, Any]]]
+
+    def __call__(self, t: Entry) -> Any: ...
+
+
 EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
 # A process chooses its entries' kinds (it writes its own format addresses):
 # a kind gets a plan only when seen a second time (one-off kinds stay on the
@@ -39,6 +51,7 @@ EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
 KINDS_KEPT = 4096
 CONTEXTS_KEPT = 1024
 _SEEN_ONCE = object()
+_LINE = itemgetter(1)
 ARGS_AT = 10            # the first argument's index in an ENTRY tuple
 _SPECS = {"d": "", "i": "", "u": "", "o": "o", "x": "x", "X": "X"}
 # A plan's parts: constant text, or (expression of `t`, format spec)
@@ -128,7 +141,16 @@ def compile_plan(parts: Parts) -> LinePlan:
     """One function of an entry tuple `t` making the line of `parts`: an
     f-string (about twice as fast as %-formatting here)."""
     constants: dict[str, Any] = {}
-    return eval("lambda t: " + fstring(parts, constants), constants)
+    return compile_lines(fstring(parts, constants), constants)
+
+
+def compile_lines(code: str, constants: dict[str, Any]) -> LinePlan:
+    """The plan of `code`, an expression of an entry `t` (fstring()'s and
+    our own, reading `constants` by name), with its `chunk`."""
+    plan = eval("lambda t: " + code, constants)
+    plan.chunk = eval(f"lambda entries: [(t[0], {code}) for t in entries]",
+                      constants)
+    return plan  # type: ignore[no-any-return]
 
 
 class JsonPlans:
@@ -177,7 +199,7 @@ class JsonPlans:
     def write_lines(self, lines: list[tuple[int, str]]) -> None:
         """Write rendered (timestamp, line) pairs at once (one flush, when
         flushing)."""
-        self.writer.write_lines("".join([line for _ts, line in lines]), len(lines))
+        self.writer.write_lines("".join(map(_LINE, lines)), len(lines))
 
 
 class ChunkLines:
@@ -218,7 +240,7 @@ class ChunkLines:
         if (plan is not None and plan is not _SEEN_ONCE
                 and all(entry[3:10] == kind for entry in entries)):
             # The common chunk: one kind of entry throughout.
-            self.emit_many([(entry[0], plan(entry)) for entry in entries])
+            self.emit_many(plan.chunk(entries))
             return
         items: list[tuple[int, Any]] = []
         for entry in entries:
