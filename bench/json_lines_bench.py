@@ -64,7 +64,8 @@ def run(path: str, mode: str, batches: list[bytes]) -> float:
         plans = JsonPlans(writer) if mode == "plans" else None
         reorder = ReorderBuffer(writer.write,
                                 lines=plans.write_lines if plans else None)
-        lines = ChunkLines(plans, reorder.push_many, processes.get, record)
+        lines = ChunkLines(plans, reorder.push_many, processes.get, record,
+                           reorder.push_lines)
         started = time.process_time()
         for number, data in enumerate(batches):
             # As BatchStream._deliver_chunk: unpacked at once, %s looked for.

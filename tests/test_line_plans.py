@@ -159,6 +159,30 @@ def test_lines_and_records_leave_the_reorder_buffer_in_time_order() -> None:
     assert out == [["b40", "a50"]]
 
 
+def test_runs_of_lines_leave_whole_and_records_among_them_in_order() -> None:
+    """push_lines() runs newer than every Record leave in one call as
+    they are; a Record pushed among them (late, too) still leaves in its
+    place."""
+    out: list[object] = []
+    buffer = ReorderBuffer(out.append, lines=lambda lines: out.append(lines))
+
+    def record(ts: int) -> Record:
+        return Record(ts=ts, pid=1, tid=1, comm="a", topic="t", where="?",
+                      message=str(ts))
+    run = [(10, "a10"), (20, "a20")]
+    buffer.push_lines(run)
+    buffer.flush(until_ns=20)
+    assert out == [run]
+    buffer.push_lines([(30, "a30"), (50, "a50")])
+    buffer.push(record(40))
+    buffer.push(record(5))          # late: older than what left
+    buffer.push_lines([(60, "a60")])
+    buffer.flush_all()
+    assert [item if isinstance(item, list) else item.ts for item in out[1:]] == [
+        5, [(30, "a30")], 40, [(50, "a50"), (60, "a60")]]
+    assert buffer.late == 1
+
+
 def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:
     """A process writes its entries' format addresses: one-off kinds stay
     on the Record path, a kind seen again gets its plan, and the lines are

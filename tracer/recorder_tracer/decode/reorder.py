@@ -109,6 +109,9 @@ class ReorderBuffer:
         self._fresh: list[tuple[int, Any]] = []
         self._oldest: int | None = None     # the oldest timestamp held
         self._arrivals = 0
+        # The newest timestamp pushed that may be a Record's: a run of
+        # lines all newer leaves whole, without a look at each item.
+        self._records_until = -1
 
     def __len__(self) -> int:
         return len(self._held) + len(self._fresh)
@@ -120,6 +123,13 @@ class ReorderBuffer:
     def push_many(self, items: list[tuple[int, Any]]) -> None:
         """Hold each (timestamp, record or rendered line) of `items`, in
         this order of arrival."""
+        if not items:
+            return
+        self._records_until = max(self._records_until, max(map(_TS, items)))
+        self.push_lines(items)
+
+    def push_lines(self, items: list[tuple[int, Any]]) -> None:
+        """push_many() for (timestamp, rendered line) pairs only."""
         if not items:
             return
         oldest = min(map(_TS, items))
@@ -210,6 +220,9 @@ class ReorderBuffer:
         if not ready:
             return
         self._last_ts = max(self._last_ts, ready[-1][0])
+        if ready[0][0] > self._records_until:
+            self._send_lines(ready)     # lines only: no Record is as new
+            return
         lines: list[tuple[int, Any]] = []
         for pair in ready:
             item = pair[1]

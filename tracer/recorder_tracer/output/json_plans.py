@@ -204,17 +204,21 @@ class JsonPlans:
 
 class ChunkLines:
     """A batch stream's chunks (kernel/batch_stream.py `on_chunk`) to
-    `emit_many`: each entry as a line by its plan (`plans`: JsonPlans, or
-    output/text_plans.py's TextPlans) where one fits, as a
-    Record (`entry_record`) where none does (every one without `plans`).
+    `emit_many` (`emit_lines` where all are lines): each entry as a line
+    by its plan (`plans`: JsonPlans, output/text_plans.py's TextPlans or
+    output/chrome_plans.py's ChromePlans) where one fits, as a Record
+    (`entry_record`) where none does (every one without `plans`).
     `process_of(pid)` gives the process (session/armed.py) whose image and
     topics name its entries, None to take the Record path for the chunk."""
 
     def __init__(self, plans: Any,
                  emit_many: Callable[[list[tuple[int, Any]]], None],
-                 process_of: Callable[[int], Any], entry_record: EntryRecord) -> None:
+                 process_of: Callable[[int], Any], entry_record: EntryRecord,
+                 emit_lines: Callable[[list[tuple[int, Any]]], None] | None = None
+                 ) -> None:
         self.plans = plans
         self.emit_many = emit_many
+        self.emit_lines = emit_lines or emit_many   # lines only
         self.process_of = process_of
         self.entry_record = entry_record
         self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
@@ -240,7 +244,7 @@ class ChunkLines:
         if (plan is not None and plan is not _SEEN_ONCE
                 and all(entry[3:10] == kind for entry in entries)):
             # The common chunk: one kind of entry throughout.
-            self.emit_many(plan.chunk(entries))
+            self.emit_lines(plan.chunk(entries))
             return
         items: list[tuple[int, Any]] = []
         for entry in entries:

@@ -103,7 +103,7 @@ class BatchTopics:
         # Decoding in batches: a chunk's entries are decoded at once and
         # pushed on together; with `plans` (the sink's), as lines.
         self.lines = ChunkLines(plans, reorder.push_many, self._chunk_process,
-                                self._entry_record)
+                                self._entry_record, reorder.push_lines)
         self.report = report
         self.lock = lock
         self.processes: dict[int, ArmedProcess] = {}
