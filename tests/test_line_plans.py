@@ -181,6 +181,10 @@ def test_runs_of_lines_leave_whole_and_records_among_them_in_order() -> None:
     assert [item if isinstance(item, list) else item.ts for item in out[1:]] == [
         5, [(30, "a30")], 40, [(50, "a50"), (60, "a60")]]
     assert buffer.late == 1
+    buffer.push(record(70))
+    buffer.push_lines([(70, "b70")])
+    buffer.flush_all()
+    assert out[5:] == [record(70), [(70, "b70")]]
 
 
 def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:
