@@ -18,6 +18,7 @@ first entry against the writer's own line, and drops a plan that differs.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from operator import itemgetter
@@ -52,6 +53,7 @@ KINDS_KEPT = 4096
 CONTEXTS_KEPT = 1024
 _SEEN_ONCE = object()
 _LINE = itemgetter(1)
+_VALUE_NAMES = itertools.count()    # the names of values shown twice
 ARGS_AT = 10            # the first argument's index in an ENTRY tuple
 _SPECS = {"d": "", "i": "", "u": "", "o": "o", "x": "x", "X": "X"}
 # A plan's parts: constant text, or (expression of `t`, format spec)
@@ -119,7 +121,11 @@ def message_parts(fmt: str, nargs: int, escape: Callable[[str], str] = _inner
 def fstring(parts: Parts, constants: dict[str, Any]) -> str:
     """The source of an f-string of an entry tuple `t` making the text of
     `parts`. Only indices and our own names reach the code: the texts a
-    process chose go to `constants`, which the code reads by name."""
+    process chose go to `constants`, which the code reads by name. A value
+    shown twice (a message's argument and the same in "args") is made
+    text once, kept by name (`:=`) where it first shows."""
+    fields = [part for part in parts if not isinstance(part, str)]
+    named: dict[tuple[str, str], str] = {}
     code: list[str] = []
     text = ""
     for part in [*parts, None]:
@@ -131,9 +137,17 @@ def fstring(parts: Parts, constants: dict[str, Any]) -> str:
             constants[name] = text
             code.append("{" + name + "}")
             text = ""
-        if part is not None:
-            expression, spec = part
-            code.append("{" + expression + (":" + spec if spec else "") + "}")
+        if part is None:
+            continue
+        expression, spec = part
+        field = "{" + expression + (":" + spec if spec else "") + "}"
+        if part in named:
+            code.append("{" + named[part] + "}")
+        elif fields.count(part) > 1:
+            named[part] = f"_v{next(_VALUE_NAMES)}"
+            code.append("{(" + named[part] + ' := f"' + field + '")}')
+        else:
+            code.append(field)
     return "f'" + "".join(code) + "'"
 
 
