@@ -52,11 +52,14 @@ CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")  # kind pid topic count skip shard
                                             # reserved first comm
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
+# An entry's kind (topic, argument kinds, CPU, count, flags, format and
+# location: ENTRY's fields 3-9) as bytes: a chunk of one kind, told at once.
+ENTRY_KIND = struct.Struct("<20x28s96x")
 TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
 
 RecordHandler = Callable[[int, Any], None]
 # cpu, pid, comm, entries (abi.ENTRY tuples): a chunk without %s arguments
-ChunkHandler = Callable[[int, int, bytes, list[tuple[int, ...]]], None]
+ChunkHandler = Callable[[int, int, bytes, list[tuple[int, ...]], bool], None]
 MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
 # pid, topic id, where its name is: BPF could not read it (batch.c discover)
@@ -313,14 +316,17 @@ class BatchStream:
         _kind, pid, _topic, count, skip, _shard, _r, _first, comm = (
             self._header.unpack_from(message, 0))
         offset = self._entries_offset
-        entries = list(ENTRY.iter_unpack(
-            message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]))
-        # No %s argument (kind 2: bits 10) in any: nothing to wait for.
-        if any(e[4] & ~(e[4] << 1) & 0xAAAAAA for e in entries):
+        data = message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]
+        entries = list(ENTRY.iter_unpack(data))
+        one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
+        # No %s argument (kind 2: bits 10) in any (the first, if one
+        # kind): nothing to wait for.
+        if any(e[4] & ~(e[4] << 1) & 0xAAAAAA
+               for e in entries[:1 if one_kind else None]):
             return None
         self.received[cpu] += len(entries)
         if entries:
-            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries)
+            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries, one_kind)
         return len(entries)
 
     def _deliver(self, cpu: int, message: memoryview) -> int:

@@ -238,7 +238,9 @@ class ChunkLines:
         self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
         self._kinds = 0     # kinds known, in all contexts
 
-    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry]) -> None:
+    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry],
+                 one_kind: bool = False) -> None:
+        """Render `entries` (`one_kind`: all of one kind, known)."""
         process = self.process_of(pid) if self.plans is not None else None
         if process is None:
             self.emit_many([(entry[0], self.entry_record(cpu, pid, comm, entry))
@@ -256,7 +258,7 @@ class ChunkLines:
         kind = entries[0][3:10]
         plan = plans.get(kind)
         if (plan is not None and plan is not _SEEN_ONCE
-                and all(entry[3:10] == kind for entry in entries)):
+                and (one_kind or all(entry[3:10] == kind for entry in entries))):
             # The common chunk: one kind of entry throughout.
             self.emit_lines(plan.chunk(entries))
             return
