@@ -24,7 +24,7 @@ from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.kernel.batch_stream import BatchRecord
 from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
-from recorder_tracer.output.text import TextPrinter, format_record
+from recorder_tracer.output.text import TextPrinter, TimeMode, format_record
 from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
@@ -107,6 +107,30 @@ def test_a_text_plan_prints_the_printers_line(fmt: str) -> None:
         expected, line = text_lines(entry(0x1000, values), fmt, comm="app",
                                     topic="net", where="src/a.c:3")
         assert line == expected, (fmt, values)
+
+
+@pytest.mark.parametrize("mode", list(TimeMode))
+def test_text_lines_show_time_as_the_printer_does(mode: TimeMode) -> None:
+    """A run's TIME column, relative times before the origin (a late
+    record's) too, in every time mode."""
+    raw, fmt = entry(0x1000, [5]), "v=%d"
+    texts = {raw[8]: fmt, raw[9]: "w.c:1"}
+    origin = 5_000_000_000
+    for times in ([origin, origin + 1, origin + 999_999_999, origin + 10**12],
+                  [origin - 2_000_000_001, origin - 999, origin, origin + 1_500]):
+        stream = io.StringIO()
+        printer = TextPrinter(stream, time_mode=mode, origin_ns=origin, header=False)
+        plans = TextPlans(printer)
+        plan = plans.plan(raw, pid=77, comm="app", cpu=1, topic="net",
+                          where="w.c:1", fmt=fmt, ns_pid=None)
+        assert plan is not None
+        plans.write_lines([(ts, plan(raw)) for ts in times])
+        records = [entry_record(RawEntry(ts, *raw[1:10], raw[10:22]), pid=77,
+                                comm="app", topic="net", text=texts.get,
+                                string=lambda a: None, cpu=1) for ts in times]
+        assert stream.getvalue() == "".join(
+            format_record(r, mode, origin, printer.wall_offset_ns) + "\n"
+            for r in records)
 
 
 def test_a_text_plan_cuts_and_escapes_columns_as_the_printer_does() -> None:
