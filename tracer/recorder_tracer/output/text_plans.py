@@ -83,9 +83,8 @@ class TextPlans:
             # format_time's seconds and microseconds, inline: a run is in
             # time order, so none is before `base` (no sign).
             text = "".join([
-                f"{seconds}.{nanoseconds // 1000:06d}".ljust(width) + " " + columns
-                for ts, columns in lines
-                for seconds, nanoseconds in [divmod(ts - base, 1_000_000_000)]])
+                f"{(us := (ts - base) // 1000) // 1_000_000}.{us % 1_000_000:06d}"
+                .ljust(width) + " " + columns for ts, columns in lines])
         else:
             text = "".join([format_time(ts, mode, origin, wall).ljust(width) + " "
                             + columns for ts, columns in lines])
