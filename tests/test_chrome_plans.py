@@ -11,11 +11,14 @@ import ctypes
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers.tracer import Workload
 from test_line_plans import INTEGER_FORMATS, VALUES, entry
+from timing import scaled
 
 from recorder_tracer.abi import ENTRY_SPAN_END
 from recorder_tracer.decode.entry import RawEntry, entry_record
@@ -227,3 +230,27 @@ def test_a_batch_trace_writes_chrome_events_by_plans(progs: Path,
                                     *{("thread_name", e["tid"]) for e in records}})
     assert trace["otherData"]["received"] == len(records) == 1067
     assert trace["otherData"]["lost"] == 0
+
+
+@pytest.mark.bpf
+@pytest.mark.host   # the batch harvest is host-only for now (test_batch.py)
+def test_recorder_trace_batch_chrome_writes_every_record(progs: Path,
+                                                          tmp_path: Path) -> None:
+    path = tmp_path / "trace.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "recorder_tracer.cli", "trace", "--batch",
+         "--no-snapshots", "--chrome", str(path), "-c",
+         f"{progs / 'workload_burst'} 100 0", "burst"],
+        capture_output=True, text=True, timeout=scaled(60))
+    assert result.returncode == 0, result.stderr
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    records = [e for e in events if e["ph"] == "i"]
+    assert [e["args"]["message"] for e in records] == [
+        f"burst {i} of 100" for i in range(100)]
+    assert [e["args"]["args"] for e in records] == [[i, 100] for i in range(100)]
+    pid = records[0]["pid"]
+    assert [(e["name"], e["tid"], e["args"]["name"]) for e in events
+            if e["ph"] == "M"] == [("process_name", pid, "workload_burst"),
+                                   ("thread_name", pid, "workload_burst")]
+    assert (trace["otherData"]["received"], trace["otherData"]["lost"]) == (100, 0)
