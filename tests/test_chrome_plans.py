@@ -119,7 +119,8 @@ def test_a_file_of_plans_and_records_is_the_record_paths_file() -> None:
             (90, 90, "x"), (77, 79, "app"), (90, 91, "x"), (77, 77, "renamed"),
             # tids reused: a new process of a thread's tid, a process's own
             # thread named before it by another process's thread of its tid
-            (91, 91, "x"), (60, 61, "y"), (70, 60, "z"), (60, 60, "z")]):
+            (91, 91, "x"), (60, 61, "y"), (70, 60, "z"), (60, 60, "z"),
+            (77, 78, "app")]):     # named "renamed" since
         for by_plan in (True, False, True, True):
             steps.append((pid, tid, comm, not by_plan if number % 5 == 4 else by_plan))
     by_records = io.StringIO()
