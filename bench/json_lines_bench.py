@@ -87,19 +87,21 @@ def run(path: str, mode: str, batches: list[bytes], output: str = "json") -> flo
                            reorder.push_lines)
         started = time.process_time()
         for number, data in enumerate(batches):
-            # As BatchStream._deliver_chunk: unpacked at once, %s looked for.
-            batch = list(ENTRY.iter_unpack(data))
+            # As BatchStream._deliver_chunk: kinds told, %s looked for, a
+            # chunk of one kind left in its bytes.
             one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
+            batch = None if one_kind else list(ENTRY.iter_unpack(data))
             if any(e[4] & ~(e[4] << 1) & 0xAAAAAA
-                   for e in batch[:1 if one_kind else None]):
+                   for e in batch or [ENTRY.unpack_from(data)] * one_kind):
                 raise AssertionError("no %s argument here")
             if mode == "plans":
-                lines.on_chunk(1, pid, b"bench", batch, one_kind)
+                lines.on_chunk(1, pid, b"bench", batch, one_kind, memoryview(data))
             else:
+                batch = list(ENTRY.iter_unpack(data))
                 for entry in batch:
                     reorder.push(record(1, pid, b"bench", entry))
             if number % 64 == 63:       # a flush every 1,024 records
-                reorder.flush(batch[-1][0])
+                reorder.flush(ENTRY.unpack_from(data, len(data) - ENTRY.size)[0])
         reorder.flush_all()
         writer.close([])
         return time.process_time() - started

@@ -22,6 +22,8 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.kernel.batch_stream import BatchRecord
+from recorder_tracer.output.chrome import ChromeTraceWriter
+from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
 from recorder_tracer.output.text import TextPrinter, TimeMode, format_record
@@ -209,6 +211,56 @@ def test_runs_of_lines_leave_whole_and_records_among_them_in_order() -> None:
     buffer.push_lines([(70, "b70")])
     buffer.flush_all()
     assert out[5:] == [record(70), [(70, "b70")]]
+
+
+@pytest.mark.parametrize("fmt", ["load %ld %ld", "%d", "no argument",
+                                 " ".join(["%x"] * 12)])
+def test_a_plan_reads_a_chunks_bytes_as_its_entries(fmt: str) -> None:
+    """`unpacked` (the fields a plan reads, from the chunk's bytes) makes
+    the pairs `chunk` makes of the unpacked entries, for every sink."""
+    nargs = fmt.count("%")
+    raws = [entry(0x1000, [(i * 7919 + a) % 2**64 for a in range(nargs)],
+                  flags=ENTRY_SPAN_END if nargs else 0) for i in range(5)]
+    raws = [(2**63 + i, *raw[1:]) for i, raw in enumerate(raws)]
+    data = memoryview(b"".join(ENTRY.pack(*raw) for raw in raws))
+    sinks = [JsonPlans(JsonLinesWriter(io.StringIO())),
+             TextPlans(TextPrinter(io.StringIO())),
+             ChromePlans(ChromeTraceWriter(io.StringIO()))]
+    for plans in sinks:
+        plan = plans.plan(raws[0], pid=77, comm="app", cpu=1, topic="net",
+                          where="a.c:3", fmt=fmt, ns_pid=4)
+        assert plan is not None
+        assert plan.unpacked(data) == plan.chunk(raws) == [
+            (raw[0], plan(raw)) for raw in raws]
+
+
+def test_chunks_left_in_their_bytes_render_as_unpacked_ones() -> None:
+    """ChunkLines given a chunk's bytes (entries None, one kind) writes
+    what it writes given the entries: the first as Records and lines, then
+    by the plan from the bytes."""
+    fmt = ctypes.create_string_buffer(b"n=%d")
+    pid = os.getpid()
+    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
+                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
+    processes = {pid: process}
+
+    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
+        return harvest_record(processes, {}, cpu, BatchRecord(
+            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    outs: list[list[tuple[int, object]]] = [[], []]
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    by_entries = ChunkLines(plans, outs[0].extend, processes.get, record)
+    by_bytes = ChunkLines(plans, outs[1].extend, processes.get, record)
+    for number in range(3):
+        raws = [(ts, *entry(ctypes.addressof(fmt), [ts])[1:])
+                for ts in range(number * 4, number * 4 + 4)]
+        by_entries.on_chunk(1, pid, b"me", raws, True)
+        by_bytes.on_chunk(1, pid, b"me", None, True,
+                          memoryview(b"".join(ENTRY.pack(*raw) for raw in raws)))
+    assert outs[0] == outs[1]
+    assert all(isinstance(item, str) for _ts, item in outs[1][1:])
+    assert [json.loads(line)["args"] for _ts, line in outs[1][1:]] == [
+        [ts] for ts in range(1, 12)]
 
 
 def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:

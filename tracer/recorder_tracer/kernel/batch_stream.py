@@ -59,7 +59,8 @@ TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
 
 RecordHandler = Callable[[int, Any], None]
 # cpu, pid, comm, entries (abi.ENTRY tuples): a chunk without %s arguments
-ChunkHandler = Callable[[int, int, bytes, list[tuple[int, ...]], bool], None]
+# cpu, pid, comm, entries (None: of one kind, left in the bytes), one kind, bytes
+ChunkHandler = Callable[[int, int, bytes, Any, bool, memoryview], None]
 MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
 # pid, topic id, where its name is: BPF could not read it (batch.c discover)
@@ -317,17 +318,20 @@ class BatchStream:
             self._header.unpack_from(message, 0))
         offset = self._entries_offset
         data = message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]
-        entries = list(ENTRY.iter_unpack(data))
         one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
+        # One kind: unpacked by on_chunk where needed (a plan reads only
+        # its fields).
+        entries = None if one_kind else list(ENTRY.iter_unpack(data))
         # No %s argument (kind 2: bits 10) in any (the first, if one
         # kind): nothing to wait for.
         if any(e[4] & ~(e[4] << 1) & 0xAAAAAA
-               for e in entries[:1 if one_kind else None]):
+               for e in entries or [ENTRY.unpack_from(data)] * one_kind):
             return None
-        self.received[cpu] += len(entries)
-        if entries:
-            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries, one_kind)
-        return len(entries)
+        taken = len(data) // ENTRY_SIZE
+        self.received[cpu] += taken
+        if taken:
+            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries, one_kind, data)
+        return taken
 
     def _deliver(self, cpu: int, message: memoryview) -> int:
         _kind, pid, topic, count, skip, shard, _r, first, comm = (

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import struct
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, Protocol
 
-from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
+from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY, ENTRY_SPAN_END, MAX_ARGS
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.render import _INT_BITS, _SPEC
 from recorder_tracer.output.jsonl import JsonLinesWriter, _dumps, record_json
@@ -41,6 +43,7 @@ class LinePlan(Protocol):
     entry)."""
 
     chunk: Callable[[list[Entry]], list[tuple[int, Any]]]
+    unpacked: Callable[[memoryview], list[tuple[int, Any]]]
 
     def __call__(self, t: Entry) -> Any: ...
 
@@ -160,11 +163,38 @@ def compile_plan(parts: Parts) -> LinePlan:
 
 def compile_lines(code: str, constants: dict[str, Any]) -> LinePlan:
     """The plan of `code`, an expression of an entry `t` (fstring()'s and
-    our own, reading `constants` by name), with its `chunk`."""
+    our own, reading `constants` by name), with its `chunk`, and its
+    `unpacked`: the same pairs from a chunk's bytes, unpacking only the
+    fields `code` reads (a struct of them, `t` renumbered)."""
     plan = eval("lambda t: " + code, constants)
     plan.chunk = eval(f"lambda entries: [(t[0], {code}) for t in entries]",
                       constants)
+    used = sorted({0, *map(int, _FIELD_READ.findall(code))})
+    layout, at = "<", 0
+    for field in used:
+        offset, size, letter = _ENTRY_FIELDS[field]
+        layout += (f"{offset - at}x" if offset > at else "") + letter
+        at = offset + size
+    constants["_fields"] = struct.Struct(f"{layout}{ENTRY.size - at}x")
+    narrow = _FIELD_READ.sub(lambda read: f"t[{used.index(int(read[1]))}]", code)
+    plan.unpacked = eval(f"lambda data: [(t[0], {narrow}) for t in "
+                         "_fields.iter_unpack(data)]", constants)
     return plan  # type: ignore[no-any-return]
+
+
+def _entry_fields() -> list[tuple[int, int, str]]:
+    """(offset, size, struct letter) of each field of ENTRY."""
+    fields, offset = [], 0
+    for count, letter in re.findall(r"(\d*)([a-zA-Z])", ENTRY.format):
+        for _ in range(int(count or 1)):
+            size = struct.calcsize("<" + letter)
+            fields.append((offset, size, letter))
+            offset += size
+    return fields
+
+
+_ENTRY_FIELDS = _entry_fields()
+_FIELD_READ = re.compile(r"\bt\[(\d+)\]")    # a plan's read of a field
 
 
 class JsonPlans:
@@ -238,23 +268,26 @@ class ChunkLines:
         self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
         self._kinds = 0     # kinds known, in all contexts
 
-    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry],
-                 one_kind: bool = False) -> None:
-        """Render `entries` (`one_kind`: all of one kind, known)."""
+    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry] | None,
+                 one_kind: bool = False, data: memoryview | None = None) -> None:
+        """Render `entries` (None: unpacked from `data`, the chunk's
+        entries as bytes, where a plan does not read them there;
+        `one_kind`: all of one kind, known)."""
         process = self.process_of(pid) if self.plans is not None else None
+        if entries is None:
+            assert data is not None
+            if process is not None and one_kind:
+                plan = self._plans(process, pid, comm, cpu).get(
+                    ENTRY.unpack_from(data)[3:10])
+                if plan is not None and plan is not _SEEN_ONCE:
+                    self.emit_lines(plan.unpacked(data))
+                    return
+            entries = list(ENTRY.iter_unpack(data))
         if process is None:
             self.emit_many([(entry[0], self.entry_record(cpu, pid, comm, entry))
                             for entry in entries])
             return
-        key = (pid, comm, cpu)
-        context = self._contexts.get(key)
-        if (context is None or context[0] is not process
-                or context[1] is not process.image):
-            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
-                self._contexts.clear()
-                self._kinds = 0
-            context = self._contexts[key] = (process, process.image, {})
-        plans = context[2]
+        plans = self._plans(process, pid, comm, cpu)
         kind = entries[0][3:10]
         plan = plans.get(kind)
         if (plan is not None and plan is not _SEEN_ONCE
@@ -276,6 +309,18 @@ class ChunkLines:
             items.append((entry[0], plan(entry) if plan is not None
                           else self.entry_record(cpu, pid, comm, entry)))
         self.emit_many(items)
+
+    def _plans(self, process: Any, pid: int, comm: bytes, cpu: int) -> dict:
+        """The plans (by kind) of this process image, comm and CPU."""
+        key = (pid, comm, cpu)
+        context = self._contexts.get(key)
+        if (context is None or context[0] is not process
+                or context[1] is not process.image):
+            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
+                self._contexts.clear()
+                self._kinds = 0
+            context = self._contexts[key] = (process, process.image, {})
+        return context[2]
 
     def _new_plan(self, process: Any, cpu: int, pid: int, comm: bytes,
                   entry: Entry) -> LinePlan | None:
