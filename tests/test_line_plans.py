@@ -232,6 +232,9 @@ def test_a_plan_reads_a_chunks_bytes_as_its_entries(fmt: str) -> None:
         assert plan is not None
         assert plan.unpacked(data) == plan.chunk(raws) == [
             (raw[0], plan(raw)) for raw in raws]
+        # Compiled at their first call, then called as they are.
+        assert plan.unpacked.__name__ == plan.chunk.__name__ == "<lambda>"
+        assert plan.unpacked(data) == plan.chunk(raws)
 
 
 def test_chunks_left_in_their_bytes_render_as_unpacked_ones() -> None:

@@ -165,21 +165,38 @@ def compile_lines(code: str, constants: dict[str, Any]) -> LinePlan:
     """The plan of `code`, an expression of an entry `t` (fstring()'s and
     our own, reading `constants` by name), with its `chunk`, and its
     `unpacked`: the same pairs from a chunk's bytes, unpacking only the
-    fields `code` reads (a struct of them, `t` renumbered)."""
+    fields `code` reads (a struct of them, `t` renumbered). Those two are
+    compiled when first called: a kind never seen in a chunk of its own
+    costs one compile, not three."""
     plan = eval("lambda t: " + code, constants)
-    plan.chunk = eval(f"lambda entries: [(t[0], {code}) for t in entries]",
-                      constants)
-    used = sorted({0, *map(int, _FIELD_READ.findall(code))})
-    layout, at = "<", 0
-    for field in used:
-        offset, size, letter = _ENTRY_FIELDS[field]
-        layout += (f"{offset - at}x" if offset > at else "") + letter
-        at = offset + size
-    constants["_fields"] = struct.Struct(f"{layout}{ENTRY.size - at}x")
-    narrow = _FIELD_READ.sub(lambda read: f"t[{used.index(int(read[1]))}]", code)
-    plan.unpacked = eval(f"lambda data: [(t[0], {narrow}) for t in "
-                         "_fields.iter_unpack(data)]", constants)
+
+    def chunk() -> Any:
+        return eval(f"lambda entries: [(t[0], {code}) for t in entries]", constants)
+
+    def unpacked() -> Any:
+        used = sorted({0, *map(int, _FIELD_READ.findall(code))})
+        layout, at = "<", 0
+        for field in used:
+            offset, size, letter = _ENTRY_FIELDS[field]
+            layout += (f"{offset - at}x" if offset > at else "") + letter
+            at = offset + size
+        constants["_fields"] = struct.Struct(f"{layout}{ENTRY.size - at}x")
+        narrow = _FIELD_READ.sub(lambda read: f"t[{used.index(int(read[1]))}]",
+                                 code)
+        return eval(f"lambda data: [(t[0], {narrow}) for t in "
+                    "_fields.iter_unpack(data)]", constants)
+    _on_first_call(plan, "chunk", chunk)
+    _on_first_call(plan, "unpacked", unpacked)
     return plan  # type: ignore[no-any-return]
+
+
+def _on_first_call(plan: Any, name: str, make: Callable[[], Any]) -> None:
+    """`plan.name`, made by `make()` when first called."""
+    def first(argument: Any) -> Any:
+        made = make()
+        setattr(plan, name, made)
+        return made(argument)
+    setattr(plan, name, first)
 
 
 def _entry_fields() -> list[tuple[int, int, str]]:
