@@ -1,18 +1,20 @@
-"""The controller's decode-to-file cost of `recorder trace --batch --json`,
-without BPF: chunks of 16 entries like bench/rate_load.c's ("load %ld
-%ld", two integers), from this process's own memory, through the session's
-path to a JSON lines file. Both unpack each chunk as BatchStream does
-(struct.iter_unpack, a look for %s arguments), then:
+"""The controller's decode-to-file cost of `recorder trace --batch` (JSON
+lines by default; `--format text` or `chrome`), without BPF: chunks of 16
+entries like bench/rate_load.c's ("load %ld %ld", two integers), from this
+process's own memory, through the session's path to a file. Both unpack
+each chunk as BatchStream does (struct.iter_unpack, the entries' kinds
+told from their bytes, a look for %s arguments), then:
 
   records   the Record path: one Record per entry (session/harvest_records),
-            the reorder buffer, JsonLinesWriter.write (a flush per line),
-            as batch mode ran before line plans
+            the reorder buffer, the writer's write (JSON: a flush per
+            line), as batch mode ran before line plans
   plans     the chunk path: ChunkLines renders each entry by its line plan
-            (output/json_plans.py), runs leave the reorder buffer as lines
+            (output/json_plans.py, text_plans.py, chrome_plans.py), runs
+            leave the reorder buffer as lines
 
-`.venv/bin/python bench/json_lines_bench.py [--records N]` prints CPU
-seconds (process time) and records/s per path, and checks both files are
-byte-identical but for the header's clock anchor.
+`.venv/bin/python bench/json_lines_bench.py [--records N] [--format F]`
+prints CPU seconds (process time) and records/s per path, and checks both
+files are byte-identical (one clock anchor for both).
 """
 
 from __future__ import annotations
@@ -24,14 +26,19 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from recorder_tracer.abi import ENTRY
 from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.decode.reorder import ReorderBuffer
-from recorder_tracer.kernel.batch_stream import BatchRecord
+from recorder_tracer.kernel.batch_stream import ENTRY_KIND, BatchRecord
+from recorder_tracer.output.chrome import ChromeTraceWriter
+from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.output.text import TextPrinter
+from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
 from recorder_tracer.target.memory import ProcessImage, Topic
@@ -49,7 +56,17 @@ def chunks(count: int) -> list[bytes]:
     return [b"".join(packed[i:i + CHUNK]) for i in range(0, count, CHUNK)]
 
 
-def run(path: str, mode: str, batches: list[bytes]) -> float:
+# The sinks `recorder trace` writes, each with its line plans.
+FORMATS: dict[str, tuple[Callable[[TextIO], Any], Callable[[Any], Any]]] = {
+    "json": (lambda stream: JsonLinesWriter(stream, flush=True), JsonPlans),
+    "text": (lambda stream: TextPrinter(stream), TextPlans),
+    "chrome": (ChromeTraceWriter, ChromePlans),
+}
+ANCHOR = {"clock": "CLOCK_MONOTONIC", "monotonic_ns": 1, "wall_ns": 2,
+          "wall_offset_ns": 1}      # both files alike
+
+
+def run(path: str, mode: str, batches: list[bytes], output: str = "json") -> float:
     pid = os.getpid()
     process = ArmedProcess(pid, "bench", ProcessImage.of(pid),
                            {1: Topic(1, "load", 1024, 0, "", 0)}, [], set())
@@ -60,24 +77,31 @@ def run(path: str, mode: str, batches: list[bytes]) -> float:
             pid, comm, RawEntry(*entry[:10], entry[10:22]), []))
 
     with open(path, "w") as stream:
-        writer = JsonLinesWriter(stream, flush=True)
-        plans = JsonPlans(writer) if mode == "plans" else None
+        make_writer, make_plans = FORMATS[output]
+        writer = make_writer(stream)
+        writer.anchor = ANCHOR
+        plans = make_plans(writer) if mode == "plans" else None
         reorder = ReorderBuffer(writer.write,
                                 lines=plans.write_lines if plans else None)
-        lines = ChunkLines(plans, reorder.push_many, processes.get, record)
+        lines = ChunkLines(plans, reorder.push_many, processes.get, record,
+                           reorder.push_lines)
         started = time.process_time()
         for number, data in enumerate(batches):
-            # As BatchStream._deliver_chunk: unpacked at once, %s looked for.
-            batch = list(ENTRY.iter_unpack(data))
-            if any(e[4] & ~(e[4] << 1) & 0xAAAAAA for e in batch):
+            # As BatchStream._deliver_chunk: kinds told, %s looked for, a
+            # chunk of one kind left in its bytes.
+            one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
+            batch = None if one_kind else list(ENTRY.iter_unpack(data))
+            if any(e[4] & ~(e[4] << 1) & 0xAAAAAA
+                   for e in batch or [ENTRY.unpack_from(data)] * one_kind):
                 raise AssertionError("no %s argument here")
             if mode == "plans":
-                lines.on_chunk(1, pid, b"bench", batch)
+                lines.on_chunk(1, pid, b"bench", batch, one_kind, memoryview(data))
             else:
+                batch = list(ENTRY.iter_unpack(data))
                 for entry in batch:
                     reorder.push(record(1, pid, b"bench", entry))
             if number % 64 == 63:       # a flush every 1,024 records
-                reorder.flush(batch[-1][0])
+                reorder.flush(ENTRY.unpack_from(data, len(data) - ENTRY.size)[0])
         reorder.flush_all()
         writer.close([])
         return time.process_time() - started
@@ -86,18 +110,16 @@ def run(path: str, mode: str, batches: list[bytes]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--format", choices=sorted(FORMATS), default="json")
     arguments = parser.parse_args()
     batches = chunks(arguments.records)
     with tempfile.TemporaryDirectory() as directory:
         files = {}
         for mode in ("records", "plans"):
             files[mode] = os.path.join(directory, f"{mode}.json")
-            seconds = run(files[mode], mode, batches)
+            seconds = run(files[mode], mode, batches, arguments.format)
             print(f"{mode:8} {arguments.records:,} records in {seconds:.2f} s CPU: "
                   f"{arguments.records / seconds:,.0f} records/s")
-        for path in files.values():     # the header carries the clock anchor
-            lines = Path(path).read_text().splitlines(keepends=True)
-            Path(path).write_text("".join(lines[1:]))
         same = filecmp.cmp(files["records"], files["plans"], shallow=False)
         print("identical output" if same else "OUTPUT DIFFERS")
         return 0 if same else 1

@@ -22,9 +22,11 @@ from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.kernel.batch_stream import BatchRecord
+from recorder_tracer.output.chrome import ChromeTraceWriter
+from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
-from recorder_tracer.output.text import TextPrinter, format_record
+from recorder_tracer.output.text import TextPrinter, TimeMode, format_record
 from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
@@ -109,6 +111,30 @@ def test_a_text_plan_prints_the_printers_line(fmt: str) -> None:
         assert line == expected, (fmt, values)
 
 
+@pytest.mark.parametrize("mode", list(TimeMode))
+def test_text_lines_show_time_as_the_printer_does(mode: TimeMode) -> None:
+    """A run's TIME column, relative times before the origin (a late
+    record's) too, in every time mode."""
+    raw, fmt = entry(0x1000, [5]), "v=%d"
+    texts = {raw[8]: fmt, raw[9]: "w.c:1"}
+    origin = 5_000_000_000
+    for times in ([origin, origin + 1, origin + 999_999_999, origin + 10**12],
+                  [origin - 2_000_000_001, origin - 999, origin, origin + 1_500]):
+        stream = io.StringIO()
+        printer = TextPrinter(stream, time_mode=mode, origin_ns=origin, header=False)
+        plans = TextPlans(printer)
+        plan = plans.plan(raw, pid=77, comm="app", cpu=1, topic="net",
+                          where="w.c:1", fmt=fmt, ns_pid=None)
+        assert plan is not None
+        plans.write_lines([(ts, plan(raw)) for ts in times])
+        records = [entry_record(RawEntry(ts, *raw[1:10], raw[10:22]), pid=77,
+                                comm="app", topic="net", text=texts.get,
+                                string=lambda a: None, cpu=1) for ts in times]
+        assert stream.getvalue() == "".join(
+            format_record(r, mode, origin, printer.wall_offset_ns) + "\n"
+            for r in records)
+
+
 def test_a_text_plan_cuts_and_escapes_columns_as_the_printer_does() -> None:
     names = {"comm": "a%d\x1b[2J\u202e", "topic": "function__entry_of_a_long_name",
              "where": "/very/long/path/to/some/source\x9b.c:1234"}
@@ -157,6 +183,87 @@ def test_lines_and_records_leave_the_reorder_buffer_in_time_order() -> None:
     out.clear()
     buffer.flush_all()
     assert out == [["b40", "a50"]]
+
+
+def test_runs_of_lines_leave_whole_and_records_among_them_in_order() -> None:
+    """push_lines() runs newer than every Record leave in one call as
+    they are; a Record pushed among them (late, too) still leaves in its
+    place."""
+    out: list[object] = []
+    buffer = ReorderBuffer(out.append, lines=lambda lines: out.append(lines))
+
+    def record(ts: int) -> Record:
+        return Record(ts=ts, pid=1, tid=1, comm="a", topic="t", where="?",
+                      message=str(ts))
+    run = [(10, "a10"), (20, "a20")]
+    buffer.push_lines(run)
+    buffer.flush(until_ns=20)
+    assert out == [run]
+    buffer.push_lines([(30, "a30"), (50, "a50")])
+    buffer.push(record(40))
+    buffer.push(record(5))          # late: older than what left
+    buffer.push_lines([(60, "a60")])
+    buffer.flush_all()
+    assert [item if isinstance(item, list) else item.ts for item in out[1:]] == [
+        5, [(30, "a30")], 40, [(50, "a50"), (60, "a60")]]
+    assert buffer.late == 1
+    buffer.push(record(70))
+    buffer.push_lines([(70, "b70")])
+    buffer.flush_all()
+    assert out[5:] == [record(70), [(70, "b70")]]
+
+
+@pytest.mark.parametrize("fmt", ["load %ld %ld", "%d", "no argument",
+                                 " ".join(["%x"] * 12)])
+def test_a_plan_reads_a_chunks_bytes_as_its_entries(fmt: str) -> None:
+    """`unpacked` (the fields a plan reads, from the chunk's bytes) makes
+    the pairs `chunk` makes of the unpacked entries, for every sink."""
+    nargs = fmt.count("%")
+    raws = [entry(0x1000, [(i * 7919 + a) % 2**64 for a in range(nargs)],
+                  flags=ENTRY_SPAN_END if nargs else 0) for i in range(5)]
+    raws = [(2**63 + i, *raw[1:]) for i, raw in enumerate(raws)]
+    data = memoryview(b"".join(ENTRY.pack(*raw) for raw in raws))
+    sinks = [JsonPlans(JsonLinesWriter(io.StringIO())),
+             TextPlans(TextPrinter(io.StringIO())),
+             ChromePlans(ChromeTraceWriter(io.StringIO()))]
+    for plans in sinks:
+        plan = plans.plan(raws[0], pid=77, comm="app", cpu=1, topic="net",
+                          where="a.c:3", fmt=fmt, ns_pid=4)
+        assert plan is not None
+        assert plan.unpacked(data) == plan.chunk(raws) == [
+            (raw[0], plan(raw)) for raw in raws]
+        # Compiled at their first call, then called as they are.
+        assert plan.unpacked.__name__ == plan.chunk.__name__ == "<lambda>"
+        assert plan.unpacked(data) == plan.chunk(raws)
+
+
+def test_chunks_left_in_their_bytes_render_as_unpacked_ones() -> None:
+    """ChunkLines given a chunk's bytes (entries None, one kind) writes
+    what it writes given the entries: the first as Records and lines, then
+    by the plan from the bytes."""
+    fmt = ctypes.create_string_buffer(b"n=%d")
+    pid = os.getpid()
+    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
+                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
+    processes = {pid: process}
+
+    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
+        return harvest_record(processes, {}, cpu, BatchRecord(
+            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    outs: list[list[tuple[int, object]]] = [[], []]
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    by_entries = ChunkLines(plans, outs[0].extend, processes.get, record)
+    by_bytes = ChunkLines(plans, outs[1].extend, processes.get, record)
+    for number in range(3):
+        raws = [(ts, *entry(ctypes.addressof(fmt), [ts])[1:])
+                for ts in range(number * 4, number * 4 + 4)]
+        by_entries.on_chunk(1, pid, b"me", raws, True)
+        by_bytes.on_chunk(1, pid, b"me", None, True,
+                          memoryview(b"".join(ENTRY.pack(*raw) for raw in raws)))
+    assert outs[0] == outs[1]
+    assert all(isinstance(item, str) for _ts, item in outs[1][1:])
+    assert [json.loads(line)["args"] for _ts, line in outs[1][1:]] == [
+        [ts] for ts in range(1, 12)]
 
 
 def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:

@@ -179,6 +179,9 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
         elif isinstance(sink, TextPrinter):
             from recorder_tracer.output.text_plans import TextPlans
             lines = TextPlans(sink)
+        elif chrome:        # a ChromeTraceWriter on the file it owns
+            from recorder_tracer.output.chrome_plans import ChromePlans
+            lines = ChromePlans(sink.writer)  # type: ignore[attr-defined]
         session = TraceSession(options, sink.write, report, stopping=stopping,
                                lines=lines)
         try:

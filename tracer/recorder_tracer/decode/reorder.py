@@ -66,6 +66,7 @@ def oldest_mark(marks: list[int | None]) -> int | None:
 
 
 _TS = itemgetter(0)
+_RENDERED = (str, tuple)    # the types of rendered lines (a Record is neither)
 
 
 class ReorderBuffer:
@@ -81,16 +82,16 @@ class ReorderBuffer:
     (stably, by timestamp: equal ones keep their order of arrival): a
     batch source pushes its runs, already nearly sorted, with push_many(),
     at no per-record cost here. An item is a Record, or a line its source
-    rendered already (a str: decode in batches, output/json_plans.py),
-    which leaves in the same order, in runs of (timestamp, line) pairs
-    through the `lines` sink.
+    rendered already (a str, or a tuple for Chrome's events: decode in
+    batches, output/json_plans.py), which leaves in the same order, in runs
+    of (timestamp, line) pairs through the `lines` sink.
     """
 
     def __init__(self, sink: Callable[[Record], None],
                  window_ns: int = REORDER_WINDOW_NS,
                  between_batches: Callable[[], None] | None = None,
                  batch: int = 4096, margin_ns: int = REORDER_MARGIN_NS,
-                 lines: Callable[[list[tuple[int, str]]], None] | None = None
+                 lines: Callable[[list[tuple[int, Any]]], None] | None = None
                  ) -> None:
         self.sink = sink
         self.lines = lines
@@ -108,6 +109,9 @@ class ReorderBuffer:
         self._fresh: list[tuple[int, Any]] = []
         self._oldest: int | None = None     # the oldest timestamp held
         self._arrivals = 0
+        # The newest timestamp pushed that may be a Record's: a run of
+        # lines all newer leaves whole, without a look at each item.
+        self._records_until = -1
 
     def __len__(self) -> int:
         return len(self._held) + len(self._fresh)
@@ -119,6 +123,13 @@ class ReorderBuffer:
     def push_many(self, items: list[tuple[int, Any]]) -> None:
         """Hold each (timestamp, record or rendered line) of `items`, in
         this order of arrival."""
+        if not items:
+            return
+        self._records_until = max(self._records_until, max(map(_TS, items)))
+        self.push_lines(items)
+
+    def push_lines(self, items: list[tuple[int, Any]]) -> None:
+        """push_many() for (timestamp, rendered line) pairs only."""
         if not items:
             return
         oldest = min(map(_TS, items))
@@ -209,10 +220,13 @@ class ReorderBuffer:
         if not ready:
             return
         self._last_ts = max(self._last_ts, ready[-1][0])
-        lines: list[tuple[int, str]] = []
+        if ready[0][0] > self._records_until:
+            self._send_lines(ready)     # lines only: no Record is as new
+            return
+        lines: list[tuple[int, Any]] = []
         for pair in ready:
             item = pair[1]
-            if type(item) is str:
+            if type(item) in _RENDERED:
                 lines.append(pair)
                 continue
             if lines:
@@ -222,6 +236,6 @@ class ReorderBuffer:
         if lines:
             self._send_lines(lines)
 
-    def _send_lines(self, lines: list[tuple[int, str]]) -> None:
+    def _send_lines(self, lines: list[tuple[int, Any]]) -> None:
         assert self.lines is not None, "a rendered line needs a lines sink"
         self.lines(lines)

@@ -40,18 +40,21 @@ from recorder_tracer.target.memory import ProcessImage, Topic
 RING_HEADER = 8
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
-MSG_CHUNK, MSG_STRING, MSG_TOPIC, MSG_UNNAMED = 1, 2, 3, 4   # enum batch_kind,
-                                                              # kernel/bpf/batch.h
+# enum batch_kind, kernel/bpf/batch.h
+MSG_CHUNK, MSG_STRING, MSG_TOPIC, MSG_UNNAMED = 1, 2, 3, 4
 _U64 = struct.Struct("<Q")
 _HEAD = struct.Struct("<II")        # kind, pid
 
 # The messages' heads (tracer/recorder_tracer/kernel/bpf/batch.h), checked
 # against the compiled layout when a stream opens; a capture file's reader
 # (output/capture.py) decodes with them without loading BPF.
-CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")  # kind pid topic count skip shard
-                                            # reserved first comm
+# kind pid topic count skip shard reserved first comm
+CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
+# An entry's kind (topic, argument kinds, CPU, count, flags, format and
+# location: ENTRY's fields 3-9) as bytes: a chunk of one kind, told at once.
+ENTRY_KIND = struct.Struct("<20x28s96x")
 TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
 
 
@@ -62,8 +65,9 @@ def has_string_argument(arg_types: int) -> bool:
 
 
 RecordHandler = Callable[[int, Any], None]
-# cpu, pid, comm, entries (abi.ENTRY tuples): a chunk without %s arguments
-ChunkHandler = Callable[[int, int, bytes, list[tuple[int, ...]]], None]
+# A chunk without %s arguments: cpu, pid, comm, entries (abi.ENTRY tuples, or
+# None: of one kind, left in the bytes), one kind, bytes
+ChunkHandler = Callable[[int, int, bytes, Any, bool, memoryview], None]
 MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
 # pid, topic id, where its name is: BPF could not read it (batch.c discover)
@@ -307,11 +311,9 @@ class BatchStream:
         entry_type, size = self._entry_type, self._entry_size
         offset = self._entries_offset
         types_at = entry_type.arg_types.offset
-        for i in range(count):
-            (types,) = struct.unpack_from("<I", message, offset + i * size + types_at)
-            if has_string_argument(types):
-                return True
-        return False
+        return any(has_string_argument(
+            struct.unpack_from("<I", message, offset + i * size + types_at)[0])
+            for i in range(count))
 
     def _deliver_chunk(self, cpu: int, message: memoryview) -> int | None:
         """A chunk's entries unpacked at once, to on_chunk; None (nothing
@@ -320,15 +322,19 @@ class BatchStream:
         _kind, pid, _topic, count, skip, _shard, _r, _first, comm = (
             self._header.unpack_from(message, 0))
         offset = self._entries_offset
-        entries = list(ENTRY.iter_unpack(
-            message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]))
-        # No %s argument in any: nothing to wait for.
-        if any(has_string_argument(entry[4]) for entry in entries):
+        data = message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]
+        one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
+        # One kind: unpacked by on_chunk where needed (a plan reads its fields).
+        entries = None if one_kind else list(ENTRY.iter_unpack(data))
+        # No %s argument in any (the first, if one kind): nothing to wait for.
+        if any(has_string_argument(e[4])
+               for e in entries or [ENTRY.unpack_from(data)] * one_kind):
             return None
-        self.received[cpu] += len(entries)
-        if entries:
-            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries)
-        return len(entries)
+        taken = len(data) // ENTRY_SIZE
+        self.received[cpu] += taken
+        if taken:
+            self.on_chunk(cpu, pid, comm.split(b"\0", 1)[0], entries, one_kind, data)
+        return taken
 
     def _deliver(self, cpu: int, message: memoryview) -> int:
         _kind, pid, topic, count, skip, shard, _r, first, comm = (

@@ -58,26 +58,44 @@ class ChromeTraceWriter(Writer):
 
     def write(self, record: Record) -> None:
         """Write one record (and the names of its process and thread if new)."""
-        events = []
-        if (record.pid not in self._process_names
-                or (record.tid == record.pid
-                    and self._process_names[record.pid] != record.comm)):
-            self._process_names[record.pid] = record.comm
-            events.append(name_event("process_name", record.pid, record.pid,
-                                     record.comm))
-        if self._thread_names.get(record.tid) != record.comm:
-            self._thread_names[record.tid] = record.comm
-            events.append(name_event("thread_name", record.pid, record.tid,
-                                     record.comm))
-        events.append(record_event(record))
-        self._emit("".join(self._separator() + _dumps(e) for e in events))
-        self.count += 1
+        self.write_events(self.names(record.pid, record.tid, record.comm)
+                          + ",\n" + _dumps(record_event(record)), 1)
 
-    def _separator(self) -> str:
-        if self._started:
-            return ",\n"
-        self._started = True
-        return '{"traceEvents": [\n'
+    def names(self, pid: int, tid: int, comm: str) -> str:
+        """The metadata events (each after ",\n") naming `pid` and `tid`
+        `comm` where it is new or a rename; "" when both are known."""
+        text = ""
+        processes = self._process_names
+        if pid not in processes or (tid == pid and processes[pid] != comm):
+            processes[pid] = comm
+            text = ",\n" + _dumps(name_event("process_name", pid, pid, comm))
+        if self._thread_names.get(tid) != comm:
+            self._thread_names[tid] = comm
+            text += ",\n" + _dumps(name_event("thread_name", pid, tid, comm))
+        return text
+
+    def write_events(self, text: str, count: int) -> None:
+        """Write events rendered already, each after ",\n" (`count`
+        records among them): the first of the file opens the array."""
+        if not self._started:
+            self._started = True
+            text = '{"traceEvents": [\n' + text[2:]
+        self._emit(text)
+        self.count += count
+
+    def write_lines(self, lines: list[tuple[int, tuple[int, int, str, str]]]
+                    ) -> None:
+        """Write the (timestamp, (tid, pid, comm, event)) pairs of line
+        plans (output/chrome_plans.py) at once, each after the events
+        naming its process and thread where write() would write them."""
+        threads, processes = self._thread_names, self._process_names
+        pieces = []
+        for _ts, (tid, pid, comm, event) in lines:
+            if (threads.get(tid) != comm or pid not in processes
+                    or (tid == pid and processes[pid] != comm)):
+                pieces.append(self.names(pid, tid, comm))
+            pieces.append(event)
+        self.write_events("".join(pieces), len(lines))
 
     def _finish(self, summary: list[CpuCounts]) -> None:
         head = ("\n" if self._started else '{"traceEvents": [')

@@ -18,11 +18,15 @@ first entry against the writer's own line, and drops a plan that differs.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import struct
 from collections.abc import Callable
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
-from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
+from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY, ENTRY_SPAN_END, MAX_ARGS
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.render import _INT_BITS, _SPEC
 from recorder_tracer.output.jsonl import JsonLinesWriter, _dumps, record_json
@@ -30,8 +34,20 @@ from recorder_tracer.selftrace import SESSION
 from recorder_tracer.target.notes import RECORDER_PROVIDER
 from recorder_tracer.terminal import json_escaped
 
-LinePlan = Callable[[tuple[int, ...]], str]
 Entry = tuple[int, ...]
+
+
+class LinePlan(Protocol):
+    """A compiled plan: the line of one entry, and `chunk`, the (timestamp,
+    line) pairs of a list of entries in one comprehension (no call per
+    entry)."""
+
+    chunk: Callable[[list[Entry]], list[tuple[int, Any]]]
+    unpacked: Callable[[memoryview], list[tuple[int, Any]]]
+
+    def __call__(self, t: Entry) -> Any: ...
+
+
 EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
 # A process chooses its entries' kinds (it writes its own format addresses):
 # a kind gets a plan only when seen a second time (one-off kinds stay on the
@@ -39,6 +55,8 @@ EntryRecord = Callable[[int, int, bytes, Entry], Record]   # cpu, pid, comm
 KINDS_KEPT = 4096
 CONTEXTS_KEPT = 1024
 _SEEN_ONCE = object()
+_LINE = itemgetter(1)
+_VALUE_NAMES = itertools.count()    # the names of values shown twice
 ARGS_AT = 10            # the first argument's index in an ENTRY tuple
 _SPECS = {"d": "", "i": "", "u": "", "o": "o", "x": "x", "X": "X"}
 # A plan's parts: constant text, or (expression of `t`, format spec)
@@ -103,12 +121,14 @@ def message_parts(fmt: str, nargs: int, escape: Callable[[str], str] = _inner
         next_arg += 1
 
 
-def compile_plan(parts: Parts) -> LinePlan:
-    """One function of an entry tuple `t` making the line of `parts`: an
-    f-string (about twice as fast as %-formatting here). Only indices and
-    our own names reach the code: the texts a process chose are constants
-    it reads by name."""
-    constants: dict[str, str] = {}
+def fstring(parts: Parts, constants: dict[str, Any]) -> str:
+    """The source of an f-string of an entry tuple `t` making the text of
+    `parts`. Only indices and our own names reach the code: the texts a
+    process chose go to `constants`, which the code reads by name. A value
+    shown twice (a message's argument and the same in "args") is made
+    text once, kept by name (`:=`) where it first shows."""
+    fields = [part for part in parts if not isinstance(part, str)]
+    named: dict[tuple[str, str], str] = {}
     code: list[str] = []
     text = ""
     for part in [*parts, None]:
@@ -120,10 +140,78 @@ def compile_plan(parts: Parts) -> LinePlan:
             constants[name] = text
             code.append("{" + name + "}")
             text = ""
-        if part is not None:
-            expression, spec = part
-            code.append("{" + expression + (":" + spec if spec else "") + "}")
-    return eval("lambda t: f'" + "".join(code) + "'", constants)
+        if part is None:
+            continue
+        expression, spec = part
+        field = "{" + expression + (":" + spec if spec else "") + "}"
+        if part in named:
+            code.append("{" + named[part] + "}")
+        elif fields.count(part) > 1:
+            named[part] = f"_v{next(_VALUE_NAMES)}"
+            code.append("{(" + named[part] + ' := f"' + field + '")}')
+        else:
+            code.append(field)
+    return "f'" + "".join(code) + "'"
+
+
+def compile_plan(parts: Parts) -> LinePlan:
+    """One function of an entry tuple `t` making the line of `parts`: an
+    f-string (about twice as fast as %-formatting here)."""
+    constants: dict[str, Any] = {}
+    return compile_lines(fstring(parts, constants), constants)
+
+
+def compile_lines(code: str, constants: dict[str, Any]) -> LinePlan:
+    """The plan of `code`, an expression of an entry `t` (fstring()'s and
+    our own, reading `constants` by name), with its `chunk`, and its
+    `unpacked`: the same pairs from a chunk's bytes, unpacking only the
+    fields `code` reads (a struct of them, `t` renumbered). Those two are
+    compiled when first called: a kind never seen in a chunk of its own
+    costs one compile, not three."""
+    plan = eval("lambda t: " + code, constants)
+
+    def chunk() -> Any:
+        return eval(f"lambda entries: [(t[0], {code}) for t in entries]", constants)
+
+    def unpacked() -> Any:
+        used = sorted({0, *map(int, _FIELD_READ.findall(code))})
+        layout, at = "<", 0
+        for field in used:
+            offset, size, letter = _ENTRY_FIELDS[field]
+            layout += (f"{offset - at}x" if offset > at else "") + letter
+            at = offset + size
+        constants["_fields"] = struct.Struct(f"{layout}{ENTRY.size - at}x")
+        narrow = _FIELD_READ.sub(lambda read: f"t[{used.index(int(read[1]))}]",
+                                 code)
+        return eval(f"lambda data: [(t[0], {narrow}) for t in "
+                    "_fields.iter_unpack(data)]", constants)
+    _on_first_call(plan, "chunk", chunk)
+    _on_first_call(plan, "unpacked", unpacked)
+    return plan  # type: ignore[no-any-return]
+
+
+def _on_first_call(plan: Any, name: str, make: Callable[[], Any]) -> None:
+    """`plan.name`, made by `make()` when first called."""
+    def first(argument: Any) -> Any:
+        made = make()
+        setattr(plan, name, made)
+        return made(argument)
+    setattr(plan, name, first)
+
+
+def _entry_fields() -> list[tuple[int, int, str]]:
+    """(offset, size, struct letter) of each field of ENTRY."""
+    fields, offset = [], 0
+    for count, letter in re.findall(r"(\d*)([a-zA-Z])", ENTRY.format):
+        for _ in range(int(count or 1)):
+            size = struct.calcsize("<" + letter)
+            fields.append((offset, size, letter))
+            offset += size
+    return fields
+
+
+_ENTRY_FIELDS = _entry_fields()
+_FIELD_READ = re.compile(r"\bt\[(\d+)\]")    # a plan's read of a field
 
 
 def integer_argument_kinds(entry: Entry) -> list[int] | None:
@@ -179,48 +267,57 @@ class JsonPlans:
     def write_lines(self, lines: list[tuple[int, str]]) -> None:
         """Write rendered (timestamp, line) pairs at once (one flush, when
         flushing)."""
-        self.writer.write_lines("".join([line for _ts, line in lines]), len(lines))
+        self.writer.write_lines("".join(map(_LINE, lines)), len(lines))
 
 
 class ChunkLines:
     """A batch stream's chunks (kernel/batch_stream.py `on_chunk`) to
-    `emit_many`: each entry as a line by its plan (`plans`: JsonPlans, or
-    output/text_plans.py's TextPlans) where one fits, as a
-    Record (`entry_record`) where none does (every one without `plans`).
+    `emit_many` (`emit_lines` where all are lines): each entry as a line
+    by its plan (`plans`: JsonPlans, output/text_plans.py's TextPlans or
+    output/chrome_plans.py's ChromePlans) where one fits, as a Record
+    (`entry_record`) where none does (every one without `plans`).
     `process_of(pid)` gives the process (session/armed.py) whose image and
     topics name its entries, None to take the Record path for the chunk."""
 
     def __init__(self, plans: Any,
                  emit_many: Callable[[list[tuple[int, Any]]], None],
-                 process_of: Callable[[int], Any], entry_record: EntryRecord) -> None:
+                 process_of: Callable[[int], Any], entry_record: EntryRecord,
+                 emit_lines: Callable[[list[tuple[int, Any]]], None] | None = None
+                 ) -> None:
         self.plans = plans
         self.emit_many = emit_many
+        self.emit_lines = emit_lines or emit_many   # lines only
         self.process_of = process_of
         self.entry_record = entry_record
         self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
         self._kinds = 0     # kinds known, in all contexts
 
-    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry]) -> None:
+    def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry] | None,
+                 one_kind: bool = False, data: memoryview | None = None) -> None:
+        """Render `entries` (None: unpacked from `data`, the chunk's
+        entries as bytes, where a plan does not read them there;
+        `one_kind`: all of one kind, known)."""
         process = self.process_of(pid) if self.plans is not None else None
+        if entries is None:
+            assert data is not None
+            if process is not None and one_kind:
+                plan = self._plans(process, pid, comm, cpu).get(
+                    ENTRY.unpack_from(data)[3:10])
+                if plan is not None and plan is not _SEEN_ONCE:
+                    self.emit_lines(plan.unpacked(data))
+                    return
+            entries = list(ENTRY.iter_unpack(data))
         if process is None:
             self.emit_many([(entry[0], self.entry_record(cpu, pid, comm, entry))
                             for entry in entries])
             return
-        key = (pid, comm, cpu)
-        context = self._contexts.get(key)
-        if (context is None or context[0] is not process
-                or context[1] is not process.image):
-            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
-                self._contexts.clear()
-                self._kinds = 0
-            context = self._contexts[key] = (process, process.image, {})
-        plans = context[2]
+        plans = self._plans(process, pid, comm, cpu)
         kind = entries[0][3:10]
         plan = plans.get(kind)
         if (plan is not None and plan is not _SEEN_ONCE
-                and all(entry[3:10] == kind for entry in entries)):
+                and (one_kind or all(entry[3:10] == kind for entry in entries))):
             # The common chunk: one kind of entry throughout.
-            self.emit_many([(entry[0], plan(entry)) for entry in entries])
+            self.emit_lines(plan.chunk(entries))
             return
         items: list[tuple[int, Any]] = []
         for entry in entries:
@@ -236,6 +333,18 @@ class ChunkLines:
             items.append((entry[0], plan(entry) if plan is not None
                           else self.entry_record(cpu, pid, comm, entry)))
         self.emit_many(items)
+
+    def _plans(self, process: Any, pid: int, comm: bytes, cpu: int) -> dict:
+        """The plans (by kind) of this process image, comm and CPU."""
+        key = (pid, comm, cpu)
+        context = self._contexts.get(key)
+        if (context is None or context[0] is not process
+                or context[1] is not process.image):
+            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
+                self._contexts.clear()
+                self._kinds = 0
+            context = self._contexts[key] = (process, process.image, {})
+        return context[2]
 
     def _new_plan(self, process: Any, cpu: int, pid: int, comm: bytes,
                   entry: Entry) -> LinePlan | None:

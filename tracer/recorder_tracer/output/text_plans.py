@@ -22,6 +22,7 @@ from recorder_tracer.output.text import (
     TIME_COLUMN,
     WHERE_WIDTH,
     TextPrinter,
+    TimeMode,
     format_record,
     format_time,
     shorten,
@@ -81,9 +82,17 @@ class TextPlans:
             printer.origin_ns = lines[0][0]
         mode, origin = printer.time_mode, printer.origin_ns
         wall, width = printer.wall_offset_ns, TIME_COLUMN[mode][1]
-        printer.stream.write("".join([
-            format_time(ts, mode, origin, wall).ljust(width) + " " + columns
-            for ts, columns in lines]))
+        base = origin if mode is TimeMode.RELATIVE else 0
+        if mode is not TimeMode.WALL and lines[0][0] >= base:
+            # format_time's seconds and microseconds, inline: a run is in
+            # time order, so none is before `base` (no sign).
+            text = "".join([
+                f"{(us := (ts - base) // 1000) // 1_000_000}.{us % 1_000_000:06d}"
+                .ljust(width) + " " + columns for ts, columns in lines])
+        else:
+            text = "".join([format_time(ts, mode, origin, wall).ljust(width) + " "
+                            + columns for ts, columns in lines])
+        printer.stream.write(text)
         printer.count += len(lines)
         if printer.flush_each:
             printer.stream.flush()

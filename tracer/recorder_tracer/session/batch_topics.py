@@ -30,6 +30,7 @@ from recorder_tracer.errors import TracerError
 from recorder_tracer.kernel.batch import NAME_MAX, BatchHarvester, TopicLoss
 from recorder_tracer.kernel.batch_stream import BatchRecord, BatchStream
 from recorder_tracer.output.capture import CaptureWriter
+from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
 from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.selftrace import SESSION
@@ -96,13 +97,13 @@ class BatchTopics:
 
     def __init__(self, options: TraceOptions, reorder: ReorderBuffer,
                  report: Reporter, lock: threading.RLock,
-                 plans: JsonPlans | TextPlans | None = None) -> None:
+                 plans: JsonPlans | TextPlans | ChromePlans | None = None) -> None:
         self.options = options
         self.emit = reorder.push
         # Decoding in batches: a chunk's entries are decoded at once and
         # pushed on together; with `plans` (the sink's), as lines.
         self.lines = ChunkLines(plans, reorder.push_many, self._chunk_process,
-                                self._entry_record)
+                                self._entry_record, reorder.push_lines)
         self.report = report
         self.lock = lock
         self.processes: dict[int, ArmedProcess] = {}

@@ -54,6 +54,7 @@ from recorder_tracer.session.topics import RecorderTopics
 from recorder_tracer.session.tracker import ProcessTracker
 
 if TYPE_CHECKING:
+    from recorder_tracer.output.chrome_plans import ChromePlans
     from recorder_tracer.output.json_plans import JsonPlans
     from recorder_tracer.output.text_plans import TextPlans
     from recorder_tracer.postmortem.snapshot import SnapshotWatcher
@@ -75,7 +76,7 @@ class TraceSession(SessionResults, CoverageSteps):
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
                  stopping: threading.Event | None = None,
-                 lines: JsonPlans | TextPlans | None = None) -> None:
+                 lines: JsonPlans | TextPlans | ChromePlans | None = None) -> None:
         if not (options.topics or options.usdt):
             raise TracerError("nothing to trace: no topics and no USDT probe")
         self.options = options
