@@ -24,7 +24,7 @@ from recorder_tracer.decode.spec import TopicSpec
 from recorder_tracer.kernel.batch_stream import BatchRecord
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.chrome_plans import ChromePlans
-from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
+from recorder_tracer.output.json_plans import KINDS_KEPT, ChunkLines, JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
 from recorder_tracer.output.text import TextPrinter, TimeMode, format_record
 from recorder_tracer.output.text_plans import TextPlans
@@ -290,6 +290,34 @@ def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:
     assert plans.built == 1
     assert [item for _ts, item in out[40:]] == [JsonPlans.render(record(
         1, pid, b"me", again[0]))] * 3
+
+
+def test_kinds_held_stay_bounded_in_one_context() -> None:
+    """A process writes its entries' kind fields (here the entry's own
+    CPU): ever-new kinds from one (pid, comm, cpu) context are forgotten
+    past KINDS_KEPT, as across contexts; the lines stay the writer's."""
+    fmt = ctypes.create_string_buffer(b"k %d")
+    pid = os.getpid()
+    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
+                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
+    processes = {pid: process}
+
+    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
+        return harvest_record(processes, {}, cpu, BatchRecord(
+            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    out: list[tuple[int, object]] = []
+    chunks = ChunkLines(plans, out.extend, processes.get, record)
+    base = entry(ctypes.addressof(fmt), [9])
+    held = []
+    for first in range(0, KINDS_KEPT + 1024, 64):
+        chunks.on_chunk(1, pid, b"me", [(*base[:5], cpu, *base[6:])
+                                        for cpu in range(first, first + 64)])
+        held.append(chunks.kinds_held())
+    assert max(held) <= KINDS_KEPT + 64 and held[-1] < KINDS_KEPT
+    assert held[KINDS_KEPT // 64 - 1] == KINDS_KEPT     # all kept up to the bound
+    assert len(out) == KINDS_KEPT + 1024 and plans.built == 0
+    assert all(isinstance(item, Record) for _ts, item in out)
 
 
 @pytest.mark.bpf

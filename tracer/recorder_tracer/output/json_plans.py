@@ -334,13 +334,22 @@ class ChunkLines:
                           else self.entry_record(cpu, pid, comm, entry)))
         self.emit_many(items)
 
+    def kinds_held(self) -> int:
+        """The kinds of entry known now (plans, and kinds seen once)."""
+        return sum(len(context[2]) for context in self._contexts.values())
+
     def _plans(self, process: Any, pid: int, comm: bytes, cpu: int) -> dict:
         """The plans (by kind) of this process image, comm and CPU."""
+        # At every chunk: the process writes its kinds, one context can
+        # hold ever-new ones (bounded by KINDS_KEPT and one chunk's entries).
+        if self._kinds >= KINDS_KEPT:
+            self._contexts.clear()
+            self._kinds = 0
         key = (pid, comm, cpu)
         context = self._contexts.get(key)
         if (context is None or context[0] is not process
                 or context[1] is not process.image):
-            if len(self._contexts) >= CONTEXTS_KEPT or self._kinds >= KINDS_KEPT:
+            if len(self._contexts) >= CONTEXTS_KEPT:
                 self._contexts.clear()
                 self._kinds = 0
             context = self._contexts[key] = (process, process.image, {})
