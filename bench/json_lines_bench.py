@@ -30,9 +30,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from recorder_tracer.abi import ENTRY
+from recorder_tracer.decode.chunk_kind import chunk_of_one_kind
 from recorder_tracer.decode.entry import RawEntry
 from recorder_tracer.decode.reorder import ReorderBuffer
-from recorder_tracer.kernel.batch_stream import ENTRY_KIND, BatchRecord
+from recorder_tracer.kernel.batch_stream import BatchRecord
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import ChunkLines, JsonPlans
@@ -89,7 +90,7 @@ def run(path: str, mode: str, batches: list[bytes], output: str = "json") -> flo
         for number, data in enumerate(batches):
             # As BatchStream._deliver_chunk: kinds told, %s looked for, a
             # chunk of one kind left in its bytes.
-            one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
+            one_kind = chunk_of_one_kind(data)
             batch = None if one_kind else list(ENTRY.iter_unpack(data))
             if any(e[4] & ~(e[4] << 1) & 0xAAAAAA
                    for e in batch or [ENTRY.unpack_from(data)] * one_kind):

@@ -17,6 +17,7 @@ import pytest
 from helpers.tracer import Workload
 
 from recorder_tracer.abi import ENTRY, ENTRY_SPAN_END
+from recorder_tracer.decode.chunk_kind import chunk_of_one_kind
 from recorder_tracer.decode.entry import RawEntry, entry_record
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.reorder import ReorderBuffer
@@ -264,6 +265,38 @@ def test_chunks_left_in_their_bytes_render_as_unpacked_ones() -> None:
     assert all(isinstance(item, str) for _ts, item in outs[1][1:])
     assert [json.loads(line)["args"] for _ts, line in outs[1][1:]] == [
         [ts] for ts in range(1, 12)]
+
+
+def test_a_chunk_of_two_formats_writes_each_entrys_own_line() -> None:
+    """Two formats of one topic in one chunk, both with plans: the chunk is
+    told not of one kind from its bytes (as BatchStream._deliver_chunk
+    tells it), and every line is its own entry's, the Record path's."""
+    formats = [ctypes.create_string_buffer(b"first %d"),
+               ctypes.create_string_buffer(b"second %d")]
+    pid = os.getpid()
+    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
+                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
+    processes = {pid: process}
+
+    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
+        return harvest_record(processes, {}, cpu, BatchRecord(
+            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    out: list[tuple[int, object]] = []
+    chunks = ChunkLines(plans, out.extend, processes.get, record)
+    raws = [(ts, *entry(ctypes.addressof(formats[ts % 2]), [ts])[1:])
+            for ts in range(8)]
+    chunks.on_chunk(1, pid, b"me", raws[:4])     # both kinds seen twice
+    assert plans.built == 2
+    data = b"".join(ENTRY.pack(*raw) for raw in raws[4:])
+    one_kind = chunk_of_one_kind(data)
+    assert not one_kind
+    chunks.on_chunk(1, pid, b"me", list(ENTRY.iter_unpack(data)), one_kind,
+                    memoryview(data))
+    assert [line for _ts, line in out[4:]] == [
+        JsonPlans.render(record(1, pid, b"me", raw)) for raw in raws[4:]]
+    assert [json.loads(line)["message"] for _ts, line in out[4:]] == [
+        "first 4", "second 5", "first 6", "second 7"]
 
 
 def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:

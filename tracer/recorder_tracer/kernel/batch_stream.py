@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder_tracer.abi import ENTRY
+from recorder_tracer.decode.chunk_kind import chunk_of_one_kind, has_string_argument
 from recorder_tracer.kernel.batch import BatchHarvester
 from recorder_tracer.kernel.stream import (
     CpuSummary,
@@ -52,16 +53,7 @@ _HEAD = struct.Struct("<II")        # kind, pid
 CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
-# An entry's kind (topic, argument kinds, CPU, count, flags, format and
-# location: ENTRY's fields 3-9) as bytes: a chunk of one kind, told at once.
-ENTRY_KIND = struct.Struct("<20x28s96x")
 TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
-
-
-def has_string_argument(arg_types: int) -> bool:
-    """True if an argument of these kinds (2 bits each) is a %s string
-    (kind 2, binary 10: its high bit set, its low bit clear)."""
-    return bool(arg_types & ~(arg_types << 1) & 0xAAAAAA)
 
 
 RecordHandler = Callable[[int, Any], None]
@@ -171,8 +163,8 @@ class BatchStream:
                  on_chunk: ChunkHandler | None = None) -> None:
         self.harvester = harvester
         self.on_record = on_record
-        # Batch mode: a chunk's entries unpacked at once, handed over whole
-        # (those with %s arguments still go one by one to on_record).
+        # Batch mode: a chunk handed over whole, of one kind left in its
+        # bytes (those with %s arguments still go one by one to on_record).
         self.on_chunk = on_chunk
         # Raw mode (a capture file): every message as BPF wrote it, with
         # its kind; nothing decoded here.
@@ -316,19 +308,24 @@ class BatchStream:
             for i in range(count))
 
     def _deliver_chunk(self, cpu: int, message: memoryview) -> int | None:
-        """A chunk's entries unpacked at once, to on_chunk; None (nothing
-        done) when one has a %s argument: on_record takes those."""
+        """A chunk to on_chunk whole (of one kind: left in its bytes); None
+        (nothing done) when one has a %s argument: on_record takes those."""
         assert self.on_chunk is not None
         _kind, pid, _topic, count, skip, _shard, _r, _first, comm = (
             self._header.unpack_from(message, 0))
         offset = self._entries_offset
         data = message[offset + skip * ENTRY_SIZE:offset + count * ENTRY_SIZE]
-        one_kind = len(set(ENTRY_KIND.iter_unpack(data))) == 1
         # One kind: unpacked by on_chunk where needed (a plan reads its fields).
-        entries = None if one_kind else list(ENTRY.iter_unpack(data))
         # No %s argument in any (the first, if one kind): nothing to wait for.
-        if any(has_string_argument(e[4])
-               for e in entries or [ENTRY.unpack_from(data)] * one_kind):
+        one_kind = chunk_of_one_kind(data)
+        entries: list[Any] | None
+        if one_kind:
+            entries = None
+            strings = has_string_argument(ENTRY.unpack_from(data)[4])
+        else:
+            entries = list(ENTRY.iter_unpack(data))
+            strings = any(has_string_argument(e[4]) for e in entries)
+        if strings:
             return None
         taken = len(data) // ENTRY_SIZE
         self.received[cpu] += taken
