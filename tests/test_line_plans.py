@@ -27,6 +27,7 @@ from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import KINDS_KEPT, ChunkLines, JsonPlans
 from recorder_tracer.output.jsonl import JsonLinesWriter
+from recorder_tracer.output.sinks import line_plans_for, open_sink
 from recorder_tracer.output.text import TextPrinter, TimeMode, format_record
 from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.armed import ArmedProcess
@@ -265,6 +266,42 @@ def test_chunks_left_in_their_bytes_render_as_unpacked_ones() -> None:
     assert all(isinstance(item, str) for _ts, item in outs[1][1:])
     assert [json.loads(line)["args"] for _ts, line in outs[1][1:]] == [
         [ts] for ts in range(1, 12)]
+
+
+@pytest.mark.parametrize("kind", ["text", "json", "chrome"])
+def test_the_sink_recorder_trace_opens_gets_plans_writing_its_output(
+        kind: str, tmp_path: Path) -> None:
+    """line_plans_for (what `recorder trace` renders by in batch mode): text,
+    --json and --chrome FILE each get their own plans, on the writer of the
+    sink's output; a line written by plan is the Record path's there."""
+    outputs = []
+    for by_plan in (True, False):
+        stream = io.StringIO()
+        path = tmp_path / f"{by_plan}.json"
+        sink = open_sink(stream, as_json=kind == "json",
+                         chrome=str(path) if kind == "chrome" else None)
+        writer = getattr(sink, "writer", sink)
+        if hasattr(writer, "anchor"):
+            writer.anchor = {"anchor": "fixed"}
+        plans = line_plans_for(sink)
+        assert type(plans) is {"text": TextPlans, "json": JsonPlans,
+                               "chrome": ChromePlans}[kind]
+        raw = entry(0x1000, [41, 2**64 - 1])
+        record = entry_record(RawEntry(*raw[:10], raw[10:22]), pid=77, comm="app",
+                              topic="net", text={0x1000: "v %d %lu",
+                                                 0x2000: "a.c:3"}.get,
+                              string=lambda a: None, cpu=1, ns_pid=None)
+        if by_plan:
+            plan = plans.plan(raw, pid=77, comm="app", cpu=1, topic="net",
+                              where="a.c:3", fmt="v %d %lu", ns_pid=None)
+            assert plan is not None
+            plans.write_lines([(raw[0], plan(raw))])    # type: ignore[arg-type]
+        else:
+            sink.write(record)
+        sink.close(None)
+        outputs.append(path.read_text() if kind == "chrome" else stream.getvalue())
+    assert outputs[0] == outputs[1]
+    assert "v 41 18446744073709551615" in outputs[0]
 
 
 def test_a_chunk_of_two_formats_writes_each_entrys_own_line() -> None:

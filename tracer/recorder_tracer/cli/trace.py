@@ -129,8 +129,7 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     Exit status: 0; 1 on an error, or if an item of SPEC matched no topic
     of the traced processes by the end (a mistyped topic); 2 on bad usage."""
     from recorder_tracer.decode.spec import TopicSpec
-    from recorder_tracer.output.jsonl import JsonLinesWriter
-    from recorder_tracer.output.sinks import open_sink
+    from recorder_tracer.output.sinks import line_plans_for, open_sink
     from recorder_tracer.output.text import TextPrinter
     from recorder_tracer.output.writer import Summary
     from recorder_tracer.postmortem.snapshot import SnapshotOptions
@@ -172,18 +171,9 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
     # then detaches, drains and prints the summary, even mid-start.
     with stop_on_signals() as stopping:
         sink = open_sink(output, as_json=as_json, chrome=chrome)
-        lines: Any = None     # batch mode renders by plans
-        if isinstance(sink, JsonLinesWriter):
-            from recorder_tracer.output.json_plans import JsonPlans
-            lines = JsonPlans(sink)
-        elif isinstance(sink, TextPrinter):
-            from recorder_tracer.output.text_plans import TextPlans
-            lines = TextPlans(sink)
-        elif chrome:        # a ChromeTraceWriter on the file it owns
-            from recorder_tracer.output.chrome_plans import ChromePlans
-            lines = ChromePlans(sink.writer)  # type: ignore[attr-defined]
+        # Batch mode renders by plans.
         session = TraceSession(options, sink.write, report, stopping=stopping,
-                               lines=lines)
+                               lines=line_plans_for(sink))
         try:
             session.start()
         except BaseException:

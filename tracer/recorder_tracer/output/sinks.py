@@ -7,13 +7,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.errors import TracerError
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.jsonl import JsonLinesWriter
 from recorder_tracer.output.writer import Writer
+
+if TYPE_CHECKING:
+    from recorder_tracer.output.chrome_plans import ChromePlans
+    from recorder_tracer.output.json_plans import JsonPlans
+    from recorder_tracer.output.text_plans import TextPlans
 
 FORMATS: dict[str, Callable[..., Writer]] = {"jsonl": JsonLinesWriter,
                                              "chrome": ChromeTraceWriter}
@@ -65,3 +70,21 @@ def open_sink(output: TextIO, as_json: bool = False,
         return open_writer("jsonl", output, flush=True)
     from recorder_tracer.output.text import TextPrinter
     return TextPrinter(output)
+
+
+def line_plans_for(sink: Sink) -> JsonPlans | TextPlans | ChromePlans | None:
+    """The line plans `recorder trace --batch` renders `sink`'s lines by, on
+    the writer that writes them: JSON lines, text, or the Chrome writer of
+    the file a sink owns (None: a sink no plans write for)."""
+    writer = sink.writer if isinstance(sink, _OwningSink) else sink
+    if isinstance(writer, JsonLinesWriter):
+        from recorder_tracer.output.json_plans import JsonPlans
+        return JsonPlans(writer)
+    if isinstance(writer, ChromeTraceWriter):
+        from recorder_tracer.output.chrome_plans import ChromePlans
+        return ChromePlans(writer)
+    from recorder_tracer.output.text import TextPrinter
+    if isinstance(writer, TextPrinter):
+        from recorder_tracer.output.text_plans import TextPlans
+        return TextPlans(writer)
+    return None
