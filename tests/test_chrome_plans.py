@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.plans import INTEGER_FORMATS, VALUES, entry
 from helpers.tracer import Workload
-from test_line_plans import INTEGER_FORMATS, VALUES, entry
 from timing import scaled
 
 from recorder_tracer.abi import ENTRY_SPAN_END

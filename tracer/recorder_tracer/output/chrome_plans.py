@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recorder_tracer.abi import ARG_INT, ARG_POINTER, ENTRY_SPAN_END, MAX_ARGS
+from recorder_tracer.abi import ARG_INT, ENTRY_SPAN_END, MAX_ARGS
 from recorder_tracer.decode.record import Record
 from recorder_tracer.output.chrome import ChromeTraceWriter, _dumps, record_event
 from recorder_tracer.output.json_plans import (
@@ -27,6 +27,7 @@ from recorder_tracer.output.json_plans import (
     _signed64,
     compile_lines,
     fstring,
+    integer_argument_kinds,
     message_parts,
 )
 from recorder_tracer.target.notes import RECORDER_PROVIDER
@@ -48,10 +49,10 @@ class ChromePlans:
              ns_pid: int | None) -> LinePlan | None:
         """The plan for entries like `entry` (same format, location,
         argument kinds, flags) of this process and comm."""
-        arg_types, nargs, flags = entry[4], min(entry[6], MAX_ARGS), entry[7]
-        kinds = [(arg_types >> (2 * i)) & 3 for i in range(nargs)]
+        nargs, flags = min(entry[6], MAX_ARGS), entry[7]
+        kinds = integer_argument_kinds(entry)
         message = message_parts(fmt, nargs)
-        if message is None or any(k not in (ARG_INT, ARG_POINTER) for k in kinds):
+        if message is None or kinds is None:
             self.refused += 1
             return None
         args = [_signed64(i) if kind == ARG_INT else f"t[{ARGS_AT + i}]"
