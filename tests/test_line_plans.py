@@ -34,7 +34,7 @@ from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.armed import ArmedProcess
 from recorder_tracer.session.harvest_records import harvest_record
 from recorder_tracer.session.loop import TraceOptions, TraceSession
-from recorder_tracer.target.memory import ProcessImage, Topic
+from recorder_tracer.target.memory import STRING_CACHE_MAX, ProcessImage, Topic
 
 
 def writer_line(raw: tuple[int, ...], fmt: str, *, comm: str, topic: str,
@@ -318,6 +318,45 @@ def test_a_chunk_of_two_formats_writes_each_entrys_own_line() -> None:
         JsonPlans.render(record(1, pid, b"me", raw)) for raw in raws[4:]]
     assert [json.loads(line)["message"] for _ts, line in out[4:]] == [
         "first 4", "second 5", "first 6", "second 7"]
+
+
+def test_a_format_rewritten_then_read_again_is_the_plans_text_too() -> None:
+    """A process rewrites the text at its format address, then makes the
+    image's string cache clear (its size in one-off addresses read): the
+    Record path reads the new text, and so do the plans (compiled again);
+    as for a location read at last, after it was unreadable."""
+    fmt = ctypes.create_string_buffer(b"old %d")
+    junk = ctypes.create_string_buffer(STRING_CACHE_MAX + 8)
+    pid = os.getpid()
+    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
+                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
+    processes = {pid: process}
+
+    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
+        return harvest_record(processes, {}, cpu, BatchRecord(
+            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    plans = JsonPlans(JsonLinesWriter(io.StringIO()))
+    out: list[tuple[int, object]] = []
+    chunks = ChunkLines(plans, out.extend, processes.get, record)
+    raw = entry(ctypes.addressof(fmt), [7])
+    chunks.on_chunk(1, pid, b"me", [raw] * 3)
+    assert plans.built == 1 and json.loads(out[-1][1])["message"] == "old 7"  # type: ignore[arg-type]
+    fmt.value = b"new %d"
+    for offset in range(STRING_CACHE_MAX):
+        process.image.string(ctypes.addressof(junk) + offset)
+    chunks.on_chunk(1, pid, b"me", [raw] * 3)
+    lines = [item if isinstance(item, str) else JsonPlans.render(item)
+             for _ts, item in out[3:]]
+    assert lines == [JsonPlans.render(record(1, pid, b"me", raw))] * 3
+    assert json.loads(lines[-1])["message"] == "new 7" and plans.built == 2
+    # A location unreadable here, then told (BPF read it at the process's end).
+    assert json.loads(lines[-1])["where"] == "?"
+    process.image.remember(raw[9], "b.c:9")
+    chunks.on_chunk(1, pid, b"me", [raw] * 3)
+    lines = [item if isinstance(item, str) else JsonPlans.render(item)
+             for _ts, item in out[6:]]
+    assert lines == [JsonPlans.render(record(1, pid, b"me", raw))] * 3
+    assert json.loads(lines[-1])["where"] == "b.c:9"
 
 
 def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:

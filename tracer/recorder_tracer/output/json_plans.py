@@ -289,7 +289,9 @@ class ChunkLines:
         self.emit_lines = emit_lines or emit_many   # lines only
         self.process_of = process_of
         self.entry_record = entry_record
-        self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict]] = {}
+        # (pid, comm, cpu) -> (process, image, plans by kind, the image's
+        # strings generation: its texts the plans were made of)
+        self._contexts: dict[tuple[int, bytes, int], tuple[Any, Any, dict, int]] = {}
         self._kinds = 0     # kinds known, in all contexts
 
     def on_chunk(self, cpu: int, pid: int, comm: bytes, entries: list[Entry] | None,
@@ -348,11 +350,13 @@ class ChunkLines:
         key = (pid, comm, cpu)
         context = self._contexts.get(key)
         if (context is None or context[0] is not process
-                or context[1] is not process.image):
+                or context[1] is not process.image
+                or context[3] != process.image.strings_generation):
             if len(self._contexts) >= CONTEXTS_KEPT:
                 self._contexts.clear()
                 self._kinds = 0
-            context = self._contexts[key] = (process, process.image, {})
+            context = self._contexts[key] = (process, process.image, {},
+                                             process.image.strings_generation)
         return context[2]
 
     def _new_plan(self, process: Any, cpu: int, pid: int, comm: bytes,

@@ -132,6 +132,9 @@ class ProcessImage:
     pid: int
     mappings: list[Mapping] = field(default_factory=list)
     _strings: dict[int, str | None] = field(default_factory=dict)
+    # Up by one when a string cached may read otherwise now (the cache
+    # cleared, a None replaced): what was made from its text is stale.
+    strings_generation: int = field(default=0, compare=False)
     _memory: int | None = None
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
@@ -255,6 +258,7 @@ class ProcessImage:
         if cached:
             if len(self._strings) >= STRING_CACHE_MAX:
                 self._strings.clear()
+                self.strings_generation += 1
             self._strings[address] = text
         return text
 
@@ -262,6 +266,7 @@ class ProcessImage:
         """Cache the string at `address` as read elsewhere while the process
         lived (BPF, at its end), unless it was read already."""
         if address and text is not None and self._strings.get(address) is None:
+            self.strings_generation += address in self._strings
             self._strings[address] = text
 
     def find_registry(self) -> int | None:
