@@ -132,9 +132,6 @@ class ProcessImage:
     pid: int
     mappings: list[Mapping] = field(default_factory=list)
     _strings: dict[int, str | None] = field(default_factory=dict)
-    # Up by one when a string cached may read otherwise now (the cache
-    # cleared, a None replaced): what was made from its text is stale.
-    strings_generation: int = field(default=0, compare=False)
     _memory: int | None = None
     _bound: bool = False        # _memory was opened (or failed) once
     _registry: int | None = None    # found once: it never moves in one image
@@ -142,6 +139,9 @@ class ProcessImage:
     # When `of` bound it to the address space (CLOCK_MONOTONIC ns): an
     # image bound before a program began is an earlier program's.
     bound_ns: int | None = field(default=None, compare=False)
+    # Up by one when a string cached may read otherwise now (the cache
+    # cleared, a None replaced): what was made from its text is stale.
+    strings_generation: int = field(default=0, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False,
                                   compare=False)    # _memory: read vs close
 
