@@ -126,6 +126,7 @@ struct walk {
     __u32 adopted;
     __u32 at;           /* the slot of the shard open */
     __u64 adopted_mark; /* targets.left[adopted] when adopted */
+    __u64 own_mark;     /* targets.left[own] when the walk began */
     __u64 left;         /* slots whose shards this walk left entries in */
     __u64 stuck;        /* ...for a reason the next harvest would share */
 };
@@ -623,11 +624,16 @@ static __always_inline void adopt(struct walk *walk, struct batch_target *target
  * an adopter changes it only if nobody wrote it since it adopted. */
 static __always_inline void mark_left(struct walk *walk)
 {
+    __u64 own_bit = 1ull << (walk->own & (BATCH_CPUS - 1));
+    /* Nothing to mark (the usual case): spare the lookup. One test of a
+     * sum, not three branches: each would be a path more to verify. */
+    if (!((walk->left & own_bit) | walk->own_mark | (walk->adopted ^ BATCH_CPUS)))
+        return;
     struct batch_target *target = targets.lookup(&walk->tgid);
     if (!target)
         return;
     __u32 own = walk->own & (BATCH_CPUS - 1);
-    if (walk->left & (1ull << own))
+    if (walk->left & own_bit)
         target->left[own] = bpf_ktime_get_ns() | 1;
     else if (target->left[own])
         target->left[own] = 0;
@@ -671,6 +677,7 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
     if (all) {
         walk->slot_end = BATCH_CPUS;
     } else {
+        walk->own_mark = target->left[walk->own & (BATCH_CPUS - 1)];
         adopt(walk, target);
         walk->slot_end = walk->adopted < BATCH_CPUS ? 2 : 1;
     }
