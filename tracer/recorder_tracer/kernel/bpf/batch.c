@@ -6,9 +6,10 @@
  * at moments that cost the process little, each time in the process's own
  * context (so bpf_probe_read_user reads its memory):
  *
- *   sched_switch        the thread leaves its CPU: that CPU's shard
+ *   sched_switch        the thread leaves its CPU: that CPU's shard, and
+ *                       maybe one left behind on another CPU (below)
  *   perf timer          a CPU clock tick while it runs (a thread that never
- *                       leaves its CPU): that CPU's shard
+ *                       leaves its CPU): the same shards
  *   sched_process_exit  a thread exits, on kernels that trace it before
  *                       exit_mm() (6.16+; BATCH_EXIT_TRACEPOINT): every shard
  *   sys_enter           exit and exit_group, on older kernels: every shard
@@ -17,18 +18,31 @@
  * A shard is written only by threads running on its CPU, so the harvest at
  * a switch or a tick on that CPU sees no writer running on it; a try-lock
  * per (process, topic, shard) keeps harvests of other CPUs (an exit, a
- * fault) from copying an entry twice. One read copies up to BATCH_CHUNK
- * consecutive entries into a chunk message; an entry counts if its copy
- * carries the sequence expected and the shard's head, read again after the
- * copy, shows its slot was not reserved again meanwhile. An index whose
- * slot was rewritten before a harvest reached it is counted overwritten, so
- * streamed + overwritten + refused = what the topic produced since armed.
- * An entry still being written (a writer preempted in its RECORD) stops its
- * shard's harvest until the next one, except at a final harvest.
+ * fault, an adoption) from copying an entry twice. One read copies up to
+ * BATCH_CHUNK consecutive entries into a chunk message; an entry counts if
+ * its copy carries the sequence expected and the shard's head, read again
+ * after the copy, shows its slot was not reserved again meanwhile. An index
+ * whose slot was rewritten before a harvest reached it is counted
+ * overwritten, so streamed + overwritten + refused = what the topic
+ * produced since armed. An entry still being written (a writer preempted
+ * in its RECORD) stops its shard's harvest until the next one, except at a
+ * final harvest.
+ *
+ * Shards left behind. A walk of a CPU's shard may leave entries there (out
+ * of steps, the stream full, an entry still being written, a topic armed
+ * from its first record after the process left that CPU); if the process
+ * then runs only elsewhere, no harvest of that CPU comes back for them.
+ * So the process's target keeps, per shard slot, when a walk last left
+ * entries there (`left`, 0 once emptied); a switch or tick harvest looks at
+ * one other slot a walk (rotating) and, if its CPU has not harvested it
+ * for BATCH_LEFT_NS, walks it too ("adopts" it, under the same try-lock,
+ * racing a writer there as an exit walk does). The controller marks every
+ * slot at arm time and discovery when it arms a topic, so the first
+ * harvests adopt every other shard once.
  *
  * Maps, and who reads them:
- *   targets       tgid -> armed topic ids          written by the controller;
- *                                                  topics found later added
+ *   targets       tgid -> armed topic ids, and     written by the controller;
+ *                 per slot when entries were left  topics found later added
  *                                                  here; dropped at exec
  *   armed_names   names the spec arms              the controller
  *   generation    [0]: bumped with armed_names     the controller
@@ -41,7 +55,7 @@
  *   layout_*      never written: carry the message layouts to Python
  *
  * Compile-time switches (-D): BATCH_CPUS (a power of two >= the possible
- * CPUs), BATCH_STRING_MAX, BATCH_EXIT_TRACEPOINT.
+ * CPUs), BATCH_STRING_MAX, BATCH_EXIT_TRACEPOINT, BATCH_LEFT_NS.
  */
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
