@@ -42,7 +42,7 @@ _TOPIC_SHARDS = 48              # offsetof(struct recorder_topic, shards)
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
 COUNTER_NAMES = ("streamed", "lost", "harvests", "chunks", "strings_lost", "busy",
-                 "full", "unnamed", "unfinished")
+                 "full", "unnamed", "unfinished", "adopted")
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class BatchHarvester:
         target.topics = len(topics)
         for index, topic in enumerate(topics):
             target.ids[index] = topic.id
+        _left_everywhere(target, self.slots)
         self._targets[ctypes.c_uint32(pid)] = target
         self.armed[pid] = {topic.id for topic in topics}
         return True
@@ -229,6 +230,15 @@ class BatchHarvester:
     def close(self) -> None:
         """Detach and unload everything."""
         self.bpf.cleanup()
+
+
+def _left_everywhere(target: Any, slots: int) -> None:
+    """Marks every shard slot of a new target left behind since time 0:
+    its first harvests on each CPU adopt the others' shards, so entries
+    made on a CPU the process has left (before we armed it, or while we
+    did) do not wait for it to come back or exit."""
+    for slot in range(slots):
+        target.left[slot] = 1
 
 
 def _loss(cursor: Any) -> TopicLoss:

@@ -6,9 +6,10 @@
  * at moments that cost the process little, each time in the process's own
  * context (so bpf_probe_read_user reads its memory):
  *
- *   sched_switch        the thread leaves its CPU: that CPU's shard
+ *   sched_switch        the thread leaves its CPU: that CPU's shard, and
+ *                       maybe one left behind on another CPU (below)
  *   perf timer          a CPU clock tick while it runs (a thread that never
- *                       leaves its CPU): that CPU's shard
+ *                       leaves its CPU): the same shards
  *   sched_process_exit  a thread exits, on kernels that trace it before
  *                       exit_mm() (6.16+; BATCH_EXIT_TRACEPOINT): every shard
  *   sys_enter           exit and exit_group, on older kernels: every shard
@@ -17,18 +18,31 @@
  * A shard is written only by threads running on its CPU, so the harvest at
  * a switch or a tick on that CPU sees no writer running on it; a try-lock
  * per (process, topic, shard) keeps harvests of other CPUs (an exit, a
- * fault) from copying an entry twice. One read copies up to BATCH_CHUNK
- * consecutive entries into a chunk message; an entry counts if its copy
- * carries the sequence expected and the shard's head, read again after the
- * copy, shows its slot was not reserved again meanwhile. An index whose
- * slot was rewritten before a harvest reached it is counted overwritten, so
- * streamed + overwritten + refused = what the topic produced since armed.
- * An entry still being written (a writer preempted in its RECORD) stops its
- * shard's harvest until the next one, except at a final harvest.
+ * fault, an adoption) from copying an entry twice. One read copies up to
+ * BATCH_CHUNK consecutive entries into a chunk message; an entry counts if
+ * its copy carries the sequence expected and the shard's head, read again
+ * after the copy, shows its slot was not reserved again meanwhile. An index
+ * whose slot was rewritten before a harvest reached it is counted
+ * overwritten, so streamed + overwritten + refused = what the topic
+ * produced since armed. An entry still being written (a writer preempted
+ * in its RECORD) stops its shard's harvest until the next one, except at a
+ * final harvest.
+ *
+ * Shards left behind. A walk of a CPU's shard may leave entries there (out
+ * of steps, the stream full, an entry still being written, a topic armed
+ * from its first record after the process left that CPU); if the process
+ * then runs only elsewhere, no harvest of that CPU comes back for them.
+ * So the process's target keeps, per shard slot, when a walk last left
+ * entries there (`left`, 0 once emptied); a switch or tick harvest looks at
+ * one other slot a walk (rotating) and, if its CPU has not harvested it
+ * for BATCH_LEFT_NS, walks it too ("adopts" it, under the same try-lock,
+ * racing a writer there as an exit walk does). The controller marks every
+ * slot at arm time and discovery when it arms a topic, so the first
+ * harvests adopt every other shard once.
  *
  * Maps, and who reads them:
- *   targets       tgid -> armed topic ids          written by the controller;
- *                                                  topics found later added
+ *   targets       tgid -> armed topic ids, and     written by the controller;
+ *                 per slot when entries were left  topics found later added
  *                                                  here; dropped at exec
  *   armed_names   names the spec arms              the controller
  *   generation    [0]: bumped with armed_names     the controller
@@ -41,7 +55,7 @@
  *   layout_*      never written: carry the message layouts to Python
  *
  * Compile-time switches (-D): BATCH_CPUS (a power of two >= the possible
- * CPUs), BATCH_STRING_MAX, BATCH_EXIT_TRACEPOINT.
+ * CPUs), BATCH_STRING_MAX, BATCH_EXIT_TRACEPOINT, BATCH_LEFT_NS.
  */
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
@@ -57,6 +71,14 @@
 #define BATCH_FINAL_RESERVE 8
 #define SHARD_ENTRIES RECORDER_SHARD_HEADER
 #define BATCH_CHUNK_STRINGS 16   /* %s arguments sent per chunk */
+/* A shard its own CPU left entries in and has not harvested again for
+ * this long is adopted by the process's harvests on other CPUs. Below the
+ * controller's reorder margin (30 ms, decode/reorder.py): an adopted
+ * record still leaves in timestamp order. Above the 1 ms tick: a CPU that
+ * still runs the process harvests its own shard. */
+#ifndef BATCH_LEFT_NS
+#define BATCH_LEFT_NS 10000000
+#endif
 #define ENTRY_SIZE    sizeof(struct recorder_record)
 #define FATAL_SIGNALS ((1u << SIGSEGV) | (1u << SIGBUS) | (1u << SIGILL) \
                        | (1u << SIGFPE) | (1u << SIGABRT) | (1u << SIGTRAP) \
@@ -111,6 +133,16 @@ struct walk {
     __u32 chunk_skip;
     __u32 chunk_complete;
     __u32 counting;     /* final walk near its budget: count, do not copy */
+    /* Which shard slots: every one (`wide`), or this CPU's (`own`) and
+     * maybe one another CPU left behind (`adopted`, BATCH_CPUS: none). */
+    __u32 wide;
+    __u32 own;
+    __u32 adopted;
+    __u32 at;           /* the slot of the shard open */
+    __u64 adopted_mark; /* targets.left[adopted] when adopted */
+    __u64 own_mark;     /* targets.left[own] when the walk began */
+    __u64 left;         /* slots whose shards this walk left entries in */
+    __u64 stuck;        /* ...for a reason the next harvest would share */
 };
 BPF_PERCPU_ARRAY(walks, struct walk, 1);
 BPF_PROG_ARRAY(walk_raw, 1);        /* [0]: raw tracepoints' continuation */
@@ -143,10 +175,30 @@ static __always_inline struct batch_cursor *walk_cursor(struct walk *walk)
     return cursors.lookup(&key);
 }
 
+/* The shard slot of walk step `walk->slot`. */
+static __always_inline __u32 walk_slot(struct walk *walk)
+{
+    __u32 slot = walk->slot;
+    if (!walk->wide)
+        slot = slot == 0 ? walk->own : walk->adopted;
+    return slot & (BATCH_CPUS - 1);
+}
+
+/* The open shard keeps entries this walk did not take: `stuck` when the
+ * reason would stop the next harvest too (a lock held, a page unreadable,
+ * an entry still being written); not when this walk ran out of room. */
+static __always_inline void leave(struct walk *walk, int stuck)
+{
+    __u64 bit = 1ull << (walk->at & (BATCH_CPUS - 1));
+    walk->left |= bit;
+    if (stuck)
+        walk->stuck |= bit;
+}
+
 static __always_inline void close_shard(struct walk *walk,
                                         struct batch_cursor *cursor)
 {
-    __u32 slot = walk->slot & (BATCH_CPUS - 1);
+    __u32 slot = walk->at & (BATCH_CPUS - 1);
     cursor->next[slot] = walk->next;
     __sync_lock_test_and_set(&cursor->busy[slot], 0);
     walk->open = 0;
@@ -157,7 +209,8 @@ static __always_inline void close_shard(struct walk *walk,
  * head, counts what was overwritten before this harvest got there. */
 static __always_inline void open_shard(struct walk *walk)
 {
-    __u32 slot = walk->slot & (BATCH_CPUS - 1);
+    __u32 slot = walk_slot(walk);
+    walk->at = slot;
     struct batch_cursor *cursor = walk_cursor(walk);
     if (!cursor) {
         walk->slot = walk->slot_end;
@@ -167,18 +220,25 @@ static __always_inline void open_shard(struct walk *walk)
     if (bpf_probe_read_user(&shard, sizeof(shard),
                             (void *)(cursor->topic
                                      + offsetof(struct recorder_topic, shards)
-                                     + slot * sizeof(__u64))) || !shard) {
+                                     + slot * sizeof(__u64)))) {
+        leave(walk, 1);
+        walk->slot++;
+        return;
+    }
+    if (!shard) {                       /* no record on that CPU yet */
         walk->slot++;
         return;
     }
     if (__sync_val_compare_and_swap(&cursor->busy[slot], 0, 1) != 0) {
         count(BATCH_COUNT_BUSY, 1);     /* another CPU harvests it now */
+        leave(walk, 1);
         walk->slot++;
         return;
     }
     struct { __u64 head; __u32 mask; __u32 keep; } header = {};
     if (bpf_probe_read_user(&header, sizeof(header), (void *)shard)) {
         __sync_lock_test_and_set(&cursor->busy[slot], 0);
+        leave(walk, 1);
         walk->slot++;
         return;
     }
@@ -293,6 +353,7 @@ static __always_inline int copy_chunk(struct walk *walk, void *ring)
             close_shard(walk, cursor);
             return 0;
         }
+        leave(walk, 0);
         close_shard(walk, cursor);
         return 1;
     }
@@ -306,7 +367,8 @@ static __always_inline int copy_chunk(struct walk *walk, void *ring)
             lose(cursor, wanted, 0);
             walk->next = next + wanted;
         } else {
-            close_shard(walk, cursor);    /* a page not readable now: later */
+            leave(walk, 1);               /* a page not readable now: later */
+            close_shard(walk, cursor);
         }
         return 0;
     }
@@ -346,7 +408,7 @@ static __always_inline int copy_chunk(struct walk *walk, void *ring)
         out->topic_id = walk->topic_id;
         out->count = complete;
         out->skip = skip;
-        out->shard = walk->slot;
+        out->shard = walk->at;
         out->reserved = 0;
         out->first = next;
         __builtin_memcpy(out->comm, walk->comm, sizeof(out->comm));
@@ -366,6 +428,7 @@ static __always_inline int copy_chunk(struct walk *walk, void *ring)
             walk->next = next + complete + 1;
         } else {                /* an entry still being written: next time */
             walk->next = next + complete;
+            leave(walk, 1);
             close_shard(walk, cursor);
         }
         return 0;
@@ -489,6 +552,7 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     /* "a name was unreadable in this look", kept in the map value, not a
      * local: a local splits the verifier's states (3x the instructions). */
     target->unread_now = 0;
+    target->armed_now = 0;
     for (int i = 0; i < BATCH_DISCOVER; i++) {
         if (!topic) {
             complete = 1;
@@ -517,6 +581,7 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
                 if (cursors.insert(&key, blank) == 0) {
                     target->ids[used & (BATCH_TOPICS - 1)] = found.id;
                     __sync_fetch_and_add(&target->topics, 1);
+                    target->armed_now = 1;
                     announce(BATCH_MSG_TOPIC, tgid, topic, found.id, found.size, &name);
                 }
             }
@@ -535,7 +600,66 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
         target->generation = now;
         target->unread = 0;
     }
+    /* A topic armed from its first record may hold entries in the shards
+     * of CPUs the process has left: every slot is adopted once. */
+    if (target->armed_now)
+        for (__u32 slot = 0; slot < BATCH_CPUS; slot++)
+            target->left[slot] = 1;
     __sync_lock_test_and_set(&target->lock, 0);
+}
+
+/* Picks, for a walk of this CPU's shard, the slot of another CPU that
+ * left entries in it and has not come back for BATCH_LEFT_NS: the process
+ * has moved, and only its harvests elsewhere can take them before it
+ * exits. One slot is looked at a walk, the next one at the next walk (on
+ * two CPUs: always the other one). Each look more would have the verifier
+ * follow the rest of the program once more (~7,000 instructions), and a
+ * harvest on a 64-CPU machine should not read 64 words. */
+static __always_inline void adopt(struct walk *walk, struct batch_target *target)
+{
+    walk->adopted = BATCH_CPUS;
+    __u32 slot = target->scan & (BATCH_CPUS - 1);
+    if (slot == walk->own)
+        slot = (slot + 1) & (BATCH_CPUS - 1);
+    target->scan = slot + 1;            /* racy: any order will do */
+    __u64 mark = target->left[slot];
+    if (!(mark & 1) || slot == walk->own)
+        return;
+    if ((__s64)(bpf_ktime_get_ns() - mark) < BATCH_LEFT_NS)
+        return;
+    walk->adopted = slot;
+    walk->adopted_mark = mark;
+    count(BATCH_COUNT_ADOPTED, 1);
+}
+
+/* After a walk of this CPU's shard: marks the slots it left entries in,
+ * and clears what it emptied. Plain stores and compare-and-swaps on one
+ * word a slot: a harvest on the slot's own CPU always has the last word;
+ * an adopter changes it only if nobody wrote it since it adopted. */
+static __always_inline void mark_left(struct walk *walk)
+{
+    __u64 own_bit = 1ull << (walk->own & (BATCH_CPUS - 1));
+    /* Nothing to mark (the usual case): spare the lookup. One test of a
+     * sum, not three branches: each would be a path more to verify. */
+    if (!((walk->left & own_bit) | walk->own_mark | (walk->adopted ^ BATCH_CPUS)))
+        return;
+    struct batch_target *target = targets.lookup(&walk->tgid);
+    if (!target)
+        return;
+    __u32 own = walk->own & (BATCH_CPUS - 1);
+    if (walk->left & own_bit)
+        target->left[own] = bpf_ktime_get_ns() | 1;
+    else if (target->left[own])
+        target->left[own] = 0;
+    if (walk->adopted >= BATCH_CPUS)
+        return;
+    __u32 other = walk->adopted & (BATCH_CPUS - 1);
+    if (!(walk->left & (1ull << other)))
+        __sync_val_compare_and_swap(&target->left[other], walk->adopted_mark, 0);
+    else if (walk->stuck & (1ull << other))     /* not before BATCH_LEFT_NS */
+        __sync_val_compare_and_swap(&target->left[other], walk->adopted_mark,
+                                    bpf_ktime_get_ns() | 1);
+    /* else it ran out of room there: the next harvest goes on with it */
 }
 
 /* Starts a walk of `tgid`'s armed topics: the shard of this CPU, or every
@@ -558,12 +682,18 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
     walk->calls = 0;
     walk->strings = 0;
     walk->counting = 0;
+    walk->left = 0;
+    walk->stuck = 0;
+    walk->wide = all;
+    walk->own = bpf_get_smp_processor_id() & (BATCH_CPUS - 1);
+    walk->adopted = BATCH_CPUS;
+    walk->slot_first = 0;
     if (all) {
-        walk->slot_first = 0;
         walk->slot_end = BATCH_CPUS;
     } else {
-        walk->slot_first = bpf_get_smp_processor_id() & (BATCH_CPUS - 1);
-        walk->slot_end = walk->slot_first + 1;
+        walk->own_mark = target->left[walk->own & (BATCH_CPUS - 1)];
+        adopt(walk, target);
+        walk->slot_end = walk->adopted < BATCH_CPUS ? 2 : 1;
     }
     walk->slot = walk->slot_first;
     bpf_get_current_comm(walk->comm, sizeof(walk->comm));
@@ -584,14 +714,25 @@ static __always_inline void walk_end(struct walk *walk)
             if (walk->final) {      /* there is no next time */
                 lose(cursor, walk->head - walk->next, 1);
                 walk->next = walk->head;
+            } else {
+                leave(walk, 0);
             }
             close_shard(walk, cursor);
         }
     }
+    int unfinished = walk->slot < walk->slot_end || walk->topic + 1 < walk->topics;
     /* A final walk that ended before its last topic's last shard: what
      * those shards held is counted nowhere (the account is short). */
-    if (walk->final && (walk->slot < walk->slot_end || walk->topic + 1 < walk->topics))
+    if (walk->final && unfinished)
         count(BATCH_COUNT_UNFINISHED, 1);
+    if (!walk->wide) {
+        if (unfinished) {
+            walk->left |= 1ull << (walk->own & (BATCH_CPUS - 1));
+            if (walk->adopted < BATCH_CPUS)
+                walk->left |= 1ull << (walk->adopted & (BATCH_CPUS - 1));
+        }
+        mark_left(walk);
+    }
     walk->active = 0;
 }
 

@@ -85,6 +85,13 @@ struct batch_target {
     __u32 unread;               /* looks in a row that found one */
     __u32 unread_now;           /* the current look found one */
     __u32 ids[BATCH_TOPICS];    /* armed topic ids: cursors keys */
+    __u32 armed_now;            /* the current look armed a topic */
+    __u32 scan;                 /* the next slot to look at for adoption */
+    /* Per shard slot: 0, or (the time a harvest left entries in it) | 1.
+     * A slot marked so, its own CPU not back for BATCH_LEFT_NS, is adopted
+     * by a harvest on another CPU (batch.c). The controller marks every
+     * slot at arm time (time 0: adopt at once). */
+    __u64 left[BATCH_CPUS];
 };
 
 /* armed_names: topic names the spec arms, as the controller found them
@@ -123,7 +130,8 @@ enum batch_counter {
     BATCH_COUNT_FULL = 6,           /* harvests stopped by a full stream */
     BATCH_COUNT_UNNAMED = 7,        /* topics given up: name never readable */
     BATCH_COUNT_UNFINISHED = 8,     /* final walks that ended before every shard */
-    BATCH_COUNT_COUNT = 9,
+    BATCH_COUNT_ADOPTED = 9,        /* shards left behind taken by another CPU */
+    BATCH_COUNT_COUNT = 10,
 };
 
 #endif
