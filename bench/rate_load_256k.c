@@ -9,8 +9,12 @@
  * off its CPU for more than 131 ms (bench/README.md), so the benchmark's
  * program sizes its ring as a program recording this fast and meaning to
  * keep every record would (RECORDER(name, entries, ...)): 36 MiB a shard.
+ * Its shards are made before it says "ready": populating one took up to
+ * ~0.5 s on this VM (memory fresh to the guest), untraced too, and the
+ * first RECORD on each CPU paid it, then wrote a burst of what it owed.
  * Used by trace_rate_bench.py.
  */
 #define LOAD_ENTRIES 262144
 #define LOAD_REPORT_BEHIND 1
+#define LOAD_SHARDS_FIRST 1     /* populated before its first record */
 #include "rate_load.c"

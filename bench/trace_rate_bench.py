@@ -17,8 +17,9 @@ format; not counted for -w), wall time, user+sys CPU and max RSS of
 = received = in the file, lost 0).
 
 The program is bench/rate_load_256k.c: rate_load.c with a 262,144-entry
-ring (524 ms of records at 500 k/s) that prints how far behind its
-schedule it fell at most ("behind"): paced by the wall clock, it writes
+ring (524 ms of records at 500 k/s), its shards made before it starts
+(populating one took up to 0.5 s on this VM), that prints how far behind
+its schedule it fell at most ("behind"): paced by the wall clock, it writes
 what it owes at once after being kept off its CPU, a burst its ring must
 hold (a 1,024-entry ring holds 2 ms; 65,536 entries 131 ms, less than a
 machine shared with a VM run kept it off its CPU). `--program rate_load`
