@@ -57,7 +57,7 @@ ENTRY_SIZE = 144
 # location: ENTRY's fields 3-9) as bytes: a chunk of one kind, told at once.
 ENTRY_KIND = struct.Struct("<20x28s96x")
 TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
-BACKLOG_MAX = 64 << 20  # a ring's backlog (~460 k entries); beyond, BPF waits
+BACKLOG_MAX = 64 << 20  # all rings' backlogs (~460 k entries); beyond, BPF waits
 REFILL_CHUNKS = 32      # chunks decoded between two refills (~500 entries)
 
 
@@ -80,7 +80,7 @@ UnnamedHandler = Callable[[int, int, int], None]
 class _Ring:
     """One CPU's BPF ring buffer of variable-size messages."""
 
-    def __init__(self, cpu: int, size: int) -> None:
+    def __init__(self, cpu: int, size: int, backlog_max: int) -> None:
         self.cpu = cpu
         self.size = size
         self.fd = _create_ring(f"batch_cpu{cpu}", size)
@@ -88,7 +88,7 @@ class _Ring:
         # Copied by refill() while we decode, for the next take(): BPF gets
         # its space back every few chunks, not once a read.
         self.backlog: list[memoryview] = []
-        self._backlog_bytes = 0
+        self._backlog_bytes, self._backlog_max = 0, backlog_max
         page = mmap.PAGESIZE
         self._page = page
         self._mask = size - 1
@@ -109,8 +109,8 @@ class _Ring:
         return messages + self._copy()
 
     def refill(self) -> None:
-        """Copy what is committed to the backlog, up to BACKLOG_MAX."""
-        if self._backlog_bytes < BACKLOG_MAX:
+        """Copy what is committed to the backlog, up to its share of BACKLOG_MAX."""
+        if self._backlog_bytes < self._backlog_max:
             copied = self._copy()
             self.backlog += copied
             self._backlog_bytes += sum(map(len, copied))
@@ -204,8 +204,8 @@ class BatchStream:
         self._epoll = select.epoll()
         self._rings: list[_Ring] = []
         from bcc.utils import get_online_cpus
-        for cpu in get_online_cpus():
-            ring = _Ring(cpu, size)
+        for cpu in (cpus := get_online_cpus()):
+            ring = _Ring(cpu, size, max(TAKE_MAX, BACKLOG_MAX // len(cpus)))
             self._rings.append(ring)
             self.received[cpu] = 0
             outer[ctypes.c_int(cpu)] = ctypes.c_int(ring.fd)
