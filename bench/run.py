@@ -7,7 +7,7 @@ one PASS/FAIL line per target. A missed target is a result, not an error:
 the exit status is 0 unless a program fails to build or run.
 
 Examples:
-    make bench                          # the core, the tracer, the daemon, ~65 s
+    make bench                          # the core, the tracer, the daemon, ~80 s
     .venv/bin/python bench/run.py --processes 1 --rounds 5   # a quick look
     .venv/bin/python bench/run.py --no-lttng   # without the LTTng comparison
     .venv/bin/python bench/run.py --core /tmp/x/probes   # try a hot.h change
@@ -178,7 +178,10 @@ def main(argv: list[str]) -> int:
     status = coverage_bench.main(["--rounds", "1"]) or status
     print()
     import channel_bench
-    return channel_bench.main(["--clock-seconds", "5"]) or status
+    status = channel_bench.main(["--clock-seconds", "5"]) or status
+    print()
+    import trace_rate_bench
+    return trace_rate_bench.main([]) or status
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from timing import scaled
 
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.reorder import (
+    EMIT_RUN,
     REORDER_MARGIN_NS,
     REORDER_WINDOW_NS,
     ReorderBuffer,
@@ -67,6 +68,23 @@ def test_a_record_older_than_one_emitted_is_counted_late_and_widens_the_margin(
 
 
 @pytest.mark.bpf
+def test_a_long_run_of_lines_leaves_in_runs_with_the_streams_read_between(
+        ) -> None:
+    """A flush that renders many lines calls `while_emitting` (a batch
+    source copies its BPF rings out there) between runs of EMIT_RUN, and
+    the lines leave as one run would: all, in timestamp order."""
+    runs: list[list[tuple[int, str]]] = []
+    between: list[int] = []
+    buffer = ReorderBuffer(lambda record: None, lines=runs.append)
+    buffer.while_emitting = lambda: between.append(len(runs))
+    count = 2 * EMIT_RUN + 5
+    buffer.push_lines([(ts, f"line {ts}") for ts in range(count, 0, -1)])
+    buffer.flush_all()
+    assert [len(run) for run in runs] == [EMIT_RUN, EMIT_RUN, 5]
+    assert between == [1, 2, 3]
+    assert [ts for run in runs for ts, _ in run] == list(range(1, count + 1))
+
+
 def test_records_of_two_processes_leave_in_timestamp_order_and_promptly(
         progs: Path) -> None:
     first, second = Workload(progs), Workload(progs)

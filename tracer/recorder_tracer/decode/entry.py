@@ -121,3 +121,30 @@ def image_record(entry: Any, image: Any, *, pid: int, comm: str,
     return entry_record(entry, pid=pid, comm=comm,
                         topic=topic_name(topics, entry.topic_id), text=image.string,
                         string=lambda address: image.string(address, cached=False))
+
+
+# A batch stream's entries (kernel/batch_stream.py), as the decoder reads them.
+class CapturedString:
+    """A %s argument as BPF read it: `length` bytes with the NUL, or < 0."""
+
+    __slots__ = ("length", "text")
+
+    def __init__(self, length: int, text: bytes) -> None:
+        self.length = length
+        self.text = text
+
+
+class BatchRecord:
+    """One entry of a chunk, shaped like a harvest record for decoding."""
+
+    __slots__ = ("comm", "entry", "pid", "strings")
+    status = 0
+    probe_address = 0
+    harvest_ns = 0
+
+    def __init__(self, pid: int, comm: bytes, entry: Any,
+                 strings: list[CapturedString | None]) -> None:
+        self.pid = pid
+        self.comm = comm
+        self.entry = entry
+        self.strings = strings

@@ -46,6 +46,7 @@ REORDER_WINDOW_NS = 150_000_000   # the most a record waits for older ones
 # preempted in between; the batch harvest within its 1 ms tick.
 REORDER_MARGIN_NS = 30_000_000
 MIN_WAIT_MS = 5     # a poll waits at least this: no spinning on a held record
+EMIT_RUN = 2048     # lines sent on at once when `while_emitting` is set
 
 
 def monotonic_ns() -> int:
@@ -112,6 +113,9 @@ class ReorderBuffer:
         # The newest timestamp pushed that may be a Record's: a run of
         # lines all newer leaves whole, without a look at each item.
         self._records_until = -1
+        # Called between runs of EMIT_RUN lines sent on: rendering a long
+        # run (JSON's ~2 us a line) must not keep a source's stream unread.
+        self.while_emitting: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._held) + len(self._fresh)
@@ -238,4 +242,9 @@ class ReorderBuffer:
 
     def _send_lines(self, lines: list[tuple[int, Any]]) -> None:
         assert self.lines is not None, "a rendered line needs a lines sink"
-        self.lines(lines)
+        if self.while_emitting is None or len(lines) <= EMIT_RUN:
+            self.lines(lines)
+            return
+        for start in range(0, len(lines), EMIT_RUN):
+            self.lines(lines[start:start + EMIT_RUN])
+            self.while_emitting()

@@ -30,6 +30,7 @@ from typing import Any
 
 from recorder_tracer.abi import ENTRY
 from recorder_tracer.decode.chunk_kind import chunk_of_one_kind, has_string_argument
+from recorder_tracer.decode.entry import BatchRecord, CapturedString
 from recorder_tracer.kernel.batch import BatchHarvester
 from recorder_tracer.kernel.stream import (
     CpuSummary,
@@ -54,6 +55,8 @@ CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
 TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
+BACKLOG_MAX = 64 << 20  # all rings' backlogs (~460 k entries); beyond, BPF waits
+REFILL_CHUNKS = 32      # chunks decoded between two refills (~500 entries)
 
 
 RecordHandler = Callable[[int, Any], None]
@@ -66,40 +69,18 @@ TopicHandler = Callable[[int, Topic], None]
 UnnamedHandler = Callable[[int, int, int], None]
 
 
-class CapturedString:
-    """A %s argument as BPF read it: `length` bytes with the NUL, or < 0."""
-
-    __slots__ = ("length", "text")
-
-    def __init__(self, length: int, text: bytes) -> None:
-        self.length = length
-        self.text = text
-
-
-class BatchRecord:
-    """One entry of a chunk, shaped like a harvest record for decoding."""
-
-    __slots__ = ("comm", "entry", "pid", "strings")
-    status = 0
-    probe_address = 0
-    harvest_ns = 0
-
-    def __init__(self, pid: int, comm: bytes, entry: Any,
-                 strings: list[CapturedString | None]) -> None:
-        self.pid = pid
-        self.comm = comm
-        self.entry = entry
-        self.strings = strings
-
-
 class _Ring:
     """One CPU's BPF ring buffer of variable-size messages."""
 
-    def __init__(self, cpu: int, size: int) -> None:
+    def __init__(self, cpu: int, size: int, backlog_max: int) -> None:
         self.cpu = cpu
         self.size = size
         self.fd = _create_ring(f"batch_cpu{cpu}", size)
-        self.caught_up = True   # the last take() reached the producer
+        self.caught_up = True   # the last copy reached the producer
+        # Copied by refill() while we decode, for the next take(): BPF gets
+        # its space back every few chunks, not once a read.
+        self.backlog: list[memoryview] = []
+        self._backlog_bytes, self._backlog_max = 0, backlog_max
         page = mmap.PAGESIZE
         self._page = page
         self._mask = size - 1
@@ -114,8 +95,19 @@ class _Ring:
         return _U64.unpack_from(self._data, 0)[0] - self._consumer.value
 
     def take(self) -> list[memoryview]:
-        """The committed messages up to the first still being written,
-        copied out in one slice; their space is released."""
+        """The backlog, then the committed messages up to the first still
+        being written, copied out in one slice; their space is released."""
+        messages, self.backlog, self._backlog_bytes = self.backlog, [], 0
+        return messages + self._copy()
+
+    def refill(self) -> None:
+        """Copy what is committed to the backlog, up to its share of BACKLOG_MAX."""
+        if self._backlog_bytes < self._backlog_max:
+            copied = self._copy()
+            self.backlog += copied
+            self._backlog_bytes += sum(map(len, copied))
+
+    def _copy(self) -> list[memoryview]:
         consumer = self._consumer.value
         committed = _U64.unpack_from(self._data, 0)[0] - consumer
         self.caught_up = committed <= 0
@@ -204,8 +196,8 @@ class BatchStream:
         self._epoll = select.epoll()
         self._rings: list[_Ring] = []
         from bcc.utils import get_online_cpus
-        for cpu in get_online_cpus():
-            ring = _Ring(cpu, size)
+        for cpu in (cpus := get_online_cpus()):
+            ring = _Ring(cpu, size, max(TAKE_MAX, BACKLOG_MAX // len(cpus)))
             self._rings.append(ring)
             self.received[cpu] = 0
             outer[ctypes.c_int(cpu)] = ctypes.c_int(ring.fd)
@@ -218,7 +210,7 @@ class BatchStream:
         read for its strings (sent after it), unless `final`."""
         started = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         delivered = self._read_once(final)
-        whole = all(ring.caught_up for ring in self._rings)
+        whole = all(ring.caught_up and not ring.backlog for ring in self._rings)
         # A chunk held for its strings is delivered by the next read: what
         # came before the previous whole read is out, and, with none held,
         # what came before this one.
@@ -248,7 +240,9 @@ class BatchStream:
                     self._unnamed(message)
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
-        for cpu, message in fresh:
+        for number, (cpu, message) in enumerate(fresh, 1):
+            if not final and number % REFILL_CHUNKS == 0:
+                self.refill()
             if self.on_chunk is not None:
                 taken = self._deliver_chunk(cpu, message)
                 if taken is not None:
@@ -401,9 +395,15 @@ class BatchStream:
         entry = self._entry_type.from_buffer_copy(data)
         self.on_record(slot, BatchRecord(pid, b"", entry, []))
 
+    def refill(self) -> None:
+        """Copy what the rings hold to their backlogs (the next read's)."""
+        for ring in self._rings:
+            ring.refill()
+
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver what arrived within `timeout_ms`."""
-        self._epoll.poll(timeout_ms / 1000)
+        if not any(ring.backlog for ring in self._rings):
+            self._epoll.poll(timeout_ms / 1000)
         with self._reading:
             self._read()
 
@@ -415,7 +415,7 @@ class BatchStream:
         with self._reading:
             for _ in range(full_ring + 100):
                 self._read()
-                if not any(ring.pending() for ring in self._rings):
+                if not any(ring.pending() or ring.backlog for ring in self._rings):
                     break
                 time.sleep(0.001)
             self._read(final=True)

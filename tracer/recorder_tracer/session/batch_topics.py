@@ -126,6 +126,8 @@ class BatchTopics:
             on_message=self.capture.message if self.capture is not None else None,
             on_unnamed=self._on_unnamed,
             on_chunk=self.lines.on_chunk)
+        if self.capture is None:    # long runs of lines rendered: read between
+            reorder.while_emitting = self.stream.refill
         self.streams: list[Any] = [self.stream]
         self._final_losses: dict[tuple[int, str], TopicLoss] | None = None
 
