@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
-import os
 import select
 import struct
 import threading
@@ -34,7 +33,7 @@ from recorder_tracer.decode.entry import BatchRecord, CapturedString
 from recorder_tracer.kernel.batch import BatchHarvester
 from recorder_tracer.kernel.stream import (
     CpuSummary,
-    _create_ring,
+    MappedRing,
     _power_of_two_at_least,
 )
 from recorder_tracer.target.memory import ProcessImage, Topic
@@ -69,30 +68,15 @@ TopicHandler = Callable[[int, Topic], None]
 UnnamedHandler = Callable[[int, int, int], None]
 
 
-class _Ring:
+class _Ring(MappedRing):
     """One CPU's BPF ring buffer of variable-size messages."""
 
     def __init__(self, cpu: int, size: int, backlog_max: int) -> None:
-        self.cpu = cpu
-        self.size = size
-        self.fd = _create_ring(f"batch_cpu{cpu}", size)
-        self.caught_up = True   # the last copy reached the producer
+        super().__init__(cpu, size, f"batch_cpu{cpu}")
         # Copied by refill() while we decode, for the next take(): BPF gets
         # its space back every few chunks, not once a read.
         self.backlog: list[memoryview] = []
         self._backlog_bytes, self._backlog_max = 0, backlog_max
-        page = mmap.PAGESIZE
-        self._page = page
-        self._mask = size - 1
-        self._consumer_map = mmap.mmap(self.fd, page, mmap.MAP_SHARED,
-                                       mmap.PROT_READ | mmap.PROT_WRITE)
-        self._consumer = ctypes.c_uint64.from_buffer(self._consumer_map)
-        # Data pages are mapped twice in a row: a wrapped message reads whole.
-        self._data = mmap.mmap(self.fd, page + 2 * size, mmap.MAP_SHARED,
-                               mmap.PROT_READ, offset=page)
-
-    def pending(self) -> int:
-        return _U64.unpack_from(self._data, 0)[0] - self._consumer.value
 
     def take(self) -> list[memoryview]:
         """The backlog, then the committed messages up to the first still
@@ -137,11 +121,6 @@ class _Ring:
         self._consumer.value = consumer + position
         return messages
 
-    def close(self) -> None:
-        del self._consumer
-        self._data.close()
-        self._consumer_map.close()
-        os.close(self.fd)
 
 
 class BatchStream:

@@ -95,19 +95,20 @@ class RecordBatch:
 BatchHandler = Callable[[int, RecordBatch], None]
 
 
-class _RingBuffer:
-    """One CPU's BPF ring buffer: created here, mapped, read in bulk.
+class MappedRing:
+    """One CPU's BPF ring buffer, created here and mapped for reading.
 
     Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position, which
     we write; page 1 the producer position; the data pages follow, mapped
     twice in a row so a record that wraps reads as one contiguous slice.
+    The harvest stream (fixed-size records, below) and the batch stream
+    (kernel/batch_stream.py: variable-size messages) each parse it their way.
     """
 
-    def __init__(self, cpu: int, size: int, stride: int) -> None:
+    def __init__(self, cpu: int, size: int, name: str) -> None:
         self.cpu = cpu
         self.size = size
-        self.stride = stride
-        self.fd = _create_ring(f"stream_cpu{cpu}", size)
+        self.fd = _create_ring(name, size)
         page = mmap.PAGESIZE
         self._page = page
         self._mask = size - 1
@@ -116,13 +117,27 @@ class _RingBuffer:
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_map)
         self._data = mmap.mmap(self.fd, page + 2 * size, mmap.MAP_SHARED,
                                mmap.PROT_READ, offset=page)
-        self._view = memoryview(self._data)
-        self._committed = stride - RING_HEADER     # a header's len, committed
-        self.caught_up = True   # the last take() reached the producer
+        self.caught_up = True   # the last copy reached the producer
 
     def pending(self) -> int:
         """Bytes reserved in the ring and not yet released by us."""
         return _U64.unpack_from(self._data, 0)[0] - self._consumer.value
+
+    def close(self) -> None:
+        del self._consumer
+        self._data.close()
+        self._consumer_map.close()
+        os.close(self.fd)
+
+
+class _RingBuffer(MappedRing):
+    """The harvest stream's ring: fixed-size records, read in bulk."""
+
+    def __init__(self, cpu: int, size: int, stride: int) -> None:
+        super().__init__(cpu, size, f"stream_cpu{cpu}")
+        self.stride = stride
+        self._view = memoryview(self._data)
+        self._committed = stride - RING_HEADER     # a header's len, committed
 
     def take(self) -> tuple[bytes, int] | None:
         """Copy out every committed record up to the first one still being
@@ -154,11 +169,8 @@ class _RingBuffer:
         return data, ready
 
     def close(self) -> None:
-        del self._consumer
         self._view.release()
-        self._data.close()
-        self._consumer_map.close()
-        os.close(self.fd)
+        super().close()
 
 
 def _create_ring(name: str, size: int) -> int:
