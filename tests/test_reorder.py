@@ -67,7 +67,6 @@ def test_a_record_older_than_one_emitted_is_counted_late_and_widens_the_margin(
     assert buffer.late == 1
 
 
-@pytest.mark.bpf
 def test_a_long_run_of_lines_leaves_in_runs_with_the_streams_read_between(
         ) -> None:
     """A flush that renders many lines calls `while_emitting` (a batch
@@ -85,6 +84,7 @@ def test_a_long_run_of_lines_leaves_in_runs_with_the_streams_read_between(
     assert [ts for run in runs for ts, _ in run] == list(range(1, count + 1))
 
 
+@pytest.mark.bpf
 def test_records_of_two_processes_leave_in_timestamp_order_and_promptly(
         progs: Path) -> None:
     first, second = Workload(progs), Workload(progs)
