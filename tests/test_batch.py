@@ -173,6 +173,28 @@ def test_batch_harvests_a_command_from_its_first_record(progs: Path) -> None:
     assert os.WEXITSTATUS(session.child_status or 0) == 3
 
 
+def test_batch_arms_every_topic_of_a_command_with_more_than_one_look_covers(
+        progs: Path) -> None:
+    """BPF discovery looks at 16 topics a harvest: a command with 30 gets
+    them all armed within a few looks, each resuming where the last one
+    stopped, and every record is received and counted."""
+    topics, count = 30, 3
+    records: list[Record] = []
+    session = TraceSession(
+        TraceOptions(command=[str(progs / "batch_many_topics"), str(count)],
+                     spec=TopicSpec.parse("many.*"), latency=False), records.append)
+    session.run()
+    assert os.WEXITSTATUS(session.child_status or 0) == 0
+    names = sorted(f"many{t}" for t in range(topics))
+    received = sorted(r.message for r in records)
+    assert received == sorted(f"{name} {j}" for name in names for j in range(count))
+    losses = session.topic_losses()
+    assert sorted(topic for _, topic in losses) == names
+    assert all(loss.produced == count and loss.lost == 0 and loss.streamed == count
+               for loss in losses.values()), losses
+    assert_balanced(session)
+
+
 def test_batch_harvests_a_process_that_faults(progs: Path) -> None:
     victim = subprocess.Popen([str(progs / "snapshot_victim"), "victim", "3001"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,

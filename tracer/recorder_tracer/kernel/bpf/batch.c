@@ -547,11 +547,22 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
         return;
     struct batch_cursor *blank = blank_cursor.lookup(&zero);
-    __u64 topic = head.topics;
+    /* A look covers BATCH_DISCOVER topics a harvest: a longer list is
+     * looked at over several harvests, each going on where the last one
+     * stopped. A look starts at the head; topics registered meanwhile are
+     * ahead of it, and the next look, as `known` is the count at its
+     * start, finds them. */
+    __u64 topic = target->resume;
+    if (!topic) {
+        topic = head.topics;
+        target->look_known = head.topic_count;
+        target->look_generation = now;
+        /* "a name was unreadable in this look", kept in the map value, not
+         * a local: a local splits the verifier's states (3x the
+         * instructions). */
+        target->unread_now = 0;
+    }
     int complete = 0;
-    /* "a name was unreadable in this look", kept in the map value, not a
-     * local: a local splits the verifier's states (3x the instructions). */
-    target->unread_now = 0;
     target->armed_now = 0;
     for (int i = 0; i < BATCH_DISCOVER; i++) {
         if (!topic) {
@@ -590,14 +601,16 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
                                 (void *)(topic + offsetof(struct recorder_topic, next))))
             break;
     }
+    complete |= !topic;         /* the list ended with the last step */
+    target->resume = complete ? 0 : topic;
     if (complete && target->unread_now && target->unread < BATCH_RETRIES) {
         target->retry_ns = time + ((__u64)BATCH_RETRY_NS << (target->unread & 15));
         target->unread++;
     } else if (complete) {
         if (target->unread_now)
             count(BATCH_COUNT_UNNAMED, 1);
-        target->known = head.topic_count;
-        target->generation = now;
+        target->known = target->look_known;
+        target->generation = target->look_generation;
         target->unread = 0;
     }
     /* A topic armed from its first record may hold entries in the shards

@@ -87,6 +87,12 @@ struct batch_target {
     __u32 ids[BATCH_TOPICS];    /* armed topic ids: cursors keys */
     __u32 armed_now;            /* the current look armed a topic */
     __u32 scan;                 /* the next slot to look at for adoption */
+    /* A look over more topics than one harvest covers goes on at the next
+     * harvest from `resume` (0: from the list's head); when it reaches the
+     * end, `known` and `generation` take what they were at its start. */
+    __u64 resume;
+    __u32 look_known;
+    __u32 look_generation;
     /* Per shard slot: 0, or (the time a harvest left entries in it) | 1.
      * A slot marked so, its own CPU not back for BATCH_LEFT_NS, is adopted
      * by a harvest on another CPU (batch.c). The controller marks every
