@@ -614,10 +614,13 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
         target->unread = 0;
     }
     /* A topic armed from its first record may hold entries in the shards
-     * of CPUs the process has left: every slot is adopted once. */
+     * of CPUs the process has left: every slot is adopted once. The mark
+     * (time 0: adopt at once) differs from every earlier one, as `topics`
+     * only grows: a walk that began before this look and clears the mark
+     * it read (mark_left) cannot clear this one. */
     if (target->armed_now)
         for (__u32 slot = 0; slot < BATCH_CPUS; slot++)
-            target->left[slot] = 1;
+            target->left[slot] = ((__u64)target->topics << 1) | 1;
     __sync_lock_test_and_set(&target->lock, 0);
 }
 
@@ -646,9 +649,12 @@ static __always_inline void adopt(struct walk *walk, struct batch_target *target
 }
 
 /* After a walk of this CPU's shard: marks the slots it left entries in,
- * and clears what it emptied. Plain stores and compare-and-swaps on one
- * word a slot: a harvest on the slot's own CPU always has the last word;
- * an adopter changes it only if nobody wrote it since it adopted. */
+ * and clears what it emptied. One word a slot. A mark is set with a plain
+ * store (a mark too many costs one adoption walk); it is cleared, or an
+ * adopter moves it, only by a compare-and-swap from the value the walk
+ * read before it read the topics: a discovery that armed a topic
+ * meanwhile (a topic this walk did not walk) changed that value, and the
+ * new topic's entries stay marked. */
 static __always_inline void mark_left(struct walk *walk)
 {
     __u64 own_bit = 1ull << (walk->own & (BATCH_CPUS - 1));
@@ -663,7 +669,7 @@ static __always_inline void mark_left(struct walk *walk)
     if (walk->left & own_bit)
         target->left[own] = bpf_ktime_get_ns() | 1;
     else if (target->left[own])
-        target->left[own] = 0;
+        __sync_val_compare_and_swap(&target->left[own], walk->own_mark, 0);
     if (walk->adopted >= BATCH_CPUS)
         return;
     __u32 other = walk->adopted & (BATCH_CPUS - 1);
@@ -689,8 +695,6 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
     walk->tgid = tgid;
     walk->final = final;
     walk->topic = 0;
-    walk->topics = target->topics;
-    walk->topic_id = target->ids[0];
     walk->open = 0;
     walk->calls = 0;
     walk->strings = 0;
@@ -708,6 +712,12 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
         adopt(walk, target);
         walk->slot_end = walk->adopted < BATCH_CPUS ? 2 : 1;
     }
+    /* The marks before the topics: a discovery elsewhere adds topics, then
+     * marks the slots; a walk that missed the topics sees the new marks
+     * change under its compare-and-swaps (mark_left). */
+    asm volatile("" ::: "memory");
+    walk->topics = target->topics;
+    walk->topic_id = target->ids[0];
     walk->slot = walk->slot_first;
     bpf_get_current_comm(walk->comm, sizeof(walk->comm));
     count(BATCH_COUNT_HARVESTS, 1);

@@ -96,7 +96,8 @@ struct batch_target {
     /* Per shard slot: 0, or (the time a harvest left entries in it) | 1.
      * A slot marked so, its own CPU not back for BATCH_LEFT_NS, is adopted
      * by a harvest on another CPU (batch.c). The controller marks every
-     * slot at arm time (time 0: adopt at once). */
+     * slot at arm time (1: time 0, adopt at once), discovery when it arms
+     * a topic ((topics << 1) | 1: time ~0 too, and never the same twice). */
     __u64 left[BATCH_CPUS];
 };
 
