@@ -36,9 +36,10 @@
  * entries there (`left`, 0 once emptied); a switch or tick harvest looks at
  * one other slot a walk (rotating) and, if its CPU has not harvested it
  * for BATCH_LEFT_NS, walks it too ("adopts" it, under the same try-lock,
- * racing a writer there as an exit walk does). The controller marks every
- * slot at arm time and discovery when it arms a topic, so the first
- * harvests adopt every other shard once.
+ * racing a writer there as an exit walk does). With N CPUs a given slot
+ * is looked at once every N-1 walks (on two: every walk). The controller
+ * marks every slot at arm time and discovery when it arms a topic, so the
+ * first harvests adopt every other shard once.
  *
  * Maps, and who reads them:
  *   targets       tgid -> armed topic ids, and     written by the controller;
@@ -73,9 +74,13 @@
 #define BATCH_CHUNK_STRINGS 16   /* %s arguments sent per chunk */
 /* A shard its own CPU left entries in and has not harvested again for
  * this long is adopted by the process's harvests on other CPUs. Below the
- * controller's reorder margin (30 ms, decode/reorder.py): an adopted
- * record still leaves in timestamp order. Above the 1 ms tick: a CPU that
- * still runs the process harvests its own shard. */
+ * controller's reorder margin (30 ms, decode/reorder.py), so an adopted
+ * record still leaves in timestamp order, but only while the process
+ * keeps running on another CPU: adoption waits for its next switch or
+ * tick there (a process that moves, then blocks 100 ms, has them adopted
+ * 100+ ms late, counted late), and with N CPUs for up to N-1 walks of the
+ * rotation (adopt()). Above the 1 ms tick: a CPU that still runs the
+ * process harvests its own shard. */
 #ifndef BATCH_LEFT_NS
 #define BATCH_LEFT_NS 10000000
 #endif
@@ -627,8 +632,9 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
 /* Picks, for a walk of this CPU's shard, the slot of another CPU that
  * left entries in it and has not come back for BATCH_LEFT_NS: the process
  * has moved, and only its harvests elsewhere can take them before it
- * exits. One slot is looked at a walk, the next one at the next walk (on
- * two CPUs: always the other one). Each look more would have the verifier
+ * exits. One slot is looked at a walk, the next one at the next walk: with
+ * N CPUs a given slot once every N-1 walks (on two CPUs: always the other
+ * one; on 64, ~63 ms of ticks). Each look more would have the verifier
  * follow the rest of the program once more (~7,000 instructions), and a
  * harvest on a 64-CPU machine should not read 64 words. */
 static __always_inline void adopt(struct walk *walk, struct batch_target *target)
