@@ -182,9 +182,11 @@ def test_batch_arms_every_topic_of_a_command_with_more_than_one_look_covers(
     records: list[Record] = []
     session = TraceSession(
         TraceOptions(command=[str(progs / "batch_many_topics"), str(count)],
-                     spec=TopicSpec.parse("many.*"), latency=False), records.append)
+                     spec=TopicSpec.parse("many.*:-many3."), latency=False),
+        records.append)
     session.run()
     assert os.WEXITSTATUS(session.child_status or 0) == 0
+    assert session.recorder.capped_processes == 0
     names = sorted(f"many{t}" for t in range(topics))
     received = sorted(r.message for r in records)
     assert received == sorted(f"{name} {j}" for name in names for j in range(count))
@@ -194,6 +196,25 @@ def test_batch_arms_every_topic_of_a_command_with_more_than_one_look_covers(
                for loss in losses.values()), losses
     assert_balanced(session)
 
+
+def test_batch_says_a_process_had_more_topics_armed_than_it_harvests(
+        progs: Path) -> None:
+    """batch.c arms 32 topics a process: a command with 40 armed has 32 of
+    them harvested, every record of those counted, and the cap counted
+    once for the process (recorder trace says so at its end)."""
+    count = 3
+    records: list[Record] = []
+    session = TraceSession(
+        TraceOptions(command=[str(progs / "batch_many_topics"), str(count)],
+                     spec=TopicSpec.parse("many.*"), latency=False), records.append)
+    session.run()
+    assert os.WEXITSTATUS(session.child_status or 0) == 0
+    armed = {topic for _, topic in session.topic_losses()}
+    assert len(armed) == 32
+    assert sorted(r.message for r in records) == sorted(
+        f"{name} {j}" for name in armed for j in range(count))
+    assert session.recorder.capped_processes == 1
+    assert_balanced(session)
 
 def test_batch_harvests_a_process_that_faults(progs: Path) -> None:
     victim = subprocess.Popen([str(progs / "snapshot_victim"), "victim", "3001"],

@@ -2,8 +2,10 @@
  *
  *   batch_many_topics COUNT
  *
- * Registers 30 topics, many0 .. many29: more than BPF discovery looks at
- * in one harvest (16), no more than it arms in a process (32, batch.h).
+ * Registers 40 topics, many0 .. many39: more than BPF discovery looks at
+ * in one harvest (16), and more than it arms in a process (32, batch.h):
+ * a spec arming 30 of them sees every one armed; one arming all 40, the
+ * cap said.
  * Reads the topics' names first (BPF cannot read a page the process never
  * touched), then sleeps 1 ms fifty times: each sleep a switch, a harvest,
  * so discovery gets its looks before anything is recorded. Then records
@@ -22,7 +24,7 @@
                TOPIC(t##5) TOPIC(t##6) TOPIC(t##7) TOPIC(t##8) TOPIC(t##9)
 TOPIC(0) TOPIC(1) TOPIC(2) TOPIC(3) TOPIC(4)
 TOPIC(5) TOPIC(6) TOPIC(7) TOPIC(8) TOPIC(9)
-TEN(1) TEN(2)
+TEN(1) TEN(2) TEN(3)
 
 #define TOUCH(n) touched += strlen(recorder_many##n##_topic.name);
 #define TOUCH_TEN(t) TOUCH(t##0) TOUCH(t##1) TOUCH(t##2) TOUCH(t##3) TOUCH(t##4) \
@@ -39,10 +41,10 @@ int main(int argc, char **argv)
     int count = argc > 1 ? atoi(argv[1]) : 1;
     volatile size_t touched = 0;
     TOUCH(0) TOUCH(1) TOUCH(2) TOUCH(3) TOUCH(4) TOUCH(5) TOUCH(6) TOUCH(7)
-    TOUCH(8) TOUCH(9) TOUCH_TEN(1) TOUCH_TEN(2)
+    TOUCH(8) TOUCH(9) TOUCH_TEN(1) TOUCH_TEN(2) TOUCH_TEN(3)
     for (int i = 0; i < 50; i++)
         usleep(1000);
     PUT(0) PUT(1) PUT(2) PUT(3) PUT(4) PUT(5) PUT(6) PUT(7) PUT(8) PUT(9)
-    PUT_TEN(1) PUT_TEN(2)
+    PUT_TEN(1) PUT_TEN(2) PUT_TEN(3)
     return 0;
 }

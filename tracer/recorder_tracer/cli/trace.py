@@ -219,6 +219,12 @@ def trace(pids: tuple[int, ...], comms: tuple[str, ...], all_processes: bool,
                 click.echo(f"{unfinished} harvests at a process's end ran out of "
                            "steps before its last shard: what those shards held "
                            "is outside the counts above", err=True)
+            capped = getattr(session.recorder, "capped_processes", 0)
+            if capped:
+                from recorder_tracer.kernel.batch import TOPICS_MAX
+                click.echo(f"more topics armed than --batch harvests ({TOPICS_MAX} "
+                           f"a process) in {capped} process(es): the others were "
+                           "not traced (--latency traps every one)", err=True)
             if session.unknown_sites:
                 click.echo(f"{session.unknown_sites} hits came before their site "
                            "was known: their arguments are lost", err=True)

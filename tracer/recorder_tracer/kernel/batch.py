@@ -42,7 +42,7 @@ _TOPIC_SHARDS = 48              # offsetof(struct recorder_topic, shards)
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
 COUNTER_NAMES = ("streamed", "lost", "harvests", "chunks", "strings_lost", "busy",
-                 "full", "unnamed", "unfinished", "adopted")
+                 "full", "unnamed", "unfinished", "adopted", "capped")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,9 @@ class BatchHarvester:
         self._names = self.bpf[b"armed_names"]
         self._armed_names: set[bytes] = set()
         self.armed: dict[int, set[int]] = {}      # pid -> topic ids we armed
+        # Processes armed with more topics than BATCH_TOPICS (the rest not
+        # harvested); BPF counts those it finds later ("capped").
+        self.capped_at_arm = 0
         self._final: dict[tuple[int, int], TopicLoss] = {}
 
     # -- arming ---------------------------------------------------------------
@@ -116,6 +119,7 @@ class BatchHarvester:
         if not header or len(header) < _REGISTRY.size:
             return False
         topic_count = _REGISTRY.unpack(header)[4]
+        capped = len(topics) > TOPICS_MAX
         topics = topics[:TOPICS_MAX]
         for topic in topics:
             self._set_cursor(pid, image, topic, from_start)
@@ -125,6 +129,9 @@ class BatchHarvester:
         target.known = 0
         target.generation = 0
         target.topics = len(topics)
+        # Counted here, once a process, as BPF counts a topic it finds later.
+        target.capped = int(capped)
+        self.capped_at_arm += capped
         for index, topic in enumerate(topics):
             target.ids[index] = topic.id
         _left_everywhere(target, self.slots)

@@ -359,13 +359,16 @@ class BatchTopics:
             process.image.close()
 
     unfinished_walks = 0    # final harvests that ended before a shard (batch.c)
+    capped_processes = 0    # processes with more armed topics than batch.c holds
 
     def release(self) -> None:
         """Keep the loss counts, then free the stream and the program."""
         self._final_losses = self.topic_losses()
         with contextlib.suppress(Exception):   # a count: never in the way
-            self.unfinished_walks = sum(cpu.get("unfinished", 0)
-                                        for cpu in self.batch.counters())
+            counters = self.batch.counters()
+            self.unfinished_walks = sum(cpu.get("unfinished", 0) for cpu in counters)
+            self.capped_processes = self.batch.capped_at_arm + sum(
+                cpu.get("capped", 0) for cpu in counters)
         self.stream.close()
         self.batch.close()
         if self.capture is not None:

@@ -600,6 +600,10 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
                     target->armed_now = 1;
                     announce(BATCH_MSG_TOPIC, tgid, topic, found.id, found.size, &name);
                 }
+            } else if (used >= BATCH_TOPICS && !target->capped
+                       && armed_names.lookup(&name)) {
+                target->capped = 1;     /* said once, not at every look */
+                count(BATCH_COUNT_CAPPED, 1);
             }
         }
         if (bpf_probe_read_user(&topic, sizeof(topic),

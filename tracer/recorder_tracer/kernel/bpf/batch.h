@@ -93,6 +93,9 @@ struct batch_target {
     __u64 resume;
     __u32 look_known;
     __u32 look_generation;
+    __u32 capped;               /* a topic the spec arms was refused (counted
+                                   once a process: BATCH_COUNT_CAPPED) */
+    __u32 pad;
     /* Per shard slot: 0, or (the time a harvest left entries in it) | 1.
      * A slot marked so, its own CPU not back for BATCH_LEFT_NS, is adopted
      * by a harvest on another CPU (batch.c). The controller marks every
@@ -138,7 +141,9 @@ enum batch_counter {
     BATCH_COUNT_UNNAMED = 7,        /* topics given up: name never readable */
     BATCH_COUNT_UNFINISHED = 8,     /* final walks that ended before every shard */
     BATCH_COUNT_ADOPTED = 9,        /* shards left behind taken by another CPU */
-    BATCH_COUNT_COUNT = 10,
+    BATCH_COUNT_CAPPED = 10,        /* processes with an armed topic refused:
+                                       BATCH_TOPICS were armed already */
+    BATCH_COUNT_COUNT = 11,
 };
 
 #endif
