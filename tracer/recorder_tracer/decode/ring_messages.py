@@ -41,7 +41,6 @@ class MessageRing(MappedRing):
         self.share = max(TAKE_MAX, share)
         self.held = 0           # bytes of the backlog and of what is taken
         self._taken = 0         # of those, handed to the read under way
-        self.refills = 0        # refill() calls that copied something
 
     def take(self) -> list[memoryview]:
         """The backlog, then the committed messages up to the first still
@@ -60,10 +59,7 @@ class MessageRing(MappedRing):
 
     def refill(self) -> None:
         """Copy what is committed to the backlog, while held < share."""
-        copied = self._copy()
-        if copied:
-            self.backlog += copied
-            self.refills += 1
+        self.backlog += self._copy()
 
     def _copy(self) -> list[memoryview]:
         consumer = self._consumer.value

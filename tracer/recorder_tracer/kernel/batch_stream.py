@@ -109,6 +109,7 @@ class BatchStream:
         self.drained_ns: int | None = None
         self._read_ns: int | None = None
         self._reading = threading.RLock()
+        self.refills = 0        # refill() calls: every REFILL_CHUNKS, while emitting
         size = mmap.PAGESIZE * _power_of_two_at_least(max(1, pages_per_cpu))
         harvester.bpf[b"stream_config"][ctypes.c_int(0)] = ctypes.c_uint64(size // 4)
         outer = harvester.bpf[b"stream_rings"]
@@ -327,6 +328,7 @@ class BatchStream:
 
     def refill(self) -> None:
         """Copy what the rings hold to their backlogs (the next read's)."""
+        self.refills += 1
         for ring in self._rings:
             ring.refill()
 
