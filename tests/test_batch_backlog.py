@@ -220,3 +220,20 @@ def test_a_session_run_pauses_the_collector_and_restores_it(progs: Path) -> None
         workload.process.wait()
     assert seen and not any(seen)
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_objects_the_host_application_froze_stay_frozen() -> None:
+    """collections_paused() does not thaw what it did not freeze (a pre-fork
+    server using the Python API freezes its own)."""
+    import gc
+
+    from recorder_tracer.session import loop
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with loop.collections_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled() and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
