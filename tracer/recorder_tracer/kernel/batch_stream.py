@@ -48,7 +48,8 @@ CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
 # What all rings' backlogs and the read under way hold (decode/ring_messages.py:
-# copied regions and their messages' views); beyond, BPF waits.
+# copied regions and their messages' views; at least TAKE_MAX a CPU);
+# beyond, BPF waits. 16 MiB: bench/README.md, issue-14m.
 BACKLOG_MAX = 16 << 20
 REFILL_CHUNKS = 32      # chunks decoded between two refills (~500 entries)
 
