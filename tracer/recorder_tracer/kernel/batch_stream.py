@@ -147,13 +147,7 @@ class BatchStream:
             return self._read_raw() if self.on_message is not None else (
                 self._decode(final))
         finally:
-            # What take() copied is free again, but for chunks held for
-            # their strings (copied out of it): the next read's.
-            carried: dict[int, int] = {}
-            for cpu, message in self._held:
-                carried[cpu] = carried.get(cpu, 0) + len(message) + MESSAGE_COST
-            for ring in self._rings:
-                ring.release(carried.get(ring.cpu, 0))
+            _release(self._rings, self._held)
 
     def _decode(self, final: bool) -> int:
         delivered = 0
@@ -225,13 +219,10 @@ class BatchStream:
         self.strings_received += 1
 
     def _has_strings(self, message: memoryview) -> bool:
-        count = self._header.unpack_from(message, 0)[3]
-        entry_type, size = self._entry_type, self._entry_size
-        offset = self._entries_offset
-        types_at = entry_type.arg_types.offset
-        return any(has_string_argument(
-            struct.unpack_from("<I", message, offset + i * size + types_at)[0])
-            for i in range(count))
+        types_at = self._entries_offset + self._entry_type.arg_types.offset
+        return any(has_string_argument(struct.unpack_from(
+            "<I", message, types_at + i * self._entry_size)[0])
+            for i in range(self._header.unpack_from(message, 0)[3]))
 
     def _deliver_chunk(self, cpu: int, message: memoryview) -> int | None:
         """A chunk to on_chunk whole (of one kind: left in its bytes); None
@@ -373,6 +364,16 @@ class BatchStream:
             ring.close()
         self._rings.clear()
         self._epoll.close()
+
+
+def _release(rings: list[MessageRing], held: list[tuple[int, memoryview]]) -> None:
+    """What take() copied is free again, but for chunks held for their
+    strings (copied out of it): the next read's."""
+    carried: dict[int, int] = {}
+    for cpu, message in held:
+        carried[cpu] = carried.get(cpu, 0) + len(message) + MESSAGE_COST
+    for ring in rings:
+        ring.release(carried.get(ring.cpu, 0))
 
 
 def _read_u64(image: ProcessImage, address: int) -> int:

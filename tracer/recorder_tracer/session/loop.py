@@ -69,10 +69,8 @@ Reporter = Callable[[str], None]
 
 
 class TraceSession(SessionResults, CoverageSteps):
-    """Arms, streams and reorders; the CLI renders what `sink` receives
-    (`lines`: its line plans, output/json_plans.py). `stopping`: the
-    event stop() sets (the CLI's, set by its signal handlers: Ctrl-C
-    during start-up counts)."""
+    """Arms, streams, reorders; the CLI renders what `sink` gets (`lines`: its line
+    plans). `stopping`: the event stop() sets (the CLI's: Ctrl-C in start-up too)."""
 
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
@@ -296,9 +294,8 @@ class TraceSession(SessionResults, CoverageSteps):
         return only_pids and not self.traced_pids()
 
     def run(self, start: bool = True) -> None:
-        """Stream until the duration ends, stop() is called, SIGINT or
-        SIGTERM, or the targets end (see poll()). With `start` False, the
-        caller has called start() already. Detaches and drains at the end."""
+        """Stream until the duration ends, stop(), SIGINT/SIGTERM or the targets
+        end (poll()); `start` False: done. Drains at the end; no GC after start()."""
         with stop_on_signals(self._stop):
             try:
                 if start:
@@ -306,11 +303,9 @@ class TraceSession(SessionResults, CoverageSteps):
             except BaseException:
                 self.close()
                 raise
-            with collections_paused() as collect_when_due:  # after start()
+            with collections_paused() as collect_when_due:
                 try:
-                    # What arming read from the processes' own rings is due
-                    # now: out before the first poll's wait.
-                    self._flush()
+                    self._flush()   # what arming read: out before a wait
                     while self.poll(timeout_ms=50):
                         collect_when_due()
                 finally:
