@@ -10,9 +10,11 @@ Memory: a message is a memoryview into the region it was copied with, so
 one live message keeps its whole region alive. The bound counts what is
 held: the regions' bytes plus MESSAGE_COST a message, both of the backlog
 and of what take() handed out until `release()` says its read is done.
-Held is at most `share` per ring (the stream's BACKLOG_MAX over its rings);
-beyond, the ring is left to fill and BPF waits (backpressure into the
-traced process's own ring, losses counted by sequence as before).
+A read gives back each chunk's share as it decodes it (`done()`), so
+refills go on during a long read. Held is at most `share` per ring (the
+stream's BACKLOG_MAX over its rings), and in memory one partly decoded
+region (<= TAKE_MAX) more; beyond, the ring is left to fill and BPF waits
+(backpressure into the traced process's ring, losses counted as before).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class MessageRing(MappedRing):
         messages += self._copy()
         self._taken = self.held
         return messages
+
+    def done(self, size: int) -> None:
+        """`size` bytes of what take() returned are decoded and dropped."""
+        self.held -= size
+        self._taken -= size
 
     def release(self, carried: int = 0) -> None:
         """The read of what take() returned is done; `carried` bytes of it

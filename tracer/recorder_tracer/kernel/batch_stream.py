@@ -152,12 +152,12 @@ class BatchStream:
     def _decode(self, final: bool) -> int:
         delivered = 0
         held, self._held = self._held, []
-        fresh: list[tuple[int, memoryview]] = []
+        fresh: list[Any] = []       # (ring, chunk), None once decoded
         for ring in self._rings:
             for message in ring.take():
                 kind = _HEAD.unpack_from(message, 0)[0]
                 if kind == MSG_CHUNK:
-                    fresh.append((ring.cpu, message))
+                    fresh.append((ring, message))
                 elif kind == MSG_STRING:
                     self._keep_string(message)
                 elif kind == MSG_TOPIC and self.on_topic is not None:
@@ -166,9 +166,11 @@ class BatchStream:
                     self._unnamed(message)
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
-        for number, (cpu, message) in enumerate(fresh, 1):
+        for number, (ring, message) in enumerate(fresh, 1):
             if not final and number % REFILL_CHUNKS == 0:
                 self.refill()
+            fresh[number - 1], cpu = None, ring.cpu     # its region: with its last
+            ring.done(len(message) + MESSAGE_COST)      # chunk; no longer held
             if self.on_chunk is not None:
                 taken = self._deliver_chunk(cpu, message)
                 if taken is not None:
@@ -269,9 +271,8 @@ class BatchStream:
         return count - skip
 
     def finish(self, pid: int, image: ProcessImage | None) -> None:
-        """Disarm `pid`, then copy what BPF had not harvested yet from its
-        rings (`image`, while it lives): a stream that was full kept it
-        there. Delivered like the rest, counted on its shard's CPU."""
+        """Disarm `pid`, then copy what BPF had not harvested from its rings
+        (`image`, alive; a full stream left it there), counted on its shard's CPU."""
         left = self.harvester.disarm(pid)
         if image is None or not left:
             return
@@ -332,9 +333,8 @@ class BatchStream:
             self._read()
 
     def drain(self) -> None:
-        """Deliver everything the rings hold now: as many reads as a full
-        ring takes at TAKE_MAX a read (a -w capture's rings can hold 1 GiB
-        each), and 100 more for messages still being written."""
+        """Deliver all the rings hold: as many reads as a full ring takes at
+        TAKE_MAX a read (a -w ring can hold 1 GiB), 100 more for late writers."""
         full_ring = max((ring.size for ring in self._rings), default=0) // TAKE_MAX + 1
         with self._reading:
             for _ in range(full_ring + 100):
