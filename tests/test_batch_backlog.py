@@ -239,6 +239,8 @@ def test_objects_the_host_application_froze_stay_frozen() -> None:
         assert frozen > 0
         with loop.collections_paused():
             assert not gc.isenabled()
-        assert gc.isenabled() and gc.get_freeze_count() == frozen
+        # Not thawed (unfreeze() empties the permanent generation); frozen
+        # objects freed meanwhile (a failed test's) leave it, so not "==".
+        assert gc.isenabled() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
