@@ -30,17 +30,11 @@ from typing import Any
 from recorder_tracer.abi import ENTRY
 from recorder_tracer.decode.chunk_kind import chunk_of_one_kind, has_string_argument
 from recorder_tracer.decode.entry import BatchRecord, CapturedString
+from recorder_tracer.decode.ring_messages import MESSAGE_COST, TAKE_MAX, MessageRing
 from recorder_tracer.kernel.batch import BatchHarvester
-from recorder_tracer.kernel.stream import (
-    CpuSummary,
-    MappedRing,
-    _power_of_two_at_least,
-)
+from recorder_tracer.kernel.stream import CpuSummary, _power_of_two_at_least
 from recorder_tracer.target.memory import ProcessImage, Topic
 
-RING_HEADER = 8
-BUSY_BIT = 1 << 31
-DISCARD_BIT = 1 << 30
 # enum batch_kind, kernel/bpf/batch.h
 MSG_CHUNK, MSG_STRING, MSG_TOPIC, MSG_UNNAMED = 1, 2, 3, 4
 _U64 = struct.Struct("<Q")
@@ -53,8 +47,10 @@ _HEAD = struct.Struct("<II")        # kind, pid
 CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
-TAKE_MAX = 1 << 20      # bytes of messages one take() copies out
-BACKLOG_MAX = 64 << 20  # all rings' backlogs (~460 k entries); beyond, BPF waits
+# What all rings' backlogs and the read under way hold (decode/ring_messages.py:
+# copied regions and their messages' views; at least TAKE_MAX a CPU);
+# beyond, BPF waits. 16 MiB: bench/README.md, issue-14m.
+BACKLOG_MAX = 16 << 20
 REFILL_CHUNKS = 32      # chunks decoded between two refills (~500 entries)
 
 
@@ -66,61 +62,6 @@ MessageHandler = Callable[[int, int, memoryview], None]
 TopicHandler = Callable[[int, Topic], None]
 # pid, topic id, where its name is: BPF could not read it (batch.c discover)
 UnnamedHandler = Callable[[int, int, int], None]
-
-
-class _Ring(MappedRing):
-    """One CPU's BPF ring buffer of variable-size messages."""
-
-    def __init__(self, cpu: int, size: int, backlog_max: int) -> None:
-        super().__init__(cpu, size, f"batch_cpu{cpu}")
-        # Copied by refill() while we decode, for the next take(): BPF gets
-        # its space back every few chunks, not once a read.
-        self.backlog: list[memoryview] = []
-        self._backlog_bytes, self._backlog_max = 0, backlog_max
-
-    def take(self) -> list[memoryview]:
-        """The backlog, then the committed messages up to the first still
-        being written, copied out in one slice; their space is released."""
-        messages, self.backlog, self._backlog_bytes = self.backlog, [], 0
-        return messages + self._copy()
-
-    def refill(self) -> None:
-        """Copy what is committed to the backlog, up to its share of BACKLOG_MAX."""
-        if self._backlog_bytes < self._backlog_max:
-            copied = self._copy()
-            self.backlog += copied
-            self._backlog_bytes += sum(map(len, copied))
-
-    def _copy(self) -> list[memoryview]:
-        consumer = self._consumer.value
-        committed = _U64.unpack_from(self._data, 0)[0] - consumer
-        self.caught_up = committed <= 0
-        if committed <= 0:
-            return []
-        # At most TAKE_MAX at a time: a large ring read whole would be
-        # copied whole, and held decoded (resident memory).
-        available = min(committed, TAKE_MAX)
-        start = self._page + (consumer & self._mask)
-        region = self._data[start:start + available]
-        view = memoryview(region)
-        messages = []
-        position = 0
-        unpack = struct.Struct("<I").unpack_from
-        while position + RING_HEADER <= available:
-            (header,) = unpack(region, position)
-            if header & BUSY_BIT:
-                break
-            length = header & ~(BUSY_BIT | DISCARD_BIT)
-            if position + RING_HEADER + length > available:
-                break       # past TAKE_MAX: the next take() has it
-            if not header & DISCARD_BIT:
-                messages.append(view[position + RING_HEADER:
-                                     position + RING_HEADER + length])
-            position += (length + RING_HEADER + 7) & ~7
-        self.caught_up = position >= committed
-        self._consumer.value = consumer + position
-        return messages
-
 
 
 class BatchStream:
@@ -169,14 +110,15 @@ class BatchStream:
         self.drained_ns: int | None = None
         self._read_ns: int | None = None
         self._reading = threading.RLock()
+        self.refills = 0        # refill() calls: every REFILL_CHUNKS, while emitting
         size = mmap.PAGESIZE * _power_of_two_at_least(max(1, pages_per_cpu))
         harvester.bpf[b"stream_config"][ctypes.c_int(0)] = ctypes.c_uint64(size // 4)
         outer = harvester.bpf[b"stream_rings"]
         self._epoll = select.epoll()
-        self._rings: list[_Ring] = []
+        self._rings: list[MessageRing] = []
         from bcc.utils import get_online_cpus
         for cpu in (cpus := get_online_cpus()):
-            ring = _Ring(cpu, size, max(TAKE_MAX, BACKLOG_MAX // len(cpus)))
+            ring = MessageRing(cpu, size, BACKLOG_MAX // len(cpus))
             self._rings.append(ring)
             self.received[cpu] = 0
             outer[ctypes.c_int(cpu)] = ctypes.c_int(ring.fd)
@@ -201,16 +143,21 @@ class BatchStream:
         return delivered
 
     def _read_once(self, final: bool) -> int:
+        try:
+            return self._read_raw() if self.on_message is not None else (
+                self._decode(final))
+        finally:
+            _release(self._rings, self._held)
+
+    def _decode(self, final: bool) -> int:
         delivered = 0
         held, self._held = self._held, []
-        fresh: list[tuple[int, memoryview]] = []
-        if self.on_message is not None:
-            return self._read_raw()
+        fresh: list[Any] = []       # (ring, chunk), None once decoded
         for ring in self._rings:
             for message in ring.take():
                 kind = _HEAD.unpack_from(message, 0)[0]
                 if kind == MSG_CHUNK:
-                    fresh.append((ring.cpu, message))
+                    fresh.append((ring, message))
                 elif kind == MSG_STRING:
                     self._keep_string(message)
                 elif kind == MSG_TOPIC and self.on_topic is not None:
@@ -219,16 +166,18 @@ class BatchStream:
                     self._unnamed(message)
         for cpu, message in held:
             delivered += self._deliver(cpu, message)
-        for number, (cpu, message) in enumerate(fresh, 1):
+        for number, (ring, message) in enumerate(fresh, 1):
             if not final and number % REFILL_CHUNKS == 0:
                 self.refill()
+            fresh[number - 1], cpu = None, ring.cpu     # its region: with its last
+            ring.done(len(message) + MESSAGE_COST)      # chunk; no longer held
             if self.on_chunk is not None:
                 taken = self._deliver_chunk(cpu, message)
                 if taken is not None:
                     delivered += taken
                     continue
             if not final and self._has_strings(message):
-                self._held.append((cpu, message))
+                self._held.append((cpu, memoryview(bytes(message))))
             else:
                 delivered += self._deliver(cpu, message)
         if final:
@@ -272,13 +221,10 @@ class BatchStream:
         self.strings_received += 1
 
     def _has_strings(self, message: memoryview) -> bool:
-        count = self._header.unpack_from(message, 0)[3]
-        entry_type, size = self._entry_type, self._entry_size
-        offset = self._entries_offset
-        types_at = entry_type.arg_types.offset
-        return any(has_string_argument(
-            struct.unpack_from("<I", message, offset + i * size + types_at)[0])
-            for i in range(count))
+        types_at = self._entries_offset + self._entry_type.arg_types.offset
+        return any(has_string_argument(struct.unpack_from(
+            "<I", message, types_at + i * self._entry_size)[0])
+            for i in range(self._header.unpack_from(message, 0)[3]))
 
     def _deliver_chunk(self, cpu: int, message: memoryview) -> int | None:
         """A chunk to on_chunk whole (of one kind: left in its bytes); None
@@ -325,9 +271,8 @@ class BatchStream:
         return count - skip
 
     def finish(self, pid: int, image: ProcessImage | None) -> None:
-        """Disarm `pid`, then copy what BPF had not harvested yet from its
-        rings (`image`, while it lives): a stream that was full kept it
-        there. Delivered like the rest, counted on its shard's CPU."""
+        """Disarm `pid`, then copy what BPF had not harvested from its rings
+        (`image`, alive; a full stream left it there), counted on its shard's CPU."""
         left = self.harvester.disarm(pid)
         if image is None or not left:
             return
@@ -376,6 +321,7 @@ class BatchStream:
 
     def refill(self) -> None:
         """Copy what the rings hold to their backlogs (the next read's)."""
+        self.refills += 1
         for ring in self._rings:
             ring.refill()
 
@@ -387,9 +333,8 @@ class BatchStream:
             self._read()
 
     def drain(self) -> None:
-        """Deliver everything the rings hold now: as many reads as a full
-        ring takes at TAKE_MAX a read (a -w capture's rings can hold 1 GiB
-        each), and 100 more for messages still being written."""
+        """Deliver all the rings hold: as many reads as a full ring takes at
+        TAKE_MAX a read (a -w ring can hold 1 GiB), 100 more for late writers."""
         full_ring = max((ring.size for ring in self._rings), default=0) // TAKE_MAX + 1
         with self._reading:
             for _ in range(full_ring + 100):
@@ -419,6 +364,16 @@ class BatchStream:
             ring.close()
         self._rings.clear()
         self._epoll.close()
+
+
+def _release(rings: list[MessageRing], held: list[tuple[int, memoryview]]) -> None:
+    """What take() copied is free again, but for chunks held for their
+    strings (copied out of it): the next read's."""
+    carried: dict[int, int] = {}
+    for cpu, message in held:
+        carried[cpu] = carried.get(cpu, 0) + len(message) + MESSAGE_COST
+    for ring in rings:
+        ring.release(carried.get(ring.cpu, 0))
 
 
 def _read_u64(image: ProcessImage, address: int) -> int:

@@ -69,10 +69,8 @@ Reporter = Callable[[str], None]
 
 
 class TraceSession(SessionResults, CoverageSteps):
-    """Arms, streams and reorders; the CLI renders what `sink` receives
-    (`lines`: its line plans, output/json_plans.py). `stopping`: the
-    event stop() sets (the CLI's, set by its signal handlers: Ctrl-C
-    during start-up counts)."""
+    """Arms, streams, reorders; the CLI renders what `sink` gets (`lines`: its line
+    plans). `stopping`: the event stop() sets (the CLI's: Ctrl-C in start-up too)."""
 
     def __init__(self, options: TraceOptions, sink: Sink,
                  report: Reporter = lambda message: None,
@@ -296,20 +294,22 @@ class TraceSession(SessionResults, CoverageSteps):
         return only_pids and not self.traced_pids()
 
     def run(self, start: bool = True) -> None:
-        """Stream until the duration ends, stop() is called, SIGINT or
-        SIGTERM, or the targets end (see poll()). With `start` False, the
-        caller has called start() already. Detaches and drains at the end."""
-        with stop_on_signals(self._stop), collections_paused() as collect_when_due:
+        """Stream until the duration ends, stop(), SIGINT/SIGTERM or the targets
+        end (poll()); `start` False: done. Drains at the end; no GC after start()."""
+        with stop_on_signals(self._stop):
             try:
                 if start:
                     self.start()
-                # What arming read from the processes' own rings is due now:
-                # out before the first poll's wait.
-                self._flush()
-                while self.poll(timeout_ms=50):
-                    collect_when_due()
-            finally:
+            except BaseException:
                 self.close()
+                raise
+            with collections_paused() as collect_when_due:
+                try:
+                    self._flush()   # what arming read: out before a wait
+                    while self.poll(timeout_ms=50):
+                        collect_when_due()
+                finally:
+                    self.close()
 
     def _end_process(self, pid: int, status: str, when_ns: int) -> None:
         """Deliver what `pid` recorded up to its exit, say so, detach it."""
@@ -406,15 +406,20 @@ GC_PERIOD_S = 10.0
 
 @contextlib.contextmanager
 def collections_paused() -> Iterator[Callable[[], None]]:
-    """Python's cyclic collector off while a session streams; yields a call
-    that runs a full collection once every GC_PERIOD_S. At 500 k records/s
-    the collector ran ~1,100 times in a 2 s trace (a full pass ~7 ms, the
-    loop's CPU ~15% more), for the records' tuples and strings, which make
-    no cycles. What start-up made is frozen out of every collection."""
+    """Python's cyclic collector off while a session streams (at 500 k
+    records/s it ran ~1,100 times in a 2 s trace, for tuples and strings
+    that make no cycles); yields a call that runs a full pass (5-38 ms) once
+    GC_PERIOD_S have passed: run() calls it between polls, less often while
+    a flood keeps poll() from returning. What is alive on entry (start-up's,
+    in run()) is frozen out of those passes, unless the host application
+    froze objects itself (gc.unfreeze() would thaw its too). gc.disable()
+    is process-wide: the host's other threads go uncollected meanwhile."""
     if not gc.isenabled():
         yield lambda: None
         return
-    gc.freeze()
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     gc.disable()
     due = [time.monotonic() + GC_PERIOD_S]
 
@@ -426,7 +431,8 @@ def collections_paused() -> Iterator[Callable[[], None]]:
         yield collect_when_due
     finally:
         gc.enable()
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 def poll_streams(streams: list[Stream], timeout_ms: int) -> None:
