@@ -103,7 +103,7 @@ class BatchHarvester:
         self.armed: dict[int, set[int]] = {}      # pid -> topic ids we armed
         # Processes armed with more topics than BATCH_TOPICS (the rest not
         # harvested); BPF counts those it finds later ("capped").
-        self.capped_at_arm = 0
+        self.capped_at_arm: set[int] = set()
         self._final: dict[tuple[int, int], TopicLoss] = {}
 
     # -- arming ---------------------------------------------------------------
@@ -131,7 +131,8 @@ class BatchHarvester:
         target.topics = len(topics)
         # Counted here, once a process, as BPF counts a topic it finds later.
         target.capped = int(capped)
-        self.capped_at_arm += capped
+        if capped:
+            self.capped_at_arm.add(pid)
         for index, topic in enumerate(topics):
             target.ids[index] = topic.id
         _left_everywhere(target, self.slots)

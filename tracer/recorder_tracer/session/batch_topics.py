@@ -367,7 +367,7 @@ class BatchTopics:
         with contextlib.suppress(Exception):   # a count: never in the way
             counters = self.batch.counters()
             self.unfinished_walks = sum(cpu.get("unfinished", 0) for cpu in counters)
-            self.capped_processes = self.batch.capped_at_arm + sum(
+            self.capped_processes = len(self.batch.capped_at_arm) + sum(
                 cpu.get("capped", 0) for cpu in counters)
         self.stream.close()
         self.batch.close()
