@@ -75,11 +75,9 @@ class BatchStream:
                  on_chunk: ChunkHandler | None = None) -> None:
         self.harvester = harvester
         self.on_record = on_record
-        # Batch mode: a chunk handed over whole, of one kind left in its
-        # bytes (those with %s arguments still go one by one to on_record).
+        # Batch mode: a chunk whole (with %s arguments: each to on_record).
         self.on_chunk = on_chunk
-        # Raw mode (a capture file): every message as BPF wrote it, with
-        # its kind; nothing decoded here.
+        # Raw mode (a capture file): every message as BPF wrote it, undecoded.
         self.on_message = on_message
         self.on_topic = on_topic
         self.on_unnamed = on_unnamed
@@ -91,18 +89,10 @@ class BatchStream:
         # (a stream too full to take them before): per shard slot (CPU).
         self.flushed: dict[int, int] = {}
         self.flush_lost: dict[int, int] = {}
-        self._chunk = harvester.chunk_type
-        self._string = harvester.string_type
-        fields = dict((name, kind) for name, kind, *_ in self._chunk._fields_)
-        self._entry_type = fields["entries"]._type_
-        self._entries_offset = self._chunk.entries.offset
-        self._entry_size = ctypes.sizeof(self._entry_type)
-        self._header = CHUNK_HEAD
-        assert self._header.size == self._entries_offset
-        assert self._entry_size == ENTRY_SIZE
-        self._string_head = STRING_HEAD
-        self._string_text = self._string.text.offset
-        assert self._string_text == STRING_HEAD.size
+        self._entry_type, self._entries_offset, self._string_text = (
+            _checked_layouts(harvester))
+        self._entry_size = ENTRY_SIZE
+        self._header, self._string_head = CHUNK_HEAD, STRING_HEAD
         self._strings: dict[tuple[int, int, int, int], dict[int, CapturedString]] = {}
         self._held: list[tuple[int, memoryview]] = []     # chunks awaiting strings
         # Every message committed before it is delivered (decode/reorder.py);
@@ -111,6 +101,7 @@ class BatchStream:
         self._read_ns: int | None = None
         self._reading = threading.RLock()
         self.refills = 0        # refill() calls: every REFILL_CHUNKS, while emitting
+        self._final_read = False    # drain()'s last reads: refill() does nothing
         size = mmap.PAGESIZE * _power_of_two_at_least(max(1, pages_per_cpu))
         harvester.bpf[b"stream_config"][ctypes.c_int(0)] = ctypes.c_uint64(size // 4)
         outer = harvester.bpf[b"stream_rings"]
@@ -170,15 +161,17 @@ class BatchStream:
             if not final and number % REFILL_CHUNKS == 0:
                 self.refill()
             fresh[number - 1], cpu = None, ring.cpu     # its region: with its last
-            ring.done(len(message) + MESSAGE_COST)      # chunk; no longer held
-            if self.on_chunk is not None:
-                taken = self._deliver_chunk(cpu, message)
+            share = len(message) + MESSAGE_COST     # given back once delivered:
+            if self.on_chunk is not None:           # one held for its strings
+                taken = self._deliver_chunk(cpu, message)   # stays counted
                 if taken is not None:
+                    ring.done(share)
                     delivered += taken
                     continue
             if not final and self._has_strings(message):
                 self._held.append((cpu, memoryview(bytes(message))))
             else:
+                ring.done(share)
                 delivered += self._deliver(cpu, message)
         if final:
             self._strings.clear()
@@ -321,6 +314,8 @@ class BatchStream:
 
     def refill(self) -> None:
         """Copy what the rings hold to their backlogs (the next read's)."""
+        if self._final_read:    # what it copied would be read by nobody
+            return
         self.refills += 1
         for ring in self._rings:
             ring.refill()
@@ -342,18 +337,20 @@ class BatchStream:
                 if not any(ring.pending() or ring.backlog for ring in self._rings):
                     break
                 time.sleep(0.001)
-            self._read(final=True)
+            self._final_read = True     # a sink's flush may ask for a refill:
+            try:                        # its copy would wait for no read
+                for _ in range(3):
+                    self._read(final=True)
+                    if not any(ring.pending() for ring in self._rings):
+                        break
+            finally:
+                self._final_read = False
 
     def summary(self) -> list[CpuSummary]:
         """Per-CPU produced, received and lost; call after drain()."""
-        result = []
-        for cpu, counts in enumerate(self.harvester.counters()):
-            flushed, flush_lost = self.flushed.get(cpu, 0), self.flush_lost.get(cpu, 0)
-            lost = counts["lost"] + flush_lost
-            produced = counts["streamed"] + flushed + lost
-            result.append(CpuSummary(cpu, produced,
-                                     self.received.get(cpu, 0) + flushed, lost))
-        return result
+        return [_cpu_summary(cpu, counts, self.received.get(cpu, 0),
+                             self.flushed.get(cpu, 0), self.flush_lost.get(cpu, 0))
+                for cpu, counts in enumerate(self.harvester.counters())]
 
     def close(self) -> None:
         """Unhook and unmap the rings."""
@@ -364,6 +361,28 @@ class BatchStream:
             ring.close()
         self._rings.clear()
         self._epoll.close()
+
+
+def _cpu_summary(cpu: int, counts: dict[str, int], received: int, flushed: int,
+                 flush_lost: int) -> CpuSummary:
+    """A CPU's account: what we copied from processes' rings ourselves
+    (flushed) counts as streamed and received."""
+    lost = counts["lost"] + flush_lost
+    produced = counts["streamed"] + flushed + lost
+    return CpuSummary(cpu, produced, received + flushed, lost)
+
+
+def _checked_layouts(harvester: BatchHarvester) -> tuple[Any, int, int]:
+    """The compiled program's entry type, and the offsets of a chunk's
+    entries and of a string's text, checked against the heads we unpack."""
+    fields = dict((name, kind) for name, kind, *_ in harvester.chunk_type._fields_)
+    entry_type = fields["entries"]._type_
+    entries_offset = harvester.chunk_type.entries.offset
+    string_text = harvester.string_type.text.offset
+    assert CHUNK_HEAD.size == entries_offset
+    assert ctypes.sizeof(entry_type) == ENTRY_SIZE
+    assert string_text == STRING_HEAD.size
+    return entry_type, entries_offset, string_text
 
 
 def _release(rings: list[MessageRing], held: list[tuple[int, memoryview]]) -> None:
