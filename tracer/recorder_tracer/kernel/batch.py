@@ -183,11 +183,20 @@ class BatchHarvester:
             current = table[ctypes.c_int(0)].value
             table[ctypes.c_int(0)] = ctypes.c_uint32(current + 1)
 
+    def look_again(self, pid: int) -> None:
+        """The controller read a name BPF could not: BPF's next look at
+        `pid`'s topics goes ahead of its backoff (which grows while we are
+        slow to read, up to seconds on a loaded machine)."""
+        with contextlib.suppress(Exception):    # full: the backoff stands
+            self.bpf[b"look_now"][ctypes.c_uint32(pid)] = ctypes.c_uint32(1)
+
     def disarm(self, pid: int) -> dict[int, Any]:
         """Stop harvesting `pid`; returns its cursors as BPF left them, by
         topic id (loss counts are kept: `losses`)."""
         with contextlib.suppress(KeyError):
             del self._targets[ctypes.c_uint32(pid)]
+        with contextlib.suppress(KeyError):
+            del self.bpf[b"look_now"][ctypes.c_uint32(pid)]
         time.sleep(0.002)       # a harvest under way ends in microseconds
         left = {}
         for key, cursor in list(self._cursors.items()):

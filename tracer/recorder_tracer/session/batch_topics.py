@@ -317,6 +317,7 @@ class BatchTopics:
                            topic_id, name if name is not None else "(unreadable)")
             if name and self.options.spec.armed(name):
                 self.batch.arm_names([name])
+                self.batch.look_again(pid)
 
     def _text(self, pid: int, address: int) -> str | None:
         """For a capture: the text at `address` in `pid` (a format or a

@@ -93,6 +93,9 @@ BPF_HASH(targets, __u32, struct batch_target, 16384);
 BPF_HASH(cursors, struct cursor_key, struct batch_cursor, 65536);
 BPF_HASH(armed_names, struct batch_name, __u8, 4096);
 BPF_ARRAY(generation, __u32, 1);    /* bumped when armed_names grows */
+/* tgid -> 1: the controller read a name we could not (its page is mapped
+ * now): the next look goes ahead of its backoff. */
+BPF_HASH(look_now, __u32, __u32, 1024);
 BPF_PERCPU_ARRAY(blank_cursor, struct batch_cursor, 1);    /* only .topic set */
 BPF_PERCPU_ARRAY(counters, __u64, BATCH_COUNT_COUNT);
 BPF_RINGBUF_OUTPUT(stream_template, 1);
@@ -531,7 +534,8 @@ static __always_inline void announce(__u32 kind, __u32 tgid, __u64 address,
  * table of a file mapping; bpf_probe_read_user cannot fault it in) leaves
  * the look incomplete: the controller is told where it is, reads it
  * through /proc/PID/mem (which maps the page) and publishes the name if
- * the spec arms it, and we look again after a backoff. A name still
+ * the spec arms it, and we look again after a backoff, or at once when
+ * the controller says it read it (look_now). A name still
  * unreadable after BATCH_RETRIES looks is given up and counted
  * (BATCH_COUNT_UNNAMED): a process cannot make us look forever. */
 static __always_inline void discover(__u32 tgid, struct batch_target *target)
@@ -547,8 +551,12 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     if (head.topic_count == target->known && now == target->generation)
         return;
     __u64 time = bpf_ktime_get_ns();
-    if (time < target->retry_ns)
-        return;
+    if (time < target->retry_ns) {
+        __u32 key = tgid;
+        if (!look_now.lookup(&key))
+            return;
+        look_now.delete(&key);
+    }
     if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
         return;
     struct batch_cursor *blank = blank_cursor.lookup(&zero);
