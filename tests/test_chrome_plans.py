@@ -10,13 +10,12 @@ from __future__ import annotations
 import ctypes
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers.plans import INTEGER_FORMATS, VALUES, entry
+from helpers.plans import INTEGER_FORMATS, VALUES, OwnProcess, entry
 from helpers.tracer import Workload
 from timing import scaled
 
@@ -25,14 +24,10 @@ from recorder_tracer.decode.entry import RawEntry, entry_record
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
-from recorder_tracer.kernel.batch_stream import BatchRecord
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import ChunkLines
-from recorder_tracer.session.armed import ArmedProcess
-from recorder_tracer.session.harvest_records import harvest_record
 from recorder_tracer.session.loop import TraceOptions, TraceSession
-from recorder_tracer.target.memory import ProcessImage, Topic
 
 HOSTILE = {"comm": 'a"%d\\\x1b[2J\u202e{t[0]}', "topic": "t%s\u2028'x'",
            "where": "w\u202e%%.c:1\x9b\n"}
@@ -156,14 +151,8 @@ def test_chunks_by_chrome_plans_through_the_reorder_buffer() -> None:
     one seen again gets its plan; chunks of two CPUs interleaved leave the
     reorder buffer in time order; the file is the Record path's."""
     fmt = ctypes.create_string_buffer(b"step %d of %u")
-    pid = os.getpid()
-    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
-                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
-    processes = {pid: process}
-
-    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
-        return harvest_record(processes, {}, cpu, BatchRecord(
-            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    own = OwnProcess()
+    pid, processes, record = own.pid, own.processes, own.record
     streams = {mode: io.StringIO() for mode in ("plans", "records")}
     writers = {mode: ChromeTraceWriter(stream) for mode, stream in streams.items()}
     writers["plans"].anchor = writers["records"].anchor

@@ -10,11 +10,10 @@ from __future__ import annotations
 import ctypes
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
-from helpers.plans import INTEGER_FORMATS, VALUES, entry
+from helpers.plans import INTEGER_FORMATS, VALUES, OwnProcess, entry
 from helpers.tracer import Workload
 
 from recorder_tracer.abi import ENTRY, ENTRY_SPAN_END
@@ -23,7 +22,6 @@ from recorder_tracer.decode.entry import RawEntry, entry_record
 from recorder_tracer.decode.record import Record
 from recorder_tracer.decode.reorder import ReorderBuffer
 from recorder_tracer.decode.spec import TopicSpec
-from recorder_tracer.kernel.batch_stream import BatchRecord
 from recorder_tracer.output.chrome import ChromeTraceWriter
 from recorder_tracer.output.chrome_plans import ChromePlans
 from recorder_tracer.output.json_plans import KINDS_KEPT, ChunkLines, JsonPlans
@@ -31,10 +29,8 @@ from recorder_tracer.output.jsonl import JsonLinesWriter
 from recorder_tracer.output.sinks import line_plans_for, open_sink
 from recorder_tracer.output.text import TextPrinter, TimeMode, format_record
 from recorder_tracer.output.text_plans import TextPlans
-from recorder_tracer.session.armed import ArmedProcess
-from recorder_tracer.session.harvest_records import harvest_record
 from recorder_tracer.session.loop import TraceOptions, TraceSession
-from recorder_tracer.target.memory import STRING_CACHE_MAX, ProcessImage, Topic
+from recorder_tracer.target.memory import STRING_CACHE_MAX
 
 
 def writer_line(raw: tuple[int, ...], fmt: str, *, comm: str, topic: str,
@@ -228,14 +224,8 @@ def test_chunks_left_in_their_bytes_render_as_unpacked_ones() -> None:
     what it writes given the entries: the first as Records and lines, then
     by the plan from the bytes."""
     fmt = ctypes.create_string_buffer(b"n=%d")
-    pid = os.getpid()
-    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
-                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
-    processes = {pid: process}
-
-    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
-        return harvest_record(processes, {}, cpu, BatchRecord(
-            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    own = OwnProcess()
+    pid, processes, record = own.pid, own.processes, own.record
     outs: list[list[tuple[int, object]]] = [[], []]
     plans = JsonPlans(JsonLinesWriter(io.StringIO()))
     by_entries = ChunkLines(plans, outs[0].extend, processes.get, record)
@@ -294,14 +284,8 @@ def test_a_chunk_of_two_formats_writes_each_entrys_own_line() -> None:
     tells it), and every line is its own entry's, the Record path's."""
     formats = [ctypes.create_string_buffer(b"first %d"),
                ctypes.create_string_buffer(b"second %d")]
-    pid = os.getpid()
-    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
-                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
-    processes = {pid: process}
-
-    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
-        return harvest_record(processes, {}, cpu, BatchRecord(
-            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    own = OwnProcess()
+    pid, processes, record = own.pid, own.processes, own.record
     plans = JsonPlans(JsonLinesWriter(io.StringIO()))
     out: list[tuple[int, object]] = []
     chunks = ChunkLines(plans, out.extend, processes.get, record)
@@ -327,14 +311,8 @@ def test_a_format_rewritten_then_read_again_is_the_plans_text_too() -> None:
     as for a location read at last, after it was unreadable."""
     fmt = ctypes.create_string_buffer(b"old %d")
     junk = ctypes.create_string_buffer(STRING_CACHE_MAX + 8)
-    pid = os.getpid()
-    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
-                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
-    processes = {pid: process}
-
-    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
-        return harvest_record(processes, {}, cpu, BatchRecord(
-            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    own = OwnProcess()
+    pid, process, processes, record = own.pid, own.process, own.processes, own.record
     plans = JsonPlans(JsonLinesWriter(io.StringIO()))
     out: list[tuple[int, object]] = []
     chunks = ChunkLines(plans, out.extend, processes.get, record)
@@ -364,14 +342,8 @@ def test_a_kind_of_entry_seen_once_is_not_compiled() -> None:
     on the Record path, a kind seen again gets its plan, and the lines are
     the writer's either way. Formats are read from this process's memory."""
     formats = [ctypes.create_string_buffer(f"f{i} %d".encode()) for i in range(40)]
-    pid = os.getpid()
-    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
-                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
-    processes = {pid: process}
-
-    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
-        return harvest_record(processes, {}, cpu, BatchRecord(
-            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    own = OwnProcess()
+    pid, processes, record = own.pid, own.processes, own.record
     plans = JsonPlans(JsonLinesWriter(io.StringIO()))
     out: list[tuple[int, object]] = []
     chunks = ChunkLines(plans, out.extend, processes.get, record)
@@ -390,14 +362,8 @@ def test_kinds_held_stay_bounded_in_one_context() -> None:
     CPU): ever-new kinds from one (pid, comm, cpu) context are forgotten
     past KINDS_KEPT, as across contexts; the lines stay the writer's."""
     fmt = ctypes.create_string_buffer(b"k %d")
-    pid = os.getpid()
-    process = ArmedProcess(pid, "me", ProcessImage.of(pid),
-                           {3: Topic(3, "net", 64, 0, "", 0)}, [], set())
-    processes = {pid: process}
-
-    def record(cpu: int, pid: int, comm: bytes, raw: tuple[int, ...]) -> Record:
-        return harvest_record(processes, {}, cpu, BatchRecord(
-            pid, comm, RawEntry(*raw[:10], raw[10:22]), []))
+    own = OwnProcess()
+    pid, processes, record = own.pid, own.processes, own.record
     plans = JsonPlans(JsonLinesWriter(io.StringIO()))
     out: list[tuple[int, object]] = []
     chunks = ChunkLines(plans, out.extend, processes.get, record)
