@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.tracer import Workload
@@ -38,15 +39,20 @@ def backlog_entries(stream) -> int:
     return total
 
 
+def started_flood_session(workload: Workload, sink: Any,
+                          **options: Any) -> tuple[TraceSession, Any]:
+    """A started batch session of `workload`'s flood topic, and its stream."""
+    session = TraceSession(TraceOptions(latency=False, pids=[workload.pid],
+                                        spec=TopicSpec.parse("flood")), sink, **options)
+    session.start()
+    return session, session.recorder.stream     # type: ignore[union-attr]
+
+
 def test_records_copied_out_early_are_delivered_once_in_order(progs: Path) -> None:
     workload = Workload(progs)
     try:
         records: list[Record] = []
-        session = TraceSession(TraceOptions(latency=False, pids=[workload.pid],
-                                            spec=TopicSpec.parse("flood")),
-                               records.append)
-        session.start()
-        stream = session.recorder.stream    # type: ignore[union-attr]
+        session, stream = started_flood_session(workload, records.append)
         workload.record("flood", 997)       # harvested when it leaves its CPU
         deadline = time.monotonic() + scaled(10)
         while backlog_entries(stream) < 997 and time.monotonic() < deadline:
@@ -110,11 +116,7 @@ def test_a_long_read_copies_the_rings_out_every_few_chunks(progs: Path) -> None:
     workload = Workload(progs)
     try:
         records: list[Record] = []
-        session = TraceSession(TraceOptions(latency=False, pids=[workload.pid],
-                                            spec=TopicSpec.parse("flood")),
-                               records.append)
-        session.start()
-        stream = session.recorder.stream    # type: ignore[union-attr]
+        session, stream = started_flood_session(workload, records.append)
         workload.record("flood", 997)       # 63 chunks or more, in BPF's ring
         wait_pending(stream, 997)
         before = stream.refills
@@ -136,11 +138,7 @@ def test_the_backlog_holds_at_most_its_share_and_leaves_the_rest_to_bpf(
     workload = Workload(progs)
     try:
         records: list[Record] = []
-        session = TraceSession(TraceOptions(latency=False, pids=[workload.pid],
-                                            spec=TopicSpec.parse("flood")),
-                               records.append)
-        session.start()
-        stream = session.recorder.stream    # type: ignore[union-attr]
+        session, stream = started_flood_session(workload, records.append)
         for ring in stream._rings:
             ring.share = 32 << 10           # ~200 entries of 997
         workload.record("flood", 997)
@@ -173,11 +171,8 @@ def test_rendering_a_long_run_of_lines_reads_the_stream_between(progs: Path) -> 
         # One CPU: a plan is per CPU, and a first entry on each leaves as a
         # Record, which would cut the lines into shorter runs.
         os.sched_setaffinity(workload.pid, {min(os.sched_getaffinity(0))})
-        session = TraceSession(TraceOptions(latency=False, pids=[workload.pid],
-                                            spec=TopicSpec.parse("flood")),
-                               printer.write, lines=TextPlans(printer))
-        session.start()
-        stream = session.recorder.stream    # type: ignore[union-attr]
+        session, stream = started_flood_session(workload, printer.write,
+                                                lines=TextPlans(printer))
         for _ in range(3):
             workload.record("flood", 997)   # harvested as it waits for the next
         wait_pending(stream, 3 * 997)
