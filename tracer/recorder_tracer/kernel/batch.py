@@ -9,7 +9,8 @@ reads. Nothing is attached to the probe sites: an armed topic costs its
 process no trap per record.
 
     harvester = BatchHarvester()
-    harvester.arm(pid, image, [topic for topic in image.topics() if wanted(topic)])
+    base = image.topic_count()      # before the list (arm's docstring)
+    harvester.arm(pid, image, [t for t in image.topics() if wanted(t)], base)
     ...
     harvester.losses()      # per (pid, topic id): streamed, overwritten, refused
 """
@@ -36,8 +37,6 @@ from recorder_tracer.target.memory import ProcessImage, Topic
 TOPICS_MAX = 32                 # BATCH_TOPICS in kernel/bpf/batch.h
 NAME_MAX = 64                   # BATCH_NAME_MAX
 TICK_NS = 1_000_000             # the CPU clock tick that harvests busy threads
-_REGISTRY = struct.Struct("<QIIQII")     # magic, version, entry size, topics,
-                                         # topic_count, shard_count
 _TOPIC_SHARDS = 48              # offsetof(struct recorder_topic, shards)
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
@@ -109,23 +108,26 @@ class BatchHarvester:
     # -- arming ---------------------------------------------------------------
 
     def arm(self, pid: int, image: ProcessImage, topics: list[Topic],
-            from_start: bool = False) -> bool:
+            base: int | None, from_start: bool = False) -> bool:
         """Harvest `topics` of `pid` from now on (`from_start`: from the
-        first entry its rings still hold). False without a registry."""
+        first entry its rings still hold). False without a registry.
+
+        `base` is the registry's topic count read before the list `topics`
+        came from: BPF arms the topics of ids at or above it by name, from
+        their first record, unless they are among `topics`. A topic the
+        process registers while we arm it is so never missed (a count read
+        after the list would hide it from both), and one of `topics`
+        registered meanwhile is harvested from its first record too."""
         registry = image.find_registry()
-        if registry is None:
+        if registry is None or base is None:
             return False
-        header = image.read(registry, _REGISTRY.size)
-        if not header or len(header) < _REGISTRY.size:
-            return False
-        topic_count = _REGISTRY.unpack(header)[4]
         capped = len(topics) > TOPICS_MAX
         topics = topics[:TOPICS_MAX]
         for topic in topics:
-            self._set_cursor(pid, image, topic, from_start)
+            self._set_cursor(pid, image, topic, from_start or topic.id >= base)
         target = self._targets.Leaf()
         target.registry = registry
-        target.base = 0 if from_start else topic_count
+        target.base = 0 if from_start else base
         target.known = 0
         target.generation = 0
         target.topics = len(topics)

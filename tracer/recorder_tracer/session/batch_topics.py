@@ -54,13 +54,14 @@ def arm_image(harvester: BatchHarvester, pid: int, image: ProcessImage,
     """Harvest the topics of `image` that `spec` arms; returns the topics
     found in its registry, or None when it has no registry (yet). Called
     again for an armed process, it only publishes new names."""
+    base = image.topic_count()      # before the list: see BatchHarvester.arm
     topics = image.topics()
     if not topics and image.find_registry() is None:
         return None
     harvester.arm_names([topic.name for topic in topics if spec.armed(topic.name)])
     if pid not in harvester.armed:
         wanted = [topic for topic in topics if spec.armed(topic.name)]
-        if not harvester.arm(pid, image, wanted, from_start=from_start):
+        if not harvester.arm(pid, image, wanted, base, from_start=from_start):
             return None
     return topics
 

@@ -297,6 +297,17 @@ class ProcessImage:
                 index = data.find(needle, index + 1)
         return None
 
+    def topic_count(self) -> int | None:
+        """How many topics the registry says are registered (None without
+        one). The core publishes a topic in the list before it counts it:
+        read before topics(), every topic missing from that list has an id
+        at or above this count."""
+        registry = self.find_registry()
+        header = self.read(registry, _REGISTRY.size) if registry is not None else None
+        if not header or len(header) < _REGISTRY.size:
+            return None
+        return int(_REGISTRY.unpack(header)[4])
+
     def topics(self) -> list[Topic]:
         """Every topic in the process's registry (empty without a core)."""
         registry = self.find_registry()
