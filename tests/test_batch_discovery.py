@@ -119,8 +119,11 @@ def test_batch_arms_a_topic_a_fork_registers_under_a_name_it_never_read(
     topic is harvested from its first record all the same. (`touched`: the
     child reads the name first, as a control.)"""
     program = fork_late_topic(touched)
-    followed = program.session.recorder.processes
-    assert program.poll_until(lambda: program.child in followed, 10)
+    # Armed in BPF (`batch.armed` is set once its target is written), not
+    # only followed: a topic registered before that is one the child had
+    # when armed, harvested from then on, not from its first record.
+    armed = program.session.recorder.batch.armed
+    assert program.poll_until(lambda: program.child in armed, 10)
     program.register()
     found = program.poll_until(lambda: bool(program.child_records()), 5)
     state = "" if found else discovery_state(program.session, program.child)

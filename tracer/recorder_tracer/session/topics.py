@@ -176,11 +176,13 @@ class RecorderTopics:
                     probe.path, probe.file_offset, process.pid,
                     probe.semaphore_offset, probe.identity)
                 process.attachments.append(attachment)
-                process.armed_topics.add(probe.name)
+                process.probes.append(probe)
                 if self.pins is not None and attachment.method is arm.Method.LINK:
                     self._pinned.add(self.pins.pin_link(
                         attachment.fd, process.pid, probe.name, probe.file_offset))
-                process.probes.append(probe)
+                # Last: a thread that sees the topic armed finds its site too
+                # (metrics name their rows through process.probes).
+                process.armed_topics.add(probe.name)
             except arm.ArmError as error:
                 if not procs.process_exists(process.pid):
                     self.report(f"process {process.pid} exited while arming")
