@@ -181,16 +181,22 @@ class BatchHarvester:
             self._armed_names.add(key)
             added = True
         if added:
-            table = self.bpf[b"generation"]
-            current = table[ctypes.c_int(0)].value
-            table[ctypes.c_int(0)] = ctypes.c_uint32(current + 1)
+            self._look_everywhere()
+
+    def _look_everywhere(self) -> None:
+        """Every armed process's next harvest looks at its topics again."""
+        table = self.bpf[b"generation"]
+        current = table[ctypes.c_int(0)].value
+        table[ctypes.c_int(0)] = ctypes.c_uint32(current + 1)
 
     def look_again(self, pid: int) -> None:
         """The controller read a name BPF could not: BPF's next look at
         `pid`'s topics goes ahead of its backoff (which grows while we are
-        slow to read, up to seconds on a loaded machine)."""
+        slow to read, up to seconds on a loaded machine), or after BPF gave
+        the name up (its looks stop then until something changes: this)."""
         with contextlib.suppress(Exception):    # full: the backoff stands
             self.bpf[b"look_now"][ctypes.c_uint32(pid)] = ctypes.c_uint32(1)
+        self._look_everywhere()
 
     def disarm(self, pid: int) -> dict[int, Any]:
         """Stop harvesting `pid`; returns its cursors as BPF left them, by

@@ -551,14 +551,18 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     if (head.topic_count == target->known && now == target->generation)
         return;
     __u64 time = bpf_ktime_get_ns();
-    if (time < target->retry_ns) {
-        __u32 key = tgid;
-        if (!look_now.lookup(&key))
-            return;
-        look_now.delete(&key);
-    }
     if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
         return;
+    if (time < target->retry_ns) {
+        /* The controller's "read it now" is taken only by a look that
+         * runs: under the lock, not by one a look elsewhere turned away. */
+        __u32 key = tgid;
+        if (!look_now.lookup(&key)) {
+            __sync_lock_test_and_set(&target->lock, 0);
+            return;
+        }
+        look_now.delete(&key);
+    }
     struct batch_cursor *blank = blank_cursor.lookup(&zero);
     /* A look covers BATCH_DISCOVER topics a harvest: a longer list is
      * looked at over several harvests, each going on where the last one
@@ -569,6 +573,18 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     if (!topic) {
         topic = head.topics;
         target->look_known = head.topic_count;
+        /* One copy reads the list's head, then the count: a topic another
+         * thread registers between the two loads is counted, not in this
+         * list (the core lists a topic, then counts it). Known only up to
+         * the head's id, the next harvest looks again. */
+        __u32 head_id = 0;
+        if (!topic)
+            target->look_known = 0;
+        else if (!bpf_probe_read_user(&head_id, sizeof(head_id),
+                                      (void *)(topic + offsetof(struct recorder_topic,
+                                                                id)))
+                 && head_id < head.topic_count)
+            target->look_known = head_id + 1;
         target->look_generation = now;
         /* "a name was unreadable in this look", kept in the map value, not
          * a local: a local splits the verifier's states (3x the
