@@ -198,4 +198,3 @@ def test_batch_arms_a_topic_registered_while_the_controller_arms_its_process(
     recorded = program.stop()
     assert found, f"no record of the topic registered while armed: {state}"
     assert [r.args[0] for r in program.child_records()] == list(range(recorded))
-
