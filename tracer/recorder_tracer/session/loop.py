@@ -321,7 +321,9 @@ class TraceSession(SessionResults, CoverageSteps):
             if comm is None:
                 return              # reported already (exit event and waitpid)
             for stream in self._streams():
-                stream.drain()
+                # Not a final read: live processes' chunks still wait for
+                # the strings they send after them (kernel/batch_stream.py).
+                getattr(stream, "catch_up", stream.drain)()
             self._poll_coverage()
             self._flush(when_ns)
             self.report(f"process {pid} ({comm}) exited: {status}")
