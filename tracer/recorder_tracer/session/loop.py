@@ -320,9 +320,7 @@ class TraceSession(SessionResults, CoverageSteps):
                          if (name := source.comm_of(pid)) is not None), None)
             if comm is None:
                 return              # reported already (exit event and waitpid)
-            for stream in self._streams():
-                # Not a final read: live processes' chunks still wait for
-                # the strings they send after them (kernel/batch_stream.py).
+            for stream in self._streams():  # others live on: no final read
                 getattr(stream, "catch_up", stream.drain)()
             self._poll_coverage()
             self._flush(when_ns)
