@@ -291,20 +291,7 @@ class BatchStream:
         left = self.harvester.disarm(pid)
         if image is None or not left:
             return
-        entry_type = self._entry_type
-        for topic_id, cursor in left.items():
-            for slot in range(self.harvester.slots):
-                shard = _read_u64(image, cursor.topic + 48 + 8 * slot)
-                found = _left_in_shard(image, shard, cursor.next[slot], entry_type)
-                if found is None:
-                    continue
-                copied, lost = found
-                for index, data in copied:
-                    _deliver_flushed(self, slot, pid, topic_id, index, data)
-                self.flushed[slot] = self.flushed.get(slot, 0) + len(copied)
-                self.flush_lost[slot] = self.flush_lost.get(slot, 0) + lost
-                self.harvester.add_streamed(pid, topic_id, len(copied))
-                self.harvester.add_loss(pid, topic_id, lost)
+        _flush_left(self, pid, image, left)
 
     def refill(self) -> None:
         """Copy what the rings hold to their backlogs (the next read's)."""
@@ -417,24 +404,34 @@ def _deliver_flushed(stream: BatchStream, slot: int, pid: int, topic_id: int,
     stream.on_record(slot, BatchRecord(pid, b"", entry, []))
 
 
-def _left_in_shard(image: ProcessImage, shard: int, start: int, entry_type: Any
-                   ) -> tuple[list[tuple[int, bytes]], int] | None:
-    """The entries of a process's shard (at `shard`, 0: none) from `start`
-    on, as (index, bytes), and how many of them were overwritten."""
-    header = image.read(shard, 12) if shard else None
-    if not header or len(header) < 12:
-        return None
-    head, mask = struct.unpack("<QI", header)
-    lost = max(0, head - (mask + 1) - start)
-    copied = []
-    for index in range(start + lost, head):
-        data = image.read(shard + 64 + (index & mask) * ENTRY_SIZE, ENTRY_SIZE)
-        if (data and len(data) == ENTRY_SIZE
-                and entry_type.from_buffer_copy(data).sequence == index + 1):
-            copied.append((index, data))
-        else:
-            lost += 1
-    return copied, lost
+def _flush_left(stream: BatchStream, pid: int, image: ProcessImage,
+                left: dict[int, Any]) -> None:
+    """BatchStream.finish: the entries of each shard of `pid`'s topics from
+    where BPF stopped (`left`: topic id -> cursor), streamed out one by one
+    (not buffered: the ring's size is the process's to say), counted on the
+    shard's slot."""
+    harvester = stream.harvester
+    for topic_id, cursor in left.items():
+        for slot in range(harvester.slots):
+            shard = _read_u64(image, cursor.topic + 48 + 8 * slot)
+            header = image.read(shard, 12) if shard else None
+            if not header or len(header) < 12:
+                continue
+            head, mask = struct.unpack("<QI", header)
+            first = max(cursor.next[slot], head - (mask + 1))   # older: overwritten
+            lost, copied = first - cursor.next[slot], 0
+            for index in range(first, head):
+                data = image.read(shard + 64 + (index & mask) * ENTRY_SIZE, ENTRY_SIZE)
+                if (data and len(data) == ENTRY_SIZE and stream._entry_type
+                        .from_buffer_copy(data).sequence == index + 1):
+                    copied += 1
+                    _deliver_flushed(stream, slot, pid, topic_id, index, data)
+                else:
+                    lost += 1
+            stream.flushed[slot] = stream.flushed.get(slot, 0) + copied
+            stream.flush_lost[slot] = stream.flush_lost.get(slot, 0) + lost
+            harvester.add_streamed(pid, topic_id, copied)
+            harvester.add_loss(pid, topic_id, lost)
 
 
 def _read_u64(image: ProcessImage, address: int) -> int:
