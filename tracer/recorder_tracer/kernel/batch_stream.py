@@ -174,11 +174,11 @@ class BatchStream:
                 else:
                     ring.done(share)
                     delivered += self._deliver(cpu, message)
-        except BaseException:   # a handler raised: what it had not handed on
-            self._held[:0] = held[done[1]:]     # is the next read's (copied:
+        except BaseException:   # a handler raised: what was not handed on
+            self._held[:0] = held[done[1]:]     # waits for the next read,
             self._unread = [(ring, memoryview(bytes(message))) for ring, message in
                             [item for item in fresh if item] + taken[done[0]:]]
-            raise                               # the regions are released)
+            raise       # copied (the regions are released), counted as held
         self._strings.age(final)
         return delivered
 
@@ -303,7 +303,7 @@ class BatchStream:
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver what arrived within `timeout_ms`."""
-        if not any(ring.backlog for ring in self._rings):
+        if not (self._unread or any(ring.backlog for ring in self._rings)):
             self._epoll.poll(timeout_ms / 1000)
         with self._reading:
             self._read()
