@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder_tracer.abi import ENTRY
+from recorder_tracer.decode.batch_strings import AwaitedStrings
 from recorder_tracer.decode.chunk_kind import chunk_of_one_kind, has_string_argument
 from recorder_tracer.decode.entry import BatchRecord, CapturedString
 from recorder_tracer.decode.ring_messages import MESSAGE_COST, TAKE_MAX, MessageRing
@@ -45,6 +46,7 @@ _HEAD = struct.Struct("<II")        # kind, pid
 # (output/capture.py) decodes with them without loading BPF.
 # kind pid topic count skip shard reserved first comm
 CHUNK_HEAD = struct.Struct("<IIIHHIIQ16s")
+CHUNK_SKIP_AT = 14      # the head's skip: entries before it were delivered
 STRING_HEAD = struct.Struct("<IIIIQIi")     # kind pid topic shard index arg length
 ENTRY_SIZE = 144
 # What all rings' backlogs and the read under way hold (decode/ring_messages.py:
@@ -93,8 +95,9 @@ class BatchStream:
             _checked_layouts(harvester))
         self._entry_size = ENTRY_SIZE
         self._header, self._string_head = CHUNK_HEAD, STRING_HEAD
-        self._strings: dict[tuple[int, int, int, int], dict[int, CapturedString]] = {}
+        self._strings = AwaitedStrings()
         self._held: list[tuple[int, memoryview]] = []     # chunks awaiting strings
+        self._unread: list[tuple[MessageRing, memoryview]] = []     # see _decode
         # Every message committed before it is delivered (decode/reorder.py);
         # None: not known yet. `_read_ns`: when the last whole read began.
         self.drained_ns: int | None = None
@@ -138,44 +141,58 @@ class BatchStream:
             return self._read_raw() if self.on_message is not None else (
                 self._decode(final))
         finally:
-            _release(self._rings, self._held)
+            _release(self._rings, self._held + [
+                (ring.cpu, message) for ring, message in self._unread])
 
     def _decode(self, final: bool) -> int:
         delivered = 0
         held, self._held = self._held, []
+        taken, self._unread = self._unread, []
+        taken += [(ring, message) for ring in self._rings for message in ring.take()]
         fresh: list[Any] = []       # (ring, chunk), None once decoded
-        for ring in self._rings:
-            for message in ring.take():
-                kind = _HEAD.unpack_from(message, 0)[0]
-                if kind == MSG_CHUNK:
-                    fresh.append((ring, message))
-                elif kind == MSG_STRING:
-                    self._keep_string(message)
-                elif kind == MSG_TOPIC and self.on_topic is not None:
-                    self._announce(message)
-                elif kind == MSG_UNNAMED:
-                    self._unnamed(message)
-        for cpu, message in held:
-            delivered += self._deliver(cpu, message)
-        for number, (ring, message) in enumerate(fresh, 1):
-            if not final and number % REFILL_CHUNKS == 0:
-                self.refill()
-            fresh[number - 1], cpu = None, ring.cpu     # its region: with its last
-            share = len(message) + MESSAGE_COST     # given back once delivered:
-            if self.on_chunk is not None:           # one held for its strings
-                taken = self._deliver_chunk(cpu, message)   # stays counted
-                if taken is not None:
-                    ring.done(share)
-                    delivered += taken
-                    continue
-            if not final and self._has_strings(message):
-                self._held.append((cpu, memoryview(bytes(message))))
-            else:
-                ring.done(share)
+        done = [0, 0]               # of taken and of held: handed on
+        try:
+            for ring, message in taken:
+                done[0] += 1
+                self._sort(ring, message, fresh)
+            for cpu, message in held:
+                done[1] += 1
                 delivered += self._deliver(cpu, message)
-        if final:
-            self._strings.clear()
+            for number, (ring, message) in enumerate(fresh, 1):
+                if not final and number % REFILL_CHUNKS == 0:
+                    self.refill()
+                fresh[number - 1], cpu = None, ring.cpu     # its region: with its last
+                share = len(message) + MESSAGE_COST     # given back once delivered:
+                if self.on_chunk is not None:           # one held for its strings
+                    taken_now = self._deliver_chunk(cpu, message)   # stays counted
+                    if taken_now is not None:
+                        ring.done(share)
+                        delivered += taken_now
+                        continue
+                if not final and self._has_strings(message):
+                    self._held.append((cpu, memoryview(bytes(message))))
+                else:
+                    ring.done(share)
+                    delivered += self._deliver(cpu, message)
+        except BaseException:   # a handler raised: what was not handed on
+            self._held[:0] = held[done[1]:]     # waits for the next read,
+            self._unread = [(ring, memoryview(bytes(message))) for ring, message in
+                            [item for item in fresh if item] + taken[done[0]:]]
+            raise       # copied (the regions are released), counted as held
+        self._strings.age(final)
         return delivered
+
+    def _sort(self, ring: MessageRing, message: memoryview, fresh: list[Any]) -> None:
+        """A taken message: a chunk to `fresh`, a string kept, a notice told."""
+        kind = _HEAD.unpack_from(message, 0)[0]
+        if kind == MSG_CHUNK:
+            fresh.append((ring, message))
+        elif kind == MSG_STRING:
+            self._keep_string(message)
+        elif kind == MSG_TOPIC and self.on_topic is not None:
+            self._announce(message)
+        elif kind == MSG_UNNAMED:
+            self._unnamed(message)
 
     def _announce(self, message: memoryview) -> None:
         assert self.on_topic is not None
@@ -209,8 +226,8 @@ class BatchStream:
         _kind, pid, topic, shard, index, arg, length = self._string_head.unpack_from(
             message, 0)
         text = bytes(message[self._string_text:self._string_text + max(0, length)])
-        self._strings.setdefault((pid, topic, shard, index), {})[arg] = (
-            CapturedString(length, text))
+        self._strings.keep((pid, topic, shard, index), arg,
+                           CapturedString(length, text))
         self.strings_received += 1
 
     def _has_strings(self, message: memoryview) -> bool:
@@ -254,13 +271,18 @@ class BatchStream:
         for i in range(skip, count):
             entry = entry_type.from_buffer_copy(message, offset + i * size)
             strings: list[CapturedString | None] = []
-            captured = self._strings.pop((pid, topic, shard, first + i), None)
+            captured = self._strings.pop((pid, topic, shard, first + i))
             if captured is not None or entry.arg_types & 0xAAAAAA:
                 for arg in range(min(entry.nargs, 12)):
                     if (entry.arg_types >> (2 * arg)) & 3 == 2:
                         strings.append(captured.get(arg) if captured else None)
             self.received[cpu] += 1
-            self.on_record(cpu, BatchRecord(pid, comm, entry, strings))
+            try:
+                self.on_record(cpu, BatchRecord(pid, comm, entry, strings))
+            except BaseException:   # the entries after it: the next read's
+                if i + 1 < count:
+                    self._held.append((cpu, _skipping(message, i + 1)))
+                raise
         return count - skip
 
     def finish(self, pid: int, image: ProcessImage | None) -> None:
@@ -269,48 +291,7 @@ class BatchStream:
         left = self.harvester.disarm(pid)
         if image is None or not left:
             return
-        entry_type, size = self._entry_type, self._entry_size
-        for topic_id, cursor in left.items():
-            for slot in range(self.harvester.slots):
-                shard = _read_u64(image, cursor.topic + 48 + 8 * slot)
-                if not shard:
-                    continue
-                header = image.read(shard, 12)
-                if not header or len(header) < 12:
-                    continue
-                head, mask = struct.unpack("<QI", header)
-                capacity = mask + 1
-                index = cursor.next[slot]
-                lost = 0
-                if head > index + capacity:
-                    lost += head - capacity - index
-                    index = head - capacity
-                copied = 0
-                while index < head:
-                    data = image.read(shard + 64 + (index & mask) * size, size)
-                    entry = (entry_type.from_buffer_copy(data)
-                             if data and len(data) == size else None)
-                    if entry is None or entry.sequence != index + 1:
-                        lost += 1
-                    else:
-                        copied += 1
-                        self._deliver_flushed(slot, pid, topic_id, index, data)
-                    index += 1
-                self.flushed[slot] = self.flushed.get(slot, 0) + copied
-                self.flush_lost[slot] = self.flush_lost.get(slot, 0) + lost
-                self.harvester.add_streamed(pid, topic_id, copied)
-                self.harvester.add_loss(pid, topic_id, lost)
-
-    def _deliver_flushed(self, slot: int, pid: int, topic_id: int, index: int,
-                         data: bytes) -> None:
-        """One entry copied by us at disarm: as a record, or as a chunk of
-        one in raw mode."""
-        if self.on_message is not None:
-            head = CHUNK_HEAD.pack(MSG_CHUNK, pid, topic_id, 1, 0, slot, 0, index, b"")
-            self.on_message(slot, MSG_CHUNK, memoryview(head + data))
-            return
-        entry = self._entry_type.from_buffer_copy(data)
-        self.on_record(slot, BatchRecord(pid, b"", entry, []))
+        _flush_left(self, pid, image, left)
 
     def refill(self) -> None:
         """Copy what the rings hold to their backlogs (the next read's)."""
@@ -322,21 +303,30 @@ class BatchStream:
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver what arrived within `timeout_ms`."""
-        if not any(ring.backlog for ring in self._rings):
+        if not (self._unread or any(ring.backlog for ring in self._rings)):
             self._epoll.poll(timeout_ms / 1000)
         with self._reading:
             self._read()
 
-    def drain(self) -> None:
-        """Deliver all the rings hold: as many reads as a full ring takes at
-        TAKE_MAX a read (a -w ring can hold 1 GiB), 100 more for late writers."""
+    def catch_up(self) -> None:
+        """Read, 1 ms apart, until nothing is left or held (at most a full
+        ring's worth of TAKE_MAX reads, and 100 for late writers); a chunk
+        still waits a read for its strings, which, at a process's exit
+        (session/loop.py), a live one's BPF run may still be sending."""
         full_ring = max((ring.size for ring in self._rings), default=0) // TAKE_MAX + 1
         with self._reading:
             for _ in range(full_ring + 100):
                 self._read()
-                if not any(ring.pending() or ring.backlog for ring in self._rings):
-                    break
+                if not self._held and not any(
+                        ring.pending() or ring.backlog for ring in self._rings):
+                    return
                 time.sleep(0.001)
+
+    def drain(self) -> None:
+        """At the session's end: catch up, then deliver even a chunk whose
+        strings have not come (nothing will send them any more)."""
+        with self._reading:
+            self.catch_up()
             self._final_read = True     # a sink's flush may ask for a refill:
             try:                        # its copy would wait for no read
                 for _ in range(3):
@@ -393,6 +383,55 @@ def _release(rings: list[MessageRing], held: list[tuple[int, memoryview]]) -> No
         carried[cpu] = carried.get(cpu, 0) + len(message) + MESSAGE_COST
     for ring in rings:
         ring.release(carried.get(ring.cpu, 0))
+
+
+def _skipping(message: memoryview, skip: int) -> memoryview:
+    """A copy of chunk `message` whose entries before `skip` are delivered."""
+    chunk = bytearray(message)
+    struct.pack_into("<H", chunk, CHUNK_SKIP_AT, skip)
+    return memoryview(bytes(chunk))
+
+
+def _deliver_flushed(stream: BatchStream, slot: int, pid: int, topic_id: int,
+                     index: int, data: bytes) -> None:
+    """One entry copied by us at disarm: as a record, or as a chunk of one
+    in raw mode."""
+    if stream.on_message is not None:
+        head = CHUNK_HEAD.pack(MSG_CHUNK, pid, topic_id, 1, 0, slot, 0, index, b"")
+        stream.on_message(slot, MSG_CHUNK, memoryview(head + data))
+        return
+    entry = stream._entry_type.from_buffer_copy(data)
+    stream.on_record(slot, BatchRecord(pid, b"", entry, []))
+
+
+def _flush_left(stream: BatchStream, pid: int, image: ProcessImage,
+                left: dict[int, Any]) -> None:
+    """BatchStream.finish: the entries of each shard of `pid`'s topics from
+    where BPF stopped (`left`: topic id -> cursor), streamed out one by one
+    (not buffered: the ring's size is the process's to say), counted on the
+    shard's slot."""
+    harvester = stream.harvester
+    for topic_id, cursor in left.items():
+        for slot in range(harvester.slots):
+            shard = _read_u64(image, cursor.topic + 48 + 8 * slot)
+            header = image.read(shard, 12) if shard else None
+            if not header or len(header) < 12:
+                continue
+            head, mask = struct.unpack("<QI", header)
+            first = max(cursor.next[slot], head - (mask + 1))   # older: overwritten
+            lost, copied = first - cursor.next[slot], 0
+            for index in range(first, head):
+                data = image.read(shard + 64 + (index & mask) * ENTRY_SIZE, ENTRY_SIZE)
+                if (data and len(data) == ENTRY_SIZE and stream._entry_type
+                        .from_buffer_copy(data).sequence == index + 1):
+                    copied += 1
+                    _deliver_flushed(stream, slot, pid, topic_id, index, data)
+                else:
+                    lost += 1
+            stream.flushed[slot] = stream.flushed.get(slot, 0) + copied
+            stream.flush_lost[slot] = stream.flush_lost.get(slot, 0) + lost
+            harvester.add_streamed(pid, topic_id, copied)
+            harvester.add_loss(pid, topic_id, lost)
 
 
 def _read_u64(image: ProcessImage, address: int) -> int:

@@ -320,8 +320,8 @@ class TraceSession(SessionResults, CoverageSteps):
                          if (name := source.comm_of(pid)) is not None), None)
             if comm is None:
                 return              # reported already (exit event and waitpid)
-            for stream in self._streams():
-                stream.drain()
+            for stream in self._streams():  # others live on: no final read
+                getattr(stream, "catch_up", stream.drain)()
             self._poll_coverage()
             self._flush(when_ns)
             self.report(f"process {pid} ({comm}) exited: {status}")
