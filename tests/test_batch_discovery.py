@@ -131,6 +131,10 @@ def test_batch_arms_a_topic_a_fork_registers_under_a_name_it_never_read(
     assert found, f"no record of the child's topic while it ran: {state}"
     assert [r.args[0] for r in program.child_records()] == list(range(recorded))
     assert all(r.topic == "late" for r in program.records)
+    # The child has two topics named late (its parent's, armed with it, and
+    # its own): the account by name is both.
+    loss = program.session.topic_losses()[(program.child, "late")]
+    assert (loss.streamed, loss.lost) == (recorded, 0)
 
 
 class ImageRegisteredMeanwhile(ProcessImage):

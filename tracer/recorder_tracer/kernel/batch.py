@@ -60,6 +60,11 @@ class TopicLoss:
     def produced(self) -> int:
         return self.streamed + self.lost
 
+    def __add__(self, other: TopicLoss) -> TopicLoss:
+        return TopicLoss(self.streamed + other.streamed,
+                         self.overwritten + other.overwritten,
+                         self.refused + other.refused)
+
 
 def shard_slots() -> int:
     """Shard slots the program harvests: a power of two covering every

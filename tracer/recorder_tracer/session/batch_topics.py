@@ -287,11 +287,14 @@ class BatchTopics:
         armed; final after release()."""
         if self._final_losses is not None:
             return self._final_losses
-        found = {}
+        found: dict[tuple[int, str], TopicLoss] = {}
         for (pid, topic_id), loss in self.batch.losses().items():
             process = self.processes.get(pid) or self.exited.get(pid)
             topic = process.topics.get(topic_id) if process else None
-            found[(pid, topic.name if topic else f"topic{topic_id}")] = loss
+            key = (pid, topic.name if topic else f"topic{topic_id}")
+            # Two topics of one name in a process (a library's and the
+            # program's, a fork's own): their records are that name's.
+            found[key] = found[key] + loss if key in found else loss
         return found
 
     # -- records --------------------------------------------------------------
