@@ -85,8 +85,9 @@ def program_stats(harvester: Any) -> dict[str, tuple[int, int]]:
 def arm_topic(harvester: Any, target: Target, topic: str) -> None:
     from recorder_tracer.target.memory import ProcessImage
     image = ProcessImage.of(target.pid)
+    base = image.topic_count()      # before the list: BatchHarvester.arm
     wanted = [t for t in image.topics() if t.name == topic]
-    assert harvester.arm(target.pid, image, wanted), "no registry"
+    assert harvester.arm(target.pid, image, wanted, base), "no registry"
 
 
 def flat_out(target: Target, arguments: argparse.Namespace) -> dict[str, list[float]]:
@@ -202,7 +203,8 @@ def delivery(rate: int, seconds: float, pages: int) -> str:
     assert process.stdout is not None and process.stdin is not None
     pid = int(process.stdout.readline().split()[1])
     image = ProcessImage.of(pid)
-    harvester.arm(pid, image, [t for t in image.topics() if t.name == "load"])
+    base = image.topic_count()
+    harvester.arm(pid, image, [t for t in image.topics() if t.name == "load"], base)
     started = time.monotonic()
     process.stdin.write("go\n")
     process.stdin.flush()
