@@ -57,7 +57,6 @@ def test_batch_delivers_a_slow_topic_beside_a_flooding_one_while_it_runs(
         while len(slow) < SLOW and time.monotonic() < deadline:
             session.poll(timeout_ms=20)
         arrived = len(slow)
-        print("DEBUG", arrived, floods, session.recorder.batch.counters())
         assert program.poll() is None, "it must still run: no exit harvest"
         assert program.stdout.readline().strip() == "slow done"
         program.stdin.write("stop\n")
