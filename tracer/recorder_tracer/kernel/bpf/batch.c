@@ -41,6 +41,12 @@
  * marks every slot at arm time and discovery when it arms a topic, so the
  * first harvests adopt every other shard once.
  *
+ * Topics in turn. A walk has a fixed number of steps (BATCH_STEPS x
+ * BATCH_CALLS). A switch or tick walk begins at the topic after the one
+ * the process's last walk ran out in (`turn` in its target), wrapping
+ * around, so a flooding topic cannot keep every walk while the small
+ * rings of the topics after it wrap. A final walk begins at the first.
+ *
  * Maps, and who reads them:
  *   targets       tgid -> armed topic ids, and     written by the controller;
  *                 per slot when entries were left  topics found later added
