@@ -4,8 +4,8 @@ one ran out in).
 
 A walk at a switch or a tick has a fixed number of steps. When every walk
 began at the process's first armed topic and that topic flooded, the walks
-spent their steps there: the topics after it waited for the exit, and their
-small rings wrapped meanwhile. Real process, real BPF, exact counts; the
+spent their steps there: the topics after it waited until it stopped, their
+small rings wrapping meanwhile. Real process, real BPF, exact counts; the
 bound is the point of giving up (scaled), the test waits on records.
 """
 

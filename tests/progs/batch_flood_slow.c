@@ -12,7 +12,7 @@
  * with room for ~1,900 entries (batch.c: BATCH_STEPS x BATCH_CALLS chunks
  * of 16), and every walk finds more than that in `flood`. A walk that
  * always began at the first topic armed (`flood`) never reached `slow`
- * before the exit, and its ring wrapped meanwhile. The pace keeps the
+ * while the bursts went on, and its ring wrapped meanwhile. The pace keeps the
  * stream below what the controller decodes: the walks, not a full stream,
  * are the limit.
  */
