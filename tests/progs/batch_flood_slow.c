@@ -5,7 +5,7 @@
  * Prints "ready <pid>" and waits for a line (the tracer arms it
  * meanwhile). Then, pinned to CPU 1, COUNT times: records a burst of 4096
  * entries into `flood` (a ring of 4096) as fast as it can, one entry (i)
- * into `slow` (a ring of 16), and sleeps 30 ms. Prints "slow done", and
+ * into `slow` (a ring of 64), and sleeps 30 ms. Prints "slow done", and
  * waits for a line; prints "done" and exits.
  *
  * Each sleep is a switch, a harvest: a walk of the process's armed topics
@@ -14,7 +14,9 @@
  * always began at the first topic armed (`flood`) never reached `slow`
  * while the bursts went on, and its ring wrapped meanwhile. The pace keeps the
  * stream below what the controller decodes: the walks, not a full stream,
- * are the limit.
+ * are the limit. `slow`'s ring holds 64 bursts (~2 s): a controller that
+ * falls behind for a while on a loaded machine (the stream full, walks
+ * stopped) does not make it wrap.
  */
 #define _GNU_SOURCE
 #include <recorder.h>
@@ -28,7 +30,7 @@
 #define BURST 4096
 
 RECORDER(flood, BURST, "Bursts of more entries than a harvest takes");
-RECORDER(slow, 16, "One record a burst, beside the flood");
+RECORDER(slow, 64, "One record a burst, beside the flood");
 
 int main(int argc, char **argv)
 {
