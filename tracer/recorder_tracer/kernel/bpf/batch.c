@@ -41,6 +41,12 @@
  * marks every slot at arm time and discovery when it arms a topic, so the
  * first harvests adopt every other shard once.
  *
+ * Topics in turn. A walk has a fixed number of steps (BATCH_STEPS x
+ * BATCH_CALLS). A switch or tick walk begins at the topic after the one
+ * the process's last walk ran out in (`turn` in its target), wrapping
+ * around, so a flooding topic cannot keep every walk while the small
+ * rings of the topics after it wrap. A final walk begins at the first.
+ *
  * Maps, and who reads them:
  *   targets       tgid -> armed topic ids, and     written by the controller;
  *                 per slot when entries were left  topics found later added
@@ -113,8 +119,10 @@ struct walk {
     __u32 active;
     __u32 tgid;
     __u32 final;        /* the process is ending: take what cannot wait */
-    __u32 topic;        /* index in the target's ids */
+    __u32 topic;        /* topics walked before the current one */
     __u32 topics;
+    __u32 first;        /* index in the target's ids of the walk's first */
+    __u32 turn;         /* where the next non-final walk starts (mark_left) */
     __u32 slot;         /* shard slot open, or next to open */
     __u32 slot_first;
     __u32 slot_end;
@@ -181,6 +189,16 @@ static __always_inline struct batch_cursor *walk_cursor(struct walk *walk)
 {
     struct cursor_key key = {.tgid = walk->tgid, .topic_id = walk->topic_id};
     return cursors.lookup(&key);
+}
+
+/* The index in the target's ids of the walk's `nth` topic: from `first`,
+ * wrapping around after the last. */
+static __always_inline __u32 walk_index(struct walk *walk, __u32 nth)
+{
+    __u32 index = walk->first + nth;
+    if (index >= walk->topics)
+        index -= walk->topics;
+    return index & (BATCH_TOPICS - 1);
 }
 
 /* The shard slot of walk step `walk->slot`. */
@@ -492,7 +510,7 @@ static __always_inline int walk_steps(struct walk *walk)
         struct batch_target *target = targets.lookup(&walk->tgid);
         if (!target)
             return 1;
-        walk->topic_id = target->ids[walk->topic & (BATCH_TOPICS - 1)];
+        walk->topic_id = target->ids[walk_index(walk, walk->topic)];
         walk->slot = walk->slot_first;
     }
     return 0;
@@ -699,6 +717,8 @@ static __always_inline void mark_left(struct walk *walk)
     struct batch_target *target = targets.lookup(&walk->tgid);
     if (!target)
         return;
+    /* A walk that ran out marks its own slot (walk_end): it gets here. */
+    target->turn = walk->turn;
     __u32 own = walk->own & (BATCH_CPUS - 1);
     if (walk->left & own_bit)
         target->left[own] = bpf_ktime_get_ns() | 1;
@@ -729,6 +749,12 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
     walk->tgid = tgid;
     walk->final = final;
     walk->topic = 0;
+    /* A non-final walk starts after the topic the last one ran out in, so
+     * a flooding topic cannot keep every walk's steps while the rings of
+     * those after it wrap. A final walk takes every topic: from the first. */
+    walk->first = 0;
+    if (!final && target->turn < target->topics)
+        walk->first = target->turn;
     walk->open = 0;
     walk->calls = 0;
     walk->strings = 0;
@@ -751,7 +777,7 @@ static __always_inline int walk_start(struct walk *walk, __u32 tgid, int all,
      * change under its compare-and-swaps (mark_left). */
     asm volatile("" ::: "memory");
     walk->topics = target->topics;
-    walk->topic_id = target->ids[0];
+    walk->topic_id = target->ids[walk->first & (BATCH_TOPICS - 1)];
     walk->slot = walk->slot_first;
     bpf_get_current_comm(walk->comm, sizeof(walk->comm));
     count(BATCH_COUNT_HARVESTS, 1);
@@ -778,6 +804,9 @@ static __always_inline void walk_end(struct walk *walk)
         }
     }
     int unfinished = walk->slot < walk->slot_end || walk->topic + 1 < walk->topics;
+    /* Out of steps in a topic: the next walk starts at the one after it
+     * (the topic it ran out in comes last then). Done: where this began. */
+    walk->turn = unfinished ? walk_index(walk, walk->topic + 1) : walk->first;
     /* A final walk that ended before its last topic's last shard: what
      * those shards held is counted nowhere (the account is short). */
     if (walk->final && unfinished)

@@ -95,7 +95,9 @@ struct batch_target {
     __u32 look_generation;
     __u32 capped;               /* a topic the spec arms was refused (counted
                                    once a process: BATCH_COUNT_CAPPED) */
-    __u32 pad;
+    __u32 turn;                 /* index in ids where the next non-final walk
+                                   starts: after the topic the last one ran
+                                   out in (racy: any start will do) */
     /* Per shard slot: 0, or (the time a harvest left entries in it) | 1.
      * A slot marked so, its own CPU not back for BATCH_LEFT_NS, is adopted
      * by a harvest on another CPU (batch.c). The controller marks every
