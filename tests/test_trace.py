@@ -129,6 +129,22 @@ def test_flood_accounts_for_every_record(workloads) -> None:
     assert sum(cpu.received for cpu in summaries) == len(records)
 
 
+def interrupted(process: subprocess.Popen[str], tries: int = 3) -> str:
+    """Its output once SIGINT ended it, sent again while it goes on:
+    bpftrace on the 6.1 guest once ran 120 s past one (a VM run of stop
+    16; lost or ignored, not known)."""
+    for _ in range(tries):
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=scaled(20))
+            return output
+        except subprocess.TimeoutExpired:
+            continue        # retrying communicate() loses no output
+    process.kill()
+    output, _ = process.communicate()
+    raise AssertionError(f"no end after {tries} SIGINTs: {output}")
+
+
 def test_bpftrace_beside_us_counts_the_same(workloads, progs: Path) -> None:
     workload = workloads()
     session = BackgroundSession(TraceOptions(pids=[workload.pid],
@@ -140,8 +156,7 @@ def test_bpftrace_beside_us_counts_the_same(workloads, progs: Path) -> None:
     # bpftrace says "Attaching" before it attaches: wait for its uprobe.
     wait_for(lambda: bpftrace.pid in perf_attached_pids(), timeout=scaled(30))
     workload.record("tick", 23)
-    bpftrace.send_signal(signal.SIGINT)
-    output, _ = bpftrace.communicate(timeout=scaled(30))
+    output = interrupted(bpftrace)
     records = session.stop()
     assert "@ticks: 23" in output
     assert len([r for r in records if r.topic == "tick"]) == 23

@@ -637,7 +637,13 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
             } else if (blank && used < BATCH_TOPICS && armed_names.lookup(&name)) {
                 blank->topic = topic;
                 if (cursors.insert(&key, blank) == 0) {
-                    target->ids[used & (BATCH_TOPICS - 1)] = found.id;
+                    /* Masked where it is used, out of clang's sight: it
+                     * knows used < BATCH_TOPICS and drops the mask, and
+                     * 6.1's verifier, given `used` back from the stack,
+                     * does not ("R1 unbounded memory access"). */
+                    __u32 index = used;
+                    asm volatile("" : "+r"(index));
+                    target->ids[index & (BATCH_TOPICS - 1)] = found.id;
                     __sync_fetch_and_add(&target->topics, 1);
                     target->armed_now = 1;
                     announce(BATCH_MSG_TOPIC, tgid, topic, found.id, found.size, &name);
