@@ -569,18 +569,14 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     if (head.topic_count == target->known && now == target->generation)
         return;
     __u64 time = bpf_ktime_get_ns();
-    if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
-        return;
     if (time < target->retry_ns) {
-        /* The controller's "read it now" is taken only by a look that
-         * runs: under the lock, not by one a look elsewhere turned away. */
         __u32 key = tgid;
-        if (!look_now.lookup(&key)) {
-            __sync_lock_test_and_set(&target->lock, 0);
+        if (!look_now.lookup(&key))
             return;
-        }
         look_now.delete(&key);
     }
+    if (__sync_val_compare_and_swap(&target->lock, 0, 1) != 0)
+        return;
     struct batch_cursor *blank = blank_cursor.lookup(&zero);
     /* A look covers BATCH_DISCOVER topics a harvest: a longer list is
      * looked at over several harvests, each going on where the last one
@@ -591,18 +587,6 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
     if (!topic) {
         topic = head.topics;
         target->look_known = head.topic_count;
-        /* One copy reads the list's head, then the count: a topic another
-         * thread registers between the two loads is counted, not in this
-         * list (the core lists a topic, then counts it). Known only up to
-         * the head's id, the next harvest looks again. */
-        __u32 head_id = 0;
-        if (!topic)
-            target->look_known = 0;
-        else if (!bpf_probe_read_user(&head_id, sizeof(head_id),
-                                      (void *)(topic + offsetof(struct recorder_topic,
-                                                                id)))
-                 && head_id < head.topic_count)
-            target->look_known = head_id + 1;
         target->look_generation = now;
         /* "a name was unreadable in this look", kept in the map value, not
          * a local: a local splits the verifier's states (3x the
@@ -637,13 +621,7 @@ static __always_inline void discover(__u32 tgid, struct batch_target *target)
             } else if (blank && used < BATCH_TOPICS && armed_names.lookup(&name)) {
                 blank->topic = topic;
                 if (cursors.insert(&key, blank) == 0) {
-                    /* Masked where it is used, out of clang's sight: it
-                     * knows used < BATCH_TOPICS and drops the mask, and
-                     * 6.1's verifier, given `used` back from the stack,
-                     * does not ("R1 unbounded memory access"). */
-                    __u32 index = used;
-                    asm volatile("" : "+r"(index));
-                    target->ids[index & (BATCH_TOPICS - 1)] = found.id;
+                    target->ids[used & (BATCH_TOPICS - 1)] = found.id;
                     __sync_fetch_and_add(&target->topics, 1);
                     target->armed_now = 1;
                     announce(BATCH_MSG_TOPIC, tgid, topic, found.id, found.size, &name);
