@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,27 @@ def progs() -> Path:
     if not PROGS.is_dir():
         pytest.fail("build/progs is missing: run `make` first (make test does)")
     return PROGS
+
+
+@pytest.fixture
+def workloads(progs: Path) -> Iterator[Any]:
+    """Starts tests/progs/workload_ticks processes (each call one more);
+    the test's end kills those still running. (test_trace.py and
+    test_metrics.py end theirs with their `exit` command instead.)"""
+    from helpers.tracer import Workload
+
+    started: list[Workload] = []
+
+    def start() -> Workload:
+        workload = Workload(progs)
+        started.append(workload)
+        return workload
+
+    yield start
+    for workload in started:
+        if workload.process.poll() is None:
+            workload.process.kill()
+        workload.process.wait()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,22 +27,6 @@ from recorder_tracer.session.loop import TraceOptions, TraceSession
 pytestmark = [pytest.mark.bpf, pytest.mark.host]
 
 
-@pytest.fixture
-def workloads(progs: Path):
-    started: list[Workload] = []
-
-    def start() -> Workload:
-        workload = Workload(progs)
-        started.append(workload)
-        return workload
-
-    yield start
-    for workload in started:
-        if workload.process.poll() is None:
-            workload.process.kill()
-        workload.process.wait()
-
-
 def batch_session(records: list[Record], **options) -> TraceSession:
     session = TraceSession(TraceOptions(latency=False, **options), records.append)
     assert session.recorder is not None and hasattr(session.recorder, "batch"), (

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.tracer import stop_while_traced
 from timing import scaled
 
 from recorder_tracer.decode.record import Record
@@ -55,12 +56,7 @@ def run_moved(progs: Path, argv: list[str], spec: str, expected: int,
         while len(records) < expected and time.monotonic() < deadline:
             session.poll(timeout_ms=20)
         waited, arrived = time.monotonic() - moved, len(records)
-        assert program.poll() is None, "it must still run: no exit harvest"
-        program.stdin.write("stop\n")
-        program.stdin.flush()
-        assert program.stdout.readline().strip() == "done"
-        assert program.wait(timeout=scaled(10)) == 0
-        session.close()
+        stop_while_traced(program, session)
     finally:
         if program.poll() is None:
             program.kill()

@@ -17,11 +17,9 @@ import io
 import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.tracer import Workload
 from timing import scaled
 
 from recorder_tracer.decode.record import Record
@@ -32,22 +30,6 @@ from recorder_tracer.output.text_plans import TextPlans
 from recorder_tracer.session.loop import TraceOptions, TraceSession
 
 pytestmark = [pytest.mark.bpf, pytest.mark.host]     # as tests/test_batch.py
-
-
-@pytest.fixture
-def workloads(progs: Path):
-    started: list[Workload] = []
-
-    def start() -> Workload:
-        workload = Workload(progs)
-        started.append(workload)
-        return workload
-
-    yield start
-    for workload in started:
-        if workload.process.poll() is None:
-            workload.process.kill()
-        workload.process.wait()
 
 
 def started_session(pids: list[int], topic: str, sink: Any, **options: Any

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.tracer import stop_while_traced
 from timing import scaled
 
 from recorder_tracer.decode.record import Record
@@ -57,13 +58,8 @@ def test_batch_delivers_a_slow_topic_beside_a_flooding_one_while_it_runs(
         while len(slow) < SLOW and time.monotonic() < deadline:
             session.poll(timeout_ms=20)
         arrived = len(slow)
-        assert program.poll() is None, "it must still run: no exit harvest"
         assert program.stdout.readline().strip() == "slow done"
-        program.stdin.write("stop\n")
-        program.stdin.flush()
-        assert program.stdout.readline().strip() == "done"
-        assert program.wait(timeout=scaled(10)) == 0
-        session.close()
+        stop_while_traced(program, session)
     finally:
         if program.poll() is None:
             program.kill()

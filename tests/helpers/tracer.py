@@ -103,6 +103,20 @@ class BackgroundSession:
         return self.records
 
 
+def stop_while_traced(program: subprocess.Popen[str], session: TraceSession) -> None:
+    """Ends a test program that, done recording, waits for "stop" and says
+    "done" (tests/progs/batch_*.c): it must still run, so that what arrived
+    came from harvests while it ran, not from its exit's; then the session
+    closes."""
+    assert program.stdin is not None and program.stdout is not None
+    assert program.poll() is None, "it must still run: no exit harvest"
+    program.stdin.write("stop\n")
+    program.stdin.flush()
+    assert program.stdout.readline().strip() == "done"
+    assert program.wait(timeout=scaled(10)) == 0
+    session.close()
+
+
 def wait_for(condition: Callable[[], Any], timeout: float | None = None) -> Any:
     """Poll `condition` until truthy; fail after `timeout` seconds (default
     scaled(10))."""
